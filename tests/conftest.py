@@ -1,0 +1,40 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and a tiny random Llama built from a config.
+
+The tiny model uses SmolLM2's real tokenizer (multi-byte tokens, chat template) so the engine,
+detokenizer and protocol tests exercise real text, while a forward pass costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub: the machine has no network beyond package registries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real default model as a bf16 folder (converted once into the shared cache)."""
+    from streamhost.engine.loader import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer, saved as a normal HF folder."""
+    from streamhost.testing import build_tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    return build_tiny_llama(folder, smollm2_tokenizer)
