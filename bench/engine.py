@@ -1,0 +1,489 @@
+"""Engine benchmark: our continuous-batching engine against two transformers baselines, in one run.
+
+Systems, all on the same model folder, dtype and greedy prompts (EOS ignored, so every stream
+makes exactly ``--new-tokens`` tokens):
+
+* ``hand_loop``       -- a hand-written transformers decode loop at batch 1 (one prefill forward,
+                         then one forward per token with the model's KV cache, argmax);
+* ``transformers_cb`` -- transformers' own continuous batching (``init_continuous_batching``,
+                         the manager behind ``generate_batch``) with a small paged KV cache;
+* ``engine``          -- ``streamhost.engine.Engine``, N concurrent ``generate()`` streams.
+
+Each configuration gets a warm-up run, then ``--repeats`` measured runs; the figures are medians.
+Results go to bench/results/engine-<timestamp>.json, bench/results/engine.json (latest) and
+bench/results/engine.png. Usage::
+
+    .venv/bin/python bench/engine.py                 # full run (~10 min on 2 cores)
+    .venv/bin/python bench/engine.py --quick         # smoke run (streams 1,4; 32 tokens; 1 repeat)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    StreamRecord,
+    chat_prompts,
+    common_prefix,
+    load_latest,
+    machine_info,
+    median_runs,
+    plot_throughput_and_ttft,
+    run_metrics,
+    write_results,
+)
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+console = Console(width=max(Console().width, 100))  # a table, even when piped
+
+# Issue #2's targets.
+TARGET_SINGLE_VS_HAND = 0.90
+TARGET_MAX_VS_CB = 1.2
+TARGET_MAX_VS_SINGLE = 4.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", default="1,4,8,16", help="concurrent stream counts (default 1,4,8,16)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per stream")
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per configuration")
+    parser.add_argument(
+        "--warmup-tokens", type=int, default=32, help="tokens per stream in each configuration's warm-up run"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: streams 1,4; 32 tokens; 1 repeat")
+    parser.add_argument(
+        "--skip-baselines",
+        action="store_true",
+        help="run only our engine; ratios use the baselines of the last bench/results/engine.json",
+    )
+    parser.add_argument("--model", default=None, help="model folder (default: the converted smollm2)")
+    parser.add_argument("--cb-num-blocks", type=int, default=128, help="transformers CB: KV cache blocks")
+    parser.add_argument("--cb-page-size", type=int, default=32, help="transformers CB: tokens per block")
+    parser.add_argument("--cb-max-batch-tokens", type=int, default=1024, help="transformers CB: tokens per step")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.streams = "1,4"
+        args.new_tokens = min(args.new_tokens, 32)
+        args.repeats = 1
+        args.warmup_tokens = min(args.warmup_tokens, 8)
+    args.stream_counts = sorted({int(s) for s in args.streams.split(",") if s.strip()})
+    if not args.stream_counts or min(args.stream_counts) < 1:
+        parser.error("--streams must list positive integers")
+    if args.new_tokens < 2 or args.repeats < 1:
+        parser.error("--new-tokens must be >= 2 and --repeats >= 1")
+    args.warmup_tokens = max(2, min(args.warmup_tokens, args.new_tokens))
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Systems. Each measured configuration returns {"median": {...}, "runs": [...], "tokens0": [...]}.
+# --------------------------------------------------------------------------------------------
+
+
+def measure(
+    run_once: Callable[[int], tuple[list[StreamRecord], float | None]],
+    args: argparse.Namespace,
+    progress: Progress,
+    task: Any,
+    label: str,
+) -> dict[str, Any]:
+    """Warm-up run (short), then ``args.repeats`` measured runs; medians of the per-run metrics."""
+    progress.update(task, description=f"{label}: warm-up")
+    run_once(args.warmup_tokens)
+    progress.advance(task)
+    runs, tokens0 = [], []
+    for i in range(args.repeats):
+        progress.update(task, description=f"{label}: run {i + 1}/{args.repeats}")
+        records, end = run_once(args.new_tokens)
+        bad = [r.n_tokens for r in records if r.n_tokens != args.new_tokens]
+        if bad:
+            raise RuntimeError(f"{label}: streams generated {bad} tokens, expected {args.new_tokens}")
+        runs.append(run_metrics(records, end))
+        tokens0 = records[0].token_ids
+        progress.advance(task)
+    return {"median": median_runs(runs), "runs": runs, "tokens0": tokens0}
+
+
+def load_hf_model(model_dir: Path) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    return model, tokenizer
+
+
+def hand_loop_once(model: Any, prompt: list[int], new_tokens: int) -> StreamRecord:
+    """Batch 1: one prefill forward, then one cached forward per token; greedy, EOS ignored."""
+    import inspect
+
+    import torch
+
+    # transformers 5.x renamed ``past_key_values`` to ``cache``; use whichever this model takes.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with torch.inference_mode():
+        input_ids = torch.tensor([prompt], dtype=torch.long)
+        start = time.perf_counter()
+        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        next_token = out.logits[:, -1, :].argmax(dim=-1)
+        tokens = [int(next_token.item())]
+        first = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            cache = getattr(out, cache_kw)
+            out = model(input_ids=next_token[:, None], use_cache=True, **{cache_kw: cache})
+            next_token = out.logits[:, -1, :].argmax(dim=-1)
+            tokens.append(int(next_token.item()))
+        last = time.perf_counter()
+    return StreamRecord(start=start, first=first, last=last, token_ids=tokens)
+
+
+def bench_hand_loop(model: Any, prompts: list[list[int]], args, progress, task) -> dict[str, Any]:
+    return measure(lambda n: ([hand_loop_once(model, prompts[0], n)], None), args, progress, task, "hand loop")
+
+
+def bench_transformers_cb(model: Any, tokenizer: Any, prompts: list[list[int]], args, progress, task) -> dict:
+    """transformers' continuous batching through the manager ``generate_batch`` wraps.
+
+    The manager is built and warmed once (its construction is not what we measure) and sized
+    explicitly: on CPU its defaults size the KV cache from host RAM. Results are taken without
+    streaming (``generate_batch``'s way, its best case); TTFT comes from its per-token
+    timestamps, total tok/s from submission until the last result is in hand.
+    """
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    gen_config = GenerationConfig(
+        max_new_tokens=args.new_tokens,
+        do_sample=False,
+        eos_token_id=-1,  # never matches: every stream makes exactly max_new_tokens
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+    )
+    cb_config = ContinuousBatchingConfig(
+        num_blocks=args.cb_num_blocks,
+        page_size=args.cb_page_size,
+        max_batch_tokens=args.cb_max_batch_tokens,
+        max_requests_per_batch=max(args.stream_counts),
+    )
+    needed = max(args.stream_counts) * -(-(max(map(len, prompts)) + args.new_tokens) // args.cb_page_size)
+    if needed > args.cb_num_blocks:
+        console.print(
+            f"[yellow]transformers CB: {needed} blocks needed for all streams at once, "
+            f"{args.cb_num_blocks} configured (--cb-num-blocks); it will queue or evict[/]"
+        )
+    manager = model.init_continuous_batching(generation_config=gen_config, continuous_batching_config=cb_config)
+    manager.warmup()
+    manager.start()
+    resolved = manager.continuous_batching_config
+    config_info = {
+        "api": "model.init_continuous_batching(...) -> manager.add_requests / get_result",
+        "num_blocks": args.cb_num_blocks,
+        "page_size": args.cb_page_size,
+        "max_batch_tokens": args.cb_max_batch_tokens,
+        "max_requests_per_batch": resolved.max_requests_per_batch,
+        "allow_block_sharing": resolved.allow_block_sharing,
+        "attn_implementation": model.config._attn_implementation,
+        "streaming": False,
+    }
+
+    def run_once(batch: list[list[int]], new_tokens: int) -> tuple[list[StreamRecord], float]:
+        start = time.perf_counter()
+        ids = manager.add_requests(batch, max_new_tokens=new_tokens, record_timestamps=True)
+        results: dict[str, Any] = {}
+        while len(results) < len(ids):
+            result = manager.get_result(timeout=60)
+            if result is None:
+                raise RuntimeError("transformers CB produced no result for 60 s")
+            if result.is_finished():
+                if result.error:
+                    raise RuntimeError(f"transformers CB request failed: {result.error}")
+                results[result.request_id] = result
+        end = time.perf_counter()
+        records = []
+        for rid in ids:
+            r = results[rid]
+            stamps = r.timestamps or [end]
+            records.append(StreamRecord(start, stamps[0], stamps[-1], list(r.generated_tokens)))
+        return records, end
+
+    by_streams = {}
+    try:
+        for n in args.stream_counts:
+            batch = prompts[:n]
+            by_streams[n] = measure(
+                lambda tokens, b=batch: run_once(b, tokens), args, progress, task, f"transformers CB x{n}"
+            )
+    finally:
+        manager.stop(block=True, timeout=30)
+        manager.destroy()
+    return {"config": config_info, "by_streams": by_streams}
+
+
+def engine_available() -> str | None:
+    """None if streamhost.engine.Engine can be imported, else why not."""
+    try:
+        from streamhost.engine import Engine, EngineConfig  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+def bench_engine(model_dir: Path, prompts: list[list[int]], args, progress, task) -> dict[str, Any]:
+    """Our engine: N concurrent ``generate()`` loops; times are when each token reached the caller."""
+    from streamhost.engine import Engine, EngineConfig
+    from streamhost.engine.types import GenerationParameters
+
+    engine = Engine.load(str(model_dir), EngineConfig(dtype="bfloat16"))
+
+    async def stream(prompt: list[int], new_tokens: int, start: float) -> StreamRecord:
+        params = GenerationParameters(max_new_tokens=new_tokens, ignore_eos=True)
+        first = last = None
+        tokens: list[int] = []
+        async for event in engine.generate(prompt, params):
+            last = time.perf_counter()
+            if first is None:
+                first = last
+            tokens.append(event.token_id)
+        if first is None:
+            raise RuntimeError("engine stream ended without a token")
+        return StreamRecord(start, first, last, tokens)
+
+    async def main() -> dict[int, Any]:
+        await engine.start()
+        loop = asyncio.get_running_loop()
+        by_streams = {}
+        try:
+            for n in args.stream_counts:
+                batch = prompts[:n]
+
+                def run_once(new_tokens: int, b=batch) -> tuple[list[StreamRecord], float]:
+                    # measure() is synchronous; the event loop is ours, so drive it from a thread.
+                    async def go() -> list[StreamRecord]:
+                        start = time.perf_counter()
+                        return list(await asyncio.gather(*(stream(p, new_tokens, start) for p in b)))
+
+                    records = asyncio.run_coroutine_threadsafe(go(), loop).result()
+                    return records, time.perf_counter()
+
+                by_streams[n] = await asyncio.to_thread(
+                    measure, run_once, args, progress, task, f"streamhost engine x{n}"
+                )
+        finally:
+            await engine.stop()
+        return by_streams
+
+    by_streams = asyncio.run(main())
+    info: dict[str, Any] = {"api": "Engine.load(path, EngineConfig(dtype='bfloat16')).generate(token_ids, params)"}
+    for attr in ("info", "config"):
+        value = getattr(engine, attr, None)
+        if value is not None and not callable(value):
+            info[attr] = value
+    return {"config": info, "by_streams": by_streams}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _get(system: dict | None, n: int) -> dict | None:
+    if not system:
+        return None
+    by = system.get("by_streams", {})
+    entry = by.get(n) or by.get(str(n))
+    return entry["median"] if entry else None
+
+
+def targets(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str, Any]]:
+    hand = results.get("hand_loop")
+    hand_m = hand["median"] if hand else None
+    ours, cb = results.get("engine"), results.get("transformers_cb")
+    one, top = min(stream_counts), max(stream_counts)
+    ours_one, ours_top, cb_top = _get(ours, one), _get(ours, top), _get(cb, top)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    rows = [
+        {
+            "name": f"decode tok/s: ours x{one} / hand loop",
+            "value": ratio(ours_one and ours_one["decode_tok_s_per_stream"], hand_m and hand_m["decode_tok_s_per_stream"]),
+            "target": TARGET_SINGLE_VS_HAND,
+        },
+        {
+            "name": f"total tok/s: ours x{top} / hf CB x{top}",
+            "value": ratio(ours_top and ours_top["total_tok_s"], cb_top and cb_top["total_tok_s"]),
+            "target": TARGET_MAX_VS_CB,
+        },
+        {
+            "name": f"total tok/s: ours x{top} / ours x{one}",
+            "value": ratio(ours_top and ours_top["total_tok_s"], ours_one and ours_one["total_tok_s"]),
+            "target": TARGET_MAX_VS_SINGLE,
+        },
+    ]
+    for row in rows:
+        row["met"] = None if row["value"] is None else row["value"] >= row["target"]
+    if top != 16:
+        for row in rows:
+            row["note"] = "issue targets are stated for 1 and 16 streams"
+    return rows
+
+
+def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
+    table = Table(title=f"SmolLM2-135M bf16, {results['new_tokens']} new tokens, medians of {results['repeats']} runs")
+    for col in ("system", "streams", "tok/s total", "tok/s/stream", "TTFT p50 ms", "TTFT max ms"):
+        table.add_column(col, justify="right" if col != "system" else "left")
+
+    def row(label: str, n: int, m: dict | None) -> None:
+        if m:
+            table.add_row(
+                label,
+                str(n),
+                f"{m['total_tok_s']:.1f}",
+                f"{m['decode_tok_s_per_stream']:.1f}",
+                f"{m['ttft_median_s'] * 1000:.0f}",
+                f"{m['ttft_max_s'] * 1000:.0f}",
+            )
+
+    if results.get("hand_loop"):
+        row("hand loop" + (" (prev)" if results.get("baselines_from") else ""), 1, results["hand_loop"]["median"])
+    for key, label in (("transformers_cb", "hf CB"), ("engine", "streamhost")):
+        if key == "transformers_cb" and results.get("baselines_from"):
+            label += " (prev)"
+        for n in stream_counts:
+            row(label, n, _get(results.get(key), n))
+    console.print(table)
+
+    tt = Table(title="Targets (issue #2)")
+    for col in ("ratio", "value", "target", "met"):
+        tt.add_column(col)
+    for t in results["targets"]:
+        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[t["met"]]
+        tt.add_row(t["name"], value, f">= {t['target']}", met)
+    console.print(tt)
+    agreement = results.get("greedy_agreement")
+    if agreement:
+        console.print(f"greedy agreement with the hand loop (stream 0, leading tokens): {agreement}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    from streamhost.engine.loader import ensure_default_model
+
+    model_dir = Path(args.model) if args.model else ensure_default_model()
+    results: dict[str, Any] = {
+        "benchmark": "engine",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": str(model_dir),
+        "dtype": "bfloat16",
+        "new_tokens": args.new_tokens,
+        "warmup_tokens": args.warmup_tokens,
+        "repeats": args.repeats,
+        "streams": args.stream_counts,
+        "quick": args.quick,
+        "greedy": True,
+        "ignore_eos": True,
+        "machine": machine_info(),
+        "metrics": {
+            "total_tok_s": "all generated tokens / (time all results are in hand - submission)",
+            "ttft_median_s": "median over streams of (first token at the caller - submission)",
+            "decode_tok_s_per_stream": "median over streams of (tokens - 1) / (last token - first token)",
+        },
+    }
+    why_no_engine = engine_available()
+    if why_no_engine:
+        console.print(f"[yellow]streamhost engine not available ({why_no_engine}); measuring baselines only[/]")
+    if args.skip_baselines and why_no_engine:
+        console.print("[red]--skip-baselines with no engine: nothing to measure[/]")
+        return 2
+
+    n_cfg = len(args.stream_counts)
+    runs_per_cfg = 1 + args.repeats
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description:<32}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+        tokenizer = None
+        if not args.skip_baselines:
+            t_hand = progress.add_task("hand loop", total=runs_per_cfg)
+            t_cb = progress.add_task("transformers CB", total=runs_per_cfg * n_cfg)
+        if not why_no_engine:
+            t_eng = progress.add_task("streamhost engine", total=runs_per_cfg * n_cfg)
+        if not args.skip_baselines:
+            model, tokenizer = load_hf_model(model_dir)
+            prompts = chat_prompts(tokenizer, max(args.stream_counts))
+            results["prompt_lengths"] = [len(p) for p in prompts]
+            results["hand_loop"] = bench_hand_loop(model, prompts, args, progress, t_hand)
+            results["transformers_cb"] = bench_transformers_cb(model, tokenizer, prompts, args, progress, t_cb)
+            del model
+            gc.collect()
+        else:
+            previous = load_latest("engine")
+            if previous and previous.get("new_tokens") == args.new_tokens:
+                results["baselines_from"] = previous.get("timestamp")
+                for key in ("hand_loop", "transformers_cb"):
+                    if previous.get(key):
+                        results[key] = previous[key]
+            else:
+                console.print("[yellow]no previous baselines with the same --new-tokens; ratios will be n/a[/]")
+        if not why_no_engine:
+            if tokenizer is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(model_dir)
+                prompts = chat_prompts(tokenizer, max(args.stream_counts))
+                results["prompt_lengths"] = [len(p) for p in prompts]
+            results["engine"] = bench_engine(model_dir, prompts, args, progress, t_eng)
+    results["elapsed_s"] = time.perf_counter() - started
+    # The cores are shared: a high load average here means the figures are noisy.
+    results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["engine_available"] = why_no_engine is None
+    if why_no_engine:
+        results["engine_unavailable_reason"] = why_no_engine
+
+    # Greedy sanity check: stream 0 of every system starts from the same prompt as the hand loop.
+    hand_tokens = results.get("hand_loop", {}).get("tokens0")
+    if hand_tokens:
+        agreement = {}
+        for key in ("transformers_cb", "engine"):
+            for n, entry in (results.get(key) or {}).get("by_streams", {}).items():
+                agreement[f"{key} x{n}"] = f"{common_prefix(hand_tokens, entry['tokens0'])}/{len(hand_tokens)}"
+        results["greedy_agreement"] = agreement
+
+    results["targets"] = targets(results, args.stream_counts)
+    stamped, latest = write_results(results, "engine")
+    series = {}
+    for key, label in (("engine", "streamhost engine"), ("transformers_cb", "transformers CB")):
+        if results.get(key):
+            series[label] = {int(n): e["median"] for n, e in results[key]["by_streams"].items()}
+    plot = plot_throughput_and_ttft(
+        RESULTS_DIR / "engine.png",
+        f"SmolLM2-135M-Instruct bf16 on CPU ({results['machine']['torch_threads']} threads), "
+        f"{args.new_tokens} new tokens, greedy",
+        series,
+        reference=results["hand_loop"]["median"] if results.get("hand_loop") else None,
+    )
+    print_report(results, args.stream_counts)
+    console.print(f"wrote {stamped}, {latest}, {plot} in {results['elapsed_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
