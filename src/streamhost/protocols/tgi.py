@@ -11,7 +11,6 @@ Per-token builders format strings directly instead of going through pydantic or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_str  # C-accelerated, no ASCII escaping
 from typing import Any, NamedTuple, Optional
 
@@ -137,16 +136,6 @@ class TgiGenerateBody(BaseModel):
     stream: Optional[bool] = None
 
 
-@dataclass(frozen=True)
-class TgiLimits:
-    """The launcher settings that bound a request (TGI's defaults)."""
-
-    max_best_of: int = 2
-    max_stop_sequences: int = 4
-    max_top_n_tokens: int = 5
-    max_input_tokens: int | None = None  # checked against ``truncate`` when known
-
-
 class GenerateRequest(NamedTuple):
     inputs: str
     parameters: GenerationParameters
@@ -191,7 +180,6 @@ def parse_generate_request(
     *,
     stream: bool | None = None,
     default_return_full_text: bool = False,
-    limits: TgiLimits = TgiLimits(),
 ) -> GenerateRequest:
     """Parse and validate a generate request into engine parameters.
 
@@ -199,8 +187,8 @@ def parse_generate_request(
     ``/generate`` and ``/generate_stream`` routes pass False/True. ``default_return_full_text`` is
     TGI's compat default: true on ``/`` and ``/invocations`` for a text-generation model, false on
     ``/generate``. Like TGI, a body without ``parameters`` samples (``do_sample`` true).
-    Raises ``ProtocolError`` 400 (bad JSON), 422 (wrong shape or a rule broken).
-    Token-count limits need the tokenizer and are the engine's job.
+    Raises ``ProtocolError`` 400 (bad JSON) or 422 (wrong shape, unsupported feature); the
+    engine validates values and limits.
     """
     req = parse_body(TgiGenerateBody, body)
     is_stream = bool(req.stream) if stream is None else stream
@@ -208,60 +196,23 @@ def parse_generate_request(
     sampling_default = raw is None  # TGI's default_parameters() has do_sample: true
     if raw is None:
         raw = TgiParameters()
-    validate_parameters(req.inputs, raw, stream=is_stream, limits=limits)
+    reject_unsupported(req.inputs, raw)
     params = to_generation_parameters(raw, sampling_default=sampling_default)
     if raw.return_full_text is None:
         params.return_full_text = default_return_full_text
     return GenerateRequest(req.inputs, params, is_stream)
 
 
-def validate_parameters(inputs: str, p: TgiParameters, *, stream: bool, limits: TgiLimits) -> None:
-    """TGI's router validation, in TGI's order, with TGI's messages."""
-    best_of = 1 if p.best_of is None else p.best_of
-    if stream and best_of != 1:
-        raise validation_error("`best_of` != 1 is not supported when streaming tokens")
-    if stream and p.decoder_input_details:
-        raise validation_error("`decoder_input_details` == true is not supported when streaming tokens")
-    if best_of != 1:
-        if limits.max_best_of == 1:
-            raise validation_error("`best_of` != 1 is not allowed for this endpoint")
-        if best_of == 0 or best_of > limits.max_best_of:
-            raise validation_error(f"`best_of` must be > 0 and <= {limits.max_best_of}. Given: {best_of}")
-    sampling = bool(p.do_sample) or any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
-    if best_of > 1 and not sampling:
-        raise validation_error("you must use sampling when `best_of` is > 1")
-    if p.temperature is not None and p.temperature <= 0:
-        raise validation_error("`temperature` must be strictly positive")
-    if p.repetition_penalty is not None and p.repetition_penalty <= 0:
-        raise validation_error("`repetition_penalty` must be strictly positive")
-    if p.frequency_penalty is not None and not -2.0 <= p.frequency_penalty <= 2.0:
-        raise validation_error("`frequency_penalty` must be >= -2.0 and <= 2.0")
-    if p.top_p is not None and not 0.0 < p.top_p < 1.0:
-        raise validation_error("`top_p` must be > 0.0 and < 1.0")
-    if p.typical_p is not None and not 0.0 < p.typical_p < 1.0:
-        raise validation_error("`typical_p` must be > 0.0 and < 1.0")
-    if p.top_k is not None and p.top_k <= 0:
-        raise validation_error("`top_k` must be strictly positive")
-    if p.max_new_tokens == 0:
-        raise validation_error("`max_new_tokens` must be strictly positive")
-    stops = p.stop or []
-    if len(stops) > limits.max_stop_sequences:
-        raise validation_error(
-            f"`stop` supports up to {limits.max_stop_sequences} stop sequences. Given: {len(stops)}"
-        )
-    if best_of > 1 and p.seed is not None:
-        raise validation_error("`seed` must not be set when `best_of` > 1")
-    if p.top_n_tokens is not None and p.top_n_tokens > limits.max_top_n_tokens:
-        raise validation_error(
-            f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {p.top_n_tokens}"
-        )
+def reject_unsupported(inputs: str, p: TgiParameters) -> None:
+    """What the engine cannot represent, refused up front with TGI-style 422s.
+
+    The numeric rules (temperature > 0, top_p in (0, 1), stop count, token budget, ...) are the
+    engine's (``engine/validation.py``, TGI's order and messages, after the 429 check); the TGI
+    layer adds the ``Input validation error: `` prefix in :func:`engine_error`. Empty ``inputs``
+    is checked here on the string, as TGI does, because a BOS token would hide it from the engine.
+    """
     if not inputs:
         raise validation_error("`inputs` cannot be empty")
-    if p.truncate is not None:
-        top = limits.max_input_tokens
-        if p.truncate == 0 or (top is not None and p.truncate > top):
-            bound = top if top is not None else "the maximum input length"
-            raise validation_error(f"`truncate` must be strictly positive and less than {bound}. Given: {p.truncate}")
     if p.grammar is not None:
         raise validation_error("grammar is not supported")
     if p.watermark:
