@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from math import isfinite as _isfinite
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_str
@@ -421,7 +422,7 @@ def engine_error(err: EngineError) -> tuple[int, dict[str, Any]]:
 
 def _float(value: float | None) -> str:
     """A float as ``json.dumps`` writes it, but ``null`` where it would write invalid ``NaN``/``Infinity``."""
-    if value is None or value != value or value in (float("inf"), float("-inf")):
+    if value is None or not _isfinite(value):
         return "null"
     return repr(float(value))
 

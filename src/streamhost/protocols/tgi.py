@@ -181,7 +181,7 @@ def parse_generate_request(
     stream: bool | None = None,
     default_return_full_text: bool = False,
 ) -> GenerateRequest:
-    """Parse and validate a generate request into engine parameters.
+    """Parse a generate request into engine parameters.
 
     ``stream=None`` takes ``stream`` from the body (POST ``/`` and ``/invocations``); the
     ``/generate`` and ``/generate_stream`` routes pass False/True. ``default_return_full_text`` is
