@@ -68,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run only our engine; ratios use the baselines of the last bench/results/engine.json",
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=["passive", "active", "inherit"],
+        default="passive",
+        help="OMP_WAIT_POLICY for this process (default passive: on shared cores, spinning OpenMP "
+        "threads slow a batch-1 loop 5-20x; 'inherit' keeps the environment's)",
+    )
     parser.add_argument("--model", default=None, help="model folder (default: the converted smollm2)")
     parser.add_argument("--cb-num-blocks", type=int, default=128, help="transformers CB: KV cache blocks")
     parser.add_argument("--cb-page-size", type=int, default=32, help="transformers CB: tokens per block")
@@ -229,10 +237,19 @@ def bench_transformers_cb(model: Any, tokenizer: Any, prompts: list[list[int]], 
     return {"config": config_info, "by_streams": by_streams}
 
 
-def engine_available() -> str | None:
-    """None if streamhost.engine.Engine can be imported, else why not."""
+def import_engine() -> tuple[Any, Any]:
+    """(Engine, EngineConfig), from the package if it exports them, else from its module."""
     try:
-        from streamhost.engine import Engine, EngineConfig  # noqa: F401
+        from streamhost.engine import Engine, EngineConfig
+    except ImportError:
+        from streamhost.engine.engine import Engine, EngineConfig
+    return Engine, EngineConfig
+
+
+def engine_available() -> str | None:
+    """None if streamhost's Engine can be imported, else why not."""
+    try:
+        import_engine()
     except ImportError as exc:
         return str(exc)
     return None
@@ -240,8 +257,9 @@ def engine_available() -> str | None:
 
 def bench_engine(model_dir: Path, prompts: list[list[int]], args, progress, task) -> dict[str, Any]:
     """Our engine: N concurrent ``generate()`` loops; times are when each token reached the caller."""
-    from streamhost.engine import Engine, EngineConfig
     from streamhost.engine.types import GenerationParameters
+
+    Engine, EngineConfig = import_engine()
 
     engine = Engine.load(str(model_dir), EngineConfig(dtype="bfloat16"))
 
@@ -284,10 +302,12 @@ def bench_engine(model_dir: Path, prompts: list[list[int]], args, progress, task
 
     by_streams = asyncio.run(main())
     info: dict[str, Any] = {"api": "Engine.load(path, EngineConfig(dtype='bfloat16')).generate(token_ids, params)"}
-    for attr in ("info", "config"):
+    for attr in ("info", "config", "stats"):
         value = getattr(engine, attr, None)
-        if value is not None and not callable(value):
-            info[attr] = value
+        try:
+            info[attr] = value() if callable(value) else value
+        except Exception as exc:  # informational only: never lose the figures over it
+            info[attr] = f"unavailable: {exc}"
     return {"config": info, "by_streams": by_streams}
 
 
@@ -379,8 +399,17 @@ def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Must happen before torch loads its OpenMP runtime, which reads it once.
+    if args.omp_wait_policy != "inherit":
+        if "torch" in sys.modules:
+            console.print("[yellow]torch already imported: --omp-wait-policy has no effect[/]")
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     import transformers
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
@@ -399,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "greedy": True,
         "ignore_eos": True,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "metrics": {
             "total_tok_s": "all generated tokens / (time all results are in hand - submission)",
             "ttft_median_s": "median over streams of (first token at the caller - submission)",
