@@ -1,0 +1,155 @@
+"""Runs the model: PyTorch through transformers' AutoModelForCausalLM, any architecture it loads.
+
+The executor knows nothing about requests. Its one verb, ``forward(segments)``, runs a packed step
+(decode tokens and prompt chunks together, see kv_cache.py) and returns the logits each segment
+asked for. CPU or CUDA is chosen automatically; the dtype defaults to bf16 where the hardware runs
+it fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
+
+log = logging.getLogger(__name__)
+
+_DTYPE_NAMES = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+}
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when present, else CPU; ``requested`` ("cpu", "cuda", "cuda:1") wins."""
+    if requested and requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    """Explicit choice wins; otherwise bf16 on GPUs and on CPUs with bf16 instructions, fp32 elsewhere."""
+    if requested and requested != "auto":
+        try:
+            return _DTYPE_NAMES[requested.lower()]
+        except KeyError as exc:
+            raise ValueError(f"unknown dtype {requested!r}; use one of bf16, fp16, fp32") from exc
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}.get(dtype, str(dtype))
+
+
+class TorchExecutor:
+    """Owns the model weights, the tokenizer and the KV store."""
+
+    def __init__(self, model_path: str | os.PathLike, dtype: str | None = None, device: str | None = None,
+                 trust_remote_code: bool = False, max_rows: int = 1024, max_positions: int | None = None) -> None:
+        self.model_path = Path(model_path)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=self.dtype, trust_remote_code=trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+        self.model.set_attn_implementation(register_attention())
+        self.num_layers = int(getattr(self.config, "num_hidden_layers", 0) or len(self._decoder_layers()))
+        self.max_positions = max_positions or self.model_max_positions() or 4096
+        self.store = KVStore(max_rows=max_rows, max_positions=self.max_positions)
+
+    def _decoder_layers(self):
+        base = getattr(self.model, self.model.base_model_prefix, self.model)
+        return getattr(base, "layers", None) or getattr(base, "h", None) or []
+
+    def model_max_positions(self) -> int | None:
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(self.config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.config):
+            value = getattr(source, "eos_token_id", None) if source is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return ids
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @torch.inference_mode()
+    def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
+        """One packed forward; per segment the logits it asked for: ``[V]`` (last), ``[n, V]`` (all) or None."""
+        need_rows = max(s.row for s in segments) + 1
+        need_positions = max(
+            _round_up_bucket(s.start + 1) if len(s.ids) == 1 else s.start + len(s.ids) for s in segments
+        )
+        self.store.reserve(need_rows, need_positions)
+        plan = StepPlan.build(self.store, segments, self.dtype, self.device)
+        ids = torch.tensor([[t for s in segments for t in s.ids]], dtype=torch.long, device=self.device)
+        keep: list[int] = []
+        spans: list[tuple[int, int]] = []
+        q = 0
+        for s in segments:
+            n = len(s.ids)
+            first = len(keep)
+            if s.logits == "all":
+                keep.extend(range(q, q + n))
+            elif s.logits == "last":
+                keep.append(q + n - 1)
+            spans.append((first, len(keep)))
+            q += n
+        out = self.model(
+            input_ids=ids,
+            position_ids=plan.token_positions[None, :],
+            cache=PackedStepCache(plan, self.num_layers),
+            use_cache=True,
+            logits_to_keep=torch.tensor(keep, device=self.device) if keep else 1,
+            streamhost_plan=plan,
+        )
+        logits = out.logits[0]
+        results: list[torch.Tensor | None] = []
+        for s, (a, b) in zip(segments, spans):
+            if s.logits == "all":
+                results.append(logits[a:b])
+            elif s.logits == "last":
+                results.append(logits[a])
+            else:
+                results.append(None)
+        return results
+
+    def alloc_row(self) -> int:
+        return self.store.alloc_row()
+
+    def free_row(self, row: int) -> None:
+        self.store.free_row(row)
+
+
+def _round_up_bucket(n: int) -> int:
+    return -(-n // DECODE_BUCKET) * DECODE_BUCKET

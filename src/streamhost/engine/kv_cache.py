@@ -1,0 +1,269 @@
+"""The engine's KV cache and the attention that reads it.
+
+Layout: per layer, one buffer ``[rows, kv_heads, capacity, head_dim]``; every live sequence owns a
+row from admission to exit. Why rows rather than TGI's filter/concatenate of padded caches: a
+sequence joining costs nothing (its prefill writes straight into its row), leaving costs nothing
+(the row goes back to the free list), and no step ever copies another sequence's cache.
+
+Each step runs ONE forward over a packed row of tokens: every decoding sequence's next token and
+any prompt chunks being prefilled ("segments"). Linear layers see all tokens at once (on a CPU
+the weight read dominates, so extra tokens are nearly free); attention is done per segment by
+``packed_attention`` against each sequence's own row. Decode segments on consecutive rows whose
+lengths round up to the same bucket share one SDPA call over a view, so a sequence's attention
+is computed over the same key length whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ATTENTION_NAME = "streamhost_packed"
+DECODE_BUCKET = 64
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _grow(needed: int, current: int, ceiling: int) -> int:
+    size = max(current, 8)
+    while size < needed:
+        size *= 2
+    return max(min(size, ceiling), needed)
+
+
+class KVStore:
+    """Row-per-sequence key/value buffers, allocated lazily from the first keys the model writes."""
+
+    def __init__(self, max_rows: int, max_positions: int) -> None:
+        self.max_rows = max_rows
+        self.max_positions = max_positions
+        self.keys: list[torch.Tensor | None] = []
+        self.values: list[torch.Tensor | None] = []
+        self.rows = 0
+        self.capacity = 0
+        self._free: list[int] = []
+        self._next_row = 0
+
+    # -- rows ------------------------------------------------------------------------------
+    def alloc_row(self) -> int:
+        """Lowest free row first, so live rows stay packed and decode runs stay long."""
+        if self._free:
+            self._free.sort()
+            return self._free.pop(0)
+        row = self._next_row
+        self._next_row += 1
+        return row
+
+    def free_row(self, row: int) -> None:
+        self._free.append(row)
+
+    @property
+    def live_rows(self) -> int:
+        return self._next_row - len(self._free)
+
+    def reset(self) -> None:
+        self.keys, self.values = [], []
+        self.rows = self.capacity = 0
+        self._free, self._next_row = [], 0
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+    # -- memory ----------------------------------------------------------------------------
+    def reserve(self, rows: int, positions: int) -> None:
+        """Grow (by doubling) so ``rows`` rows of ``positions`` tokens fit; existing contents are kept."""
+        if rows <= self.rows and positions <= self.capacity:
+            return
+        new_rows = _grow(rows, self.rows, self.max_rows) if rows > self.rows else self.rows
+        new_cap = _grow(positions, self.capacity, _round_up(self.max_positions + 1, DECODE_BUCKET)) \
+            if positions > self.capacity else self.capacity
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                if old is None:
+                    continue
+                grown = old.new_zeros((new_rows, old.shape[1], new_cap, old.shape[3]))
+                grown[: old.shape[0], :, : old.shape[2]].copy_(old)
+                buffers[i] = grown
+        self.rows, self.capacity = new_rows, new_cap
+
+    def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's buffers, created on first use with the head count and size the model produced."""
+        while len(self.keys) <= index:
+            self.keys.append(None)
+            self.values.append(None)
+        if self.keys[index] is None:
+            shape = (self.rows, like.shape[1], self.capacity, like.shape[3])
+            self.keys[index] = like.new_zeros(shape)
+            self.values[index] = like.new_zeros(shape)
+        return self.keys[index], self.values[index]  # type: ignore[return-value]
+
+
+@dataclass
+class Segment:
+    """Tokens of one sequence in this step: ``ids`` continue a row that already holds ``start`` tokens."""
+
+    row: int
+    ids: list[int]
+    start: int
+    logits: str = "last"  # "last", "all" or "none"
+
+
+@dataclass
+class _DecodeRun:
+    q0: int
+    q1: int
+    row0: int
+    row1: int
+    kv_len: int
+    mask: torch.Tensor
+
+
+@dataclass
+class _PrefillPart:
+    q0: int
+    q1: int
+    row: int
+    kv_len: int
+    mask: torch.Tensor | None
+
+
+@dataclass
+class StepPlan:
+    """Everything the attention needs for one packed forward, computed once per step (not per layer)."""
+
+    store: KVStore
+    token_rows: torch.Tensor
+    token_positions: torch.Tensor
+    parts: list = field(default_factory=list)
+    last_layer: int = 0
+
+    @classmethod
+    def build(cls, store: KVStore, segments: list[Segment], dtype: torch.dtype, device: torch.device) -> "StepPlan":
+        rows: list[int] = []
+        positions: list[int] = []
+        parts: list = []
+        q = 0
+        neg = torch.finfo(dtype).min
+        pending: list[tuple[int, int, int]] = []  # decode tokens waiting to be grouped: (q, row, length)
+
+        def flush_decodes() -> None:
+            i = 0
+            while i < len(pending):
+                j = i + 1
+                bucket = _round_up(pending[i][2], DECODE_BUCKET)
+                while (j < len(pending) and pending[j][1] == pending[j - 1][1] + 1
+                       and pending[j][0] == pending[j - 1][0] + 1
+                       and _round_up(pending[j][2], DECODE_BUCKET) == bucket):
+                    j += 1
+                lengths = torch.tensor([p[2] for p in pending[i:j]], device=device)
+                cols = torch.arange(bucket, device=device)
+                mask = torch.zeros((j - i, 1, 1, bucket), dtype=dtype, device=device)
+                mask.masked_fill_((cols[None, :] >= lengths[:, None])[:, None, None, :], neg)
+                parts.append(_DecodeRun(pending[i][0], pending[j - 1][0] + 1, pending[i][1], pending[j - 1][1] + 1,
+                                        bucket, mask))
+                i = j
+            pending.clear()
+
+        for seg in segments:
+            n = len(seg.ids)
+            rows.extend([seg.row] * n)
+            positions.extend(range(seg.start, seg.start + n))
+            if n == 1:
+                pending.append((q, seg.row, seg.start + 1))
+            else:
+                flush_decodes()
+                kv_len = seg.start + n
+                mask = None
+                if seg.start > 0:  # a later chunk: causal with an offset, which SDPA's is_causal can't express
+                    cols = torch.arange(kv_len, device=device)
+                    allowed = cols[None, :] <= (torch.arange(n, device=device)[:, None] + seg.start)
+                    mask = torch.zeros((1, 1, n, kv_len), dtype=dtype, device=device)
+                    mask.masked_fill_(~allowed[None, None], neg)
+                parts.append(_PrefillPart(q, q + n, seg.row, kv_len, mask))
+            q += n
+        flush_decodes()
+        return cls(store, torch.tensor(rows, device=device), torch.tensor(positions, device=device), parts)
+
+
+class _PackedLayer(CacheLayerMixin):
+    """Writes this step's new keys/values into their rows; attention then reads the rows."""
+
+    is_sliding = False
+
+    def __init__(self, plan: StepPlan, index: int) -> None:
+        super().__init__()
+        self.plan, self.index = plan, index
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:  # pragma: no cover
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys, values = self.plan.store.layer(self.index, key_states)
+        rows, positions = self.plan.token_rows, self.plan.token_positions
+        keys[rows, :, positions] = key_states[0].transpose(0, 1)
+        values[rows, :, positions] = value_states[0].transpose(0, 1)
+        self.plan.last_layer = self.index
+        return key_states, value_states
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return query_length, 0
+
+    def get_seq_length(self) -> int:
+        return 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class PackedStepCache(Cache):
+    """The transformers ``Cache`` for one packed step; a fresh one per step is cheap."""
+
+    def __init__(self, plan: StepPlan, num_layers: int) -> None:
+        super().__init__(layers=[_PackedLayer(plan, i) for i in range(num_layers)])
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for a packed step (see module docstring); plain SDPA when no plan is given."""
+    plan: StepPlan | None = kwargs.pop("streamhost_plan", None)
+    if plan is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    layer = getattr(module, "layer_idx", plan.last_layer)
+    keys, values = plan.store.keys[layer], plan.store.values[layer]
+    gqa = query.shape[1] != keys.shape[1]
+    out = query.new_empty((query.shape[0], query.shape[2], query.shape[1], query.shape[3]))  # [1, T, H, D]
+    for part in plan.parts:
+        if isinstance(part, _DecodeRun):
+            q = query[0, :, part.q0:part.q1].transpose(0, 1).unsqueeze(2)  # [n, H, 1, D]
+            o = F.scaled_dot_product_attention(
+                q, keys[part.row0:part.row1, :, : part.kv_len], values[part.row0:part.row1, :, : part.kv_len],
+                attn_mask=part.mask, scale=scaling, enable_gqa=gqa,
+            )
+            out[0, part.q0:part.q1] = o[:, :, 0]
+        else:
+            q = query[:, :, part.q0:part.q1]  # [1, H, n, D]
+            k = keys[part.row:part.row + 1, :, : part.kv_len]
+            v = values[part.row:part.row + 1, :, : part.kv_len]
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=part.mask, is_causal=part.mask is None, scale=scaling, enable_gqa=gqa,
+            )
+            out[0, part.q0:part.q1] = o[0].transpose(0, 1)
+    return out, None
+
+
+def register_attention() -> str:
+    """Make ``packed_attention`` selectable by name in transformers (idempotent).
+
+    No mask function is registered on purpose: transformers then skips building a causal mask for
+    the packed row (it would be ``T x T`` and unused); the plan carries the masks attention needs.
+    """
+    AttentionInterface.register(ATTENTION_NAME, packed_attention)
+    return ATTENTION_NAME
