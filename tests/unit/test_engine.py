@@ -1,0 +1,291 @@
+"""Engine behaviour on a tiny random Llama (real tokenizer): batching, abort, limits, fairness."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from streamhost.engine import Engine, EngineConfig, GenerationParameters
+from streamhost.engine.errors import GenerationError, OverloadedError, ValidationError
+from streamhost.engine.executor import TorchExecutor
+from streamhost.engine.limits import EngineLimits
+from streamhost.engine.types import FinishReason
+
+PROMPTS = [
+    "The quick brown fox",
+    "Once upon a time, in a land far away,",
+    "日本語のテキストと絵文字 😀",
+    "def fibonacci(n):",
+    "Café au lait and naïve résumés",
+    "List three colours:",
+]
+
+
+@pytest.fixture(scope="module")
+def executor(tiny_llama_dir) -> TorchExecutor:
+    return TorchExecutor(tiny_llama_dir, dtype="bf16", device="cpu")
+
+
+def make_limits(**overrides) -> EngineLimits:
+    base = dict(max_input_tokens=1000, max_total_tokens=1200, max_batch_prefill_tokens=1200,
+                max_batch_total_tokens=20000, max_batch_size=32, waiting_served_ratio=0.0)
+    base.update(overrides)
+    return EngineLimits(**base)
+
+
+def run(executor: TorchExecutor, body, *, prefill_chunk: int = 256, **limit_overrides):
+    """Run ``body(engine)`` on a fresh engine (fresh scheduler) over the shared executor."""
+
+    async def main():
+        engine = Engine(executor, EngineConfig(limits=make_limits(**limit_overrides), prefill_chunk=prefill_chunk))
+        await engine.start()
+        try:
+            return await body(engine)
+        finally:
+            await engine.stop()
+            assert executor.store.live_rows == 0, "every row must be freed when requests end"
+
+    return asyncio.run(main())
+
+
+async def collect(engine: Engine, prompt, params: GenerationParameters):
+    return [event async for event in engine.generate(prompt, params)]
+
+
+def ids_of(events):
+    return [e.token_id for e in events]
+
+
+PARAM_SETS = [
+    GenerationParameters(max_new_tokens=24),
+    GenerationParameters(max_new_tokens=17, do_sample=True, seed=7, temperature=0.8, top_k=50),
+    GenerationParameters(max_new_tokens=30, do_sample=True, seed=11, top_p=0.9, repetition_penalty=1.3),
+    GenerationParameters(max_new_tokens=12, frequency_penalty=0.5, no_repeat_ngram_size=2),
+    GenerationParameters(max_new_tokens=20, do_sample=True, seed=3, typical_p=0.8, temperature=1.3),
+    GenerationParameters(max_new_tokens=28, top_n_tokens=3, details=True),
+]
+
+
+def test_concurrent_requests_match_each_alone(executor):
+    async def alone(engine):
+        return [await collect(engine, p, params) for p, params in zip(PROMPTS, PARAM_SETS)]
+
+    async def together(engine):
+        return await asyncio.gather(*[collect(engine, p, params) for p, params in zip(PROMPTS, PARAM_SETS)])
+
+    solo = run(executor, alone)
+    mixed = run(executor, together)
+    for one, many, params in zip(solo, mixed, PARAM_SETS):
+        assert ids_of(one) == ids_of(many)
+        assert one[-1].generated_text == many[-1].generated_text
+        assert len(one) == params.max_new_tokens  # random weights: no EOS expected, ignore_eos not needed
+        if params.seed is not None:
+            assert one[-1].details.seed == params.seed
+
+
+def test_staggered_arrivals_match_alone(executor):
+    """Requests joining a running batch at different steps still get their solo tokens."""
+    params = GenerationParameters(max_new_tokens=40)
+
+    async def alone(engine):
+        return [await collect(engine, p, params) for p in PROMPTS[:4]]
+
+    async def staggered(engine):
+        async def later(i, p):
+            await asyncio.sleep(0.03 * i)
+            return await collect(engine, p, params)
+
+        return await asyncio.gather(*[later(i, p) for i, p in enumerate(PROMPTS[:4])])
+
+    assert [ids_of(x) for x in run(executor, alone)] == [ids_of(x) for x in run(executor, staggered)]
+
+
+def test_stream_text_adds_up_and_details(executor):
+    params = GenerationParameters(max_new_tokens=40, details=True, decoder_input_details=True, top_n_tokens=2)
+
+    async def body(engine):
+        return await collect(engine, PROMPTS[2], params)
+
+    events = run(executor, body)
+    final = events[-1]
+    assert "".join(e.text for e in events if not e.special) == final.generated_text
+    assert "\ufffd" not in "".join(e.text for e in events)
+    assert final.details.finish_reason is FinishReason.LENGTH
+    assert final.details.generated_tokens == 40
+    assert final.details.input_length == len(executor.tokenizer(PROMPTS[2]).input_ids)
+    assert [e.index for e in events] == list(range(40))
+    assert all(e.logprob <= 0 for e in events)
+    assert all(e.top_tokens is not None and 1 <= len(e.top_tokens) <= 2 for e in events)
+    prefill = final.details.prefill
+    assert len(prefill) == final.details.input_length
+    assert prefill[0].logprob is None and all(p.logprob <= 0 for p in prefill[1:])
+
+
+def test_stop_sequence_is_never_emitted(executor):
+    params = GenerationParameters(max_new_tokens=40)
+
+    async def free(engine):
+        return await collect(engine, PROMPTS[1], params)
+
+    text = run(executor, free)[-1].generated_text
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    assert stop.strip(), f"need a visible stop string from {text!r}"
+
+    async def stopped(engine):
+        return await collect(engine, PROMPTS[1], dataclasses.replace(params, stop=[stop]))
+
+    events = run(executor, stopped)
+    final = events[-1]
+    assert final.details.finish_reason is FinishReason.STOP_SEQUENCE
+    assert final.generated_text == text[: text.index(stop)]
+    assert stop not in "".join(e.text for e in events)
+    assert "".join(e.text for e in events if not e.special) == final.generated_text
+
+
+def test_return_full_text_prepends_prompt(executor):
+    async def body(engine):
+        return await collect(engine, PROMPTS[0], GenerationParameters(max_new_tokens=5, return_full_text=True))
+
+    final = run(executor, body)[-1]
+    assert final.generated_text.startswith(PROMPTS[0])
+
+
+def test_abort_mid_stream_frees_capacity(executor):
+    """With room for one sequence, a second request only runs if the first one's abort freed it."""
+
+    async def body(engine):
+        seen = 0
+        async for _ in engine.generate(PROMPTS[0], GenerationParameters(max_new_tokens=500)):
+            seen += 1
+            if seen == 3:
+                break  # the client goes away
+        for _ in range(200):
+            if engine.stats.aborted:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.stats.aborted == 1
+        assert not engine.scheduler.running and executor.store.live_rows == 0
+        second = await asyncio.wait_for(collect(engine, PROMPTS[1], GenerationParameters(max_new_tokens=5)), 30)
+        return second
+
+    events = run(executor, body, max_batch_size=1, max_batch_total_tokens=1200)
+    assert len(events) == 5
+
+
+def test_abort_by_id_during_prefill(executor):
+    long_prompt = " ".join(["token"] * 600)
+
+    async def body(engine):
+        task = asyncio.create_task(collect(engine, long_prompt, GenerationParameters(max_new_tokens=5)))
+        await asyncio.sleep(0)
+        while not engine._by_id:
+            await asyncio.sleep(0.001)
+        (request_id,) = list(engine._by_id)
+        assert engine.abort(request_id)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(300):
+            if engine.stats.aborted and executor.store.live_rows == 0:
+                break
+            await asyncio.sleep(0.01)
+        return engine.stats.aborted, executor.store.live_rows
+
+    aborted, live = run(executor, body, prefill_chunk=16)
+    assert aborted == 1 and live == 0
+
+
+def test_budget_errors_name_the_limit_and_the_request(executor):
+    async def body(engine):
+        with pytest.raises(ValidationError) as total:
+            await collect(engine, PROMPTS[0], GenerationParameters(max_new_tokens=1195))
+        with pytest.raises(ValidationError) as inputs:
+            await collect(engine, " ".join(["word"] * 1100), GenerationParameters(max_new_tokens=5))
+        with pytest.raises(ValidationError) as temp:
+            await collect(engine, PROMPTS[0], GenerationParameters(temperature=0.0, do_sample=True))
+        with pytest.raises(ValidationError, match="beam"):
+            await collect(engine, PROMPTS[0], GenerationParameters(num_beams=2, max_new_tokens=4))
+        return str(total.value), str(inputs.value), str(temp.value)
+
+    total, inputs, temp = run(executor, body)
+    n = len(executor.tokenizer(PROMPTS[0]).input_ids)
+    assert "1200" in total and f"{n} `inputs` tokens" in total and "1195 `max_new_tokens`" in total
+    assert "1000" in inputs
+    assert "temperature" in temp
+
+
+def test_overloaded_past_max_concurrent_requests(executor):
+    async def body(engine):
+        first = engine.generate(PROMPTS[0], GenerationParameters(max_new_tokens=50))
+        await first.__anext__()
+        with pytest.raises(OverloadedError):
+            await collect(engine, PROMPTS[1], GenerationParameters(max_new_tokens=5))
+        await first.aclose()
+
+    run(executor, body, max_concurrent_requests=1)
+
+
+def test_streams_keep_advancing_while_long_prompt_prefills(executor):
+    """A long prompt is prefilled in chunks; a running stream gets tokens between those chunks."""
+    long_prompt = " ".join(f"word{i}" for i in range(300))
+
+    async def body(engine):
+        times: list[float] = []
+        long_first: list[float] = []
+
+        async def runner():
+            async for _ in engine.generate(PROMPTS[0], GenerationParameters(max_new_tokens=150)):
+                times.append(time.monotonic())
+
+        async def long_request():
+            submitted = time.monotonic()
+            async for event in engine.generate(long_prompt, GenerationParameters(max_new_tokens=2)):
+                if event.index == 0:
+                    long_first.append(time.monotonic())
+            return submitted
+
+        task = asyncio.create_task(runner())
+        while len(times) < 3:
+            await asyncio.sleep(0.001)
+        submitted = await long_request()
+        await task
+        during = [t for t in times if submitted <= t <= long_first[0]]
+        return len(during), engine.scheduler.prefill_chunk
+
+    during, chunk = run(executor, body, prefill_chunk=32)
+    prompt_tokens = len(executor.tokenizer(long_prompt).input_ids)
+    chunks = -(-prompt_tokens // chunk)
+    assert chunks >= 10
+    assert during >= chunks - 1  # one running-stream token per prefill chunk
+
+
+def test_beam_search_non_streaming(executor):
+    async def body(engine):
+        return await engine.generate_full(PROMPTS[0], GenerationParameters(num_beams=3, max_new_tokens=8))
+
+    result = run(executor, body)
+    assert result.details.generated_tokens == len(result.tokens) <= 8
+    assert result.generated_text == "".join(t.text for t in result.tokens if not t.special)
+
+
+def test_failed_step_fails_only_its_requests(executor, monkeypatch):
+    """A forward that raises fails the requests it carried with a clear error; the engine keeps serving."""
+    poison = executor.tokenizer("zebra").input_ids[-1]
+    real_forward = executor.forward
+
+    def flaky_forward(segments):
+        if any(poison in s.ids for s in segments):
+            raise RuntimeError("simulated kernel failure")
+        return real_forward(segments)
+
+    monkeypatch.setattr(executor, "forward", flaky_forward)
+
+    async def body(engine):
+        with pytest.raises(GenerationError, match="simulated kernel failure"):
+            await collect(engine, "zebra", GenerationParameters(max_new_tokens=3))
+        return await collect(engine, PROMPTS[0], GenerationParameters(max_new_tokens=4))
+
+    assert len(run(executor, body)) == 4
