@@ -101,11 +101,16 @@ class Engine:
     @classmethod
     def load(cls, model: str, config: EngineConfig | None = None) -> "Engine":
         """Resolve ``model`` (``smollm2``, a folder, .gguf, model.tar.gz or hub id) and load it."""
+        from streamhost.engine.limits import ExecutionOptions
         from streamhost.engine.loader import resolve_model
 
         config = config or EngineConfig()
+        options = ExecutionOptions.from_env()
+        if (options.tensor_parallel_degree or 1) > 1:
+            log.warning("tensor parallel degree %s requested: this executor runs the model on one device",
+                        options.tensor_parallel_degree)
         path = resolve_model(model, revision=config.revision)
-        executor = TorchExecutor(path, dtype=config.dtype, device=config.device,
+        executor = TorchExecutor(path, dtype=config.dtype or options.dtype, device=config.device,
                                  trust_remote_code=config.trust_remote_code)
         if config.model_id is None:
             config = replace(config, model_id=str(model))
