@@ -329,6 +329,9 @@ class Engine:
                 self._fail_all(EngineNotReadyError("the engine is shutting down"))
                 return
             self._reap_aborted()
+            if not sched.has_work() and self.executor.store.live_rows == 0:
+                self.executor.store.reset()  # idle: give the KV memory back
+                continue
             work = sched.schedule()
             self.stats.waiting, self.stats.running = len(sched.waiting), len(sched.running) + len(sched.prefilling)
             if work:
