@@ -1,0 +1,1104 @@
+"""Serving benchmark: a streaming load generator for TGI- and OpenAI-compatible servers.
+
+It drives one or more servers side by side with the same seeded prompts (short, medium and long
+chat prompts), at several concurrency levels, each a closed loop of N workers that each keep one
+streaming request in flight. Per request it measures time to first token, inter-token latencies,
+time per output token and tokens generated; per level it reports TTFT p50/p99, ITL p50/p99,
+TPOT p50, output tok/s, requests/s and errors. It can start the servers it compares
+(``--launch streamhost``, ``--launch transformers``), wait until they are ready, and stop them.
+
+Results: bench/results/serve-<timestamp>.json, bench/results/serve.json (latest) and
+bench/results/serve.png. Usage::
+
+    .venv/bin/python bench/serve.py --launch streamhost --launch transformers          # full run
+    .venv/bin/python bench/serve.py --launch transformers --quick                       # smoke run
+    .venv/bin/python bench/serve.py --target mine=http://127.0.0.1:8080,api=tgi \\
+        --target theirs=http://10.0.0.5:8000,api=openai --concurrency 1,8 --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+from _common import QUESTIONS as ENGINE_QUESTIONS  # noqa: E402
+from _common import RESULTS_DIR, load_latest, machine_info, write_results  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+console = Console(width=max(Console().width, 130))  # whole tables, even when piped
+
+# Issue #3's targets.
+TARGET_LEVEL = 16
+TARGET_TOK_S_VS_BASELINE = 1.2
+TARGET_HTTP_COST_MAX = 0.05
+
+# ============================================================================================
+# Prompts: a fixed, seeded set of chat prompts of three lengths
+# ============================================================================================
+
+# Sentences the medium and long prompts draw their "notes" from (about 20 tokens each).
+SENTENCES = [
+    "The Pacific Ocean is the largest and deepest of the five oceans on our planet.",
+    "Honeybees communicate the location of flowers to each other with a waggle dance.",
+    "The Great Wall of China was built and rebuilt over many centuries by different dynasties.",
+    "Water boils at a lower temperature on a mountain top because the air pressure is lower there.",
+    "Octopuses have three hearts and blue blood that carries oxygen with the help of copper.",
+    "The first successful powered airplane flight lasted only twelve seconds in the year 1903.",
+    "Photosynthesis turns carbon dioxide and water into sugar and oxygen using the energy of light.",
+    "A day on Venus lasts longer than a whole year on Venus because it spins so slowly.",
+    "The human body contains about two hundred and six bones once it is fully grown.",
+    "Lightning heats the air around it to a temperature several times hotter than the surface of the sun.",
+    "The printing press made books far cheaper and helped spread new ideas across Europe.",
+    "Bamboo is a kind of grass and some species can grow almost a metre in a single day.",
+    "Sound travels about four times faster in water than it does in air at the same temperature.",
+    "The Amazon rainforest produces a large share of the rain that falls across South America.",
+    "Penguins live almost entirely in the southern hemisphere, from Antarctica to the Galapagos.",
+    "Copper, silver and gold conduct electricity well because their electrons move freely.",
+    "The moon is slowly drifting away from the Earth by a few centimetres every year.",
+    "Ancient Egyptians wrote on papyrus, a paper made from reeds that grew along the Nile.",
+    "Volcanic soil is often very fertile, which is why farms are found on the slopes of volcanoes.",
+    "A group of crows is sometimes called a murder, and crows can recognise human faces.",
+    "Glass is made by melting sand together with soda and lime at a very high temperature.",
+    "The speed of light in empty space is close to three hundred thousand kilometres per second.",
+    "Coral reefs are built by tiny animals that take calcium from the sea to make their skeletons.",
+    "Tea was first drunk in China and later became a daily habit in Britain and India.",
+    "Wind turbines turn the motion of the air into electricity with a generator in their hub.",
+    "The heart of a blue whale is about the size of a small car and beats very slowly.",
+    "Mount Everest grows a few millimetres taller each year as the Indian plate pushes north.",
+    "Bread rises because yeast eats sugar and releases bubbles of carbon dioxide into the dough.",
+    "Antibiotics work against bacteria but have no effect at all on viruses such as the flu.",
+    "The Sahara was a green land with lakes and grasslands only a few thousand years ago.",
+    "Owls can turn their heads much further than people can because of extra bones in their necks.",
+    "A rainbow always appears on the opposite side of the sky from the sun.",
+    "Rubber comes from the milky sap of a tree that first grew in the forests of South America.",
+    "The Roman road network stretched for tens of thousands of kilometres across the empire.",
+    "Salt was once so valuable that it was used to pay workers and soldiers in some places.",
+    "Earthquakes happen when the plates of the Earth's crust suddenly slip past one another.",
+    "Butterflies taste their food with sensors on their feet before they start to drink.",
+    "The first computers filled whole rooms and used thousands of glowing vacuum tubes.",
+    "Snowflakes usually have six sides because of the way water molecules join when they freeze.",
+    "Elephants use their long trunks to breathe, smell, drink water and pick up small objects.",
+    "Maps of the stars helped sailors find their way across the open sea long before satellites.",
+    "Olive trees can live for more than a thousand years and still produce fruit.",
+    "Iron rusts when it meets water and oxygen, slowly turning into a red and flaky powder.",
+    "Some frogs can survive being frozen in winter and hop away again when they thaw.",
+    "The Nile and the Amazon are the two longest rivers in the world, each over six thousand kilometres.",
+    "Chess is thought to have started in India about fifteen hundred years ago.",
+    "Clouds are made of tiny droplets of water or crystals of ice that float in the air.",
+    "Sharks have existed for hundreds of millions of years, since long before the dinosaurs.",
+]
+
+# Distinct questions: the short prompts use half, the medium and long ones the other half.
+QUESTIONS = list(ENGINE_QUESTIONS) + [
+    "How does a refrigerator keep food cold inside?",
+    "Why do we need to sleep every single night?",
+    "How do airplanes manage to stay up in the sky?",
+    "What is the difference between weather and climate?",
+    "How does the internet send a message across the world?",
+    "Why do some animals sleep through the whole winter?",
+    "How are mountains formed over millions of years?",
+    "What does a good breakfast need to contain?",
+    "How do vaccines help the body fight a disease?",
+    "Why is recycling plastic harder than recycling glass?",
+    "How does a compass always find the north?",
+    "What makes a good friend in difficult times?",
+    "How do fish breathe under water without lungs?",
+    "Why do stars seem to twinkle in the night sky?",
+    "How did people keep time before there were clocks?",
+    "What is the best way to learn a new language?",
+    "How does soap clean grease off our hands?",
+    "Why are some volcanoes more dangerous than others?",
+    "How do solar panels make electricity from light?",
+    "What causes the tides to rise and fall each day?",
+    "How do trees drink water up to their highest leaves?",
+    "Why do onions make people cry when they are cut?",
+    "How does a camera capture a picture of a scene?",
+    "What is the job of the roots of a plant?",
+    "How do spiders spin such strong silk webs?",
+    "Why do we see lightning before we hear the thunder?",
+    "How does a vaccine get tested before people use it?",
+    "What makes a desert different from a grassland?",
+    "How do submarines go down and come back up?",
+    "Why do people get hiccups and how do they stop?",
+    "How does money keep its value in an economy?",
+    "What should a beginner know before running a marathon?",
+    "How do glaciers carve out valleys in the mountains?",
+    "Why do metals feel colder to the touch than wood?",
+    "How does a piano make its sound when a key is pressed?",
+    "What is the purpose of a museum in a city?",
+    "How do ants find their way back to the nest?",
+    "Why does bread go stale when it is left out?",
+    "How do electric cars differ from petrol cars?",
+    "What makes a story exciting for young readers?",
+    "How does the body keep its temperature steady?",
+    "Why do ships made of steel float on the sea?",
+    "How do astronauts live on a space station?",
+    "What are the main causes of traffic jams in cities?",
+    "How do hearing aids help people hear better?",
+    "Why do different languages have different alphabets?",
+    "How does a seed know which way to grow its roots?",
+    "What makes some music sound happy and some sad?",
+]
+
+# Every window of 8 consecutive requests has the same mix: 4 short, 3 medium, 1 long.
+PROMPT_CYCLE = ["short", "medium", "short", "long", "short", "medium", "short", "medium"]
+NOTES_PER_KIND = {"medium": 8, "long": 30}
+POOL_SIZE = 64
+
+
+@dataclass
+class Prompt:
+    index: int
+    kind: str  # short | medium | long | engine
+    messages: list[dict[str, str]]
+    text: str = ""  # chat-templated, for TGI's /generate_stream
+    n_tokens: int = 0
+
+
+def build_prompts(seed: int, prompt_set: str = "mixed") -> list[Prompt]:
+    """The fixed prompt pool. ``mixed``: short/medium/long chat prompts, seeded; ``engine``: the
+    16 questions of bench/engine.py (same as its in-process figures), for the 1-stream check."""
+    if prompt_set == "engine":
+        return [
+            Prompt(i, "engine", [{"role": "user", "content": q}]) for i, q in enumerate(ENGINE_QUESTIONS)
+        ]
+    rng = random.Random(seed)
+    half = len(QUESTIONS) // 2
+    shuffled = QUESTIONS[:]
+    rng.shuffle(shuffled)
+    short_q, notes_q = iter(shuffled[:half]), iter(shuffled[half:])
+    prompts = []
+    for i in range(POOL_SIZE):
+        kind = PROMPT_CYCLE[i % len(PROMPT_CYCLE)]
+        if kind == "short":
+            text = f"{next(short_q)} Please explain in a few paragraphs."
+        else:
+            notes = rng.sample(SENTENCES, NOTES_PER_KIND[kind])
+            text = (
+                "Here are some notes I collected:\n\n"
+                + "\n".join(f"- {s}" for s in notes)
+                + f"\n\nUsing the notes where they help, answer this question: {next(notes_q)}"
+            )
+        prompts.append(Prompt(i, kind, [{"role": "user", "content": text}]))
+    return prompts
+
+
+def template_prompts(prompts: list[Prompt], model_dir: Path) -> None:
+    """Fill in each prompt's chat-templated text (for TGI) and token count, with the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for p in prompts:
+        p.text = tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False)
+        p.n_tokens = len(tokenizer(p.text, add_special_tokens=False)["input_ids"])
+
+
+# ============================================================================================
+# Targets and launched servers
+# ============================================================================================
+
+FORCE_MODES = ("ignore_eos", "generation_config", "none")
+
+
+@dataclass
+class Target:
+    """A server to measure. ``force`` is how we ask it to generate exactly max-new-tokens:
+
+    * ``ignore_eos``: ``"ignore_eos": true`` in the OpenAI body / TGI parameters (vLLM's
+      extension; servers that don't know it ignore it, so it is safe to send);
+    * ``generation_config``: transformers serve's ``generation_config`` JSON with
+      ``eos_token_id: -1`` (it rejects unknown fields such as ``ignore_eos``);
+    * ``none``: only the token limit; generations stop at EOS and are counted as measured.
+    """
+
+    name: str
+    url: str
+    api: str  # tgi | openai
+    model: str | None = None
+    force: str = "ignore_eos"
+    launch: "LaunchSpec | None" = None
+
+
+@dataclass
+class LaunchSpec:
+    kind: str  # streamhost | transformers
+    command: list[str]
+    health_path: str
+    env: dict[str, str]
+    port: int
+
+
+def parse_target(spec: str) -> Target:
+    """``name=URL[,api=tgi|openai][,model=NAME][,force=ignore_eos|generation_config|none]``."""
+    head, *rest = spec.split(",")
+    if "=" not in head:
+        raise ValueError(f"--target {spec!r}: expected name=URL first")
+    name, url = head.split("=", 1)
+    opts = {}
+    for item in rest:
+        if "=" not in item:
+            raise ValueError(f"--target {spec!r}: option {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        opts[key.strip()] = value.strip()
+    unknown = set(opts) - {"api", "model", "force"}
+    if unknown:
+        raise ValueError(f"--target {spec!r}: unknown options {sorted(unknown)} (api, model, force)")
+    api = opts.get("api", "openai")
+    if api not in ("tgi", "openai"):
+        raise ValueError(f"--target {spec!r}: api must be tgi or openai, not {api!r}")
+    force = opts.get("force", "ignore_eos")
+    if force not in FORCE_MODES:
+        raise ValueError(f"--target {spec!r}: force must be one of {FORCE_MODES}, not {force!r}")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"--target {spec!r}: URL must start with http:// or https://")
+    return Target(name.strip(), url.rstrip("/"), api, opts.get("model"), force)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Target:
+    """``streamhost[,api=openai|tgi]`` or ``transformers``: a target whose server we start ourselves."""
+    kind, *rest = spec.split(",")
+    opts = dict(item.split("=", 1) for item in rest if "=" in item)
+    port = free_port()
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    if args.omp_wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    if args.server_threads:
+        env["OMP_NUM_THREADS"] = str(args.server_threads)
+    if kind == "streamhost":
+        api = opts.get("api", "openai")
+        if api not in ("tgi", "openai"):
+            raise ValueError(f"--launch {spec!r}: api must be tgi or openai")
+        model_args = ["--model-dir", str(model_dir)] if args.model else ["--model-id", "smollm2"]
+        command = [
+            sys.executable, "-m", "streamhost.cli", "container", *model_args,
+            "--host", "127.0.0.1", "--port", str(port), "--dtype", "bf16",
+        ]
+        name = "streamhost" if api == "openai" else "streamhost-tgi"
+        launch = LaunchSpec("streamhost", command, "/ping", env, port)
+        return Target(name, f"http://127.0.0.1:{port}", api, None, "ignore_eos", launch)
+    if kind == "transformers":
+        exe = Path(sys.executable).with_name("transformers")
+        exe_s = str(exe) if exe.exists() else (shutil.which("transformers") or "transformers")
+        command = [
+            exe_s, "serve", str(model_dir), "--continuous-batching",
+            "--cb-num-blocks", str(args.tf_cb_num_blocks), "--dtype", "bfloat16", "--device", "cpu",
+            "--host", "127.0.0.1", "--port", str(port),
+        ]
+        launch = LaunchSpec("transformers", command, "/health", env, port)
+        return Target("transformers", f"http://127.0.0.1:{port}", "openai", None, "generation_config", launch)
+    raise ValueError(f"--launch {spec!r}: expected streamhost[,api=openai|tgi] or transformers")
+
+
+class Server:
+    """A server process we started: its own process group, its log in a file, stopped by SIGTERM."""
+
+    def __init__(self, spec: LaunchSpec, log_dir: Path, name: str) -> None:
+        self.spec = spec
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+
+    def start(self, timeout: float) -> None:
+        log = open(self.log_path, "wb")
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.spec.command, env=self.spec.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        url = f"http://127.0.0.1:{self.spec.port}{self.spec.health_path}"
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            while time.perf_counter() - started < timeout:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{' '.join(self.spec.command)} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    )
+                try:
+                    if client.get(url).status_code == 200:
+                        self.startup_s = time.perf_counter() - started
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{self.spec.kind} not ready at {url} after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, grace: float = 30.0) -> int | None:
+        """SIGTERM the server's process group, SIGKILL it if it has not exited after ``grace`` s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            return self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+        except ProcessLookupError:
+            return self.proc.poll()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+# ============================================================================================
+# One streaming request
+# ============================================================================================
+
+
+@dataclass
+class RequestRecord:
+    """One request; times are ``time.perf_counter()`` seconds. ``token_times`` are when each token
+    event (a TGI token, an OpenAI chunk with content) reached us."""
+
+    prompt_index: int
+    prompt_kind: str
+    prompt_tokens: int
+    start: float = 0.0
+    end: float = 0.0
+    token_times: list[float] = field(default_factory=list)
+    reported_tokens: int | None = None  # usage.completion_tokens / details.generated_tokens
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.token_times)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens generated: what the server reports when it does, else the token events counted."""
+        return self.reported_tokens if self.reported_tokens is not None else len(self.token_times)
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.start
+
+    @property
+    def tpot(self) -> float:
+        """(last token - first token) / (tokens - 1): the decode pace this request saw."""
+        n = self.tokens
+        return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else math.nan
+
+    def itls(self) -> list[float]:
+        t = self.token_times
+        return [b - a for a, b in zip(t, t[1:])]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt": self.prompt_index, "kind": self.prompt_kind, "prompt_tokens": self.prompt_tokens,
+            "e2e_s": round(self.end - self.start, 4),
+        }
+        if self.ok:
+            out.update(
+                ttft_s=round(self.ttft, 4), tpot_s=None if math.isnan(self.tpot) else round(self.tpot, 5),
+                tokens=self.tokens, events=len(self.token_times), finish_reason=self.finish_reason,
+            )
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def request_body(target: Target, prompt: Prompt, max_new_tokens: int) -> tuple[str, dict[str, Any]]:
+    """(path, JSON body) asking for ``max_new_tokens`` greedy tokens, streamed."""
+    if target.api == "tgi":
+        params: dict[str, Any] = {"max_new_tokens": max_new_tokens, "details": True, "decoder_input_details": False}
+        if target.force == "ignore_eos":
+            params["ignore_eos"] = True
+        return "/generate_stream", {"inputs": prompt.text, "parameters": params}
+    body: dict[str, Any] = {
+        "messages": prompt.messages,
+        "stream": True,
+        "max_tokens": max_new_tokens,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+    }
+    if target.model:
+        body["model"] = target.model
+    if target.force == "ignore_eos":
+        body["ignore_eos"] = True
+    elif target.force == "generation_config":
+        body["generation_config"] = json.dumps(
+            {"max_new_tokens": max_new_tokens, "eos_token_id": -1, "do_sample": False}
+        )
+    return "/v1/chat/completions", body
+
+
+def _error_text(obj: dict[str, Any]) -> str:
+    err = obj.get("error")
+    if isinstance(err, dict):
+        err = err.get("message") or json.dumps(err)
+    kind = obj.get("error_type")
+    return f"stream error{f' ({kind})' if kind else ''}: {str(err)[:200]}"
+
+
+async def stream_request(
+    client: httpx.AsyncClient, target: Target, prompt: Prompt, max_new_tokens: int, on_token: Callable[[], None]
+) -> RequestRecord:
+    """Send one streaming request and time every token event; never raises for server trouble."""
+    rec = RequestRecord(prompt.index, prompt.kind, prompt.n_tokens)
+    path, body = request_body(target, prompt, max_new_tokens)
+    perf = time.perf_counter
+    rec.start = perf()
+    try:
+        async with client.stream("POST", target.url + path, json=body) as resp:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")
+                rec.error = f"HTTP {resp.status_code}: {text[:200]}"
+                return rec
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, event: lines
+                now = perf()
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    obj = json.loads(data)
+                except json.JSONDecodeError:
+                    rec.error = f"bad JSON in stream: {data[:120]}"
+                    break
+                if not isinstance(obj, dict):
+                    continue
+                if "error" in obj and obj["error"]:
+                    rec.error = _error_text(obj)
+                    break
+                if target.api == "tgi":
+                    if obj.get("token") is not None:
+                        rec.token_times.append(now)
+                        on_token()
+                    details = obj.get("details")
+                    if isinstance(details, dict):
+                        rec.finish_reason = details.get("finish_reason")
+                        if isinstance(details.get("generated_tokens"), int):
+                            rec.reported_tokens = details["generated_tokens"]
+                else:
+                    for choice in obj.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            rec.token_times.append(now)
+                            on_token()
+                        if choice.get("finish_reason"):
+                            rec.finish_reason = choice["finish_reason"]
+                    usage = obj.get("usage")
+                    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                        rec.reported_tokens = usage["completion_tokens"]
+    except httpx.HTTPError as exc:
+        rec.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        rec.end = perf()
+    if rec.error is None and not rec.token_times:
+        rec.error = "stream ended without a token"
+    return rec
+
+
+# ============================================================================================
+# A level: N closed-loop workers
+# ============================================================================================
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    """Percentile with linear interpolation (numpy's default); None when there are no values."""
+    vals = sorted(v for v in values if not math.isnan(v))
+    if not vals:
+        return None
+    k = (len(vals) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return vals[lo] + (vals[hi] - vals[lo]) * (k - lo)
+
+
+def level_metrics(records: list[RequestRecord], wall: float, max_new_tokens: int) -> dict[str, Any]:
+    ok = [r for r in records if r.ok]
+    itls = [d for r in ok for d in r.itls()]
+    tokens = sum(r.tokens for r in ok)
+    errors = Counter(r.error.split(":")[0] if r.error else "" for r in records if not r.ok)
+    by_kind: dict[str, Any] = {}
+    for kind in sorted({r.prompt_kind for r in ok}):
+        rs = [r for r in ok if r.prompt_kind == kind]
+        by_kind[kind] = {
+            "requests": len(rs),
+            "prompt_tokens_mean": sum(r.prompt_tokens for r in rs) / len(rs),
+            "ttft_p50_s": pct([r.ttft for r in rs], 50),
+            "ttft_p99_s": pct([r.ttft for r in rs], 99),
+        }
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": len(records) - len(ok),
+        "error_kinds": dict(errors),
+        "error_examples": sorted({r.error for r in records if r.error})[:5],
+        "wall_s": wall,
+        "output_tokens": tokens,
+        "output_tok_s": tokens / wall if wall > 0 else None,
+        "requests_per_s": len(ok) / wall if wall > 0 else None,
+        "ttft_p50_s": pct([r.ttft for r in ok], 50),
+        "ttft_p99_s": pct([r.ttft for r in ok], 99),
+        "itl_p50_s": pct(itls, 50),
+        "itl_p99_s": pct(itls, 99),
+        "tpot_p50_s": pct([r.tpot for r in ok], 50),
+        "e2e_p50_s": pct([r.end - r.start for r in ok], 50),
+        "tokens_per_request_mean": tokens / len(ok) if ok else None,
+        "tokens_per_request_min": min((r.tokens for r in ok), default=None),
+        "full_length_fraction": sum(r.tokens >= max_new_tokens for r in ok) / len(ok) if ok else None,
+        "token_events_per_token": sum(len(r.token_times) for r in ok) / tokens if tokens else None,
+        "finish_reasons": dict(Counter(str(r.finish_reason) for r in ok)),
+        "prompt_tokens_mean": sum(r.prompt_tokens for r in ok) / len(ok) if ok else None,
+        "by_prompt_kind": by_kind,
+    }
+
+
+async def run_level(
+    client: httpx.AsyncClient,
+    target: Target,
+    prompts: list[Prompt],
+    concurrency: int,
+    n_requests: int | None,
+    duration: float | None,
+    max_new_tokens: int,
+    on_done: Callable[[RequestRecord], None],
+    on_token: Callable[[], None],
+) -> tuple[list[RequestRecord], float]:
+    """Closed loop: ``concurrency`` workers, each sending its next request as soon as the last ends.
+
+    Request i gets prompt i (mod the pool), so every target and level sees the same sequence.
+    Stops after ``n_requests`` requests, or stops starting new ones after ``duration`` seconds;
+    the wall time runs from the first send to the last request's end.
+    """
+    counter = itertools.count()
+    records: list[RequestRecord] = []
+    start = time.perf_counter()
+    deadline = start + duration if duration else None
+
+    async def worker() -> None:
+        while True:
+            i = next(counter)
+            if n_requests is not None and i >= n_requests:
+                return
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
+            rec = await stream_request(client, target, prompts[i % len(prompts)], max_new_tokens, on_token)
+            records.append(rec)
+            on_done(rec)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return records, time.perf_counter() - start
+
+
+def requests_plan(levels: list[int], spec: str | None, duration: float | None) -> dict[int, int | None]:
+    """Requests per level. ``spec``: N, or ``Kx`` for K times the concurrency; never fewer than the
+    concurrency (every worker gets at least one request). Default max(8, 2x). None with --duration."""
+    if duration is not None:
+        return {n: None for n in levels}
+    plan = {}
+    for n in levels:
+        if spec is None:
+            count = max(8, 2 * n)
+        elif spec.endswith("x"):
+            count = int(float(spec[:-1]) * n)
+        else:
+            count = int(spec)
+        plan[n] = max(count, n)
+    return plan
+
+
+# ============================================================================================
+# Driving one target through all levels
+# ============================================================================================
+
+
+async def bench_target(
+    target: Target, prompts: list[Prompt], args: argparse.Namespace, progress: Progress
+) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=max(args.levels) + 8, max_keepalive_connections=max(args.levels) + 8)
+    timeout = httpx.Timeout(args.request_timeout, connect=30)
+    result: dict[str, Any] = {"levels": {}}
+    tokens_seen = [0]
+
+    def on_token() -> None:
+        tokens_seen[0] += 1
+
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+        # Warm-up: one prompt of each kind at once, few tokens, same request shape as measured.
+        # (transformers serve builds its continuous-batching manager on the first request.)
+        warm_task = progress.add_task(f"{target.name}: warm-up", total=None)
+        seen, warm = set(), []
+        for p in prompts:
+            if p.kind not in seen:
+                seen.add(p.kind)
+                warm.append(p)
+        started = time.perf_counter()
+        warm_records = await asyncio.gather(
+            *(stream_request(client, target, p, args.warmup_tokens, on_token) for p in warm)
+        )
+        progress.remove_task(warm_task)
+        bad = [r.error for r in warm_records if not r.ok]
+        result["warmup"] = {"requests": len(warm_records), "errors": bad, "s": time.perf_counter() - started}
+        if bad and len(bad) == len(warm_records):
+            raise RuntimeError(f"{target.name}: every warm-up request failed: {bad[0]}")
+
+        for level in args.levels:
+            n_req = args.plan[level]
+            task = progress.add_task(f"{target.name} x{level}", total=n_req)
+            level_start = time.perf_counter()
+            tokens_seen[0] = 0
+            done = [0]
+
+            def on_done(rec: RequestRecord, task=task, level_start=level_start, done=done) -> None:
+                done[0] += 1
+                rate = tokens_seen[0] / max(time.perf_counter() - level_start, 1e-9)
+                progress.update(
+                    task, advance=1,
+                    description=f"{target.name} x{level}: {done[0]} req, {rate:.1f} tok/s",
+                )
+
+            load_before = os.getloadavg()[0]
+            records, wall = await run_level(
+                client, target, prompts, level, n_req, args.duration, args.max_new_tokens, on_done, on_token
+            )
+            metrics = level_metrics(records, wall, args.max_new_tokens)
+            metrics["concurrency"] = level
+            metrics["load_average_1m"] = [load_before, os.getloadavg()[0]]
+            metrics["request_records"] = [r.summary() for r in records]
+            result["levels"][str(level)] = metrics
+            progress.update(task, total=len(records), completed=len(records))
+    return result
+
+
+def run_target(target: Target, prompts: list[Prompt], args: argparse.Namespace, progress: Progress) -> dict:
+    info: dict[str, Any] = {"url": target.url, "api": target.api, "force": target.force, "model": target.model}
+    server = None
+    try:
+        if target.launch:
+            server = Server(target.launch, args.log_dir, target.name)
+            task = progress.add_task(f"{target.name}: starting server", total=None)
+            try:
+                server.start(args.launch_timeout)
+            finally:
+                progress.remove_task(task)
+            info["launched"] = {
+                "command": target.launch.command,
+                "env": {k: target.launch.env[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HF_HUB_OFFLINE")
+                        if k in target.launch.env},
+                "startup_s": server.startup_s,
+                "log": str(server.log_path),
+            }
+        info.update(asyncio.run(bench_target(target, prompts, args, progress)))
+    except Exception as exc:  # one target's failure must not lose the others' figures
+        info["failed"] = f"{type(exc).__name__}: {exc}"
+        console.print(f"[red]{target.name}: {info['failed']}[/]")
+    finally:
+        if server:
+            info.setdefault("launched", {})["exit_code"] = server.stop()
+    return info
+
+
+# ============================================================================================
+# Comparisons, report, plot
+# ============================================================================================
+
+
+def _level(results: dict, name: str | None, level: int) -> dict | None:
+    if not name:
+        return None
+    return results["targets"].get(name, {}).get("levels", {}).get(str(level))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def compare_targets(results: dict, candidate: str | None, baseline: str | None, levels: list[int]) -> dict | None:
+    """Candidate vs baseline at every level, and issue #3's 16-stream target."""
+    if not candidate or not baseline:
+        return None
+    rows = {}
+    for n in levels:
+        c, b = _level(results, candidate, n), _level(results, baseline, n)
+        if not c or not b:
+            continue
+        rows[str(n)] = {
+            "output_tok_s_ratio": _ratio(c["output_tok_s"], b["output_tok_s"]),
+            "ttft_p99_ratio": _ratio(c["ttft_p99_s"], b["ttft_p99_s"]),
+            "ttft_p50_ratio": _ratio(c["ttft_p50_s"], b["ttft_p50_s"]),
+            "tokens_per_request": [c["tokens_per_request_mean"], b["tokens_per_request_mean"]],
+        }
+    at = rows.get(str(TARGET_LEVEL))
+    target = None
+    if at:
+        ratio_ok = at["output_tok_s_ratio"] is not None and at["output_tok_s_ratio"] >= TARGET_TOK_S_VS_BASELINE
+        ttft_ok = at["ttft_p99_ratio"] is not None and at["ttft_p99_ratio"] <= 1.0
+        target = {
+            "level": TARGET_LEVEL,
+            "output_tok_s_ratio": at["output_tok_s_ratio"],
+            "ttft_p99_ratio": at["ttft_p99_ratio"],
+            "met": ratio_ok and ttft_ok,
+            "goal": f"output tok/s >= {TARGET_TOK_S_VS_BASELINE}x {baseline} and TTFT p99 <= {baseline}'s",
+        }
+    return {"candidate": candidate, "baseline": baseline, "by_level": rows, "target": target}
+
+
+def compare_engine(results: dict, candidate: str | None, args: argparse.Namespace) -> dict | None:
+    """Issue #3: at 1 stream the HTTP layer costs at most 5% against bench/engine.py's in-process run."""
+    level1 = _level(results, candidate, 1)
+    engine = load_latest("engine")
+    if not level1 or not engine or not engine.get("engine"):
+        return None
+    by = engine["engine"].get("by_streams", {})
+    one = by.get("1") or by.get(1)
+    if not one:
+        return None
+    e = one["median"]
+    serve_decode = 1 / level1["tpot_p50_s"] if level1["tpot_p50_s"] else None
+    out = {
+        "engine_result": engine.get("timestamp"),
+        "engine_new_tokens": engine.get("new_tokens"),
+        "same_prompts": args.prompts == "engine",
+        "same_new_tokens": engine.get("new_tokens") == args.max_new_tokens,
+        "engine_total_tok_s": e["total_tok_s"],
+        "serve_output_tok_s": level1["output_tok_s"],
+        "total_cost": 1 - level1["output_tok_s"] / e["total_tok_s"] if level1["output_tok_s"] else None,
+        "engine_decode_tok_s": e["decode_tok_s_per_stream"],
+        "serve_decode_tok_s": serve_decode,
+        "decode_cost": 1 - serve_decode / e["decode_tok_s_per_stream"] if serve_decode else None,
+        "engine_ttft_s": e["ttft_median_s"],
+        "serve_ttft_p50_s": level1["ttft_p50_s"],
+        "goal": f"cost <= {TARGET_HTTP_COST_MAX:.0%}",
+    }
+    comparable = out["same_prompts"] and out["same_new_tokens"]
+    out["met"] = (out["total_cost"] is not None and out["total_cost"] <= TARGET_HTTP_COST_MAX) if comparable else None
+    if not comparable:
+        out["note"] = (
+            "prompts or token counts differ from bench/engine.py's run; decode_cost (1/TPOT against the "
+            "engine's per-stream decode rate) is the closer figure. For the target itself run "
+            "--prompts engine --concurrency 1 --max-new-tokens 128."
+        )
+    return out
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.0f}"
+
+
+def print_report(results: dict) -> None:
+    table = Table(
+        title=f"{results['config']['max_new_tokens']} new tokens, prompts: {results['config']['prompts']}"
+    )
+    cols = ["target", "streams", "out tok/s", "req/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
+            "TPOT p50", "tok/req", "full", "errors"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "target" else "right")
+    for name, info in results["targets"].items():
+        for n, m in info.get("levels", {}).items():
+            table.add_row(
+                name, n,
+                "-" if m["output_tok_s"] is None else f"{m['output_tok_s']:.1f}",
+                "-" if m["requests_per_s"] is None else f"{m['requests_per_s']:.2f}",
+                _ms(m["ttft_p50_s"]), _ms(m["ttft_p99_s"]), _ms(m["itl_p50_s"]), _ms(m["itl_p99_s"]),
+                _ms(m["tpot_p50_s"]),
+                "-" if m["tokens_per_request_mean"] is None else f"{m['tokens_per_request_mean']:.0f}",
+                "-" if m["full_length_fraction"] is None else f"{m['full_length_fraction']:.0%}",
+                str(m["errors"]),
+            )
+    console.print(table)
+    console.print("times in ms; 'full': share of requests that generated all --max-new-tokens tokens")
+    for name, info in results["targets"].items():
+        if info.get("failed"):
+            console.print(f"[red]{name} failed: {info['failed']}[/]")
+
+    cmp_ = results.get("comparison")
+    if cmp_:
+        t = Table(title=f"{cmp_['candidate']} / {cmp_['baseline']}")
+        for col in ("streams", "out tok/s ratio", "TTFT p50 ratio", "TTFT p99 ratio", "tok/req (cand, base)"):
+            t.add_column(col, justify="right")
+        for n, row in cmp_["by_level"].items():
+            tpr = row["tokens_per_request"]
+            t.add_row(
+                n, *(f"{row[k]:.2f}" if row[k] is not None else "-"
+                     for k in ("output_tok_s_ratio", "ttft_p50_ratio", "ttft_p99_ratio")),
+                ", ".join("-" if v is None else f"{v:.0f}" for v in tpr),
+            )
+        console.print(t)
+        tgt = cmp_.get("target")
+        if tgt:
+            met = "[green]met[/]" if tgt["met"] else "[red]not met[/]"
+            console.print(
+                f"target at {tgt['level']} streams ({tgt['goal']}): tok/s x{tgt['output_tok_s_ratio']:.2f}, "
+                f"TTFT p99 x{tgt['ttft_p99_ratio']:.2f} -> {met}"
+            )
+    eng = results.get("engine_comparison")
+    if eng:
+        met = {True: "[green]met[/]", False: "[red]not met[/]", None: "[yellow]not comparable[/]"}[eng["met"]]
+        console.print(
+            f"1 stream vs in-process engine ({eng['engine_result']}): output tok/s {eng['serve_output_tok_s']:.2f} vs "
+            f"{eng['engine_total_tok_s']:.2f} (cost {eng['total_cost']:.1%}); decode tok/s "
+            f"{eng['serve_decode_tok_s'] or float('nan'):.2f} vs {eng['engine_decode_tok_s']:.2f} "
+            f"(cost {eng['decode_cost'] if eng['decode_cost'] is not None else float('nan'):.1%}); "
+            f"TTFT p50 {_ms(eng['serve_ttft_p50_s'])} vs {_ms(eng['engine_ttft_s'])} ms; {eng['goal']}: {met}"
+        )
+        if eng.get("note"):
+            console.print(f"  ({eng['note']})")
+    lengths = {
+        name: {n: m["tokens_per_request_mean"] for n, m in info.get("levels", {}).items()}
+        for name, info in results["targets"].items()
+    }
+    means = {name: [v for v in d.values() if v] for name, d in lengths.items()}
+    flat = {name: sum(v) / len(v) for name, v in means.items() if v}
+    if flat and max(flat.values()) > 1.05 * min(flat.values()):
+        console.print(
+            "[yellow]targets generated different numbers of tokens per request "
+            f"({', '.join(f'{k}: {v:.0f}' for k, v in flat.items())}); a server that stops at EOS "
+            "does less work per request, so compare tok/s with care[/]"
+        )
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tp, ax_ttft) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ticks: set[int] = set()
+    for i, (name, info) in enumerate(results["targets"].items()):
+        levels = {int(n): m for n, m in info.get("levels", {}).items() if m["output_tok_s"] is not None}
+        if not levels:
+            continue
+        xs = sorted(levels)
+        ticks.update(xs)
+        c = colors[i % len(colors)]
+        ax_tp.plot(xs, [levels[x]["output_tok_s"] for x in xs], marker="o", color=c, label=name)
+        ax_ttft.plot(xs, [(levels[x]["ttft_p50_s"] or 0) * 1000 for x in xs], marker="o", color=c,
+                     label=f"{name} p50")
+        ax_ttft.plot(xs, [(levels[x]["ttft_p99_s"] or 0) * 1000 for x in xs], marker="s", linestyle="--",
+                     color=c, label=f"{name} p99")
+    for ax in (ax_tp, ax_ttft):
+        ax.set_xscale("log", base=2)
+        if ticks:
+            ax.set_xticks(sorted(ticks))
+            ax.set_xticklabels([str(t) for t in sorted(ticks)])
+        ax.set_xlabel("concurrent streams")
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    ax_tp.set_ylabel("output tokens / s")
+    ax_tp.set_title("Output throughput")
+    ax_ttft.set_ylabel("time to first token (ms)")
+    ax_ttft.set_title("TTFT p50 (solid) and p99 (dashed)")
+    cfg = results["config"]
+    fig.suptitle(
+        f"{Path(cfg['model']).name}, {cfg['max_new_tokens']} new tokens, {cfg['prompts']} prompts, "
+        f"{results['machine']['cpu_count']} CPUs",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ============================================================================================
+# CLI
+# ============================================================================================
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Targets are measured one after another; launched servers run only while measured.",
+    )
+    parser.add_argument(
+        "--target", action="append", default=[], metavar="NAME=URL[,api=tgi|openai][,model=M][,force=F]",
+        help="a running server to measure (repeatable). api: openai (default; POST /v1/chat/completions) or "
+        "tgi (POST /generate_stream with the chat-templated prompt). force: how to ask for full-length "
+        "generations: ignore_eos (default), generation_config (transformers serve), none",
+    )
+    parser.add_argument(
+        "--launch", action="append", default=[], metavar="streamhost[,api=openai|tgi]|transformers",
+        help="start this server, measure it, stop it (repeatable): streamhost = `python -m streamhost.cli "
+        "container --model-id smollm2 --dtype bf16`; transformers = `transformers serve <model folder> "
+        "--continuous-batching --cb-num-blocks 64 --dtype bfloat16`",
+    )
+    parser.add_argument("--concurrency", default="1,4,16,32", help="concurrent streams per level (default 1,4,16,32)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens asked per request (default 128)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--duration", type=float, default=None, help="seconds per level to keep starting requests")
+    group.add_argument(
+        "--requests-per-level", default=None,
+        help="requests per level: N, or Kx for K times the concurrency (default: max(8, 2x))",
+    )
+    parser.add_argument("--prompts", choices=["mixed", "engine"], default="mixed",
+                        help="mixed: seeded short/medium/long chat prompts (default); engine: bench/engine.py's "
+                        "16 short questions, for the 1-stream comparison with the in-process engine")
+    parser.add_argument("--seed", type=int, default=0, help="prompt set seed (default 0)")
+    parser.add_argument("--warmup-tokens", type=int, default=16, help="tokens per warm-up request")
+    parser.add_argument("--quick", action="store_true", help="smoke run: streams 1,4; 32 tokens; 1x requests")
+    parser.add_argument("--model", default=None, help="model folder (default: the converted smollm2 bf16 folder)")
+    parser.add_argument("--omp-wait-policy", choices=["passive", "active", "inherit"], default="passive",
+                        help="OMP_WAIT_POLICY for launched servers (default passive; see bench/README.md)")
+    parser.add_argument("--server-threads", type=int, default=None, help="OMP_NUM_THREADS for launched servers")
+    parser.add_argument("--tf-cb-num-blocks", type=int, default=64,
+                        help="transformers serve --cb-num-blocks (default 64 blocks of 256 tokens)")
+    parser.add_argument("--launch-timeout", type=float, default=600, help="seconds to wait for a launched server")
+    parser.add_argument("--request-timeout", type=float, default=600, help="read timeout per request (s)")
+    parser.add_argument("--candidate", default=None, help="target compared against the baseline "
+                        "(default: the first named streamhost*)")
+    parser.add_argument("--baseline", default=None, help="baseline target (default: the first named transformers*)")
+    parser.add_argument("--name", default="serve", help="results file stem under bench/results (default serve)")
+    parser.add_argument("--log-dir", type=Path, default=None, help="where launched servers' logs go (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    if args.quick:
+        args.concurrency = "1,4"
+        args.max_new_tokens = min(args.max_new_tokens, 32)
+        if args.duration is None and args.requests_per_level is None:
+            args.requests_per_level = "1x"
+    try:
+        args.levels = sorted({int(s) for s in args.concurrency.split(",") if s.strip()})
+    except ValueError:
+        parser.error("--concurrency must list positive integers, e.g. 1,4,16,32")
+    if not args.levels or min(args.levels) < 1:
+        parser.error("--concurrency must list positive integers, e.g. 1,4,16,32")
+    if args.max_new_tokens < 2:
+        parser.error("--max-new-tokens must be >= 2")
+    if args.requests_per_level is not None:
+        spec = args.requests_per_level
+        try:
+            value = float(spec[:-1]) if spec.endswith("x") else int(spec)
+        except ValueError:
+            parser.error("--requests-per-level must be N or Kx")
+        if value <= 0:
+            parser.error("--requests-per-level must be positive")
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
+    args.warmup_tokens = max(1, min(args.warmup_tokens, args.max_new_tokens))
+    args.plan = requests_plan(args.levels, args.requests_per_level, args.duration)
+    if not args.target and not args.launch:
+        parser.error("nothing to measure: give --target NAME=URL and/or --launch streamhost|transformers")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    from streamhost.engine.loader import ensure_default_model
+
+    model_dir = Path(args.model) if args.model else ensure_default_model()
+    try:
+        targets = [parse_target(s) for s in args.target]
+        targets += [launch_target(s, args, model_dir) for s in args.launch]
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        console.print(f"[red]target names must be distinct: {names}[/]")
+        return 2
+    args.log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="streamhost-bench-serve-"))
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    prompts = build_prompts(args.seed, args.prompts)
+    template_prompts(prompts, model_dir)
+    kinds: dict[str, list[int]] = {}
+    for p in prompts:
+        kinds.setdefault(p.kind, []).append(p.n_tokens)
+
+    if any(t.launch and t.launch.kind == "transformers" for t in targets):
+        # 256-token blocks; each request holds ceil((prompt + new) / 256) of them.
+        worst = sorted((-(-(p.n_tokens + args.max_new_tokens) // 256) for p in prompts), reverse=True)
+        need = sum(worst[: max(args.levels)])
+        if need > args.tf_cb_num_blocks:
+            console.print(
+                f"[yellow]transformers serve: up to {need} KV blocks needed at {max(args.levels)} streams, "
+                f"{args.tf_cb_num_blocks} configured (--tf-cb-num-blocks); it will queue requests[/]"
+            )
+
+    results: dict[str, Any] = {
+        "benchmark": "serve",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
+        "config": {
+            "model": str(model_dir),
+            "levels": args.levels,
+            "max_new_tokens": args.max_new_tokens,
+            "duration_s": args.duration,
+            "requests_per_level": {str(n): c for n, c in args.plan.items()} if args.duration is None else None,
+            "prompts": args.prompts,
+            "seed": args.seed,
+            "prompt_pool": {k: {"count": len(v), "tokens_min": min(v), "tokens_mean": sum(v) / len(v),
+                                "tokens_max": max(v)} for k, v in kinds.items()},
+            "prompt_order": [p.kind for p in prompts],
+            "warmup_tokens": args.warmup_tokens,
+            "greedy": True,
+            "omp_wait_policy_launched": args.omp_wait_policy,
+            "server_threads": args.server_threads,
+            "quick": args.quick,
+        },
+        "machine": machine_info(),
+        "metrics": {
+            "ttft": "first token event at the client - request sent",
+            "itl": "gaps between consecutive token events of a request, pooled over the level's requests",
+            "tpot": "(last token event - first token event) / (tokens - 1), per request",
+            "tokens": "usage.completion_tokens (OpenAI) / details.generated_tokens (TGI) when sent, else token events",
+            "output_tok_s": "tokens of the level's successful requests / level wall time (first send to last end)",
+            "requests_per_s": "successful requests / level wall time",
+        },
+        "targets": {},
+    }
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+        for target in targets:
+            results["targets"][target.name] = run_target(target, prompts, args, progress)
+    results["elapsed_s"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+
+    candidate = args.candidate or next((n for n in names if n.startswith("streamhost")), None)
+    baseline = args.baseline or next((n for n in names if n.startswith("transformers")), None)
+    results["comparison"] = compare_targets(results, candidate, baseline, args.levels)
+    results["engine_comparison"] = compare_engine(results, candidate, args)
+
+    stamped, latest = write_results(results, args.name)
+    png = plot(results, RESULTS_DIR / f"{args.name}.png")
+    print_report(results)
+    console.print(f"wrote {stamped}, {latest}, {png} in {results['elapsed_s']:.0f} s; server logs in {args.log_dir}")
+    failed = [n for n, info in results["targets"].items() if info.get("failed")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
