@@ -1,0 +1,68 @@
+"""The platform's Prometheus metrics (``GET /metrics``).
+
+A registry of its own rather than the global one, so two platforms in one test process (or a
+model server imported alongside) never collide on metric names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class PlatformMetrics:
+    """Counters and histograms the gateway, control plane and supervisor update."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "streamhost_platform_requests",
+            "API requests by operation and HTTP status.",
+            ["operation", "status"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "streamhost_endpoint_time_to_first_token_seconds",
+            "Time from a streaming invocation's arrival to its first payload part, per endpoint.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "streamhost_endpoint_invocation_seconds",
+            "Whole-invocation latency per endpoint and operation.",
+            ["endpoint", "operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "streamhost_endpoint_in_flight_streams",
+            "Streaming invocations in progress per endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.invocations = Counter(
+            "streamhost_endpoint_invocations",
+            "Invocations per endpoint, variant and outcome.",
+            ["endpoint", "variant", "outcome"],
+            registry=self.registry,
+        )
+        self.restarts = Counter(
+            "streamhost_instance_restarts",
+            "Model-server instances restarted after a crash or failed health checks.",
+            ["endpoint", "variant"],
+            registry=self.registry,
+        )
+        self.ready_instances = Gauge(
+            "streamhost_endpoint_ready_instances",
+            "Instances currently passing health checks per endpoint and variant.",
+            ["endpoint", "variant"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,72 @@
+"""Platform settings: one object built from the command line, passed to every part."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_container_command() -> list[str]:
+    """How an instance is started (``--port``, ``--host``, ``--dialect``, ``--model-dir`` are appended)."""
+    return [sys.executable, "-m", "streamhost.cli", "container"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the platform reachable from this machine only."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class PlatformSettings:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    region: str = "us-east-1"
+    account: str = "123456789012"
+    container_command: list[str] = field(default_factory=default_container_command)
+    instance_host: str = "127.0.0.1"
+    auth: bool | None = None  # None: on unless bound to loopback
+    credentials_file: Path | None = None
+    s3_endpoint_url: str | None = None
+    artifact_roots: list[Path] | None = None  # None: any local path (loopback) / the state dir (otherwise)
+    drain_timeout: float = 30.0  # how long old instances may finish in-flight requests
+    stop_grace: float = 15.0  # SIGTERM -> SIGKILL
+    health_interval: float = 5.0  # /ping period for a serving instance
+    health_failures: int = 3  # consecutive failed pings before an instance is restarted
+    ready_wait: float = 30.0  # how long an invocation waits for some instance to become ready
+    max_instances: int = 16  # per endpoint
+    threads_per_instance: int | None = None  # OMP_NUM_THREADS for instances; None: cores / instances
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).expanduser()
+        if self.auth is None:
+            self.auth = not is_loopback(self.host)
+        if self.artifact_roots is None and not is_loopback(self.host):
+            self.artifact_roots = [self.state_dir / "models"]
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "streamhost.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    @staticmethod
+    def cpu_count() -> int:
+        try:
+            return len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
