@@ -1,0 +1,244 @@
+"""The platform's ASGI application: routes, SigV4 check, request metrics, startup and shutdown.
+
+Routes:
+- ``GET /ping``: 200 once the platform is up (the platform's own health, not its endpoints').
+- ``GET /metrics``: Prometheus text.
+- ``POST /`` with ``X-Amz-Target: SageMaker.<Op>``: the control plane (JSON 1.1).
+- ``POST /endpoints/{name}/invocations[-response-stream]``: the runtime gateway (rest-json).
+- ``GET /_streamhost/endpoints/{name}``: an operator's view of an endpoint's instances
+  (state, pid, port, in-flight and served counts, restarts, log path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import unquote
+
+from streamhost.protocols import sagemaker as sm
+
+from .artifacts import ArtifactStore
+from .asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, read_body, respond, respond_json
+from .auth import AuthError, SigV4Verifier, load_secrets
+from .control_plane import ControlPlane
+from .gateway import INVOKE, INVOKE_STREAM, Gateway
+from .metrics import PlatformMetrics
+from .settings import PlatformSettings
+from .store import Store
+from .supervisor import Supervisor
+
+log = logging.getLogger("streamhost.platform")
+
+_STREAM_SUFFIX = "/invocations-response-stream"
+_UNARY_SUFFIX = "/invocations"
+_CONTROL_BODY_LIMIT = 1024 * 1024
+
+
+def catalog_eula_lookup(state_dir) -> Any:
+    """A function telling whether a container's model needs its EULA accepted, per the catalog."""
+
+    def lookup(container: dict[str, Any]) -> bool:
+        from streamhost.catalog.specs import CatalogError, load_catalog
+
+        env = container.get("Environment") or {}
+        ref = env.get("HF_MODEL_ID") or env.get("OPTION_MODEL_ID") or env.get("MODEL_ID")
+        if not ref:
+            return False
+        try:
+            entry = load_catalog(state_dir).find(str(ref))
+        except CatalogError:
+            return False
+        return bool(entry and entry.eula_required)
+
+    return lookup
+
+
+class PlatformApp:
+    """Builds every part from ``settings`` and serves them as one ASGI app."""
+
+    def __init__(self, settings: PlatformSettings) -> None:
+        self.settings = settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = PlatformMetrics()
+        self.store = Store(settings.db_path)
+        self.artifacts = ArtifactStore(
+            settings.artifacts_dir, s3_endpoint_url=settings.s3_endpoint_url, allowed_roots=settings.artifact_roots
+        )
+        self.supervisor = Supervisor(self.store, settings, self.artifacts, self.metrics)
+        self.control = ControlPlane(
+            self.store,
+            self.supervisor,
+            self.artifacts,
+            region=settings.region,
+            account=settings.account,
+            max_instances=settings.max_instances,
+            eula_lookup=catalog_eula_lookup(settings.state_dir),
+        )
+        self.gateway = Gateway(self.supervisor, self.store, self.metrics, settings)
+        self.verifier: SigV4Verifier | None = None
+        if settings.auth:
+            secrets = load_secrets(settings.credentials_file)
+            if not secrets:
+                raise SystemExit(
+                    "streamhost serve: SigV4 auth is on (the platform is bound to a non-loopback address or "
+                    "--auth was given) but no credentials were found: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or pass --credentials-file"
+                )
+            self.verifier = SigV4Verifier(secrets)
+        self.started_callbacks: list[Any] = []
+        self.ready = False
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method = scope["method"]
+        path = scope["path"]
+        if method == "GET" and path == "/ping":
+            await respond(send, 200 if self.ready else 503, b"", {"content-type": "text/plain"})
+            return
+        if method == "GET" and path == "/metrics":
+            await respond(send, 200, self.metrics.render(), {"content-type": self.metrics.content_type})
+            return
+        if method == "POST" and path == "/":
+            await self._control(scope, receive, send)
+            return
+        if path.startswith("/endpoints/") and (path.endswith(_STREAM_SUFFIX) or path.endswith(_UNARY_SUFFIX)):
+            if method != "POST":
+                await respond_json(send, 405, {"message": "use POST"}, {"allow": "POST"})
+                return
+            await self._invoke(scope, receive, send)
+            return
+        if method == "GET" and path.startswith("/_streamhost/endpoints/"):
+            await self._instances(scope, receive, send, path.rsplit("/", 1)[-1])
+            return
+        await respond_json(send, 404, {"message": f"No route for {method} {path}"})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.supervisor.recover()
+                    self.ready = True
+                    for callback in self.started_callbacks:
+                        await callback(self)
+                except Exception as exc:  # noqa: BLE001 - report, do not hang uvicorn
+                    log.exception("platform startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                try:
+                    await self.supervisor.shutdown()
+                    await self.gateway.close()
+                finally:
+                    self.store.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------ auth
+
+    def _authenticate(self, scope: Scope, headers: dict[str, str], body: bytes) -> None:
+        if self.verifier is None:
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        self.verifier.verify(
+            scope["method"],
+            raw_path.decode("latin-1").split("?", 1)[0],
+            scope.get("query_string", b"").decode("latin-1"),
+            headers,
+            body,
+        )
+
+    # ------------------------------------------------------------------ control plane
+
+    async def _control(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = header_map(scope)
+        target = headers.get("x-amz-target")
+        operation = ControlPlane.operation_name(target) or "Unknown"
+        json_type = sm.AMZ_JSON_CONTENT_TYPE
+        try:
+            body = await read_body(receive, _CONTROL_BODY_LIMIT)
+        except ClientGone:
+            return
+        except BodyTooLarge:
+            await respond_json(send, 413, {"__type": "ValidationException", "message": "Request body is larger than 1 MiB"},
+                               content_type=json_type)  # fmt: skip
+            self.metrics.requests.labels(operation, "413").inc()
+            return
+        try:
+            self._authenticate(scope, headers, body)
+        except AuthError as exc:
+            await respond_json(send, exc.status, {"__type": exc.code, "message": exc.message}, content_type=json_type)
+            self.metrics.requests.labels(operation, str(exc.status)).inc()
+            return
+        status, payload = await self.control.handle(target, body)
+        if operation not in self.control.operations:
+            operation = "Unknown"
+        await respond_json(send, status, payload, {"x-amzn-requestid": _request_id()}, content_type=json_type)
+        self.metrics.requests.labels(operation, str(status)).inc()
+
+    # ------------------------------------------------------------------ runtime
+
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        stream = path.endswith(_STREAM_SUFFIX)
+        operation = INVOKE_STREAM if stream else INVOKE
+        raw_path = (scope.get("raw_path") or path.encode()).decode("latin-1").split("?", 1)[0]
+        segment = raw_path[len("/endpoints/") : raw_path.rindex("/")]
+        name = unquote(segment)
+        headers = header_map(scope)
+        try:
+            body = await read_body(receive, sm.MAX_BODY_BYTES)
+        except ClientGone:
+            return
+        except BodyTooLarge:
+            status, hdrs, payload = sm.runtime_error("ValidationError", "The request body is larger than 6 MiB (6291456 bytes).")
+            await respond(send, status, payload, hdrs)
+            self.metrics.requests.labels(operation, str(status)).inc()
+            return
+        try:
+            self._authenticate(scope, headers, body)
+        except AuthError as exc:
+            payload = json.dumps({"message": exc.message}).encode()
+            await respond(send, exc.status, payload, {sm.ERROR_TYPE: exc.code, "content-type": sm.JSON_CONTENT_TYPE})
+            self.metrics.requests.labels(operation, str(exc.status)).inc()
+            return
+        status = await self.gateway.invoke(receive, send, name, body, headers, stream)
+        self.metrics.requests.labels(operation, str(status)).inc()
+
+    # ------------------------------------------------------------------ operator view
+
+    async def _instances(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        headers = header_map(scope)
+        try:
+            body = await read_body(receive, 1024)
+            self._authenticate(scope, headers, body)
+        except (ClientGone, BodyTooLarge):
+            return
+        except AuthError as exc:
+            await respond_json(send, exc.status, {"__type": exc.code, "message": exc.message})
+            return
+        view = self.supervisor.instances_view(unquote(name))
+        if view is None:
+            await respond_json(send, 404, {"message": f"Endpoint {name} has no running instances"})
+            return
+        await respond_json(send, 200, view)
+
+
+def _request_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def _now() -> float:
+    return time.time()

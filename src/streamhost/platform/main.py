@@ -1,0 +1,90 @@
+"""``streamhost serve``: the platform process (control plane, runtime gateway, supervisor)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("STREAMHOST_STATE_DIR", "~/.streamhost"),
+        help="database, artifacts and instance logs (default ~/.streamhost, or $STREAMHOST_STATE_DIR)",
+    )
+    parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"), help="region used in ARNs")
+    parser.add_argument("--account-id", default="123456789012", help="12-digit account id used in ARNs")
+    parser.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="verify SigV4 signatures (default: on unless bound to a loopback address)",
+    )
+    parser.add_argument("--credentials-file", type=Path, help="AWS-style credentials file with the accepted keys")
+    parser.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// model data (or AWS_ENDPOINT_URL_S3)")
+    parser.add_argument(
+        "--artifact-root",
+        action="append",
+        type=Path,
+        help="allow local ModelDataUrl paths only under this folder (repeatable; default: anywhere on "
+        "loopback binds, <state-dir>/models otherwise)",
+    )
+    parser.add_argument(
+        "--container-command",
+        help="command that starts a model server (default: '<python> -m streamhost.cli container'); "
+        "--port/--host/--dialect/--model-dir are appended",
+    )
+    parser.add_argument("--instance-threads", type=int, help="OMP_NUM_THREADS for instances (default: cores / instances)")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds old instances get to finish requests")
+    parser.add_argument("--health-interval", type=float, default=5.0, help="seconds between health checks of an instance")
+    parser.add_argument("--deploy-default", action="store_true", help="create endpoint 'smollm2' with the embedded model")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import PlatformApp
+    from .defaults import deploy_default
+    from .settings import PlatformSettings, default_container_command
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
+    settings = PlatformSettings(
+        state_dir=Path(args.state_dir),
+        host=args.host,
+        port=args.port,
+        region=args.region,
+        account=args.account_id,
+        auth=args.auth,
+        credentials_file=args.credentials_file,
+        s3_endpoint_url=args.s3_endpoint_url,
+        artifact_roots=args.artifact_root,
+        container_command=shlex.split(args.container_command) if args.container_command else default_container_command(),
+        threads_per_instance=args.instance_threads,
+        drain_timeout=args.drain_timeout,
+        health_interval=args.health_interval,
+    )
+    app = PlatformApp(settings)
+    if args.deploy_default:
+        app.started_callbacks.append(deploy_default)
+    auth = "SigV4 auth on" if settings.auth else "SigV4 auth off (loopback)"
+    logging.getLogger("streamhost.platform").info(
+        "streamhost platform on http://%s:%d, state in %s, %s", args.host, args.port, settings.state_dir, auth
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
+    )
+    return 0
