@@ -1,0 +1,203 @@
+"""The model server's ASGI app: routes, error shapes, metrics, and loading the model in the background.
+
+The HTTP server starts before the model is loaded, so ``/ping`` can say 503 while loading (DESIGN
+pitfall 7); the model loads in a daemon thread and the engine starts when it is done. A model that
+fails to load is fatal: ``on_fatal`` is called so the process exits non-zero, as TGI's launcher does.
+
+Every refusal has the protocol's JSON shape; an unexpected exception is logged with its traceback
+and answered ``500 {"error": "internal error: <type>", "error_type": "internal"}``, never with a
+traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamhost.engine.errors import EngineError
+from streamhost.protocols import tgi
+from streamhost.protocols.errors import ProtocolError
+from streamhost.server import invocations, openai_routes, tgi_routes
+from streamhost.server.bodies import json_answer, protocol_error_answer
+from streamhost.server.config import ServerSettings
+from streamhost.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from streamhost.server.state import ServerState
+
+log = logging.getLogger("streamhost.server")
+
+EngineLoader = Callable[[ServerSettings], Any]
+
+
+def load_engine(settings: ServerSettings) -> Any:
+    """Resolve and load the model (slow: runs in a worker thread)."""
+    from streamhost.engine import Engine, EngineConfig
+
+    if settings.quantize:
+        log.warning("HF_MODEL_QUANTIZE=%s is not supported by this executor: serving unquantised weights", settings.quantize)
+    config = EngineConfig(dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
+                          revision=settings.revision, model_id=settings.model_id)
+    return Engine.load(settings.model_id, config)
+
+
+def _in_daemon_thread(fn: Callable[[], Any]) -> asyncio.Future:
+    """Run ``fn`` in a daemon thread (a stuck load must not keep the process alive at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def target() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+            loop.call_soon_threadsafe(settle, False, exc)
+        else:
+            loop.call_soon_threadsafe(settle, True, value)
+
+    threading.Thread(target=target, name="streamhost-load", daemon=True).start()
+    return future
+
+
+async def _load(state: ServerState, loader: EngineLoader, on_fatal: Callable[[str], None]) -> None:
+    settings = state.settings
+    log.info("loading %s", settings.describe())
+    try:
+        pending = _in_daemon_thread(lambda: loader(settings))
+        engine = await asyncio.wait_for(pending, settings.load_timeout) if settings.load_timeout else await pending
+        await engine.start()
+    except asyncio.CancelledError:
+        raise
+    except asyncio.TimeoutError:
+        state.load_error = f"the model did not load within option.model_loading_timeout={settings.load_timeout:g} s"
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported, then fatal
+        state.load_error = f"{type(exc).__name__}: {exc}"
+    else:
+        state.engine = engine
+        if state.draining:
+            engine.stop_accepting()
+        log.info("model ready: %s", settings.model_id)
+    finally:
+        state.loading = False
+    if state.load_error is not None:
+        log.error("cannot serve %s: %s", settings.model_id, state.load_error)
+        on_fatal(state.load_error)
+
+
+# --------------------------------------------------------------------------- error handlers
+
+
+async def _protocol_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProtocolError)
+    return protocol_error_answer(exc)
+
+
+async def _engine_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EngineError)
+    status, body = tgi.engine_error(exc)
+    return json_answer(body, status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+    message = exc.detail
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return json_answer({"error": message, "error_type": kind}, exc.status_code, headers=dict(exc.headers or {}))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_answer({"error": f"internal error: {type(exc).__name__}", "error_type": "internal"}, 500)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+async def _metrics(request: Request) -> Response:
+    state: ServerState = request.app.state.server
+    return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+class CountRequests:
+    """Counts answers by route and status code (raw ASGI: adds one call per sent message)."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def counting_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.state.metrics.count_request(scope.get("path", ""), status or 500)
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    state: ServerState | None = None,
+    loader: EngineLoader | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> Any:
+    """The ASGI app for one model; the model starts loading when the app's lifespan starts."""
+    state = state or ServerState(settings)
+    load = loader or load_engine
+    fatal = on_fatal or (lambda message: None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        task = asyncio.create_task(_load(state, load, fatal))
+        try:
+            yield
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            if state.engine is not None:
+                await state.engine.stop()
+
+    routes = [
+        *invocations.ROUTES,
+        *tgi_routes.ROUTES,
+        *openai_routes.ROUTES,
+        Route("/metrics", _metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ProtocolError: _protocol_error,
+            EngineError: _engine_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.server = state
+    return CountRequests(app, state)

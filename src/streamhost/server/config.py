@@ -1,0 +1,235 @@
+"""Model-server settings: command-line flags over the environment, the way the TGI and LMI images read them.
+
+One function, :func:`load_settings`, decides everything before any model work starts, so a bad
+setting fails at once with a message naming the setting and the value (never mid-load):
+
+- the model: ``--model-id`` > ``serving.properties`` ``option.model_id`` > ``OPTION_MODEL_ID`` >
+  ``HF_MODEL_ID`` > ``--model-dir`` > ``smollm2`` (the embedded default);
+- the dialect: ``--dialect``, else ``lmi`` when the model folder holds ``serving.properties`` or an
+  ``OPTION_*`` variable is set, else ``tgi``;
+- ``HF_MODEL_REVISION``, ``HF_MODEL_TRUST_REMOTE_CODE`` (or ``option.trust_remote_code``),
+  ``HF_MODEL_QUANTIZE`` (reported; this executor serves unquantised weights), ``SM_NUM_GPUS`` /
+  ``option.tensor_parallel_degree`` (read by the engine), ``HF_TOKEN`` /
+  ``HUGGING_FACE_HUB_TOKEN`` (read by the loader for hub downloads, never logged);
+- dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE``/``DTYPE`` (engine default: bf16 where fast);
+- the ``MAX_*`` limits are read by the engine (``EngineLimits.from_env``); ``serving.properties``
+  values reach it through :func:`export_serving_properties`, since the file wins over ``OPTION_*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamhost.engine.limits import parse_dtype
+from streamhost.protocols.lmi import ServingProperties, ServingPropertiesError
+
+DEFAULT_PORT = 8080
+DEFAULT_HOST = "127.0.0.1"  # DESIGN.md: bind locally unless told otherwise (containers pass --host 0.0.0.0)
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_MODEL = "smollm2"
+SERVING_PROPERTIES = "serving.properties"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names it, its value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the model server needs to start, resolved from flags and environment."""
+
+    model_id: str
+    dialect: str = "tgi"  # tgi | lmi
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    revision: str | None = None
+    dtype: str | None = None  # a torch dtype name, None = the engine's choice
+    trust_remote_code: bool = False
+    quantize: str | None = None
+    num_shards: int | None = None
+    model_dir: Path | None = None
+    properties: ServingProperties | None = None  # LMI configuration (dialect lmi)
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    load_timeout: float | None = None  # option.model_loading_timeout, seconds
+    payload_limit: int = 2_000_000
+    compute_type: str | None = None  # TGI's x-compute-type header (default: the device)
+    log_level: str = "info"
+    extra_env: dict[str, str] = field(default_factory=dict)  # what export_serving_properties will set
+
+    def describe(self) -> str:
+        """One line for the log (no secrets)."""
+        parts = [f"model={self.model_id}", f"dialect={self.dialect}", f"listen={self.host}:{self.port}"]
+        if self.revision:
+            parts.append(f"revision={self.revision}")
+        if self.dtype:
+            parts.append(f"dtype={self.dtype}")
+        if self.quantize:
+            parts.append(f"quantize={self.quantize} (ignored)")
+        return " ".join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``streamhost container``; each overrides its environment variable."""
+    parser.add_argument("--model-id", default=None, help="model to serve: smollm2, a folder, a .gguf, a model.tar.gz or a hub id (env HF_MODEL_ID)")
+    parser.add_argument("--model-dir", default=None, help="folder with the weights, or with serving.properties (LMI)")
+    parser.add_argument("--revision", default=None, help="hub revision (env HF_MODEL_REVISION)")
+    parser.add_argument("--dialect", choices=("tgi", "lmi"), default=None, help="how /invocations answers {inputs} (default: lmi when serving.properties or OPTION_* is present)")
+    parser.add_argument("--host", default=None, help=f"address to bind (default {DEFAULT_HOST}; containers use 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=None, help=f"port (env PORT; default {DEFAULT_PORT})")
+    parser.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 | auto (env OPTION_DTYPE / DTYPE)")
+    parser.add_argument("--trust-remote-code", action="store_true", default=None, help="env HF_MODEL_TRUST_REMOTE_CODE")
+    parser.add_argument("--drain-timeout", type=float, default=None, help=f"seconds to finish in-flight requests after SIGTERM (env STREAMHOST_DRAIN_TIMEOUT; default {DEFAULT_DRAIN_TIMEOUT:g})")
+    parser.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"), help="env LOG_LEVEL (default info)")
+
+
+def _flag(args: argparse.Namespace | None, name: str):
+    return getattr(args, name, None) if args is not None else None
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name)
+    if raw is None:
+        return None
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not valid: expected true or false")
+
+
+def _env_number(env: Mapping[str, str], name: str, kind: type, minimum: float) -> int | float | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not valid: expected a number >= {minimum:g}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} is not valid: expected a number >= {minimum:g}")
+    return value
+
+
+def _has_option_env(env: Mapping[str, str]) -> bool:
+    return any(name.startswith("OPTION_") and len(name) > 7 for name in env)
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> ServerSettings:
+    """Resolve the server's settings (see the module docstring for the order). Raises SettingsError."""
+    env = dict(os.environ if environ is None else environ)
+    model_dir = _flag(args, "model_dir") or env.get("STREAMHOST_MODEL_DIR") or None
+    model_dir_path = Path(model_dir).expanduser() if model_dir else None
+    if model_dir_path is not None and not model_dir_path.exists():
+        raise SettingsError(f"--model-dir {model_dir} does not exist")
+    props_file = model_dir_path / SERVING_PROPERTIES if model_dir_path is not None and model_dir_path.is_dir() else None
+    has_props = props_file is not None and props_file.is_file()
+
+    dialect = _flag(args, "dialect") or env.get("STREAMHOST_DIALECT") or ("lmi" if has_props or _has_option_env(env) else "tgi")
+    if dialect not in ("tgi", "lmi"):
+        raise SettingsError(f"dialect {dialect!r} is not valid: expected tgi or lmi")
+
+    properties: ServingProperties | None = None
+    if dialect == "lmi" or has_props:
+        try:
+            text = props_file.read_text(encoding="utf-8") if has_props and props_file is not None else None
+            properties = ServingProperties.load(text, env)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read {props_file}: {exc}") from None
+        except ServingPropertiesError as exc:
+            raise SettingsError(str(exc)) from None
+
+    model_id = _flag(args, "model_id")
+    if not model_id and properties is not None and properties.model_id:
+        model_id = properties.model_id
+    if not model_id:
+        model_id = env.get("HF_MODEL_ID") or None
+    if not model_id and model_dir_path is not None:
+        model_id = str(model_dir_path)
+    model_id = model_id or DEFAULT_MODEL
+    if model_id.startswith("s3://"):
+        raise SettingsError(
+            f"model {model_id!r}: this server loads local folders, .gguf files, model.tar.gz archives and hub ids; "
+            "download s3:// artifacts first (the platform does this for endpoints)"
+        )
+    if model_dir_path is not None and not Path(model_id).is_absolute() and (model_dir_path / model_id).exists():
+        model_id = str(model_dir_path / model_id)  # option.model_id relative to the model folder
+
+    dtype_raw = _flag(args, "dtype")
+    source = "--dtype"
+    if dtype_raw is None and properties is not None and properties.dtype is not None:
+        dtype_raw, source = properties.dtype, "option.dtype"
+    dtype = None
+    if dtype_raw is not None:
+        try:
+            dtype = parse_dtype(dtype_raw, source=source)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+
+    trust = _flag(args, "trust_remote_code")
+    if trust is None:
+        trust = _env_bool(env, "HF_MODEL_TRUST_REMOTE_CODE")
+    if trust is None and properties is not None:
+        trust = properties.trust_remote_code
+    port = _flag(args, "port")
+    if port is None:
+        port = _env_number(env, "PORT", int, 1) or _env_number(env, "SAGEMAKER_BIND_TO_PORT", int, 1) or DEFAULT_PORT
+    if not 0 <= int(port) <= 65535:
+        raise SettingsError(f"port {port} is not valid: expected 0..65535")
+    drain = _flag(args, "drain_timeout")
+    if drain is None:
+        drain = _env_number(env, "STREAMHOST_DRAIN_TIMEOUT", float, 0)
+    if drain is not None and drain < 0:
+        raise SettingsError(f"--drain-timeout {drain} is not valid: expected seconds >= 0")
+    payload_limit = _env_number(env, "PAYLOAD_LIMIT", int, 1)
+    shards = _env_number(env, "SM_NUM_GPUS", int, 1)
+    load_timeout = properties.model_loading_timeout if properties is not None else None
+
+    extra_env: dict[str, str] = {}
+    if properties is not None and has_props:
+        extra_env = serving_properties_env(properties)
+
+    return ServerSettings(
+        model_id=model_id,
+        dialect=dialect,
+        host=_flag(args, "host") or DEFAULT_HOST,
+        port=int(port),
+        revision=_flag(args, "revision") or env.get("HF_MODEL_REVISION") or None,
+        dtype=dtype,
+        trust_remote_code=bool(trust),
+        quantize=env.get("HF_MODEL_QUANTIZE") or None,
+        num_shards=int(shards) if shards is not None else None,
+        model_dir=model_dir_path,
+        properties=properties,
+        drain_timeout=DEFAULT_DRAIN_TIMEOUT if drain is None else float(drain),
+        load_timeout=float(load_timeout) if load_timeout else None,
+        payload_limit=int(payload_limit) if payload_limit is not None else 2_000_000,
+        compute_type=env.get("COMPUTE_TYPE") or None,
+        log_level=(_flag(args, "log_level") or env.get("LOG_LEVEL") or "info").lower(),
+        extra_env=extra_env,
+    )
+
+
+def serving_properties_env(properties: ServingProperties) -> dict[str, str]:
+    """``option.x_y`` -> ``OPTION_X_Y`` for every option the file set (the engine reads the environment)."""
+    out: dict[str, str] = {}
+    for key, value in properties.values.items():
+        if key.startswith("option.") and properties.sources.get(key) == "serving.properties":
+            out["OPTION_" + key[len("option."):].upper()] = value
+    return out
+
+
+def export_serving_properties(settings: ServerSettings, environ: dict[str, str] | None = None) -> None:
+    """Put serving.properties options into the process environment, where the engine's limits read them.
+
+    The file wins over ``OPTION_*`` variables (LMI's rule), so its values overwrite them.
+    """
+    target = os.environ if environ is None else environ
+    for name, value in settings.extra_env.items():
+        target[name] = value

@@ -1,0 +1,175 @@
+"""TGI's HTTP API: ``POST /``, ``/generate``, ``/generate_stream``, ``/tokenize``, ``GET /info``.
+
+Request parsing and byte framing live in ``protocols/tgi.py``; this module connects them to the
+engine. The engine always gets ``return_full_text=False``: the TGI framing prepends the request's
+own ``inputs`` string, exactly as TGI does (the engine would decode the prompt tokens instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamhost.protocols import tgi
+from streamhost.server.bodies import check_content_type, json_answer, now, read_body
+from streamhost.server.generation import collect_many, logprob_sum, request_id
+from streamhost.server.state import ServerState
+from streamhost.server.streaming import Observer, TokenStream, WholeAnswer, dumps, encode_headers
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+async def _body(request: Request, state: ServerState) -> bytes:
+    check_content_type(request)
+    return await read_body(request, state.payload_limit)
+
+
+async def compat_generate(request: Request) -> Any:
+    """POST ``/``: streams when ``"stream": true``, otherwise the answer wrapped in a list."""
+    started = now()
+    state = _state(request)
+    body = await _body(request, state)
+    return generate_answer(state, body, started, stream=None, wrap=True, default_full_text=True)
+
+
+async def generate(request: Request) -> Any:
+    started = now()
+    state = _state(request)
+    return generate_answer(state, await _body(request, state), started, stream=False)
+
+
+async def generate_stream(request: Request) -> Any:
+    started = now()
+    state = _state(request)
+    return generate_answer(state, await _body(request, state), started, stream=True)
+
+
+def generate_answer(
+    state: ServerState,
+    body: bytes | dict,
+    started: float,
+    *,
+    stream: bool | None,
+    wrap: bool = False,
+    default_full_text: bool = False,
+) -> Any:
+    """Parse a TGI generate request and answer it (SSE or JSON); raises ProtocolError/EngineError early."""
+    req = tgi.parse_generate_request(body, stream=stream, default_return_full_text=default_full_text)
+    engine = state.require_engine()
+    params = req.parameters
+    engine_params = dataclasses.replace(params, return_full_text=False)
+    observer = Observer(state, started)
+    compute_type = state.compute_type()
+    if req.stream:
+        framer = tgi.TgiStream(params, req.inputs)
+        events = engine.generate(req.inputs, engine_params, request_id("gen"), stream=True)
+        return TokenStream(
+            observer, events, framer.event,
+            content_type=tgi.SSE_CONTENT_TYPE,
+            headers={**SSE_HEADERS, "x-compute-type": compute_type, "x-compute-characters": str(len(req.inputs))},
+            early_error=tgi.engine_error,
+            stream_error=framer.error,
+        )
+    copies = max(1, params.best_of or 1)
+    streams = []
+    for _ in range(copies):
+        rid = request_id("gen")
+        streams.append((engine.generate(req.inputs, engine_params, rid, stream=False), rid))
+
+    async def compute() -> tuple[int, list, bytes]:
+        submitted = now()
+        done = await collect_many(engine, streams)
+        best = max(done, key=lambda c: logprob_sum(c.result)) if len(done) > 1 else done[0]
+        answer = tgi.generate_response(best.result, params, req.inputs)
+        if len(done) > 1 and "details" in answer:
+            answer["details"]["best_of_sequences"] = [_best_of_sequence(c.result, params, req.inputs) for c in done if c is not best]
+        details = best.result.details
+        headers = tgi.timing_headers(
+            compute_type=compute_type,
+            compute_characters=len(req.inputs),
+            total_time=now() - started,
+            validation_time=submitted - started,
+            queue_time=best.result.queue_time,
+            inference_time=best.result.inference_time,
+            prompt_tokens=details.input_length,
+            generated_tokens=details.generated_tokens,
+        )
+        return 200, encode_headers(headers, "application/json"), dumps([answer] if wrap else answer)
+
+    return WholeAnswer(observer, compute, early_error=tgi.engine_error, closers=[s for s, _ in streams])
+
+
+def _best_of_sequence(result, params, inputs: str) -> dict[str, Any]:
+    """One losing candidate in TGI's ``best_of_sequences`` shape."""
+    full = tgi.generate_response(result, dataclasses.replace(params, details=True), inputs)
+    details = full["details"]
+    out = {
+        "generated_text": full["generated_text"],
+        "finish_reason": details["finish_reason"],
+        "generated_tokens": details["generated_tokens"],
+        "seed": details["seed"],
+        "prefill": details["prefill"],
+        "tokens": details["tokens"],
+    }
+    if "top_tokens" in details:
+        out["top_tokens"] = details["top_tokens"]
+    return out
+
+
+async def tokenize(request: Request) -> Response:
+    """POST ``/tokenize``: ``[{id, text, start, stop}]`` with UTF-8 byte offsets."""
+    state = _state(request)
+    body = await _body(request, state)
+    req = tgi.parse_generate_request(body, stream=False)
+    engine = state.require_engine()
+    tokenizer = engine.tokenizer
+    offsets = None
+    try:
+        encoded = tokenizer(req.inputs, add_special_tokens=True, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in encoded["offset_mapping"]]
+    except (NotImplementedError, ValueError, KeyError):  # slow tokenizers have no offsets
+        encoded = tokenizer(req.inputs, add_special_tokens=True)
+    ids = list(encoded["input_ids"])
+    return json_answer(tgi.tokenize_response(req.inputs, ids, offsets))
+
+
+async def info(request: Request) -> Response:
+    """GET ``/info`` in TGI's shape (503 until the model is loaded)."""
+    state = _state(request)
+    engine = state.engine
+    if engine is None:
+        return json_answer(tgi.unhealthy_body(), 503)
+    limits = engine.limits
+    described = engine.info()
+    return json_answer(tgi.info_response(
+        model_id=state.model_id,
+        model_sha=state.settings.revision,
+        model_dtype=f"torch.{described.get('dtype', 'float32')}",
+        model_device_type=str(described.get("device", "cpu")),
+        max_concurrent_requests=limits.max_concurrent_requests,
+        max_best_of=limits.max_best_of,
+        max_stop_sequences=limits.max_stop_sequences,
+        max_input_tokens=limits.max_input_tokens,
+        max_total_tokens=limits.max_total_tokens,
+        max_client_batch_size=limits.max_client_batch_size,
+        router="streamhost",
+        version=state.version,
+        docker_label=None,
+    ))
+
+
+ROUTES = [
+    Route("/", compat_generate, methods=["POST"]),
+    Route("/generate", generate, methods=["POST"]),
+    Route("/generate_stream", generate_stream, methods=["POST"]),
+    Route("/tokenize", tokenize, methods=["POST"]),
+    Route("/info", info, methods=["GET"]),
+]

@@ -1,0 +1,124 @@
+"""Model servers as real processes on real sockets, for the end-to-end tests.
+
+``start_container`` runs ``python -m streamhost.cli container`` on a free port, waits for
+``/ping`` 200 and returns a handle; the fixtures keep few processes alive (each loads a model and
+the machine has two cores): one TGI-dialect server on the tiny model for the whole session and one
+LMI-dialect server per module that asks for it. ``OMP_WAIT_POLICY=PASSIVE`` stops OpenMP threads
+of several processes from spinning against each other.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+# The TGI test server's limits: small enough that a request without max_new_tokens ends quickly.
+TINY_ENV = {
+    "MAX_TOTAL_TOKENS": "512",
+    "MAX_INPUT_TOKENS": "400",
+    "MAX_CONCURRENT_REQUESTS": "2",
+    "PAYLOAD_LIMIT": "200000",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Container:
+    """A running ``streamhost container`` process."""
+
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPTION_", "MAX_", "HF_MODEL"))}
+    env.update({
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra or {})
+    return env
+
+
+def start_container(args: list[str], log_path: Path, env: dict[str, str] | None = None, wait: bool = True,
+                    timeout: float = 180) -> Container:
+    port = free_port()
+    full_env = server_env(env)
+    cmd = [sys.executable, "-m", "streamhost.cli", "container", "--port", str(port), *args]
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+    container = Container(proc, f"http://127.0.0.1:{port}", log_path, full_env)
+    if wait:
+        wait_ready(container, timeout)
+    return container
+
+
+def wait_ready(container: Container, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if container.proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {container.proc.returncode}:\n{container.log()[-4000:]}")
+        try:
+            if httpx.get(container.url + "/ping", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    container.stop()
+    raise RuntimeError(f"the server was not ready within {timeout} s:\n{container.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def tgi_server(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model behind the TGI dialect (shared by the whole session)."""
+    log = tmp_path_factory.mktemp("tgi-server") / "server.log"
+    container = start_container(["--model-id", str(tiny_llama_dir)], log, TINY_ENV)
+    yield container
+    container.stop()
+
+
+@pytest.fixture(scope="session")
+def tgi_url(tgi_server: Container) -> str:
+    return tgi_server.url
+
+
+def write_lmi_dir(folder: Path, model_dir: Path, properties: dict[str, str]) -> Path:
+    """An LMI model folder: serving.properties naming the weights (``option.model_id``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["engine=Python", f"option.model_id={model_dir}"] + [f"{k}={v}" for k, v in properties.items()]
+    (folder / "serving.properties").write_text("\n".join(lines) + "\n")
+    return folder
