@@ -19,9 +19,9 @@ from streamhost.platform.images import ImageError, classify_image
         ("763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124", "lmi"),
         ("763104351884.dkr.ecr.us-west-2.amazonaws.com/djl-deepspeed:0.23.0-deepspeed0.9.5-cu118", "lmi"),
         ("djl-lmi:latest", "lmi"),
-        ("streamhost", "tgi"),
-        (None, "tgi"),
-        ("", "tgi"),
+        ("streamhost", None),
+        (None, None),
+        ("", None),
     ],
 )
 def test_images_map_to_a_dialect(image, dialect):

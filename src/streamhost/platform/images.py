@@ -5,8 +5,8 @@ SageMaker users name container images, not servers. The SageMaker SDK's Hugging 
 Serving images (``djl-inference``, ``djl-deepspeed``, ``djl-lmi``, ``djl-tensorrtllm``...) speak
 LMI. Both map onto our model server with the matching ``--dialect``. An ``http(s)://host:port``
 URL fronts a server that is already running and honours the container contract. Anything else
-(no image, ``streamhost``, an unknown image) runs our server in its default TGI dialect, because
-that is the contract such images serve on SageMaker too.
+(no image, ``streamhost``, an unknown image) runs our server without a dialect, so it chooses
+itself from the Environment (LMI when ``OPTION_*`` settings are present, TGI otherwise).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ class ContainerImage:
     @property
     def resolved(self) -> str:
         """What DescribeEndpoint reports as the ResolvedImage."""
-        return self.url if self.kind == "external" else f"streamhost-container:{self.dialect}"
+        if self.kind == "external":
+            return self.url or ""
+        return f"streamhost-container:{self.dialect}" if self.dialect else "streamhost-container"
 
 
 def classify_image(image: str | None) -> ContainerImage:
@@ -53,4 +55,4 @@ def classify_image(image: str | None) -> ContainerImage:
         return ContainerImage("server", dialect="lmi")
     if _TGI.search(text):
         return ContainerImage("server", dialect="tgi")
-    return ContainerImage("server", dialect="tgi")
+    return ContainerImage("server")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -37,6 +38,20 @@ from .settings import PlatformSettings
 from .store import Store
 
 log = logging.getLogger("streamhost.platform")
+
+
+# Settings of the platform's own environment that would configure every model server alike (or
+# hand it the platform's keys): an instance gets its model's Environment, not these.
+_NOT_INHERITED_PREFIXES = ("HF_MODEL", "OPTION_", "MAX_", "SM_", "SAGEMAKER_", "STREAMHOST_MODEL", "SERVING_")
+_NOT_INHERITED = {
+    "MODEL_ID", "PORT", "DTYPE", "NUM_SHARD", "PAYLOAD_LIMIT", "LOG_LEVEL", "COMPUTE_TYPE", "QUANTIZE",
+    "WAITING_SERVED_RATIO", "STREAMHOST_DIALECT", "STREAMHOST_DRAIN_TIMEOUT", "STREAMHOST_STATE_DIR",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+}
+
+
+def _model_server_setting(name: str) -> bool:
+    return name in _NOT_INHERITED or name.startswith(_NOT_INHERITED_PREFIXES)
 
 
 class NoInstance(Exception):
@@ -149,7 +164,9 @@ class Deployment:
                         model_dir = await sup.artifacts.fetch_async(data, variant.download_timeout)
                     except ArtifactError as exc:
                         raise StartupFailure(f"Failed to prepare model data for variant {variant.name}: {exc}") from None
-                argv = [*sup.settings.container_command, "--port", "{port}", "--host", "{host}", "--dialect", image.dialect]
+                argv = [*sup.settings.container_command, "--port", "{port}", "--host", "{host}"]
+                if image.dialect:
+                    argv += ["--dialect", image.dialect]
                 if model_dir is not None:
                     argv += ["--model-dir", str(model_dir)]
                 env = sup.instance_env(container.get("Environment") or {}, total)
@@ -290,9 +307,7 @@ class Supervisor:
 
     def instance_env(self, environment: dict[str, str], total_instances: int) -> dict[str, str]:
         """The process environment of an instance: ours, the model's Environment, thread settings."""
-        import os
-
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not _model_server_setting(k)}
         env.update({str(k): str(v) for k, v in environment.items()})
         # Spinning OpenMP threads in several processes on a few cores starve each other.
         if "OMP_WAIT_POLICY" not in environment:
