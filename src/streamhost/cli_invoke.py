@@ -47,6 +47,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("endpoint", metavar="ENDPOINT")
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt; '-' or absent reads standard input")
     p.add_argument("--stream", action="store_true", help="stream the answer token by token")
+    p.add_argument("--full-text", action="store_true", help="print the prompt before the answer (return_full_text)")
     add_generation_options(p)
     add_json_option(p)
     add_url_option(p)
@@ -71,11 +72,14 @@ def build_parameters(args: argparse.Namespace) -> dict[str, Any]:
     return parameters
 
 
-def invoke_body(prompt: str, parameters: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"inputs": prompt}
-    if parameters:
-        body["parameters"] = parameters
-    return body
+def invoke_body(prompt: str, parameters: dict[str, Any], full_text: bool = False) -> dict[str, Any]:
+    """TGI's generate body. The answer alone, streamed or not, unless ``full_text`` (TGI's
+    ``/invocations`` repeats the prompt in non-streamed answers by default)."""
+    parameters = dict(parameters)
+    if full_text:
+        parameters["return_full_text"] = True
+    parameters.setdefault("return_full_text", False)
+    return {"inputs": prompt, "parameters": parameters}
 
 
 def read_prompt(prompt: str | None, stdin: TextIO) -> str:
@@ -93,7 +97,7 @@ def read_prompt(prompt: str | None, stdin: TextIO) -> str:
 
 def invoke(args: argparse.Namespace) -> int:
     prompt = read_prompt(args.prompt, sys.stdin)
-    body = invoke_body(prompt, build_parameters(args))
+    body = invoke_body(prompt, build_parameters(args), full_text=args.full_text)
     predictor = Predictor(args.endpoint, session=session_from(args), accept_eula=args.accept_eula)
     if args.stream:
         if args.json:  # one event per line, as the server sent them

@@ -89,7 +89,12 @@ def test_parameter_flags_override_the_json_parameters():
         "max_new_tokens": 9, "top_p": 0.5, "details": True, "temperature": 0.7, "top_k": 4, "stop": ["</s>", "\n\n"]
     }
     assert invoke_body("hi", build_parameters(args))["inputs"] == "hi"
-    assert invoke_body("hi", {}) == {"inputs": "hi"}
+
+
+def test_invoke_asks_for_the_answer_alone_unless_told_otherwise():
+    assert invoke_body("hi", {}) == {"inputs": "hi", "parameters": {"return_full_text": False}}
+    assert invoke_body("hi", {"return_full_text": True})["parameters"]["return_full_text"] is True
+    assert invoke_body("hi", {}, full_text=True)["parameters"]["return_full_text"] is True
 
 
 @pytest.mark.parametrize("params, message", [("{bad", "not valid JSON"), ("[1, 2]", "must be a JSON object")])
