@@ -162,3 +162,28 @@ def test_update_under_traffic_then_restart_after_sigkill(platform, endpoint):
     response = rt.invoke_endpoint_with_response_stream(EndpointName=endpoint, ContentType="application/json", Body=body(3))
     assert len([line for line in LineIterator(response["Body"]) if line.startswith(b"data:")]) == 3
     assert sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"] == f"{endpoint}-one"
+
+
+@pytest.mark.slow
+def test_deploy_default_serves_the_embedded_model(tmp_path, smollm2_dir):
+    platform = PlatformProcess(tmp_path / "state", container_command=REAL_COMMAND, extra_args=["--deploy-default"]).start()
+    try:
+        sm, rt = platform.sagemaker(), platform.runtime()
+        wait_in_service(sm, "smollm2")
+        model = sm.describe_model(ModelName="smollm2")
+        assert model["PrimaryContainer"]["Environment"]["HF_MODEL_ID"] == "smollm2"
+        response = rt.invoke_endpoint_with_response_stream(
+            EndpointName="smollm2", ContentType="application/json",
+            Body=json.dumps({"inputs": "The capital of France is", "parameters": {"max_new_tokens": 8}, "stream": True}),
+        )  # fmt: skip
+        assert "".join(TokenIterator(response["Body"])).strip()
+        deadline = time.monotonic() + 10
+        while "curl -s" not in platform.log_tail(20000) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f"curl -s {platform.url}/endpoints/smollm2/invocations" in platform.log_tail(20000)
+        platform.stop()
+        platform.start()  # the flag finds the endpoint and creates nothing new
+        wait_in_service(sm, "smollm2")
+        assert [m["ModelName"] for m in sm.list_models()["Models"]] == ["smollm2"]
+    finally:
+        platform.stop()

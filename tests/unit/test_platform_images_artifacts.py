@@ -102,3 +102,25 @@ def test_size_limit_applies_to_archives(tmp_path):
     store = ArtifactStore(tmp_path / "artifacts", max_bytes=1000)
     with pytest.raises(ArtifactError, match="more than 1000 bytes"):
         store.fetch(ModelData(str(archive)))
+
+
+def test_s3_object_and_prefix(tmp_path, monkeypatch):
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    with moto.mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="models")
+        archive = _tar(tmp_path / "model.tar.gz", {"config.json": b"{}"})
+        s3.upload_file(str(archive), "models", "tiny/model.tar.gz")
+        s3.put_object(Bucket="models", Key="plain/config.json", Body=b"{}")
+        s3.put_object(Bucket="models", Key="plain/sub/w.bin", Body=b"1")
+        store = ArtifactStore(tmp_path / "artifacts")
+        folder = store.fetch(ModelData("s3://models/tiny/model.tar.gz"))
+        assert (folder / "config.json").read_bytes() == b"{}"
+        folder = store.fetch(ModelData("s3://models/plain/", compressed=False, prefix=True))
+        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["config.json", "sub/w.bin"]
+        with pytest.raises(ArtifactError, match="Could not access model data at s3://models/missing.tar.gz"):
+            store.fetch(ModelData("s3://models/missing.tar.gz"))

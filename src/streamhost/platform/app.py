@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -238,7 +237,3 @@ def _request_id() -> str:
     import uuid
 
     return str(uuid.uuid4())
-
-
-def _now() -> float:
-    return time.time()

@@ -37,7 +37,7 @@ async def _call(app: PlatformApp, operation: str, params: dict[str, Any]) -> Non
         raise RuntimeError(f"{operation} failed: {payload.get('message')}")
 
 
-def howto(base_url: str, name: str = DEFAULT_NAME) -> str:
+def howto(base_url: str, name: str = DEFAULT_NAME, auth: bool = False) -> str:
     """Copy-paste ways to call the endpoint: curl (whole answer) and boto3 (streamed)."""
     body = '{"inputs": "What is deep learning?", "parameters": {"max_new_tokens": 64}}'
     py = (
@@ -52,8 +52,8 @@ def howto(base_url: str, name: str = DEFAULT_NAME) -> str:
         f"Invoke endpoint '{name}':\n"
         f"  curl -s {base_url}/endpoints/{name}/invocations -H 'Content-Type: application/json' \\\n"
         f"       -d '{body}'\n"
-        f"  python -c \"{py.replace(chr(34), chr(92) + chr(34))}\"\n"
-        "(with SigV4 auth on, use keys the platform knows instead of x/x)"
+        f"  python -c \"{py.replace(chr(34), chr(92) + chr(34))}\""
+        + ("\n(SigV4 auth is on: use keys the platform knows instead of x/x, and sign the curl request)" if auth else "")
     )
 
 
@@ -87,7 +87,7 @@ async def _announce(app: PlatformApp, base_url: str) -> None:
         if record is None:
             return
         if record.status == "InService":
-            print(f"streamhost: endpoint '{DEFAULT_NAME}' is InService.\n{howto(base_url)}", file=sys.stderr, flush=True)
+            print(f"streamhost: endpoint '{DEFAULT_NAME}' is InService.\n{howto(base_url, auth=bool(app.settings.auth))}", file=sys.stderr, flush=True)
             return
         if record.status == "Failed":
             print(f"streamhost: endpoint '{DEFAULT_NAME}' failed: {record.failure_reason}", file=sys.stderr, flush=True)
