@@ -75,13 +75,24 @@ _CHAT_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "
 
 
 def endpoint_environment(session: Session, endpoint: str) -> dict[str, str]:
-    """The container environment of the endpoint's (first) model, or {} when it has none."""
+    """The container environment of the endpoint's (first) model, or {} when it cannot be found.
+
+    An unknown endpoint is an error; a config or model deleted while the endpoint lives (AWS
+    allows both) only means the prompt format falls back to the server's chat template.
+    """
+    from streamhost.client.sdk import is_not_found
+
     sm = session.sagemaker
     config_name = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
-    variants = sm.describe_endpoint_config(EndpointConfigName=config_name).get("ProductionVariants") or []
-    if not variants or not variants[0].get("ModelName"):
-        return {}
-    model = sm.describe_model(ModelName=variants[0]["ModelName"])
+    try:
+        variants = sm.describe_endpoint_config(EndpointConfigName=config_name).get("ProductionVariants") or []
+        if not variants or not variants[0].get("ModelName"):
+            return {}
+        model = sm.describe_model(ModelName=variants[0]["ModelName"])
+    except Exception as exc:
+        if is_not_found(exc):
+            return {}
+        raise
     container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
     return dict(container.get("Environment") or {})
 

@@ -142,6 +142,8 @@ def format_error(exc: BaseException, url: str | None = None) -> str:
         original = exc.response.get("OriginalMessage") or error.get("OriginalMessage")
         if original and str(original) not in message:
             message = f"{message}: {original}"
+        if "accept_eula" in message and "--accept-eula" not in message:
+            message = f"{message} (CLI: add --accept-eula)"
         return f"error: {code}: {message}"
     if isinstance(exc, EndpointConnectionError):
         return f"error: cannot reach the platform at {platform_url(url)}: is `streamhost serve` running? (or set --url / STREAMHOST_URL)"

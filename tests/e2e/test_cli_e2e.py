@@ -98,9 +98,16 @@ def test_deploy_invoke_stream_chat_delete(platform, tiny_llama_dir):
     assert bad.returncode == 1 and bad.stderr.startswith("error: ModelError: ") and bad.stderr.count("\n") == 1
     assert "temperature" in bad.stderr
 
-    # chat: two turns through the server's chat template, then /exit
+    # chat: two turns through the server's chat template (two answers, each ending a line), then /exit
     chat = ok(streamhost(platform, "chat", ENDPOINT, "--max-new-tokens", "6", stdin="Hello\nAnd again\n/exit\n"))
-    assert chat.stdout.strip() and "error" not in chat.stderr
+    assert chat.stdout.count("\n") >= 2 and "error" not in chat.stderr
+    # a named template is rendered client-side: the answer is the one a generate request for that prompt gets
+    templated = ok(streamhost(platform, "chat", ENDPOINT, "--template", "chatml", "--max-new-tokens", "4", stdin="Hi\n"))
+    rendered = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    direct = json.loads(ok(streamhost(platform, "invoke", ENDPOINT, rendered, "--max-new-tokens", "4", "--stop",
+                                      "<|im_end|>", "--json")).stdout)
+    direct_text = direct[0]["generated_text"] if isinstance(direct, list) else direct["generated_text"]
+    assert templated.stdout == direct_text + "\n"
 
     # delete: the endpoint, its config and its model are gone
     ok(streamhost(platform, "endpoints", "delete", ENDPOINT, "--delete-model"))

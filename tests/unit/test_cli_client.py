@@ -174,6 +174,11 @@ def test_platform_errors_become_one_line_with_their_code():
     )
 
 
+def test_a_refused_eula_says_which_flag_accepts_it():
+    refused = _client_error("ValidationError", "Model m requires accepting its EULA: send CustomAttributes 'accept_eula=true'")
+    assert format_error(refused).endswith("'accept_eula=true' (CLI: add --accept-eula)")
+
+
 def test_stream_errors_and_connection_errors_are_explained():
     stream = EventStreamError({"Error": {"Code": "ModelStreamError", "Message": "boom"}}, "InvokeEndpointWithResponseStream")
     assert format_error(stream) == "error: ModelStreamError: boom"

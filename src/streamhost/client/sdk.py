@@ -50,6 +50,7 @@ __all__ = [
     "build_payload",
     "default_state_dir",
     "generated_text",
+    "is_not_found",
     "list_models",
     "name_from_base",
     "open_catalog",
@@ -385,7 +386,7 @@ class Predictor:
             try:
                 config = self.session.sagemaker.describe_endpoint_config(EndpointConfigName=self._config_name)
             except Exception as exc:
-                if not _is_not_found(exc):
+                if not is_not_found(exc):
                     raise
                 return self._config_name, []
             self._model_names = [v["ModelName"] for v in config.get("ProductionVariants", []) if v.get("ModelName")]
@@ -402,7 +403,7 @@ class Predictor:
             try:
                 self.session.sagemaker.delete_endpoint_config(EndpointConfigName=config_name)
             except Exception as exc:
-                if not _is_not_found(exc):
+                if not is_not_found(exc):
                     raise
         self.session.sagemaker.delete_endpoint(EndpointName=self.endpoint_name)
 
@@ -413,7 +414,7 @@ class Predictor:
             self.session.sagemaker.delete_model(ModelName=name)
 
 
-def _is_not_found(exc: Exception) -> bool:
+def is_not_found(exc: Exception) -> bool:
     """AWS answers a missing model, config or endpoint with ValidationException ("Could not find ...")."""
     response = getattr(exc, "response", None)
     if not isinstance(response, Mapping):
