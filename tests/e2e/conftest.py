@@ -122,3 +122,51 @@ def write_lmi_dir(folder: Path, model_dir: Path, properties: dict[str, str]) -> 
     lines = ["engine=Python", f"option.model_id={model_dir}"] + [f"{k}={v}" for k, v in properties.items()]
     (folder / "serving.properties").write_text("\n".join(lines) + "\n")
     return folder
+
+
+LMI_PROPERTIES = {
+    "option.rolling_batch": "auto",
+    "option.output_formatter": "jsonlines",
+    "option.max_rolling_batch_size": "4",
+    "option.n_positions": "300",
+    "option.dtype": "fp32",
+}
+
+
+@pytest.fixture(scope="session")
+def lmi_server(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model behind the LMI dialect, configured by a serving.properties file in --model-dir."""
+    folder = write_lmi_dir(tmp_path_factory.mktemp("lmi-model"), tiny_llama_dir, LMI_PROPERTIES)
+    container = start_container(["--model-dir", str(folder)], folder.parent / "server.log")
+    yield container
+    container.stop()
+
+
+@pytest.fixture(scope="session")
+def lmi_url(lmi_server: Container) -> str:
+    return lmi_server.url
+
+
+class ContainerFactory:
+    """Starts extra servers for one test and stops them after it (``start``, ``lmi_dir``)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Container] = []
+
+    def start(self, args: list[str], env: dict[str, str] | None = None, wait: bool = True) -> Container:
+        log = self.tmp_path / f"server-{len(self.started)}.log"
+        container = start_container(args, log, env, wait=wait)
+        self.started.append(container)
+        return container
+
+    def lmi_dir(self, model_dir: Path, properties: dict[str, str]) -> Path:
+        return write_lmi_dir(self.tmp_path / f"lmi-{len(self.started)}", model_dir, properties)
+
+
+@pytest.fixture
+def containers(tmp_path: Path):
+    factory = ContainerFactory(tmp_path)
+    yield factory
+    for container in factory.started:
+        container.stop()
