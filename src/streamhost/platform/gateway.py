@@ -20,8 +20,6 @@ import time
 import uuid
 from typing import Any
 
-import httpx
-
 from streamhost.catalog.specs import eula_accepted
 from streamhost.protocols import sagemaker as sm
 from streamhost.protocols.eventstream import model_stream_error, payload_part
@@ -32,6 +30,7 @@ from .metrics import PlatformMetrics
 from .settings import PlatformSettings
 from .store import Store
 from .supervisor import Deployment, NoInstance, Supervisor, Variant
+from .upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
 INVOKE = "InvokeEndpoint"
 INVOKE_STREAM = "InvokeEndpointWithResponseStream"
@@ -46,8 +45,8 @@ _FORWARDED = (
     sm.SESSION_ID.lower(),
     sm.ENABLE_EXPLANATIONS.lower(),
 )
-# Transport failures that mean "this instance is gone", worth another instance.
-_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+_CUSTOM_LOWER = sm.CUSTOM_ATTRIBUTES.lower()
+_STREAM_ACCEPT_LOWER = sm.STREAM_ACCEPT.lower()
 
 
 class InvokeError(Exception):
@@ -65,10 +64,7 @@ class Gateway:
         self.store = store
         self.metrics = metrics
         self.settings = settings
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512, keepalive_expiry=30.0),
-        )
+        self.client = UpstreamClient()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -130,11 +126,12 @@ class Gateway:
                 "eula",
             )
 
-    def _upstream_headers(self, headers: dict[str, str], stream: bool) -> dict[str, str]:
-        out = {name: headers[name] for name in _FORWARDED if name in headers}
-        accept = headers.get(sm.STREAM_ACCEPT.lower() if stream else "accept")
+    @staticmethod
+    def _upstream_headers(headers: dict[str, str], stream: bool) -> list[tuple[str, str]]:
+        out = [(name, headers[name]) for name in _FORWARDED if name in headers]
+        accept = headers.get(_STREAM_ACCEPT_LOWER if stream else "accept")
         if accept:
-            out["accept"] = accept
+            out.append(("accept", accept))
         return out
 
     def _log_stream_arn(self, endpoint: str) -> str:
@@ -157,9 +154,11 @@ class Gateway:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
         operation = INVOKE_STREAM if stream else INVOKE
+        label = "-"  # only endpoints that exist get their own metric series
         try:
             self._check(name, body, headers)
             deployment = self._deployment(name)
+            label = deployment.endpoint
             variant = self._variant(deployment, headers)
             self._check_eula(variant, headers)
             if stream:
@@ -168,11 +167,10 @@ class Gateway:
         except InvokeError as exc:
             status, hdrs, payload = exc.response
             await respond(send, status, payload, {**hdrs, sm.REQUEST_ID: request_id})
-            endpoint = name if exc.outcome not in ("not_found",) else "-"
-            self.metrics.invocations.labels(endpoint, "-", exc.outcome).inc()
+            self.metrics.invocations.labels(label, "-", exc.outcome).inc()
             return status
         finally:
-            self.metrics.latency.labels(name, operation).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(label, operation).observe(time.perf_counter() - started)
 
     async def _acquire(self, variant: Variant, tried: set[int]) -> Instance:
         try:
@@ -187,19 +185,31 @@ class Gateway:
                 "no_instance",
             ) from None
 
-    def _request(self, instance: Instance, body: bytes, headers: dict[str, str], stream: bool) -> httpx.Request:
-        return self.client.build_request(
-            "POST", f"{instance.url}/invocations", content=body, headers=self._upstream_headers(headers, stream)
-        )
+    def _post(self, instance: Instance, body: bytes, headers: dict[str, str], stream: bool):
+        return self.client.post(f"{instance.url}/invocations", self._upstream_headers(headers, stream), body)
 
-    def _response_headers(self, variant: Variant, upstream: httpx.Response, request_id: str) -> dict[str, str]:
+    def _response_headers(self, variant: Variant, upstream: UpstreamResponse, request_id: str) -> dict[str, str]:
         out = {sm.INVOKED_VARIANT: variant.name, sm.REQUEST_ID: request_id}
-        custom = upstream.headers.get(sm.CUSTOM_ATTRIBUTES)
+        custom = upstream.headers.get(_CUSTOM_LOWER)
         if custom:
             out[sm.CUSTOM_ATTRIBUTES] = custom
         return out
 
+    def _unreachable(self, variant: Variant) -> tuple[int, dict[str, str], bytes]:
+        return sm.runtime_error(
+            "ServiceUnavailable",
+            f"The instances of variant {variant.name} of endpoint {variant.endpoint} could not be reached; "
+            "they are being restarted. Retry shortly.",
+        )
+
     # ------------------------------------------------------------------ InvokeEndpoint
+
+    async def _call(self, instance: Instance, body: bytes, headers: dict[str, str]) -> tuple[UpstreamResponse, bytes]:
+        upstream = await self._post(instance, body, headers, False)
+        try:
+            return upstream, await upstream.read()
+        finally:
+            await upstream.aclose()
 
     async def _unary(
         self, receive: Receive, send: Send, deployment: Deployment, variant: Variant, body: bytes,
@@ -209,14 +219,9 @@ class Gateway:
         for attempt in range(MAX_ATTEMPTS):
             instance = await self._acquire(variant, tried)
             try:
-                gone, upstream = await race_disconnect(
-                    receive, self.client.send(self._request(instance, body, headers, False))
-                )
-                if gone:
-                    self.metrics.invocations.labels(deployment.endpoint, variant.name, "client_disconnected").inc()
-                    return 499
-                content = upstream.content
-            except _RETRYABLE:
+                gone, result = await race_disconnect(receive, self._call(instance, body, headers))
+            except UpstreamError:
+                # Nothing reached the client yet: the instance died or is gone; another one answers.
                 instance.suspect()
                 tried.add(id(instance))
                 if attempt + 1 == MAX_ATTEMPTS:
@@ -224,6 +229,10 @@ class Gateway:
                 continue
             finally:
                 instance.in_flight -= 1
+            if gone:
+                self.metrics.invocations.labels(deployment.endpoint, variant.name, "client_disconnected").inc()
+                return 499
+            upstream, content = result
             instance.served += 1
             if not 200 <= upstream.status_code < 300:
                 raise self._model_error(deployment, variant, upstream.status_code, content)
@@ -236,18 +245,11 @@ class Gateway:
             return 200
         raise InvokeError(self._unreachable(variant), "unreachable")  # pragma: no cover
 
-    def _unreachable(self, variant: Variant) -> tuple[int, dict[str, str], bytes]:
-        return sm.runtime_error(
-            "ServiceUnavailable",
-            f"The instances of variant {variant.name} of endpoint {variant.endpoint} could not be reached; "
-            "they are being restarted. Retry shortly.",
-        )
-
     # ------------------------------------------------------------------ InvokeEndpointWithResponseStream
 
     async def _open_stream(
         self, deployment: Deployment, variant: Variant, body: bytes, headers: dict[str, str]
-    ) -> tuple[Instance, httpx.Response, Any, bytes | None]:
+    ) -> tuple[Instance, UpstreamResponse, Any, bytes | None]:
         """Connect to an instance and read its first chunk, retrying elsewhere if it fails before that.
 
         Returns ``(instance, response, chunk iterator, first chunk or None at end of stream)``;
@@ -256,22 +258,22 @@ class Gateway:
         tried: set[int] = set()
         for attempt in range(MAX_ATTEMPTS):
             instance = await self._acquire(variant, tried)
-            upstream: httpx.Response | None = None
+            upstream: UpstreamResponse | None = None
             held = True
             try:
-                upstream = await self.client.send(self._request(instance, body, headers, True), stream=True)
+                upstream = await self._post(instance, body, headers, True)
                 if not 200 <= upstream.status_code < 300:
-                    content = await upstream.aread()
+                    content = await upstream.read()
                     instance.served += 1
                     raise self._model_error(deployment, variant, upstream.status_code, content)
-                chunks = upstream.aiter_raw()
+                chunks = upstream.iter_chunks()
                 try:
                     first: bytes | None = await chunks.__anext__()
                 except StopAsyncIteration:
                     first = None
                 held = False  # the caller releases the instance when the stream ends
                 return instance, upstream, chunks, first
-            except _RETRYABLE:
+            except UpstreamError:
                 instance.suspect()
                 tried.add(id(instance))
                 if attempt + 1 == MAX_ATTEMPTS:
@@ -306,40 +308,46 @@ class Gateway:
             if first is not None:
                 await send({"type": "http.response.body", "body": payload_part(first), "more_body": True})
                 self.metrics.ttft.labels(endpoint).observe(time.perf_counter() - started)
-
-                async def pump() -> str:
-                    try:
-                        async for chunk in chunks:
-                            if chunk:
-                                await send({"type": "http.response.body", "body": payload_part(chunk), "more_body": True})
-                    except _RETRYABLE + (httpx.HTTPError,) as exc:
-                        instance.suspect()
-                        message = (
-                            f"The model server of variant {variant.name} stopped in the middle of the response "
-                            f"({type(exc).__name__}); the answer is incomplete."
-                        )
-                        await send({"type": "http.response.body", "body": model_stream_error(message), "more_body": True})
-                        return "stream_broken"
-                    return "ok"
-
-                pump_task = asyncio.ensure_future(pump())
-                watcher = asyncio.ensure_future(wait_disconnect(receive))
-                try:
-                    await asyncio.wait({pump_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    watcher.cancel()
-                if pump_task.done():
-                    outcome = pump_task.result()
-                else:
-                    pump_task.cancel()
-                    await asyncio.gather(pump_task, return_exceptions=True)
-                    outcome = "client_disconnected"
+                outcome = await self._pump(receive, send, instance, variant, chunks)
             if outcome != "client_disconnected":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gauge.dec()
             instance.in_flight -= 1
             instance.served += 1
-            await upstream.aclose()  # unread: the connection closes, the container stops generating
+            await upstream.aclose()  # unfinished: the connection closes, the container stops generating
+            await chunks.aclose()
             self.metrics.invocations.labels(endpoint, variant.name, outcome).inc()
         return 200
+
+    async def _pump(self, receive: Receive, send: Send, instance: Instance, variant: Variant, chunks: Any) -> str:
+        """Relay chunks as PayloadPart events until the end, a failure, or the client leaving."""
+
+        async def relay() -> str:
+            try:
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": payload_part(chunk), "more_body": True})
+            except UpstreamError as exc:
+                instance.suspect()
+                message = (
+                    f"The model server of variant {variant.name} stopped in the middle of the response "
+                    f"({exc}); the answer is incomplete."
+                )
+                await send({"type": "http.response.body", "body": model_stream_error(message), "more_body": True})
+                return "stream_broken"
+            return "ok"
+
+        relay_task = asyncio.ensure_future(relay())
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await asyncio.wait({relay_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            relay_task.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if relay_task.done():
+            return relay_task.result()
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+        return "client_disconnected"
