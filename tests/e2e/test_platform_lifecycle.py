@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
+import time
 
 import botocore.exceptions
 import pytest
@@ -202,3 +204,38 @@ def test_metrics_count_requests(platform, sm):
     text = httpx.get(f"{platform.url}/metrics").text
     assert 'streamhost_platform_requests_total{operation="CreateModel",status="200"}' in text
     assert 'operation="Unknown",status="400"' in text
+
+
+def test_delete_while_creating_stops_the_instance(platform, sm):
+    name = unique("early")
+    deploy(sm, name, env={"STUB_STARTUP_DELAY": "600"}, startup_timeout=900, wait=False)
+    deadline = time.monotonic() + 20
+    pid = None
+    while pid is None and time.monotonic() < deadline:
+        try:
+            pid = platform.instances(name)["variants"][0]["instances"][0]["pid"]
+        except Exception:  # noqa: BLE001 - not started yet
+            time.sleep(0.1)
+    assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
+    sm.delete_endpoint(EndpointName=name)
+    sm.get_waiter("endpoint_deleted").wait(EndpointName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_failed_endpoint_can_be_updated_to_a_working_config(sm):
+    name = unique("fix")
+    deploy(sm, name, env={"STUB_FAIL_ON_START": "bad weights"}, wait=False)
+    with pytest.raises(botocore.exceptions.WaiterError):
+        wait_in_service(sm, name, attempts=30)
+    good = unique("good")
+    sm.create_model(ModelName=good, PrimaryContainer={"Image": "streamhost"})
+    sm.create_endpoint_config(EndpointConfigName=good, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": good, "InitialInstanceCount": 1}])  # fmt: skip
+    sm.update_endpoint(EndpointName=name, EndpointConfigName=good)
+    wait_in_service(sm, name)
+    described = sm.describe_endpoint(EndpointName=name)
+    assert (described["EndpointConfigName"], described.get("FailureReason")) == (good, None)
+    sm.delete_endpoint(EndpointName=name)

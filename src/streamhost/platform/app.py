@@ -97,6 +97,24 @@ class PlatformApp:
             return
         if scope["type"] != "http":
             return
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._route(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - a bug answers in AWS's shape, never as a traceback
+            log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await respond_json(
+                    send, 500, {"__type": "InternalFailure", "message": f"The platform failed: {type(exc).__name__}: {exc}"},
+                    {sm.ERROR_TYPE: "InternalFailure"},
+                )  # fmt: skip
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         path = scope["path"]
         if method == "GET" and path == "/ping":
@@ -116,6 +134,11 @@ class PlatformApp:
             return
         if method == "GET" and path.startswith("/_streamhost/endpoints/"):
             await self._instances(scope, receive, send, path.rsplit("/", 1)[-1])
+            return
+        if path == "/chat" or path.startswith("/chat/"):  # the chat page (streamhost.ui.chat owns it)
+            from streamhost.ui.chat import serve_chat
+
+            await serve_chat(scope, receive, send)
             return
         await respond_json(send, 404, {"message": f"No route for {method} {path}"})
 
