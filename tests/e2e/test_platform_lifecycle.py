@@ -158,10 +158,11 @@ def test_traversal_tarball_fails_the_endpoint(sm, tmp_path):
 
 def test_tarball_model_data_reaches_the_container(platform, sm, tmp_path):
     archive = _tarball(tmp_path / "model.tar.gz", {"config.json": b"{}", "weights/w.bin": b"123"})
-    name = deploy(sm, unique("tar"), model_data=str(archive))
+    name = deploy(sm, unique("tar"), model_data=str(archive), env={"HF_MODEL_ID": "/opt/ml/model"})
     instance = platform.instances(name)["variants"][0]["instances"][0]
     stats = stub_stats(instance["url"])
     assert stats["model_files"] == ["config.json", "weights"]
+    assert stats["env"]["HF_MODEL_ID"] == stats["model_dir"]  # SageMaker's /opt/ml/model is where we unpacked
     assert stats["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     sm.delete_endpoint(EndpointName=name)
 

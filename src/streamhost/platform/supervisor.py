@@ -50,6 +50,21 @@ _NOT_INHERITED = {
 }
 
 
+SAGEMAKER_MODEL_PATH = "/opt/ml/model"
+
+
+def _map_model_path(environment: dict[str, str], model_dir) -> dict[str, str]:
+    """SageMaker unpacks model data at /opt/ml/model, and Environments say so (HF_MODEL_ID=/opt/ml/model):
+    point such values at where the platform unpacked it."""
+    out = {}
+    for key, value in environment.items():
+        text = str(value)
+        if text == SAGEMAKER_MODEL_PATH or text.startswith(SAGEMAKER_MODEL_PATH + "/"):
+            text = str(model_dir) + text[len(SAGEMAKER_MODEL_PATH) :]
+        out[key] = text
+    return out
+
+
 def _model_server_setting(name: str) -> bool:
     return name in _NOT_INHERITED or name.startswith(_NOT_INHERITED_PREFIXES)
 
@@ -169,7 +184,10 @@ class Deployment:
                     argv += ["--dialect", image.dialect]
                 if model_dir is not None:
                     argv += ["--model-dir", str(model_dir)]
-                env = sup.instance_env(container.get("Environment") or {}, total)
+                environment = dict(container.get("Environment") or {})
+                if model_dir is not None:
+                    environment = _map_model_path(environment, model_dir)
+                env = sup.instance_env(environment, total)
                 spec_for = lambda _i, argv=argv, env=env: LaunchSpec(argv=argv, env=env)  # noqa: E731
             log_dir = sup.settings.logs_dir / self.endpoint
             for index in range(variant.desired):
