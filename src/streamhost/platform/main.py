@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shlex
+import sys
 from pathlib import Path
 
 
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from .defaults import deploy_default
     from .settings import PlatformSettings, default_container_command
 
+    if not (len(args.account_id) == 12 and args.account_id.isdigit()):
+        print(f"streamhost serve: error: --account-id must be 12 digits, got {args.account_id!r}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
     settings = PlatformSettings(
