@@ -275,7 +275,7 @@ def test_instance_killed_under_traffic(platform, sm, rt, pair):
     # Requests that were mid-stream on the killed instance end with ModelStreamError; none may
     # fail before streaming began (those are retried on the other instance).
     assert all("ModelStreamError" in f for f in failures), failures
-    assert len(done) > 20
+    assert len(done) > 10
     instances = _wait_all_ready(platform, pair)
     assert instances[0]["restarts"] == restarts_before + 1
     assert instances[0]["pid"] != victim["pid"]
