@@ -282,9 +282,16 @@ def free_port() -> int:
 
 
 def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Target:
-    """``streamhost[,api=openai|tgi]`` or ``transformers``: a target whose server we start ourselves."""
+    """``streamhost[,api=openai|tgi][,force=F]`` or ``transformers[,force=F]``: a target whose server
+    we start ourselves (``force`` as for --target; default ignore_eos / generation_config)."""
     kind, *rest = spec.split(",")
     opts = dict(item.split("=", 1) for item in rest if "=" in item)
+    unknown = set(opts) - {"api", "force"} or {item for item in rest if "=" not in item}
+    if unknown:
+        raise ValueError(f"--launch {spec!r}: unknown options {sorted(unknown)} (api, force)")
+    force = opts.get("force")
+    if force is not None and force not in FORCE_MODES:
+        raise ValueError(f"--launch {spec!r}: force must be one of {FORCE_MODES}, not {force!r}")
     port = free_port()
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
@@ -303,7 +310,7 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
         ]
         name = "streamhost" if api == "openai" else "streamhost-tgi"
         launch = LaunchSpec("streamhost", command, "/ping", env, port)
-        return Target(name, f"http://127.0.0.1:{port}", api, None, "ignore_eos", launch)
+        return Target(name, f"http://127.0.0.1:{port}", api, None, force or "ignore_eos", launch)
     if kind == "transformers":
         exe = Path(sys.executable).with_name("transformers")
         exe_s = str(exe) if exe.exists() else (shutil.which("transformers") or "transformers")
@@ -313,7 +320,9 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
             "--host", "127.0.0.1", "--port", str(port),
         ]
         launch = LaunchSpec("transformers", command, "/health", env, port)
-        return Target("transformers", f"http://127.0.0.1:{port}", "openai", None, "generation_config", launch)
+        if force == "ignore_eos":
+            raise ValueError(f"--launch {spec!r}: transformers serve rejects ignore_eos; use generation_config or none")
+        return Target("transformers", f"http://127.0.0.1:{port}", "openai", None, force or "generation_config", launch)
     raise ValueError(f"--launch {spec!r}: expected streamhost[,api=openai|tgi] or transformers")
 
 
@@ -636,90 +645,143 @@ def requests_plan(levels: list[int], spec: str | None, duration: float | None) -
 # ============================================================================================
 
 
-async def bench_target(
-    target: Target, prompts: list[Prompt], args: argparse.Namespace, progress: Progress
+async def warm_up(
+    client: httpx.AsyncClient, target: Target, prompts: list[Prompt], args: argparse.Namespace, progress: Progress
 ) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=max(args.levels) + 8, max_keepalive_connections=max(args.levels) + 8)
-    timeout = httpx.Timeout(args.request_timeout, connect=30)
-    result: dict[str, Any] = {"levels": {}}
-    tokens_seen = [0]
+    """One prompt of each kind at once, few tokens, the measured request shape (transformers serve
+    builds its continuous-batching manager on its first request; nobody's first request is timed)."""
+    task = progress.add_task(f"{target.name}: warm-up", total=None)
+    kinds: dict[str, Prompt] = {}
+    for p in prompts:
+        kinds.setdefault(p.kind, p)
+    started = time.perf_counter()
+    try:
+        records = await asyncio.gather(
+            *(stream_request(client, target, p, args.warmup_tokens, lambda: None) for p in kinds.values())
+        )
+    finally:
+        progress.remove_task(task)
+    bad = [r.error for r in records if not r.ok]
+    if len(bad) == len(records):
+        raise RuntimeError(f"every warm-up request failed: {bad[0]}")
+    return {"requests": len(records), "errors": bad, "s": time.perf_counter() - started}
+
+
+async def measure_level(
+    client: httpx.AsyncClient, target: Target, prompts: list[Prompt], level: int,
+    args: argparse.Namespace, progress: Progress,
+) -> dict[str, Any]:
+    n_req = args.plan[level]
+    task = progress.add_task(f"{target.name} x{level}", total=n_req)
+    started = time.perf_counter()
+    tokens, done = [0], [0]
 
     def on_token() -> None:
-        tokens_seen[0] += 1
+        tokens[0] += 1
 
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
-        # Warm-up: one prompt of each kind at once, few tokens, same request shape as measured.
-        # (transformers serve builds its continuous-batching manager on the first request.)
-        warm_task = progress.add_task(f"{target.name}: warm-up", total=None)
-        seen, warm = set(), []
-        for p in prompts:
-            if p.kind not in seen:
-                seen.add(p.kind)
-                warm.append(p)
-        started = time.perf_counter()
-        warm_records = await asyncio.gather(
-            *(stream_request(client, target, p, args.warmup_tokens, on_token) for p in warm)
+    def on_done(rec: RequestRecord) -> None:
+        done[0] += 1
+        rate = tokens[0] / max(time.perf_counter() - started, 1e-9)
+        progress.update(task, advance=1, description=f"{target.name} x{level}: {done[0]} req, {rate:.1f} tok/s")
+
+    load_before = os.getloadavg()[0]
+    records, wall = await run_level(
+        client, target, prompts, level, n_req, args.duration, args.max_new_tokens, on_done, on_token
+    )
+    progress.update(task, total=len(records), completed=len(records))
+    metrics = level_metrics(records, wall, args.max_new_tokens)
+    metrics["concurrency"] = level
+    metrics["load_average_1m"] = [load_before, os.getloadavg()[0]]
+    metrics["request_records"] = [r.summary() for r in records]
+    return metrics
+
+
+class TargetRun:
+    """A target's server (when launched), client and results while the benchmark runs."""
+
+    def __init__(self, target: Target, args: argparse.Namespace) -> None:
+        self.target = target
+        self.info: dict[str, Any] = {
+            "url": target.url, "api": target.api, "force": target.force, "model": target.model, "levels": {},
+        }
+        self.server = Server(target.launch, args.log_dir, target.name) if target.launch else None
+        limits = httpx.Limits(max_connections=max(args.levels) + 8, max_keepalive_connections=max(args.levels) + 8)
+        self.client = httpx.AsyncClient(
+            limits=limits, timeout=httpx.Timeout(args.request_timeout, connect=30), trust_env=False
         )
-        progress.remove_task(warm_task)
-        bad = [r.error for r in warm_records if not r.ok]
-        result["warmup"] = {"requests": len(warm_records), "errors": bad, "s": time.perf_counter() - started}
-        if bad and len(bad) == len(warm_records):
-            raise RuntimeError(f"{target.name}: every warm-up request failed: {bad[0]}")
 
-        for level in args.levels:
-            n_req = args.plan[level]
-            task = progress.add_task(f"{target.name} x{level}", total=n_req)
-            level_start = time.perf_counter()
-            tokens_seen[0] = 0
-            done = [0]
+    @property
+    def failed(self) -> bool:
+        return "failed" in self.info
 
-            def on_done(rec: RequestRecord, task=task, level_start=level_start, done=done) -> None:
-                done[0] += 1
-                rate = tokens_seen[0] / max(time.perf_counter() - level_start, 1e-9)
-                progress.update(
-                    task, advance=1,
-                    description=f"{target.name} x{level}: {done[0]} req, {rate:.1f} tok/s",
-                )
+    def fail(self, exc: BaseException) -> None:
+        self.info["failed"] = f"{type(exc).__name__}: {exc}"
+        if self.server and self.server.proc and self.server.proc.poll() is not None:
+            self.info["failed"] += f"\nserver exited with {self.server.proc.returncode}:\n{self.server.log_tail(1500)}"
+        console.print(f"[red]{self.target.name}: {self.info['failed']}[/]")
 
-            load_before = os.getloadavg()[0]
-            records, wall = await run_level(
-                client, target, prompts, level, n_req, args.duration, args.max_new_tokens, on_done, on_token
-            )
-            metrics = level_metrics(records, wall, args.max_new_tokens)
-            metrics["concurrency"] = level
-            metrics["load_average_1m"] = [load_before, os.getloadavg()[0]]
-            metrics["request_records"] = [r.summary() for r in records]
-            result["levels"][str(level)] = metrics
-            progress.update(task, total=len(records), completed=len(records))
-    return result
+    async def start(self, prompts: list[Prompt], args: argparse.Namespace, progress: Progress) -> None:
+        try:
+            if self.server:
+                task = progress.add_task(f"{self.target.name}: starting server", total=None)
+                try:
+                    await asyncio.to_thread(self.server.start, args.launch_timeout)
+                finally:
+                    progress.remove_task(task)
+                spec = self.server.spec
+                self.info["launched"] = {
+                    "command": spec.command,
+                    "env": {k: spec.env[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HF_HUB_OFFLINE") if k in spec.env},
+                    "startup_s": self.server.startup_s,
+                    "log": str(self.server.log_path),
+                }
+            self.info["warmup"] = await warm_up(self.client, self.target, prompts, args, progress)
+        except Exception as exc:  # one target's failure must not lose the others' figures
+            self.fail(exc)
+
+    async def level(self, prompts: list[Prompt], level: int, args: argparse.Namespace, progress: Progress) -> None:
+        if self.failed:
+            return
+        try:
+            self.info["levels"][str(level)] = await measure_level(self.client, self.target, prompts, level, args, progress)
+            if self.server and self.server.proc and self.server.proc.poll() is not None:
+                raise RuntimeError("server exited during the level")
+        except Exception as exc:
+            self.fail(exc)
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        if self.server:
+            code = await asyncio.to_thread(self.server.stop)
+            self.info.setdefault("launched", {})["exit_code"] = code
 
 
-def run_target(target: Target, prompts: list[Prompt], args: argparse.Namespace, progress: Progress) -> dict:
-    info: dict[str, Any] = {"url": target.url, "api": target.api, "force": target.force, "model": target.model}
-    server = None
+async def run_targets(
+    targets: list[Target], prompts: list[Prompt], args: argparse.Namespace, progress: Progress
+) -> dict[str, dict[str, Any]]:
+    """Measure every target at every level.
+
+    ``interleaved`` (default): all servers up at once (an idle one costs no CPU), and each level is
+    measured for every target in turn, alternating the order (A B, B A, ...), so drifting load from
+    other work on shared cores falls on all targets alike. ``sequential``: one target after another,
+    a launched server running only while it is measured.
+    """
+    runs = [TargetRun(t, args) for t in targets]
+    groups = [runs] if args.order == "interleaved" else [[r] for r in runs]
     try:
-        if target.launch:
-            server = Server(target.launch, args.log_dir, target.name)
-            task = progress.add_task(f"{target.name}: starting server", total=None)
-            try:
-                server.start(args.launch_timeout)
-            finally:
-                progress.remove_task(task)
-            info["launched"] = {
-                "command": target.launch.command,
-                "env": {k: target.launch.env[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HF_HUB_OFFLINE")
-                        if k in target.launch.env},
-                "startup_s": server.startup_s,
-                "log": str(server.log_path),
-            }
-        info.update(asyncio.run(bench_target(target, prompts, args, progress)))
-    except Exception as exc:  # one target's failure must not lose the others' figures
-        info["failed"] = f"{type(exc).__name__}: {exc}"
-        console.print(f"[red]{target.name}: {info['failed']}[/]")
+        for group in groups:
+            for run in group:
+                await run.start(prompts, args, progress)
+            for i, level in enumerate(args.levels):
+                for run in group if i % 2 == 0 else group[::-1]:
+                    await run.level(prompts, level, args, progress)
+            for run in group:
+                await run.stop()
     finally:
-        if server:
-            info.setdefault("launched", {})["exit_code"] = server.stop()
-    return info
+        for run in runs:  # after an interruption too: never leave a server behind
+            if run.server:
+                run.server.stop(grace=10)
+    return {run.target.name: run.info for run in runs}
 
 
 # ============================================================================================
@@ -767,20 +829,47 @@ def compare_targets(results: dict, candidate: str | None, baseline: str | None, 
     return {"candidate": candidate, "baseline": baseline, "by_level": rows, "target": target}
 
 
+def pick_engine_result(omp_wait_policy: str | None, new_tokens: int) -> dict | None:
+    """The newest bench/engine.py result with an engine figure at 1 stream, preferring one run with the
+    same OMP_WAIT_POLICY and token count (the wait policy alone moves batch-1 speed ~1.5x here)."""
+    candidates = []
+    for path in sorted(RESULTS_DIR.glob("engine-*.json"), reverse=True):  # names sort by time
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        by = (data.get("engine") or {}).get("by_streams") or {}
+        if "1" in by:
+            data["_file"] = path.name
+            candidates.append(data)
+    latest = load_latest("engine")
+    if not candidates and latest and "1" in ((latest.get("engine") or {}).get("by_streams") or {}):
+        latest["_file"] = "engine.json"
+        candidates.append(latest)
+    def same_omp(data: dict) -> bool:
+        return (data.get("machine") or {}).get("omp_wait_policy") == omp_wait_policy
+
+    for good in (lambda d: same_omp(d) and d.get("new_tokens") == new_tokens, same_omp, lambda d: True):
+        for data in candidates:
+            if good(data):
+                return data
+    return None
+
+
 def compare_engine(results: dict, candidate: str | None, args: argparse.Namespace) -> dict | None:
     """Issue #3: at 1 stream the HTTP layer costs at most 5% against bench/engine.py's in-process run."""
     level1 = _level(results, candidate, 1)
-    engine = load_latest("engine")
-    if not level1 or not engine or not engine.get("engine"):
+    if not level1 or not level1["output_tok_s"]:
         return None
-    by = engine["engine"].get("by_streams", {})
-    one = by.get("1") or by.get(1)
-    if not one:
+    launched = results["targets"][candidate].get("launched", {}).get("env", {})
+    serve_omp = launched.get("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY"))
+    engine = pick_engine_result(serve_omp, args.max_new_tokens)
+    if engine is None:
         return None
-    e = one["median"]
+    e = engine["engine"]["by_streams"]["1"]["median"]
     serve_decode = 1 / level1["tpot_p50_s"] if level1["tpot_p50_s"] else None
     out = {
-        "engine_result": engine.get("timestamp"),
+        "engine_result": f"{engine.get('_file')} ({engine.get('timestamp')})",
         "engine_new_tokens": engine.get("new_tokens"),
         "same_prompts": args.prompts == "engine",
         "same_new_tokens": engine.get("new_tokens") == args.max_new_tokens,
@@ -794,13 +883,17 @@ def compare_engine(results: dict, candidate: str | None, args: argparse.Namespac
         "serve_ttft_p50_s": level1["ttft_p50_s"],
         "goal": f"cost <= {TARGET_HTTP_COST_MAX:.0%}",
     }
-    comparable = out["same_prompts"] and out["same_new_tokens"]
+    out["engine_omp_wait_policy"] = (engine.get("machine") or {}).get("omp_wait_policy")
+    out["serve_omp_wait_policy"] = serve_omp
+    same_omp = out["engine_omp_wait_policy"] == out["serve_omp_wait_policy"]
+    comparable = out["same_prompts"] and out["same_new_tokens"] and same_omp
     out["met"] = (out["total_cost"] is not None and out["total_cost"] <= TARGET_HTTP_COST_MAX) if comparable else None
     if not comparable:
         out["note"] = (
-            "prompts or token counts differ from bench/engine.py's run; decode_cost (1/TPOT against the "
-            "engine's per-stream decode rate) is the closer figure. For the target itself run "
-            "--prompts engine --concurrency 1 --max-new-tokens 128."
+            "prompts, token counts or OMP_WAIT_POLICY differ from bench/engine.py's run "
+            f"(engine: {out['engine_omp_wait_policy']}, server: {out['serve_omp_wait_policy']}); "
+            "for the target itself run --prompts engine --concurrency 1 --max-new-tokens 128 with "
+            "the engine's --omp-wait-policy."
         )
     return out
 
@@ -831,6 +924,10 @@ def print_report(results: dict) -> None:
             )
     console.print(table)
     console.print("times in ms; 'full': share of requests that generated all --max-new-tokens tokens")
+    for name, info in results["targets"].items():
+        launched = info.get("launched", {})
+        how = f"launched, OMP_WAIT_POLICY={launched.get('env', {}).get('OMP_WAIT_POLICY', 'unset')}" if launched else info["url"]
+        console.print(f"  {name}: api={info['api']}, force={info['force']} ({how})")
     for name, info in results["targets"].items():
         if info.get("failed"):
             console.print(f"[red]{name} failed: {info['failed']}[/]")
@@ -936,7 +1033,7 @@ def plot(results: dict, path: Path) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Targets are measured one after another; launched servers run only while measured.",
+        epilog="By default every level is measured for every target in turn (--order interleaved).",
     )
     parser.add_argument(
         "--target", action="append", default=[], metavar="NAME=URL[,api=tgi|openai][,model=M][,force=F]",
@@ -945,7 +1042,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "generations: ignore_eos (default), generation_config (transformers serve), none",
     )
     parser.add_argument(
-        "--launch", action="append", default=[], metavar="streamhost[,api=openai|tgi]|transformers",
+        "--launch", action="append", default=[], metavar="streamhost[,api=openai|tgi][,force=F]|transformers[,force=F]",
         help="start this server, measure it, stop it (repeatable): streamhost = `python -m streamhost.cli "
         "container --model-id smollm2 --dtype bf16`; transformers = `transformers serve <model folder> "
         "--continuous-batching --cb-num-blocks 64 --dtype bfloat16`",
@@ -958,6 +1055,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--requests-per-level", default=None,
         help="requests per level: N, or Kx for K times the concurrency (default: max(8, 2x))",
     )
+    parser.add_argument("--order", choices=["interleaved", "sequential"], default="interleaved",
+                        help="interleaved (default): all servers up, each level measured for every target in "
+                        "turn (A B, B A, ...); sequential: one target after another, one server up at a time")
     parser.add_argument("--prompts", choices=["mixed", "engine"], default="mixed",
                         help="mixed: seeded short/medium/long chat prompts (default); engine: bench/engine.py's "
                         "16 short questions, for the 1-stream comparison with the in-process engine")
@@ -1036,12 +1136,13 @@ def main(argv: list[str] | None = None) -> int:
         kinds.setdefault(p.kind, []).append(p.n_tokens)
 
     if any(t.launch and t.launch.kind == "transformers" for t in targets):
-        # 256-token blocks; each request holds ceil((prompt + new) / 256) of them.
-        worst = sorted((-(-(p.n_tokens + args.max_new_tokens) // 256) for p in prompts), reverse=True)
-        need = sum(worst[: max(args.levels)])
+        # 256-token blocks; a request holds ceil((prompt + new) / 256) of them. The prompt order
+        # repeats its mix every 8 requests, so any N consecutive requests need about this many.
+        top = max(args.levels)
+        need = sum(-(-(prompts[i % len(prompts)].n_tokens + args.max_new_tokens) // 256) for i in range(top))
         if need > args.tf_cb_num_blocks:
             console.print(
-                f"[yellow]transformers serve: up to {need} KV blocks needed at {max(args.levels)} streams, "
+                f"[yellow]transformers serve: about {need} KV blocks needed at {top} streams, "
                 f"{args.tf_cb_num_blocks} configured (--tf-cb-num-blocks); it will queue requests[/]"
             )
 
@@ -1065,6 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
             "omp_wait_policy_launched": args.omp_wait_policy,
             "server_threads": args.server_threads,
             "quick": args.quick,
+            "order": args.order,
         },
         "machine": machine_info(),
         "metrics": {
@@ -1082,8 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
         TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=console,
     ) as progress:
-        for target in targets:
-            results["targets"][target.name] = run_target(target, prompts, args, progress)
+        results["targets"] = asyncio.run(run_targets(targets, prompts, args, progress))
     results["elapsed_s"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
 
