@@ -91,7 +91,8 @@ def read_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 16384) -
         return ""
     text = data.decode("utf-8", "replace").replace("\r", "\n")
     kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
+    # Progress bars and tracebacks can make one line huge; a FailureReason should stay readable.
+    return "\n".join(line if len(line) <= 300 else line[:297] + "..." for line in kept[-lines:])
 
 
 class Instance:

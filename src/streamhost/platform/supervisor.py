@@ -189,7 +189,8 @@ class Deployment:
                     environment = _map_model_path(environment, model_dir)
                 env = sup.instance_env(environment, total)
                 spec_for = lambda _i, argv=argv, env=env: LaunchSpec(argv=argv, env=env)  # noqa: E731
-            log_dir = sup.settings.logs_dir / self.endpoint
+            # Per config: during a blue/green update old and new instances must not share a log.
+            log_dir = sup.settings.logs_dir / self.endpoint / self.config_name
             for index in range(variant.desired):
                 instance = Instance(self.endpoint, variant.name, index, spec_for(index), log_dir, sup.settings.instance_host)
                 instance.on_pid.append(sup.track_pid)
