@@ -212,3 +212,13 @@ def test_eula_flag_comes_from_the_lookup(plane):
     ok(plane, "CreateModel", {"ModelName": "f", "PrimaryContainer": {"Image": "x", "Environment": {"HF_MODEL_ID": "free"}}})
     assert plane.store.get_model("g").eula_required
     assert not plane.store.get_model("f").eula_required
+
+
+def test_eula_flag_from_the_catalog_or_the_models_own_environment(tmp_path):
+    from streamhost.platform.app import EULA_ENV, catalog_eula_lookup
+
+    lookup = catalog_eula_lookup(tmp_path)
+    assert lookup({"Environment": {"HF_MODEL_ID": "meta-llama/Llama-2-7b-chat-hf"}})
+    assert not lookup({"Environment": {"HF_MODEL_ID": "smollm2"}})
+    assert lookup({"Environment": {"HF_MODEL_ID": "/models/mine", EULA_ENV: "true"}})
+    assert not lookup({"Environment": {"HF_MODEL_ID": "/models/mine", EULA_ENV: "false"}})

@@ -35,6 +35,9 @@ _UNARY_SUFFIX = "/invocations"
 _CONTROL_BODY_LIMIT = 1024 * 1024
 
 
+EULA_ENV = "STREAMHOST_EULA_REQUIRED"
+
+
 def catalog_eula_lookup(state_dir) -> Any:
     """A function telling whether a container's model needs its EULA accepted, per the catalog."""
 
@@ -42,6 +45,8 @@ def catalog_eula_lookup(state_dir) -> Any:
         from streamhost.catalog.specs import CatalogError, load_catalog
 
         env = container.get("Environment") or {}
+        if str(env.get(EULA_ENV, "")).strip().lower() == "true":
+            return True  # the model's owner marked it gated (the SDK's Model(eula_required=True) does)
         ref = env.get("HF_MODEL_ID") or env.get("OPTION_MODEL_ID") or env.get("MODEL_ID")
         if not ref:
             return False
