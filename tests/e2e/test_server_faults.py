@@ -22,6 +22,7 @@ import uvicorn
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.types import FinishReason, GenerationDetails, TokenEvent
+from streamhost.protocols.lmi import ServingProperties
 from streamhost.server.app import create_app
 from streamhost.server.config import ServerSettings
 from streamhost.server.state import ServerState
@@ -114,9 +115,10 @@ def _wait_ready(url: str) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="module", params=["tgi", "lmi"])
+@pytest.fixture(scope="module", params=["tgi", "lmi", "lmi-sse"])
 def scripted(request):
-    settings = ServerSettings(model_id="scripted", dialect=request.param)
+    properties = ServingProperties.load("option.output_formatter=sse\n" if request.param == "lmi-sse" else "")
+    settings = ServerSettings(model_id="scripted", dialect=request.param[:3], properties=properties)
     running = serve_in_thread(settings, lambda s: ScriptedEngine())
     _wait_ready(running.url)
     yield running
@@ -136,6 +138,14 @@ def test_generation_failure_mid_stream_ends_with_the_dialect_error_event(scripte
         assert len(events) == 3 and raw.endswith(b"\n\n")
         assert json.loads(events[0][5:])["token"]["text"] == " t0"
         assert events[-1] == b'data:{"error":"Request failed during generation: the device fell over","error_type":"generation"}'
+    elif scripted.state.settings.properties.output_formatter == "sse":
+        response = _post(scripted.url, "/invocations", body)
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = response.content.split(b"\n\n")[:-1]
+        assert response.content.endswith(b"\n\n") and len(events) == 3
+        assert all(e.startswith(b"data: {") for e in events), events
+        assert json.loads(events[0][6:]) == {"token": {"id": 100, "text": " t0", "log_prob": -0.5}}
+        assert json.loads(events[-1][6:])["details"]["finish_reason"] == "error"
     else:
         raw = _post(scripted.url, "/invocations", body).content
         lines = raw.split(b"\n")[:-1]

@@ -1,0 +1,92 @@
+"""How ``streamhost container`` resolves its settings from flags, environment and serving.properties.
+
+Pure functions (no process); they sit beside the server's end-to-end tests because they pin the
+behaviour the TGI and LMI images document for their environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from streamhost.server.config import (
+    DEFAULT_MODEL,
+    SettingsError,
+    add_arguments,
+    export_serving_properties,
+    load_settings,
+)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_serve_the_embedded_model_on_8080_in_the_tgi_dialect() -> None:
+    s = load_settings(parse(), {})
+    assert (s.model_id, s.dialect, s.port, s.host, s.drain_timeout) == (DEFAULT_MODEL, "tgi", 8080, "127.0.0.1", 30.0)
+
+
+def test_sagemaker_environment_names() -> None:
+    env = {"HF_MODEL_ID": "org/model", "HF_MODEL_REVISION": "abc", "HF_MODEL_TRUST_REMOTE_CODE": "true",
+           "HF_MODEL_QUANTIZE": "bitsandbytes", "SM_NUM_GPUS": "2", "PORT": "9000", "HF_TOKEN": "secret"}
+    s = load_settings(parse(), env)
+    assert (s.model_id, s.revision, s.trust_remote_code, s.quantize, s.num_shards, s.port) == (
+        "org/model", "abc", True, "bitsandbytes", 2, 9000)
+    assert "secret" not in s.describe()
+
+
+def test_flags_override_the_environment() -> None:
+    env = {"HF_MODEL_ID": "org/model", "PORT": "9000"}
+    s = load_settings(parse("--model-id", "other/model", "--port", "7000", "--dtype", "fp16", "--drain-timeout", "5"), env)
+    assert (s.model_id, s.port, s.dtype, s.drain_timeout) == ("other/model", 7000, "float16", 5.0)
+
+
+def test_serving_properties_selects_lmi_and_wins_over_option_variables(tmp_path) -> None:
+    (tmp_path / "serving.properties").write_text(
+        "engine=Python\noption.model_id=org/from-file\noption.dtype=bf16\noption.max_rolling_batch_size=8\n"
+        "option.enable_streaming=true\n")
+    env = {"OPTION_MAX_ROLLING_BATCH_SIZE": "2", "OPTION_MODEL_ID": "org/from-env"}
+    s = load_settings(parse("--model-dir", str(tmp_path)), env)
+    assert (s.dialect, s.model_id, s.dtype) == ("lmi", "org/from-file", "bfloat16")
+    assert s.properties is not None and s.properties.response_format(stream=False) == "jsonlines-legacy"
+    exported = dict(env)
+    export_serving_properties(s, exported)
+    assert exported["OPTION_MAX_ROLLING_BATCH_SIZE"] == "8", "the file wins over OPTION_* for the engine's limits"
+
+
+def test_option_variables_alone_select_lmi_and_the_model_dir_is_the_default_model(tmp_path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    s = load_settings(parse("--model-dir", str(tmp_path)), {"OPTION_OUTPUT_FORMATTER": "sse"})
+    assert s.dialect == "lmi" and s.model_id == str(tmp_path)
+    assert s.properties.response_format(stream=True) == "sse"
+    assert load_settings(parse("--model-dir", str(tmp_path), "--dialect", "tgi"), {"OPTION_X": "1"}).dialect == "tgi"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "fragment"),
+    [
+        ((), {"HF_MODEL_TRUST_REMOTE_CODE": "maybe"}, "HF_MODEL_TRUST_REMOTE_CODE"),
+        (("--dtype", "int3"), {}, "--dtype"),
+        ((), {"PORT": "eighty"}, "PORT"),
+        (("--model-dir", "/no/such/dir"), {}, "/no/such/dir"),
+        ((), {"OPTION_DTYPE": "fp8"}, "option.dtype"),
+        ((), {"HF_MODEL_ID": "s3://bucket/model"}, "s3://"),
+        ((), {"STREAMHOST_DRAIN_TIMEOUT": "-1"}, "STREAMHOST_DRAIN_TIMEOUT"),
+    ],
+)
+def test_bad_settings_fail_with_a_message_naming_them(argv, env, fragment) -> None:
+    with pytest.raises(SettingsError, match=fragment.replace(".", r"\.")):
+        load_settings(parse(*argv), env)
+
+
+def test_a_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:
+    result = subprocess.run([sys.executable, "-m", "streamhost.cli", "container", "--dtype", "int3"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "int3" in result.stderr
