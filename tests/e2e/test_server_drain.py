@@ -47,3 +47,13 @@ def test_sigterm_while_idle_exits_zero_quickly(tiny_llama_dir, containers) -> No
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(20) == 0, server.log()[-2000:]
     assert time.monotonic() - started < 5
+
+
+def test_a_model_that_cannot_load_exits_1_with_a_clear_message(containers, tmp_path) -> None:
+    missing = tmp_path / "no-model-here"
+    missing.mkdir()
+    server = containers.start(["--model-id", str(missing)], wait=False)
+    assert server.proc.wait(60) == 1
+    log = server.log()
+    assert "cannot serve" in log and "no config.json" in log
+    assert "Traceback" not in log

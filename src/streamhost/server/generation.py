@@ -62,16 +62,25 @@ async def collect(engine, events: AsyncIterator[TokenEvent], rid: str) -> Collec
     return Collected(result, submitted, admitted, finished)
 
 
-async def collect_many(engine, streams: list[tuple[AsyncIterator[TokenEvent], str]]) -> list[Collected]:
-    """Several generations side by side (best_of, LMI input lists); the first error wins."""
+async def collect_many(engine, streams: list[tuple[AsyncIterator[TokenEvent], str]], metrics=None) -> list[Collected]:
+    """Several generations side by side (best_of, LMI input lists); the first error wins.
+
+    ``metrics`` (ServerMetrics) gets each answer's prompt and generated token counts.
+    """
     if len(streams) == 1:
         events, rid = streams[0]
-        return [await collect(engine, events, rid)]
-    outcomes = await asyncio.gather(*(collect(engine, e, r) for e, r in streams), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return list(outcomes)  # type: ignore[arg-type]
+        done = [await collect(engine, events, rid)]
+    else:
+        outcomes = await asyncio.gather(*(collect(engine, e, r) for e, r in streams), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        done = list(outcomes)  # type: ignore[arg-type]
+    if metrics is not None:
+        for c in done:
+            metrics.input_tokens.observe(c.result.details.input_length)
+            metrics.output_tokens.observe(c.result.details.generated_tokens)
+    return done
 
 
 def logprob_sum(result: GenerationResult) -> float:

@@ -59,7 +59,7 @@ def lmi_answer(state: ServerState, body: bytes | dict, started: float) -> Any:
         streams.append((engine.generate(text, engine_params, rid, stream=False), rid))
 
     async def compute() -> tuple[int, list, bytes]:
-        done = await collect_many(engine, streams)
+        done = await collect_many(engine, streams, state.metrics)
         if req.batched:
             prefix = params.return_full_text
             texts = [(text if prefix else "") + c.result.generated_text for text, c in zip(req.inputs, done)]

@@ -86,7 +86,7 @@ def generate_answer(
 
     async def compute() -> tuple[int, list, bytes]:
         submitted = now()
-        done = await collect_many(engine, streams)
+        done = await collect_many(engine, streams, state.metrics)
         best = max(done, key=lambda c: logprob_sum(c.result)) if len(done) > 1 else done[0]
         answer = tgi.generate_response(best.result, params, req.inputs)
         if len(done) > 1 and "details" in answer:
