@@ -455,7 +455,7 @@ def test_answer_streams_then_second_turn_carries_the_first(page, platform, endpo
     open_chat(page, platform, tiny)
     page.fill("#system", "You are a terse assistant.")
     # Greedy with a strong repetition penalty: the tiny random model otherwise mostly emits newlines.
-    set_params(page, max_new_tokens=48, temperature=0, top_p=1, top_k="", repetition_penalty=2)
+    set_params(page, max_new_tokens=48, temperature=0, top_p=0.5, top_k=3, repetition_penalty=2)
     page.fill("#stop", "@@@@\n####")
     watch_growth(page)
     send(page, "Tell me about streams.")
@@ -475,9 +475,9 @@ def test_answer_streams_then_second_turn_carries_the_first(page, platform, endpo
     assert first["messages"] == [{"role": "system", "content": "You are a terse assistant."},
                                  {"role": "user", "content": "Tell me about streams."}]  # fmt: skip
     assert first["stream"] is True
-    assert {k: first[k] for k in ("max_tokens", "temperature", "top_p", "repetition_penalty", "stop")} == {
-        "max_tokens": 48, "temperature": 0, "top_p": 1, "repetition_penalty": 2, "stop": ["@@@@", "####"]}  # fmt: skip
-    assert "top_k" not in first  # an empty field is left out
+    assert {k: first[k] for k in ("max_tokens", "temperature", "repetition_penalty", "stop")} == {
+        "max_tokens": 48, "temperature": 0, "repetition_penalty": 2, "stop": ["@@@@", "####"]}  # fmt: skip
+    assert "top_p" not in first and "top_k" not in first  # they would turn sampling back on (TGI's rule)
 
     send(page, "Now say it again, shorter.")
     wait_idle(page, 2)
@@ -508,7 +508,7 @@ def test_stop_cancels_generation_on_the_server(page, platform, endpoints):
 
     requests = chat_requests(page)
     open_chat(page, platform, tiny)
-    set_params(page, max_new_tokens=1500, temperature=1, top_p=0.99, top_k=200, repetition_penalty="")
+    set_params(page, max_new_tokens=1500, temperature=1, top_p=0.99, top_k=200, repetition_penalty="", stop="")
     send(page, "Write a very long story.")
     expect(last_answer(page).locator(".content")).to_have_text(re.compile(r".{40}", re.S))
     page.click("#stop-btn")
@@ -633,7 +633,7 @@ def test_screenshot_for_the_readme(page, platform, endpoints, request):
     page.click("#clear")
     open_chat(page, platform, name)
     page.fill("#system", "You are a concise, friendly assistant.")
-    set_params(page, max_new_tokens=160, temperature=0, top_p=1)  # greedy: the same picture on every run
+    set_params(page, max_new_tokens=160, temperature=0)  # greedy: the same picture on every run
     for turn, question in enumerate(("What is the capital of France? Answer in one sentence.",
                                      "Show me how to read a file in Python."), start=1):  # fmt: skip
         send(page, question)

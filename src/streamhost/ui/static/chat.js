@@ -47,10 +47,13 @@ export function readParameters() {
   }
   const temperature = number("temperature");
   if (temperature !== null) params.temperature = temperature; // 0 means greedy on the server
+  // With TGI's rules a top_p or top_k turns sampling back on even at temperature 0, so a greedy
+  // request leaves them out.
+  const greedy = temperature === 0;
   const topP = number("top_p");
-  if (topP !== null) params.top_p = topP; // 1 means off on the server
+  if (topP !== null && !greedy) params.top_p = topP; // 1 means off on the server
   const topK = number("top_k");
-  if (topK !== null && topK !== 0) {
+  if (topK !== null && topK !== 0 && !greedy) {
     if (!Number.isInteger(topK) || topK < 0) throw new ApiError("top_k must be a whole number (0 or empty = off)");
     params.top_k = topK;
   }
