@@ -57,3 +57,18 @@ def test_a_model_that_cannot_load_exits_1_with_a_clear_message(containers, tmp_p
     log = server.log()
     assert "cannot serve" in log and "no config.json" in log
     assert "Traceback" not in log
+
+
+def test_a_stream_outliving_the_drain_timeout_ends_with_an_error_event(tiny_llama_dir, containers) -> None:
+    server = containers.start(["--model-id", str(tiny_llama_dir), "--drain-timeout", "0.3"])
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 1500, "do_sample": False}}
+    with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=60) as response:
+        events = response.iter_lines()
+        first = next(events)
+        assert first.startswith("data:{")
+        server.proc.send_signal(signal.SIGTERM)
+        rest = [line for line in events if line]
+    assert len(rest) < 1400, "the stream was ended by the drain timeout"
+    last = json.loads(rest[-1][len("data:"):])
+    assert last["error_type"] == "healthcheck" and "shutting down" in last["error"]
+    assert server.proc.wait(20) == 0

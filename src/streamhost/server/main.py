@@ -74,7 +74,8 @@ def _server_class() -> type:
             log.info("signal %d: draining (%d request(s) in flight, up to %g s)", sig, self.state.active, self.drain_timeout)
             finished = await self.state.drain(self.drain_timeout)
             if not finished:
-                log.warning("drain timeout: %d request(s) still in flight are cut off", self.state.active)
+                log.warning("drain timeout after %g s: the requests still in flight were ended with an error event",
+                            self.drain_timeout)
             self.should_exit = True
 
     return DrainingServer

@@ -83,4 +83,13 @@ class ServerState:
         deadline = time.monotonic() + timeout
         while self.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return not self.busy
+        if not self.busy:
+            return True
+        if engine is not None:
+            # Out of time: stopping the engine ends each open stream with its protocol's error event
+            # (rather than a connection cut mid-line); give the responses a moment to send it.
+            await engine.stop()
+            deadline = time.monotonic() + 2.0
+            while self.active > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        return False
