@@ -255,3 +255,15 @@ def test_models_response_and_fingerprint():
 
 def test_pre_stream_errors_keep_tgi_shape():
     assert oa.error_response(engine_errors.OverloadedError()) == (429, {"error": "Model is overloaded", "error_type": "overloaded"})
+
+
+def test_temperature_zero_is_greedy_even_with_top_p_and_top_k():
+    from streamhost.engine.limits import EngineLimits
+    from streamhost.engine.validation import validate_request
+
+    parsed = oa.parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                 "temperature": 0, "top_p": 0.9, "top_k": 40})
+    limits = EngineLimits(max_input_tokens=100, max_total_tokens=200, max_batch_prefill_tokens=200,
+                          max_batch_total_tokens=400, max_batch_size=4)
+    validated = validate_request([1, 2, 3], parsed.parameters, limits, stream=True)
+    assert validated.params.do_sample is False

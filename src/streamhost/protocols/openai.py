@@ -125,8 +125,9 @@ def _sampling(req: _Common, max_new_tokens: int | None, top_n: int | None) -> Ge
     return GenerationParameters(
         do_sample=not greedy,
         temperature=None if greedy else req.temperature,
-        top_p=None if req.top_p == 1.0 else req.top_p,  # OpenAI's "disabled"; TGI rejects 1.0
-        top_k=req.top_k,
+        # temperature 0 means greedy whatever else is sent: TGI would turn sampling back on for a warper.
+        top_p=None if greedy or req.top_p == 1.0 else req.top_p,  # 1.0 is OpenAI's "disabled"; TGI rejects it
+        top_k=None if greedy else req.top_k,
         repetition_penalty=req.repetition_penalty,
         frequency_penalty=req.frequency_penalty or None,
         seed=req.seed,
