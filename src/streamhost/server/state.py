@@ -66,9 +66,6 @@ class ServerState:
         device = engine.executor.device.type if engine is not None else "cpu"
         return "gpu+optimized" if device == "cuda" else f"{device}+optimized"
 
-    def request_finished(self) -> None:
-        """Called when a generation request ends (drain polls ``busy``)."""
-
     @property
     def busy(self) -> bool:
         engine = self.engine

@@ -119,7 +119,6 @@ class GuardedResponse:
                 log.exception("closing a generation failed")
             metrics.in_flight.dec()
             state.active -= 1
-            state.request_finished()
 
 
 ErrorBody = Callable[[EngineError], tuple[int, Any]]
