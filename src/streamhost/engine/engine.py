@@ -231,8 +231,9 @@ class Engine:
             events.append(event)
         final = events[-1]
         assert final.details is not None and final.generated_text is not None
-        return GenerationResult(final.generated_text, events, final.details,
-                                inference_time=time.monotonic() - started)
+        total = time.monotonic() - started
+        return GenerationResult(final.generated_text, events, final.details, queue_time=final.details.queue_time,
+                                inference_time=max(0.0, total - final.details.queue_time))
 
     def abort(self, request_id: str) -> bool:
         """Abort a request by id; its slot and KV memory are freed before the next step."""
@@ -476,6 +477,7 @@ class Engine:
             event.details = GenerationDetails(
                 finish_reason=finish, generated_tokens=len(seq.generated), input_length=seq.input_length,
                 seed=seq.sampler.seed, prefill=seq.prefill_tokens,
+                queue_time=max(0.0, (seq.admitted_at or seq.arrival) - seq.arrival),
             )
             self.stats.finished[finish.value] = self.stats.finished.get(finish.value, 0) + 1
             self._finish(seq)

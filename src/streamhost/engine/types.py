@@ -69,6 +69,7 @@ class GenerationDetails:
     input_length: int
     seed: int | None
     prefill: list[PrefillToken] = field(default_factory=list)
+    queue_time: float = 0.0  # seconds from submission until its prefill started (TGI's x-queue-time)
 
 
 @dataclass

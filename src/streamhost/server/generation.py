@@ -29,24 +29,15 @@ class Collected:
 
     result: GenerationResult
     submitted: float
-    admitted: float | None  # when the engine started its prefill (None when unknown)
+    admitted: float  # when the engine started its prefill
     finished: float
-
-
-def _admitted_at(engine, rid: str) -> float | None:
-    # The sequence is registered under its id until the generator resumes past its final event.
-    seq = getattr(engine, "_by_id", {}).get(rid)
-    return getattr(seq, "admitted_at", None)
 
 
 async def collect(engine, events: AsyncIterator[TokenEvent], rid: str) -> Collected:
     """Drain ``events`` into a GenerationResult (what ``engine.generate_full`` does, plus timings)."""
     submitted = time.monotonic()
     tokens: list[TokenEvent] = []
-    admitted = None
     async for event in events:
-        if admitted is None:
-            admitted = _admitted_at(engine, rid)
         tokens.append(event)
         if event.details is not None:
             break
@@ -54,10 +45,11 @@ async def collect(engine, events: AsyncIterator[TokenEvent], rid: str) -> Collec
         raise GenerationError("the engine ended the request without a final token")
     final = tokens[-1]
     finished = time.monotonic()
-    start = admitted if admitted is not None else submitted
+    queue_time = final.details.queue_time
+    admitted = submitted + queue_time
     result = GenerationResult(
         final.generated_text, tokens, final.details,
-        queue_time=max(0.0, start - submitted), inference_time=max(0.0, finished - start),
+        queue_time=queue_time, inference_time=max(0.0, finished - admitted),
     )
     return Collected(result, submitted, admitted, finished)
 
