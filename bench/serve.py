@@ -5,12 +5,14 @@ chat prompts), at several concurrency levels, each a closed loop of N workers th
 streaming request in flight. Per request it measures time to first token, inter-token latencies,
 time per output token and tokens generated; per level it reports TTFT p50/p99, ITL p50/p99,
 TPOT p50, output tok/s, requests/s and errors. It can start the servers it compares
-(``--launch streamhost``, ``--launch transformers``), wait until they are ready, and stop them.
+(``--launch streamhost``, ``--launch transformers``), wait until they are ready, and stop them,
+and measure our engine in this process through the same loop (``--inprocess``) as the reference
+for the HTTP layer's cost. Levels are interleaved across targets (A B, B A, ...) by default.
 
 Results: bench/results/serve-<timestamp>.json, bench/results/serve.json (latest) and
 bench/results/serve.png. Usage::
 
-    .venv/bin/python bench/serve.py --launch streamhost --launch transformers          # full run
+    .venv/bin/python bench/serve.py --launch streamhost --launch transformers --inprocess   # full
     .venv/bin/python bench/serve.py --launch transformers --quick                       # smoke run
     .venv/bin/python bench/serve.py --target mine=http://127.0.0.1:8080,api=tgi \\
         --target theirs=http://10.0.0.5:8000,api=openai --concurrency 1,8 --duration 60
