@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import sys
 import time
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     RESULTS_DIR,
+    _jsonable,
     StreamRecord,
     chat_prompts,
     common_prefix,
@@ -52,6 +54,47 @@ console = Console(width=max(Console().width, 100))  # a table, even when piped
 TARGET_SINGLE_VS_HAND = 0.90
 TARGET_MAX_VS_CB = 1.2
 TARGET_MAX_VS_SINGLE = 4.0
+
+
+SYSTEM_KEYS = {"hand": "hand_loop", "cb": "transformers_cb", "engine": "engine"}
+
+
+def run_systems_in_subprocesses(argv: list[str], systems: list[str]) -> dict[str, Any]:
+    """Measure each system in a fresh interpreter and merge their results (see ``--in-process``)."""
+    import subprocess
+    import tempfile
+
+    merged: dict[str, Any] = {}
+    for system in systems:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+            out = Path(tmp.name)
+        console.print(f"[bold]measuring {system} in a fresh process[/]")
+        subprocess.run([sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True)
+        merged.update(json.loads(out.read_text()))
+        out.unlink()
+    return merged
+
+
+def measure_one(system: str, model_dir: Path, args, progress) -> dict[str, Any]:
+    """Measure one system ("hand", "cb" or "engine") on the shared prompts."""
+    from transformers import AutoTokenizer
+
+    prompts = chat_prompts(AutoTokenizer.from_pretrained(model_dir), max(args.stream_counts))
+    runs = (1 + args.repeats) * (1 if system == "hand" else len(args.stream_counts))
+    task = progress.add_task({"hand": "hand loop", "cb": "transformers CB", "engine": "streamhost engine"}[system],
+                             total=runs)
+    part: dict[str, Any] = {"prompt_lengths": [len(p) for p in prompts]}
+    if system == "engine":
+        part["engine"] = bench_engine(model_dir, prompts, args, progress, task)
+        return part
+    model, tokenizer = load_hf_model(model_dir)
+    if system == "hand":
+        part["hand_loop"] = bench_hand_loop(model, prompts, args, progress, task)
+    else:
+        part["transformers_cb"] = bench_transformers_cb(model, tokenizer, prompts, args, progress, task)
+    del model
+    gc.collect()
+    return part
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +123,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cb-num-blocks", type=int, default=128, help="transformers CB: KV cache blocks")
     parser.add_argument("--cb-page-size", type=int, default=32, help="transformers CB: tokens per block")
     parser.add_argument("--cb-max-batch-tokens", type=int, default=1024, help="transformers CB: tokens per step")
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="measure every system in this one process (default: each in a fresh process, because "
+        "OpenMP thread pools left by one system slow the next one's model thread by ~35%%)",
+    )
+    parser.add_argument("--only", choices=list(SYSTEM_KEYS), help=argparse.SUPPRESS)
+    parser.add_argument("--partial-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.streams = "1,4"
@@ -442,28 +492,15 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[red]--skip-baselines with no engine: nothing to measure[/]")
         return 2
 
-    n_cfg = len(args.stream_counts)
-    runs_per_cfg = 1 + args.repeats
     started = time.perf_counter()
     with Progress(
         TextColumn("{task.description:<32}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
         TimeElapsedColumn(), console=console,
     ) as progress:
-        tokenizer = None
-        if not args.skip_baselines:
-            t_hand = progress.add_task("hand loop", total=runs_per_cfg)
-            t_cb = progress.add_task("transformers CB", total=runs_per_cfg * n_cfg)
-        if not why_no_engine:
-            t_eng = progress.add_task("streamhost engine", total=runs_per_cfg * n_cfg)
-        if not args.skip_baselines:
-            model, tokenizer = load_hf_model(model_dir)
-            prompts = chat_prompts(tokenizer, max(args.stream_counts))
-            results["prompt_lengths"] = [len(p) for p in prompts]
-            results["hand_loop"] = bench_hand_loop(model, prompts, args, progress, t_hand)
-            results["transformers_cb"] = bench_transformers_cb(model, tokenizer, prompts, args, progress, t_cb)
-            del model
-            gc.collect()
-        else:
+        if args.only is not None:  # a child: one system, results to --partial-out
+            Path(args.partial_out).write_text(json.dumps(measure_one(args.only, model_dir, args, progress), default=_jsonable))
+            return 0
+        if args.skip_baselines:
             previous = load_latest("engine")
             if previous and previous.get("new_tokens") == args.new_tokens:
                 results["baselines_from"] = previous.get("timestamp")
@@ -472,14 +509,13 @@ def main(argv: list[str] | None = None) -> int:
                         results[key] = previous[key]
             else:
                 console.print("[yellow]no previous baselines with the same --new-tokens; ratios will be n/a[/]")
-        if not why_no_engine:
-            if tokenizer is None:
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(model_dir)
-                prompts = chat_prompts(tokenizer, max(args.stream_counts))
-                results["prompt_lengths"] = [len(p) for p in prompts]
-            results["engine"] = bench_engine(model_dir, prompts, args, progress, t_eng)
+        wanted = ([] if args.skip_baselines else ["hand", "cb"]) + ([] if why_no_engine else ["engine"])
+        if args.in_process:
+            for system in wanted:
+                results.update(measure_one(system, model_dir, args, progress))
+        else:
+            progress.stop()
+            results.update(run_systems_in_subprocesses(list(argv if argv is not None else sys.argv[1:]), wanted))
     results["elapsed_s"] = time.perf_counter() - started
     # The cores are shared: a high load average here means the figures are noisy.
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

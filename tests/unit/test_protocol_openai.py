@@ -267,3 +267,9 @@ def test_temperature_zero_is_greedy_even_with_top_p_and_top_k():
                           max_batch_total_tokens=400, max_batch_size=4)
     validated = validate_request([1, 2, 3], parsed.parameters, limits, stream=True)
     assert validated.params.do_sample is False
+
+
+def test_ignore_eos_reaches_the_engine():
+    parsed = oa.parse_chat_request({"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True})
+    assert parsed.parameters.ignore_eos is True
+    assert oa.parse_chat_request({"messages": [{"role": "user", "content": "hi"}]}).parameters.ignore_eos is False

@@ -316,3 +316,8 @@ def test_tokenize_response_uses_byte_offsets():
     out = tgi.tokenize_response(text, [1, 2], [(0, 5), (5, 11)])
     assert out == [{"id": 1, "text": "héllo", "start": 0, "stop": 6}, {"id": 2, "text": " world", "start": 6, "stop": 12}]
     assert tgi.tokenize_response(text, [1], None) == [{"id": 1, "text": "", "start": 0, "stop": 0}]
+
+
+def test_ignore_eos_reaches_the_engine():
+    req = tgi.parse_generate_request(b'{"inputs": "x", "parameters": {"ignore_eos": true, "max_new_tokens": 3}}')
+    assert req.parameters.ignore_eos is True

@@ -10,6 +10,7 @@ the request aborted and the engine thread frees its row before the next step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import threading
@@ -161,7 +162,7 @@ class Engine:
             "device": self.executor.device.type,
             "max_positions": self.executor.max_positions,
             "prefill_chunk": self.scheduler.prefill_chunk,
-            "limits": self.limits,
+            "limits": dataclasses.asdict(self.limits),
         }
 
     def tokenize(self, text: str) -> list[int]:

@@ -69,6 +69,7 @@ class _Common(_Strict):
     # TGI/vLLM extensions many clients send
     repetition_penalty: Optional[float] = None
     top_k: Optional[int] = None
+    ignore_eos: Optional[bool] = None  # vLLM's: generate max_tokens whatever the model says
 
 
 class ChatCompletionRequest(_Common):
@@ -133,6 +134,7 @@ def _sampling(req: _Common, max_new_tokens: int | None, top_n: int | None) -> Ge
         seed=req.seed,
         max_new_tokens=max_new_tokens,
         stop=stop,
+        ignore_eos=bool(req.ignore_eos),
         details=True,
         top_n_tokens=top_n or None,
     )

@@ -126,6 +126,8 @@ class TgiParameters(BaseModel):
     num_beams: Optional[int] = Field(default=None, ge=0)
     no_repeat_ngram_size: Optional[int] = Field(default=None, ge=0)
     early_stopping: Optional[bool] = None
+    # vLLM's name, also understood by LMI: keep generating past EOS (benchmarks want fixed lengths).
+    ignore_eos: Optional[bool] = None
 
 
 class TgiGenerateBody(BaseModel):
@@ -244,6 +246,7 @@ def to_generation_parameters(p: TgiParameters, *, sampling_default: bool = False
         best_of=p.best_of,
         num_beams=p.num_beams,
         early_stopping=p.early_stopping,
+        ignore_eos=bool(p.ignore_eos),
     )
 
 
