@@ -55,7 +55,8 @@ class EngineConfig:
     trust_remote_code: bool = False
     revision: str | None = None
     limits: EngineLimits | None = None
-    prefill_chunk: int | None = None  # prompt tokens per sequence per step (CPU 256, GPU 2048)
+    prefill_chunk: int | None = None  # prompt tokens per sequence per step (CPU 512, GPU 2048)
+    idle_kv_bytes: int = 512 * 1024**2  # KV cache kept allocated while idle; a larger one is released
     model_id: str | None = None  # the name reported by /info (defaults to the reference given to load)
 
 
@@ -82,7 +83,7 @@ class Engine:
         self.executor = executor
         self.tokenizer = executor.tokenizer
         self.limits = self.config.limits or EngineLimits.from_env(model_max_positions=executor.max_positions)
-        chunk = self.config.prefill_chunk or (2048 if executor.device.type == "cuda" else 256)
+        chunk = self.config.prefill_chunk or (2048 if executor.device.type == "cuda" else 512)
         self.scheduler = Scheduler(self.limits, prefill_chunk=chunk)
         self.stats = EngineStats()
         self.model_id = self.config.model_id or str(executor.model_path)
@@ -332,7 +333,10 @@ class Engine:
                 return
             self._reap_aborted()
             if not sched.has_work() and self.executor.store.live_rows == 0:
-                self.executor.store.reset()  # idle: give the KV memory back
+                # Idle: keep a modest cache for the next request (reallocating costs its TTFT),
+                # give a large one back.
+                if self.executor.store.nbytes() > self.config.idle_kv_bytes:
+                    self.executor.store.reset()
                 continue
             work = sched.schedule()
             self.stats.waiting, self.stats.running = len(sched.waiting), len(sched.running) + len(sched.prefilling)
@@ -375,6 +379,8 @@ class Engine:
             seq = item.seq
             if seq.row is None:
                 seq.row = self.executor.alloc_row()
+                # Room for the whole prompt now: one allocation instead of one per chunk.
+                self.executor.store.reserve(seq.row + 1, len(seq.prompt_ids) + 1)
                 seq.admitted_at = now
             wants_all = seq.wants_prefill_details
             mode = "all" if wants_all else ("last" if item.completes_prompt else "none")
