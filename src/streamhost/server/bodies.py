@@ -76,3 +76,17 @@ def parse_json(body: bytes) -> Any:
 
 def now() -> float:
     return time.perf_counter()
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def server_state(request: Request):
+    """The ServerState the app was built with."""
+    return request.app.state.server
+
+
+async def json_request_body(request: Request) -> bytes:
+    """A route's body: JSON content type checked, size bounded by PAYLOAD_LIMIT."""
+    check_content_type(request)
+    return await read_body(request, server_state(request).payload_limit)

@@ -19,37 +19,25 @@ from streamhost.catalog.templates import TemplateError, render_prompt
 from streamhost.protocols import openai as oa
 from streamhost.protocols.errors import ProtocolError
 from streamhost.protocols.tgi import SSE_CONTENT_TYPE
-from streamhost.server.bodies import check_content_type, json_answer, now, read_body
+from streamhost.server.bodies import SSE_HEADERS, json_answer, json_request_body, now, server_state
 from streamhost.server.generation import collect_many, request_id
 from streamhost.server.state import ServerState
 from streamhost.server.streaming import Observer, TokenStream, WholeAnswer, dumps
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def _state(request: Request) -> ServerState:
-    return request.app.state.server
-
-
-async def _body(request: Request, state: ServerState) -> bytes:
-    check_content_type(request)
-    return await read_body(request, state.payload_limit)
-
-
 async def chat_completions(request: Request) -> Any:
     started = now()
-    state = _state(request)
-    return chat_answer(state, await _body(request, state), started)
+    state = server_state(request)
+    return chat_answer(state, await json_request_body(request), started)
 
 
 async def completions(request: Request) -> Any:
     started = now()
-    state = _state(request)
-    return completion_answer(state, await _body(request, state), started)
+    state = server_state(request)
+    return completion_answer(state, await json_request_body(request), started)
 
 
 async def models(request: Request) -> Response:
-    state = _state(request)
+    state = server_state(request)
     return json_answer(oa.models_response(state.model_id, state.created))
 
 

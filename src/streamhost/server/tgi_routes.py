@@ -15,41 +15,29 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from streamhost.protocols import tgi
-from streamhost.server.bodies import check_content_type, json_answer, now, read_body
+from streamhost.server.bodies import SSE_HEADERS, json_answer, json_request_body, now, server_state
 from streamhost.server.generation import collect_many, logprob_sum, request_id
 from streamhost.server.state import ServerState
 from streamhost.server.streaming import Observer, TokenStream, WholeAnswer, dumps, encode_headers
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def _state(request: Request) -> ServerState:
-    return request.app.state.server
-
-
-async def _body(request: Request, state: ServerState) -> bytes:
-    check_content_type(request)
-    return await read_body(request, state.payload_limit)
-
-
 async def compat_generate(request: Request) -> Any:
     """POST ``/``: streams when ``"stream": true``, otherwise the answer wrapped in a list."""
     started = now()
-    state = _state(request)
-    body = await _body(request, state)
+    state = server_state(request)
+    body = await json_request_body(request)
     return generate_answer(state, body, started, stream=None, wrap=True, default_full_text=True)
 
 
 async def generate(request: Request) -> Any:
     started = now()
-    state = _state(request)
-    return generate_answer(state, await _body(request, state), started, stream=False)
+    state = server_state(request)
+    return generate_answer(state, await json_request_body(request), started, stream=False)
 
 
 async def generate_stream(request: Request) -> Any:
     started = now()
-    state = _state(request)
-    return generate_answer(state, await _body(request, state), started, stream=True)
+    state = server_state(request)
+    return generate_answer(state, await json_request_body(request), started, stream=True)
 
 
 def generate_answer(
@@ -126,8 +114,8 @@ def _best_of_sequence(result, params, inputs: str) -> dict[str, Any]:
 
 async def tokenize(request: Request) -> Response:
     """POST ``/tokenize``: ``[{id, text, start, stop}]`` with UTF-8 byte offsets."""
-    state = _state(request)
-    body = await _body(request, state)
+    state = server_state(request)
+    body = await json_request_body(request)
     req = tgi.parse_generate_request(body, stream=False)
     engine = state.require_engine()
     tokenizer = engine.tokenizer
@@ -143,7 +131,7 @@ async def tokenize(request: Request) -> Response:
 
 async def info(request: Request) -> Response:
     """GET ``/info`` in TGI's shape (503 until the model is loaded)."""
-    state = _state(request)
+    state = server_state(request)
     engine = state.engine
     if engine is None:
         return json_answer(tgi.unhealthy_body(), 503)
