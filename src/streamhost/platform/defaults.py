@@ -52,7 +52,10 @@ def howto(base_url: str, name: str = DEFAULT_NAME, auth: bool = False) -> str:
         f"Invoke endpoint '{name}':\n"
         f"  curl -s {base_url}/endpoints/{name}/invocations -H 'Content-Type: application/json' \\\n"
         f"       -d '{body}'\n"
-        f"  python -c \"{py.replace(chr(34), chr(92) + chr(34))}\""
+        f"  python -c \"{py.replace(chr(34), chr(92) + chr(34))}\"\n"
+        f"Chat with it:\n"
+        f"  in a browser: {base_url}/chat\n"
+        f"  in a terminal: .venv/bin/streamhost chat {name}"
         + ("\n(SigV4 auth is on: use keys the platform knows instead of x/x, and sign the curl request)" if auth else "")
     )
 
