@@ -373,6 +373,7 @@ class Engine:
     def _step(self, work: StepWork) -> None:
         now = time.monotonic()
         segments: list[Segment] = []
+        work.decode.sort(key=lambda seq: seq.row)  # consecutive rows share one attention call
         for seq in work.decode:
             segments.append(Segment(seq.row, [seq.generated[-1]], seq.cached_tokens))
         for item in work.prefill:

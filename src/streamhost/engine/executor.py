@@ -75,6 +75,7 @@ class TorchExecutor:
         self.num_layers = int(getattr(self.config, "num_hidden_layers", 0) or len(self._decoder_layers()))
         self.max_positions = max_positions or self.model_max_positions() or 4096
         self.store = KVStore(max_rows=max_rows, max_positions=self.max_positions)
+        self.batch_invariant = os.environ.get("STREAMHOST_BATCH_INVARIANT", "").lower() in ("1", "true", "yes")
 
     def _decoder_layers(self):
         base = getattr(self.model, self.model.base_model_prefix, self.model)
@@ -111,7 +112,7 @@ class TorchExecutor:
             _round_up_bucket(s.start + 1) if len(s.ids) == 1 else s.start + len(s.ids) for s in segments
         )
         self.store.reserve(need_rows, need_positions)
-        plan = StepPlan.build(self.store, segments, self.dtype, self.device)
+        plan = StepPlan.build(self.store, segments, self.dtype, self.device, invariant=self.batch_invariant)
         ids = torch.tensor([[t for s in segments for t in s.ids]], dtype=torch.long, device=self.device)
         keep: list[int] = []
         spans: list[tuple[int, int]] = []

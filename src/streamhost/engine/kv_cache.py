@@ -8,9 +8,11 @@ sequence joining costs nothing (its prefill writes straight into its row), leavi
 Each step runs ONE forward over a packed row of tokens: every decoding sequence's next token and
 any prompt chunks being prefilled ("segments"). Linear layers see all tokens at once (on a CPU
 the weight read dominates, so extra tokens are nearly free); attention is done per segment by
-``packed_attention`` against each sequence's own row. Decode segments on consecutive rows whose
-lengths round up to the same bucket share one SDPA call over a view, so a sequence's attention
-is computed over the same key length whatever else is in the batch.
+``packed_attention`` against each sequence's own row. Decode segments on consecutive rows share one
+SDPA call over a view of their rows, padded (masked) to the longest 64-token bucket among them.
+``STREAMHOST_BATCH_INVARIANT=1`` instead groups only rows whose lengths fall in the same bucket, so
+a sequence's attention is computed over the same key length whatever else is in the batch (exact
+batch invariance of attention; with mixed lengths it costs one SDPA call per row).
 """
 
 from __future__ import annotations
@@ -145,7 +147,11 @@ class StepPlan:
     last_layer: int = 0
 
     @classmethod
-    def build(cls, store: KVStore, segments: list[Segment], dtype: torch.dtype, device: torch.device) -> "StepPlan":
+    def build(cls, store: KVStore, segments: list[Segment], dtype: torch.dtype, device: torch.device,
+              invariant: bool = False) -> "StepPlan":
+        """``invariant``: one SDPA call per run of equal key-length buckets, so a sequence's attention
+        never depends on its neighbours (exact, slower with mixed lengths); otherwise consecutive
+        rows share one call over the longest bucket (masked), which is what makes a mixed batch fast."""
         rows: list[int] = []
         positions: list[int] = []
         parts: list = []
@@ -160,7 +166,8 @@ class StepPlan:
                 bucket = _round_up(pending[i][2], DECODE_BUCKET)
                 while (j < len(pending) and pending[j][1] == pending[j - 1][1] + 1
                        and pending[j][0] == pending[j - 1][0] + 1
-                       and _round_up(pending[j][2], DECODE_BUCKET) == bucket):
+                       and (not invariant or _round_up(pending[j][2], DECODE_BUCKET) == bucket)):
+                    bucket = max(bucket, _round_up(pending[j][2], DECODE_BUCKET))
                     j += 1
                 lengths = torch.tensor([p[2] for p in pending[i:j]], device=device)
                 cols = torch.arange(bucket, device=device)
