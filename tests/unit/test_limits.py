@@ -16,7 +16,7 @@ def test_defaults_follow_tgi_launcher_capped_at_4096():
     assert limits.max_batch_size == 32
     assert (limits.max_concurrent_requests, limits.max_best_of, limits.max_stop_sequences) == (128, 2, 4)
     assert (limits.max_top_n_tokens, limits.max_client_batch_size, limits.payload_limit) == (5, 4, 2_000_000)
-    assert (limits.waiting_served_ratio, limits.max_waiting_tokens) == (0.3, 20)
+    assert (limits.waiting_served_ratio, limits.max_waiting_tokens) == (0.0, 20)
 
 
 def test_small_model_context_shapes_the_defaults():
