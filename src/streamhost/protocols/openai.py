@@ -270,7 +270,19 @@ def _head(obj: str, id: str, created: int, model: str, fingerprint: str) -> str:
 # --------------------------------------------------------------------------- chat
 
 
-class ChatStream:
+class _SseEnd:
+    """How every OpenAI stream ends: an error event, or ``data:[DONE]``."""
+
+    @staticmethod
+    def error(err: EngineError) -> bytes:
+        return sse_engine_error(err)
+
+    @staticmethod
+    def done() -> bytes:
+        return DONE
+
+
+class ChatStream(_SseEnd):
     """Frames one chat request's TokenEvents as ``chat.completion.chunk`` SSE events.
 
     Header fields are encoded once; each ``chunk`` formats only the token's own part.
@@ -307,13 +319,6 @@ class ChatStream:
     def usage_chunk_text(self, prompt_tokens: int, completion_tokens: int) -> str:
         return '%s,"choices":[],"usage":%s}\n\n' % (self._head, _usage_json(prompt_tokens, completion_tokens))
 
-    @staticmethod
-    def error(err: EngineError) -> bytes:
-        return sse_engine_error(err)
-
-    @staticmethod
-    def done() -> bytes:
-        return DONE
 
 
 def chat_completion(
@@ -349,7 +354,7 @@ def chat_completion(
 # --------------------------------------------------------------------------- completions
 
 
-class CompletionStream:
+class CompletionStream(_SseEnd):
     """Frames ``/v1/completions`` chunks (``object: text_completion``); the last one carries usage."""
 
     __slots__ = ("_chunk_head", "_final_head", "_tail", "_echo")
@@ -379,13 +384,6 @@ class CompletionStream:
             )
         return out.encode("utf-8", "replace")
 
-    @staticmethod
-    def error(err: EngineError) -> bytes:
-        return sse_engine_error(err)
-
-    @staticmethod
-    def done() -> bytes:
-        return DONE
 
 
 def text_completion(
