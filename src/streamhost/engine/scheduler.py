@@ -9,8 +9,8 @@ Rules (TGI's router semantics, adapted to chunked prefill):
   a burst of prompts reaches its first tokens one chunk at a time, in arrival order, while running
   streams keep getting a token every step (with TGI's whole-batch prefill, a burst of 15 mixed
   prompts here was one 2.4 s step in which every stream stalled and every newcomer waited for the
-  last). A bigger step gains nothing on a CPU: the linear layers already run at the CPU's peak on
-  512 tokens;
+  last). The budget's size trades newcomers' TTFT and the running streams' inter-token gaps
+  against per-step overhead; the defaults and their measurements are in engine.py;
 - a new request is admitted FIFO while the batch has room: batch size (MAX_BATCH_SIZE) and the
   token budget (sum of prompt + max_new_tokens <= MAX_BATCH_TOTAL_TOKENS);
 - while a batch is running, new requests are admitted only once ``WAITING_SERVED_RATIO`` x batch
