@@ -1,4 +1,7 @@
-"""Engine limits and execution options, read from the environment like TGI's launcher and LMI.
+"""Engine limits and execution options, from TGI's and LMI's setting names like TGI's launcher.
+
+The names arrive as a mapping built by the model server (``server/config.py``); this module never
+reads the process environment itself.
 
 One place decides how long a prompt may be, how many tokens a request may hold, how much work a
 batch may take and how many requests may wait, so the scheduler, the validator and ``/info``
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -126,19 +128,19 @@ class EngineLimits:
     @classmethod
     def from_env(
         cls,
-        environ: Mapping[str, str] | None = None,
+        environ: Mapping[str, str],
         *,
         model_max_positions: int | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> "EngineLimits":
-        """Read the limits from ``environ`` (default ``os.environ``).
+        """Read the limits from ``environ``, a mapping of TGI/LMI setting names to values.
 
         ``model_max_positions`` is the model's context length (``max_position_embeddings``); it
         only shapes the defaults, as in TGI. ``overrides`` holds field names (``max_batch_size``,
         ...) that win over the environment, e.g. from ``serving.properties`` or the command line;
         a ``None`` value there means "not set".
         """
-        env = os.environ if environ is None else environ
+        env = environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         field_names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - field_names)
@@ -283,12 +285,12 @@ class ExecutionOptions:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, device_count: int | None = None
+        cls, environ: Mapping[str, str], *, device_count: int | None = None
     ) -> "ExecutionOptions":
         """Read ``OPTION_DTYPE`` (or TGI's ``DTYPE``) and ``OPTION_TENSOR_PARALLEL_DEGREE``
         (or ``SM_NUM_GPUS`` / ``NUM_SHARD``). ``max`` means every visible device:
         ``device_count`` if given, else ``torch.cuda.device_count()`` (at least 1)."""
-        env = os.environ if environ is None else environ
+        env = environ
         dtype = None
         for name in ("OPTION_DTYPE", "DTYPE"):
             raw = env.get(name)
