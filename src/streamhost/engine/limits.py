@@ -70,6 +70,11 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "max_waiting_tokens": ("MAX_WAITING_TOKENS",),
     "payload_limit": ("PAYLOAD_LIMIT",),
 }
+# Every name the limits are read from (what the server passes down, and nothing else).
+SETTING_NAMES: frozenset[str] = frozenset(
+    {name for names in _ENV_NAMES.values() for name in names}
+    | {"MAX_INPUT_TOKENS", "MAX_INPUT_LENGTH", "OPTION_MAX_INPUT_LEN", "OPTION_MAX_OUTPUT_LEN"}
+)
 # Settings that may be 0 (everything else must be strictly positive).
 _MAY_BE_ZERO = {"max_stop_sequences", "max_top_n_tokens", "max_waiting_tokens", "waiting_served_ratio"}
 
