@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence as Seq
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -174,13 +174,11 @@ class Engine:
         """Prompt ids (blocking: long prompts take a while; ``generate`` calls it in a worker thread)."""
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def prepare(self, prompt: str | Seq[int], params: GenerationParameters, *, stream: bool) -> ValidatedRequest:
-        """Tokenize and validate (TGI's rules); raises ValidationError with the limit and what was asked."""
-        return validate_request(self._prompt_ids(prompt), params, self.limits, stream=stream)
+    async def prepare(self, prompt: str | Seq[int], params: GenerationParameters, *, stream: bool) -> ValidatedRequest:
+        """Tokenize (in the tokenizer pool, so open streams keep flowing) and validate (TGI's rules).
 
-    async def prepare_async(self, prompt: str | Seq[int], params: GenerationParameters, *,
-                            stream: bool) -> ValidatedRequest:
-        """:meth:`prepare` with the tokenization in the tokenizer pool, so open streams keep flowing."""
+        Raises ValidationError with the limit and what was asked.
+        """
         if isinstance(prompt, str) and prompt:
             loop = asyncio.get_running_loop()
             ids = await loop.run_in_executor(self._tokenize_pool, self.tokenize, prompt)
@@ -202,7 +200,7 @@ class Engine:
             raise OverloadedError()
 
     async def generate(self, prompt: str | Seq[int], params: GenerationParameters | None = None,
-                       request_id: str | None = None, *, stream: bool = True) -> AsyncIterator[TokenEvent]:
+                       request_id: str | None = None, *, stream: bool = True) -> AsyncGenerator[TokenEvent, None]:
         """Yield one TokenEvent per generated token; the last one carries generated_text and details.
 
         Raises OverloadedError (before validation, as TGI), ValidationError, or GenerationError.
@@ -214,7 +212,7 @@ class Engine:
         seq: Sequence | None = None
         finished = False
         try:
-            request = await self.prepare_async(prompt, params, stream=stream)
+            request = await self.prepare(prompt, params, stream=stream)
             if (request.params.num_beams or 1) > 1:
                 async for event in self._beam_events(request, request_id):
                     yield event

@@ -104,10 +104,6 @@ class TorchExecutor:
             ids.add(int(self.tokenizer.eos_token_id))
         return ids
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
-
     @torch.inference_mode()
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
         """One packed forward; per segment the logits it asked for: ``[V]`` (last), ``[n, V]`` (all) or None."""

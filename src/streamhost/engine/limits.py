@@ -196,21 +196,6 @@ class EngineLimits:
             )
         return cls(**values)
 
-    def as_info(self) -> dict[str, Any]:
-        """The limits under the names TGI's ``/info`` uses."""
-        return {
-            "max_concurrent_requests": self.max_concurrent_requests,
-            "max_best_of": self.max_best_of,
-            "max_stop_sequences": self.max_stop_sequences,
-            "max_input_tokens": self.max_input_tokens,
-            "max_total_tokens": self.max_total_tokens,
-            "max_batch_total_tokens": self.max_batch_total_tokens,
-            "max_batch_size": self.max_batch_size,
-            "max_client_batch_size": self.max_client_batch_size,
-            "waiting_served_ratio": self.waiting_served_ratio,
-            "max_waiting_tokens": self.max_waiting_tokens,
-        }
-
 
 def _max_input_tokens(env: Mapping[str, str], overrides: Mapping[str, Any]) -> int | None:
     """MAX_INPUT_TOKENS, its legacy name MAX_INPUT_LENGTH (never both, like TGI), or LMI's."""

@@ -38,10 +38,6 @@ class Sequence:
     admitted_at: float | None = None
 
     @property
-    def input_length(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
     def reserved_tokens(self) -> int:
         """Tokens this request may occupy at most (what the batch token budget counts)."""
         return len(self.prompt_ids) + self.max_new_tokens
