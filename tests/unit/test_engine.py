@@ -9,7 +9,7 @@ import time
 import pytest
 
 from streamhost.engine import Engine, EngineConfig, GenerationParameters
-from streamhost.engine.errors import GenerationError, OverloadedError, ValidationError
+from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError, ValidationError
 from streamhost.engine.executor import TorchExecutor
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.types import FinishReason
@@ -355,3 +355,30 @@ def test_engine_limits_come_from_its_config_not_the_environment(executor, monkey
     limits = asyncio.run(main())
     assert (limits.max_batch_size, limits.max_total_tokens, limits.max_input_tokens) == (3, 900, 899)
     assert Engine(executor, EngineConfig()).limits.max_batch_size == 32
+
+
+def test_a_request_still_being_tokenized_when_the_engine_stops_is_refused_not_left_hanging(executor):
+    import threading
+
+    gate = threading.Event()
+
+    async def main():
+        engine = Engine(executor, EngineConfig(limits=make_limits()))
+        await engine.start()
+        real_tokenize = engine.tokenize
+
+        def gated_tokenize(text: str) -> list[int]:
+            gate.wait(30)
+            return real_tokenize(text)
+
+        engine.tokenize = gated_tokenize
+        pending = asyncio.create_task(collect(engine, PROMPTS[0], GenerationParameters(max_new_tokens=3)))
+        while engine.in_flight == 0:
+            await asyncio.sleep(0.001)
+        await engine.stop()
+        gate.set()
+        with pytest.raises(EngineNotReadyError, match="shutting down"):
+            await asyncio.wait_for(pending, 30)
+        return engine.in_flight
+
+    assert asyncio.run(main()) == 0

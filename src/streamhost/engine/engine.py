@@ -152,7 +152,8 @@ class Engine:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
         self._beam_pool.shutdown(wait=False, cancel_futures=True)
-        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        # Tokenizations already queued finish (they are short) and their requests are refused below.
+        self._tokenize_pool.shutdown(wait=False)
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -217,6 +218,8 @@ class Engine:
                 async for event in self._beam_events(request, request_id):
                     yield event
                 return
+            if self._stopping:  # stopped while this prompt was being tokenized: nobody would answer
+                raise EngineNotReadyError("the engine is shutting down")
             queue: asyncio.Queue = asyncio.Queue()
             seq, client = self._new_request(request, request_id, queue)
             with self._cv:
