@@ -1,8 +1,9 @@
 """How to run one model: everything the engine is told, in one object passed to ``Engine``.
 
-The model server resolves it once (``server/config.py``: flags > SageMaker/TGI/LMI environment >
-serving.properties > defaults) and hands it down; nothing below the server reads the process
-environment, so a test builds an engine from an ``EngineConfig`` and patches nothing. This module
+The model server resolves it once (``server/config.py``: flags > SageMaker/TGI variables >
+serving.properties > LMI ``OPTION_*`` variables > defaults) and hands it down; nothing below the
+server reads the process environment, so a test builds an engine from an ``EngineConfig`` and
+patches nothing. This module
 imports no torch: the server builds the config before it loads the model.
 """
 
@@ -51,4 +52,4 @@ class EngineConfig:
     batch_invariant: bool = False  # attention groups rows by length bucket only (kv_cache.py)
     tokenizer_workers: int = 2  # threads that tokenize prompts off the event loop
     hub_token: str | None = field(default=None, repr=False)  # for hub downloads; never logged
-    cache_dir: Path | None = None  # converted/downloaded models (None: the loader's default)
+    cache_dir: Path | None = None  # converted/downloaded models (the server always sets it)

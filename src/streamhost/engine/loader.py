@@ -39,13 +39,18 @@ class ModelNotFoundError(Exception):
     """The model reference names nothing we can load."""
 
 
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "streamhost"
+
+
 def cache_root(cache: Path | None = None) -> Path:
-    """Where converted and downloaded models are kept: ``cache`` when given (the server passes its
-    configured folder), else STREAMHOST_CACHE, else ~/.cache/streamhost (library and test callers)."""
+    """Where converted and downloaded models are kept: ``cache`` when given (the model server always
+    passes its configured folder); for library callers (tests, benchmarks, the CLI) STREAMHOST_CACHE,
+    else ~/.cache/streamhost."""
     if cache is not None:
         return Path(cache)
-    root = os.environ.get("STREAMHOST_CACHE") or os.path.join(Path.home(), ".cache", "streamhost")
-    return Path(root)
+    root = os.environ.get("STREAMHOST_CACHE")
+    return Path(root) if root else default_cache_dir()
 
 
 def _progress(message: str) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from streamhost.engine.config import EngineConfig, LimitSettings
 from streamhost.engine.limits import SETTING_NAMES, ExecutionOptions, parse_dtype
+from streamhost.engine.loader import default_cache_dir
 from streamhost.protocols.lmi import ServingProperties, ServingPropertiesError
 
 DEFAULT_PORT = 8080
@@ -221,7 +222,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         tensor_parallel_degree=options.tensor_parallel_degree,
         batch_invariant=bool(batch_invariant),
         hub_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
-        cache_dir=Path(cache).expanduser() if cache else None,
+        cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
     )
 
     return ServerSettings(
