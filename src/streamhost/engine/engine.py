@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -344,22 +345,24 @@ class Engine:
         """The step's batch for the executor: one decode token per running sequence, then prompt chunks."""
         now = time.monotonic()
         segments: list[Segment] = []
-        work.decode.sort(key=lambda seq: seq.row)  # consecutive rows share one attention call
+        work.decode.sort(key=_kv_row)  # consecutive rows share one attention call
         for seq in work.decode:
-            segments.append(Segment(seq.row, [seq.generated[-1]], seq.cached_tokens))
+            segments.append(Segment(_kv_row(seq), [seq.generated[-1]], seq.cached_tokens))
         newcomers = [item.seq for item in work.prefill if item.seq.row is None]
+        top_row = -1
         for seq in newcomers:
-            seq.row = self.executor.alloc_row()
+            seq.row = row = self.executor.alloc_row()
+            top_row = max(top_row, row)
             seq.admitted_at = now
             self._clients[seq].output.queue_time = max(0.0, now - seq.arrival)
         if newcomers:
             # Room for the newcomers' whole prompts now, in one allocation: growing the store copies
             # every layer's buffers, so once per step rather than once per newcomer or per chunk.
-            self.executor.reserve(max(s.row for s in newcomers) + 1, max(len(s.prompt_ids) for s in newcomers) + 1)
+            self.executor.reserve(top_row + 1, max(len(s.prompt_ids) for s in newcomers) + 1)
         for item in work.prefill:
             seq = item.seq
             mode = "all" if seq.prompt_logprobs else ("last" if item.completes_prompt else "none")
-            segments.append(Segment(seq.row, seq.prompt_ids[item.start:item.start + item.length], item.start, mode))
+            segments.append(Segment(_kv_row(seq), seq.prompt_ids[item.start:item.start + item.length], item.start, mode))
         return segments
 
     def _record_prefill(self, work: StepWork, logits: list[torch.Tensor | None]) -> tuple[list[Sequence], list[torch.Tensor]]:
@@ -374,6 +377,7 @@ class Engine:
                 values = _prompt_logprobs(seq.prompt_ids, item.start, out)
                 self.output.add_prompt_logprobs(self._clients[seq].output, item.start, values)
             if item.completes_prompt:
+                assert out is not None, "a chunk that completes its prompt asks for logits"
                 self.scheduler.promote(seq)
                 to_sample.append(seq)
                 rows.append(out[-1] if out.dim() == 2 else out)
@@ -383,14 +387,15 @@ class Engine:
         """One token per sequence: ``(seq, token id, logprob, top tokens or None)``."""
         try:
             out = sample_batch(logits, [s.sampler for s in seqs])
-            return list(zip(seqs, out.token_ids, out.logprobs, out.top_tokens or [None] * len(seqs)))
+            tops: list[Any] = out.top_tokens or [None] * len(seqs)
+            return list(zip(seqs, out.token_ids, out.logprobs, tops))
         except Exception:
             # One request's processors failed: sample row by row so only that request fails.
             picks = []
             for i, seq in enumerate(seqs):
                 try:
                     one = sample_batch(logits[i:i + 1], [seq.sampler])
-                    picks.append((seq, one.token_ids[0], one.logprobs[0], (one.top_tokens or [None])[0]))
+                    picks.append((seq, one.token_ids[0], one.logprobs[0], one.top_tokens[0] if one.top_tokens else None))
                 except Exception as exc:
                     self._fail(seq, GenerationError(f"sampling failed: {type(exc).__name__}: {exc}"), outbox)
             return picks
@@ -442,6 +447,12 @@ class Engine:
         for seq in list(sched.waiting) + list(sched.prefilling) + list(sched.running):
             self._fail(seq, error, outbox)
         _deliver(outbox)
+
+
+def _kv_row(seq: Sequence) -> int:
+    """The KV row of an admitted sequence."""
+    assert seq.row is not None, "only admitted sequences hold a KV row"
+    return seq.row
 
 
 def _prompt_logprobs(prompt_ids: list[int], start: int, logits: torch.Tensor) -> list[float]:
