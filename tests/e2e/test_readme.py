@@ -21,7 +21,9 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
-from _platform_fixtures import REPO, free_port
+from _platform_fixtures import REPO
+
+from streamhost.launcher import ServerProcess, free_port, streamhost_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -67,34 +69,23 @@ def platform(tmp_path_factory):
     state = tmp_path_factory.mktemp("readme-platform")
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "STREAMHOST_STATE_DIR": str(state)}
-    log = open(state / "platform.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamhost.cli", "serve", "--deploy-default", "--port", str(port), "--state-dir", str(state)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    argv = streamhost_command("serve", "--deploy-default", "--port", str(port), "--state-dir", str(state))
+    server = ServerProcess(argv, port, state / "platform.log", env, cwd=REPO).start(60)
     try:
-        sm = boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+        sm = boto3.client("sagemaker", endpoint_url=server.url, region_name="us-east-1",
+                          aws_access_key_id="x", aws_secret_access_key="x")  # fmt: skip
         deadline = time.monotonic() + 600
         status = ""
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and status not in ("InService", "Failed"):
             try:
                 status = sm.describe_endpoint(EndpointName="smollm2")["EndpointStatus"]
-            except Exception:  # noqa: BLE001 - not listening yet, or the endpoint not created yet
+            except sm.exceptions.ClientError:  # the default endpoint is created once the platform is up
                 status = ""
-            if status in ("InService", "Failed"):
-                break
             time.sleep(1)
-        assert status == "InService", (state / "platform.log").read_text(errors="replace")[-3000:]
-        yield url, state
+        assert status == "InService", server.log_tail()
+        yield server.url, state
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        server.stop(60)
 
 
 def test_every_tour_snippet_answers_sensibly(platform, tmp_path):

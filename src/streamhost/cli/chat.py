@@ -14,8 +14,8 @@ import sys
 from typing import Any, TextIO
 
 from streamhost.catalog.templates import TEMPLATES
-from streamhost.cli_common import CliError, add_url_option, console, format_error, run, session_from
-from streamhost.cli_invoke import add_generation_options, build_parameters
+from streamhost.cli.common import CliError, add_url_option, console, format_error, run, session_from
+from streamhost.cli.invoke import add_generation_options, build_parameters
 from streamhost.client.chat import MESSAGES_MODE, ChatPlan, endpoint_environment, plan_for
 from streamhost.client.iterators import StreamError
 from streamhost.client.sdk import Predictor, open_catalog
