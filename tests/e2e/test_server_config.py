@@ -92,7 +92,7 @@ def test_a_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:
 
 def test_engine_config_is_resolved_once_flags_then_tgi_names_then_the_file_then_option_variables(tmp_path) -> None:
     (tmp_path / "serving.properties").write_text(
-        "option.max_rolling_batch_size=8\noption.dtype=fp16\noption.tensor_parallel_degree=2\n")
+        "option.model_id=org/model\noption.max_rolling_batch_size=8\noption.dtype=fp16\noption.tensor_parallel_degree=2\n")
     env = {"MAX_BATCH_SIZE": "3", "OPTION_MAX_ROLLING_BATCH_SIZE": "2", "OPTION_N_POSITIONS": "1024", "DTYPE": "bf16",
            "SM_NUM_GPUS": "4", "HF_TOKEN": "secret", "STREAMHOST_BATCH_INVARIANT": "1", "UNRELATED": "x"}
     engine = load_settings(parse("--model-dir", str(tmp_path)), env).engine
