@@ -113,6 +113,7 @@ class Instance:
         self.restarts = 0
         self.started_at = 0.0
         self.on_pid: list = []  # callbacks (pid, alive: bool) so the store can track live pids
+        self.node = "local"  # where it runs: this machine (a Ray placement names the cluster node)
         self._wake = asyncio.Event()
 
     @property
@@ -131,11 +132,17 @@ class Instance:
     def ready(self) -> bool:
         return self.state == READY
 
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
     def describe(self) -> dict:
         return {
             "name": self.name,
             "state": self.state,
             "url": self.url if (self.spec.external or self.port) else None,
+            "node": self.node,
+            "address": self.url if (self.spec.external or self.port) else None,
             "pid": self.pid,
             "in_flight": self.in_flight,
             "served": self.served,

@@ -64,5 +64,12 @@ class PlatformMetrics:
             registry=self.registry,
         )
 
+        self.instance_info = Gauge(
+            "streamhost_instance_info",
+            "1 for each ready instance, labelled with where it runs: the node (local, or a Ray node id) and its address.",
+            ["endpoint", "variant", "instance", "node", "address"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
