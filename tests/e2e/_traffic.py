@@ -40,7 +40,8 @@ class StreamTraffic:
                 if "PayloadPart" in event:
                     parts += 1
                     data += event["PayloadPart"]["Bytes"]
-            if b"generated_text" not in data:
+            lines = [line for line in data.split(b"\n") if line.startswith(b"data:")]
+            if not lines or json.loads(lines[-1][5:]).get("generated_text") is None:
                 raise RuntimeError(f"stream ended without its final event: {data[-200:]!r}")
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, RuntimeError) as exc:
             with self._lock:

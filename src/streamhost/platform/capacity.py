@@ -32,7 +32,7 @@ def _desired(record_name: str, variants: list[dict[str, Any]], entries: list[dic
                 f'The variant "{name}" is not present in endpoint "{record_name}" '
                 f"(variants: {', '.join(v['VariantName'] for v in variants)}).",
             )
-        if name.lower() in out:
+        if known[name.lower()]["VariantName"] in out:
             raise ApiError("ValidationException", f'Variant "{name}" appears more than once in DesiredWeightsAndCapacities.')
         if entry.get("ServerlessUpdateConfig") is not None:
             raise ApiError("ValidationException", "ServerlessUpdateConfig is not supported: this platform runs instances")
