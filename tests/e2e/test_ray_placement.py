@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tarfile
 import time
 
 import httpx
 import pytest
-from _platform_fixtures import PlatformProcess, deploy, unique, wait_in_service
-from _ray_cluster import RayCluster
+from _platform_fixtures import PlatformProcess, deploy, free_port, unique, wait_in_service
 from _traffic import StatusWatch, StreamTraffic
+
+from streamhost.testing_ray import RayCluster
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.cluster
@@ -37,15 +39,44 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def platform(cluster, tmp_path_factory):
+def s3_url():
+    """A real S3 server (moto's, over HTTP on 127.0.0.1) that the Ray nodes fetch model data from."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def platform(cluster, s3_url, tmp_path_factory):
     state = tmp_path_factory.mktemp("platform-ray")
     proc = PlatformProcess(
         state, REAL_COMMAND,
         extra_args=["--ray", cluster.address, "--ray-cpu-scale", "0.25", "--ray-instance-host", "127.0.0.1",
-                    "--ray-cache-dir", str(state / "node-cache")],
+                    "--ray-cache-dir", str(state / "node-cache"), "--s3-endpoint-url", s3_url],
+        env={"AWS_REGION": "us-east-1"},
     ).start(timeout=120)  # fmt: skip
+    proc.node_cache = state / "node-cache"  # type: ignore[attr-defined]
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_in_s3(s3_url, tiny_llama_dir, tmp_path_factory) -> str:
+    """The tiny model as s3://models/tiny/model.tar.gz (what SageMaker users upload)."""
+    import boto3
+
+    archive = tmp_path_factory.mktemp("tiny-tar") / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in tiny_llama_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    s3.create_bucket(Bucket="models")
+    s3.upload_file(str(archive), "models", "tiny/model.tar.gz")
+    return "s3://models/tiny/model.tar.gz"
 
 
 def _ready_instances(platform, name: str) -> list[dict]:
@@ -64,10 +95,10 @@ def _wait_instances(platform, name: str, count: int, timeout: float = 180, exclu
     raise AssertionError(f"{name}: {len(ready)} of {count} instances ready after {timeout} s: {platform.instances(name)}")
 
 
-def _deploy_tiny(platform, tiny_llama_dir, name: str, count: int, instance_type: str = "ml.m5.xlarge", wait: bool = True):
+def _deploy_tiny(platform, model_data, name: str, count: int, instance_type: str = "ml.m5.xlarge", wait: bool = True):
     variants = [{"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": count,
                  "InstanceType": instance_type, "ContainerStartupHealthCheckTimeoutInSeconds": 300}]  # fmt: skip
-    return deploy(platform.sagemaker(), name, env=TINY_ENV, model_data=str(tiny_llama_dir), variants=variants, wait=wait)
+    return deploy(platform.sagemaker(), name, env=TINY_ENV, model_data=str(model_data), variants=variants, wait=wait)
 
 
 def _delete(platform, name: str) -> None:
@@ -138,8 +169,9 @@ def test_gpu_variant_on_a_gpu_less_cluster_fails_naming_the_gpu(platform, tiny_l
     sm.delete_endpoint(EndpointName=name)
 
 
-def test_scale_1_to_3_to_1_and_blue_green_update_under_traffic(cluster, platform, tiny_llama_dir):
-    name = _deploy_tiny(platform, tiny_llama_dir, unique("rayscale"), count=1)
+def test_scale_1_to_3_to_1_and_blue_green_update_under_traffic(cluster, platform, tiny_in_s3):
+    # Model data from S3 this time: each node downloads and unpacks model.tar.gz into its own cache.
+    name = _deploy_tiny(platform, tiny_in_s3, unique("rayscale"), count=1)
     sm, rt = platform.sagemaker(), platform.runtime()
     with StatusWatch(sm, name) as watch, StreamTraffic(rt, name, threads=2) as traffic:
         traffic.wait_completed(3)
@@ -170,6 +202,9 @@ def test_scale_1_to_3_to_1_and_blue_green_update_under_traffic(cluster, platform
         mark = traffic.completed
         traffic.wait_completed(mark + 4)
     assert len(three) == 3 and len({i["node"] for i in three}) == 3, three
+    for instance in three:  # one model-data cache per node
+        cached = list((platform.node_cache / instance["node"][:16] / "artifacts").iterdir())
+        assert any((folder / "config.json").is_file() for folder in cached), cached
     assert described["DesiredInstanceCount"] == 3 and described["CurrentInstanceCount"] == 3
     assert len(one) == 1
     assert platform.instances(name)["config"] == f"{name}-v2"

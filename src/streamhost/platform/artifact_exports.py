@@ -37,8 +37,10 @@ class ArtifactExports:
         """Export a model file or folder; returns its id (stable for the same content)."""
         source = source.resolve()
         if source.is_dir():
-            newest = max((p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()), default=0)
-            export_id = hashlib.sha256(f"dir|{source}|{newest}".encode()).hexdigest()[:24]
+            files = sorted(
+                f"{p.relative_to(source)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in source.rglob("*") if p.is_file()
+            )
+            export_id = hashlib.sha256("|".join(["dir", str(source), *files]).encode()).hexdigest()[:24]
             if export_id not in self._files:
                 self._files[export_id] = self._tar_folder(source, export_id)
         else:

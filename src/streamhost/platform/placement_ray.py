@@ -340,6 +340,9 @@ class RayPlacement:
             import os
 
             credentials = {arg: os.environ[env] for env, arg in _AWS_KEYS.items() if os.environ.get(env)}
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            if region:
+                credentials["region_name"] = region
             return {"kind": "s3", "url": data.url, "compressed": data.compressed, "prefix": data.prefix,
                     "s3_endpoint_url": self.artifacts.s3_endpoint_url, "credentials": credentials}  # fmt: skip
         path = self.artifacts._local_path(data.url)  # confined to the artifact roots like a local fetch

@@ -1,4 +1,4 @@
-"""A real multi-node Ray cluster on this machine, for the placement tests.
+"""A real multi-node Ray cluster on one machine, for the placement tests and benchmark.
 
 Each node is its own ``ray start --block`` process (head first, then workers joining its
 address), so each has its own raylet, workers and model servers, and ``kill_node`` can take one
