@@ -91,7 +91,8 @@ def _model_server_env(spec_env: dict[str, str], threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not _model_server_setting(k)}
     env.update(spec_env)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("OMP_NUM_THREADS", str(threads))
+    if "OMP_NUM_THREADS" not in spec_env:  # Ray sets its own in workers; ours follows the InstanceType
+        env["OMP_NUM_THREADS"] = str(threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
     return env
