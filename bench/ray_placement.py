@@ -8,7 +8,7 @@ and one endpoint on each: 2 instances, the same model, one thread per instance. 
 concurrent streams of M tokens through ``InvokeEndpointWithResponseStream`` (raw HTTP, event-stream
 decoded), local and Ray alternating which goes first each repeat, so drift on a shared machine
 hits both alike. With Ray the gateway still talks HTTP straight to each model server; Ray is
-only in the control path, so the target is at most 3% on tok/s and TTFT.
+only in the control path (issue #18's goal: Ray adds at most 3% to tok/s and TTFT).
 
 Node kill: SIGKILL to one worker node's whole process tree (raylet, workers, model server);
 measured are the seconds until the platform stops routing to it, and until the replacement (on
@@ -18,8 +18,8 @@ the spare node) passes its health check. After each kill a fresh worker joins as
     .venv/bin/python bench/ray_placement.py --model smollm2     # the default model
     .venv/bin/python bench/ray_placement.py --quick             # 4 streams x 16 tokens, 1 kill
 
-Outputs: ``bench/results/ray_placement-<timestamp>.json``, ``ray_placement.json`` (latest),
-``ray_placement.png``.
+Outputs: ``bench/results/ray_placement-<timestamp>.json`` and its plot (same stem, ``.png``);
+goals: ``bench/check.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,13 +40,14 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import QUESTIONS, RESULTS_DIR, machine_info, median_runs, run_metrics, write_results  # noqa: E402
-from gateway import free_port, one_stream  # noqa: E402
+from _common import QUESTIONS, machine_info, median_runs, plot_path, run_metrics, write_results  # noqa: E402
+from check import format_verdict, verdicts  # noqa: E402
+from gateway import one_stream  # noqa: E402
 
+from streamhost.launcher import ServerProcess, free_port, streamhost_command  # noqa: E402
 from streamhost.testing_ray import RayCluster  # noqa: E402
 
 ENDPOINT = "placement-bench"
-TARGET = 0.03
 
 
 class Platform:
@@ -57,23 +57,14 @@ class Platform:
         self.label, self.state, self.extra = label, state, extra
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
+        self.server: ServerProcess | None = None
 
     def start(self) -> Platform:
-        self.state.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "streamhost.cli", "serve", "--port", str(self.port), "--state-dir", str(self.state),
-                "--no-auth", "--log-level", "warning", "--instance-threads", "1", "--health-interval", "1", *self.extra]  # fmt: skip
-        self.log = open(self.state / "platform.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"{self.label} platform did not start; see {self.state / 'platform.log'}")
+        argv = streamhost_command("serve", "--port", str(self.port), "--state-dir", str(self.state), "--no-auth",
+                                  "--log-level", "warning", "--instance-threads", "1", "--health-interval", "1", *self.extra)  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.server = ServerProcess(argv, self.port, self.state / "platform.log", env).start(timeout=120)
+        return self
 
     def call(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
         headers = {"X-Amz-Target": f"SageMaker.{op}", "Content-Type": "application/x-amz-json-1.1"}
@@ -103,13 +94,8 @@ class Platform:
         return [i for v in view["variants"] for i in v["instances"]]
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        if self.server:
+            self.server.stop(grace=60)
 
 
 def prompts(model_dir: str) -> list[str]:
@@ -282,15 +268,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "load": measured,
         "node_kill": kills,
-        "targets": {"ray_adds_at_most": TARGET},
     }
-    stamped, _latest = write_results(result, "ray_placement")
-    plot(RESULTS_DIR / "ray_placement.png", result)
+    stamped = write_results(result, "ray_placement")
+    plot(plot_path(stamped), result)
     change = measured["ray_vs_local"]
     print(f"ray vs local: tok/s {change['tok_s_change']:+.1%}, TTFT p50 {change['ttft_p50_change']:+.1%}, "
           f"p99 {change['ttft_p99_change']:+.1%}; node kill -> replacement serving: "
           f"{statistics.median(k['replacement_ready_s'] for k in kills if k['replacement_ready_s']):.1f} s (median)")  # fmt: skip
-    print(f"wrote {stamped} and {RESULTS_DIR / 'ray_placement.png'}")
+    print(f"wrote {stamped} and {plot_path(stamped)}")
+    print("goals (bench/check.py):")
+    for verdict in verdicts(result, "ray_placement"):
+        print("  " + format_verdict(verdict))
     return 0
 
 
