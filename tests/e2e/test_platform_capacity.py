@@ -133,3 +133,14 @@ def test_capacity_update_of_a_missing_endpoint_is_a_validation_error(platform):
         )
     assert info.value.response["Error"]["Code"] == "ValidationException"
     assert "Could not find endpoint" in info.value.response["Error"]["Message"]
+
+
+def test_capacity_update_while_creating_is_refused(platform):
+    sm = platform.sagemaker()
+    name = deploy(sm, unique("creating"), env={"STUB_STARTUP_DELAY": "4"}, wait=False)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        _scale(sm, name, DesiredInstanceCount=2)
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert "wait until it is InService" in info.value.response["Error"]["Message"]
+    wait_in_service(sm, name)
+    assert sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["DesiredInstanceCount"] == 1
