@@ -118,3 +118,20 @@ def test_exports_serve_a_folder_as_a_tar_only_with_the_token(tmp_path):
 
     (model / "config.json").write_text('{"changed": true}')
     assert exports.publish(model) != export_id  # changed content: a new export, a new node cache entry
+
+
+def test_serve_with_an_address_no_ray_cluster_answers_fails_fast_and_says_so(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    out = subprocess.run(
+        [sys.executable, "-m", "streamhost.cli", "serve", "--port", "0", "--state-dir", str(tmp_path), "--ray", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert f"--ray 127.0.0.1:{port}: no Ray cluster answers there" in out.stderr

@@ -14,7 +14,13 @@ hold fails at once with a FailureReason naming the missing resources; one that f
 the cluster busy waits up to its ContainerStartupHealthCheckTimeoutInSeconds.
 
 Scaling up (UpdateEndpointWeightsAndCapacities) reserves a further placement group for the new
-instances; a group is removed once none of its instances is left.
+instances (spread among themselves; Ray has no spreading across groups); a group is removed once
+none of its instances is left. A STRICT_SPREAD group whose node dies with no spare node left
+keeps that instance pending (the variant serves on the rest) until a node joins.
+
+Ray notices a lost node after its GCS health checks fail (``RAY_health_check_period_ms`` x
+``RAY_health_check_failure_threshold`` on the head, 3 s x 5 by default); the gateway stops
+routing to the instance at its first refused connection, well before that.
 """
 
 from __future__ import annotations
@@ -72,6 +78,21 @@ def unplaceable_reason(variant: str, instance_type: str | None, bundle: dict[str
         "Add a node with these resources, choose another InstanceType, or map this type to fewer resources "
         "(--ray-instance-type, --ray-cpu-scale)."
     )
+
+
+async def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody answers at: ``ray.init`` would retry for minutes."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host or "127.0.0.1", int(port)), timeout)
+    except (OSError, ValueError, asyncio.TimeoutError) as exc:
+        raise RuntimeError(
+            f"--ray {address}: no Ray cluster answers there ({type(exc).__name__}: {exc}); start one with "
+            "`ray start --head` and pass the address it prints (host:port), or use --ray auto on one of its nodes"
+        ) from None
+    writer.close()
 
 
 @dataclass
@@ -313,10 +334,17 @@ class RayPlacement:
 
     async def open(self) -> None:
         address = self.settings.ray_address
-        await asyncio.to_thread(
-            ray.init, address=address, namespace=_NODE_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
-            ignore_reinit_error=True, configure_logging=False,
-        )  # fmt: skip
+        await _check_reachable(address)
+        try:
+            await asyncio.to_thread(
+                ray.init, address=address, namespace=_NODE_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
+                ignore_reinit_error=True, configure_logging=False,
+            )  # fmt: skip
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RuntimeError(
+                f"--ray {address}: could not join the Ray cluster ({exc}); start one with `ray start --head` "
+                "or pass its address (host:port)"
+            ) from None
         if urlsplit(self.platform_url).hostname in ("0.0.0.0", "::"):  # nodes need an address they can reach
             ip = ray.util.get_node_ip_address()
             self.platform_url = self.platform_url.replace(urlsplit(self.platform_url).hostname or "", ip, 1)
