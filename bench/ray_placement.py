@@ -40,12 +40,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import QUESTIONS, machine_info, median_runs, plot_path, run_metrics, write_results  # noqa: E402
-from check import format_verdict, verdicts  # noqa: E402
-from gateway import one_stream  # noqa: E402
+from _common import QUESTIONS, machine_info, median_runs, plot_path, run_metrics, write_results
+from check import format_verdict, verdicts
+from gateway import one_stream
 
-from streamhost.launcher import ServerProcess, free_port, streamhost_command  # noqa: E402
-from streamhost.testing_ray import RayCluster  # noqa: E402
+from streamhost.launcher import ServerProcess, free_port, streamhost_command
+from streamhost.testing_ray import RayCluster
 
 ENDPOINT = "placement-bench"
 
@@ -133,13 +133,13 @@ async def load(platforms: list[Platform], texts: list[str], args: argparse.Names
                 print(f"  rep {rep + 1} {platform.label:5s} tok/s={m['total_tok_s']:7.1f} "
                       f"ttft p50={m['ttft_median_s'] * 1000:7.1f} ms", flush=True)  # fmt: skip
     out: dict[str, Any] = {}
-    for label in runs:
+    for label, label_runs in runs.items():
         samples = sorted(ttfts[label])
         out[label] = {
-            "runs": runs[label],
-            "medians": median_runs(runs[label]),
+            "runs": label_runs,
+            "medians": median_runs(label_runs),
             "ttft_p50_s": statistics.median(samples),
-            "ttft_p99_s": samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))],
+            "ttft_p99_s": samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))],
             "ttft_samples": len(samples),
         }
     local, ray = out["local"], out["ray"]
@@ -263,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "benchmark": "ray_placement",
-        "config": {"streams": args.streams, "new_tokens": args.new_tokens, "repeats": args.repeats, "model": args.model,
-                   "cluster": "3 nodes on this machine, 1 CPU each; instances: 1 CPU, 1 thread"},  # fmt: skip
+        "config": {
+            "streams": args.streams, "new_tokens": args.new_tokens, "repeats": args.repeats, "model": args.model,
+            "cluster": "3 nodes on this machine, 1 CPU each; instances: 1 CPU, 1 thread",
+        },
         "machine": machine_info(),
         "load": measured,
         "node_kill": kills,

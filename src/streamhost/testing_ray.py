@@ -113,8 +113,11 @@ class RayCluster:
 
     def nodes_info(self) -> list[dict]:
         """``ray.nodes()`` from a short-lived driver (the test process itself stays out of the cluster)."""
-        code = "import json, ray; ray.init(address=%r, logging_level='ERROR'); print('NODES=' + json.dumps(ray.nodes()))" % self.address
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60)
+        code = (
+            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
+            "print('NODES=' + json.dumps(ray.nodes()))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"ray.nodes() failed: {out.stderr[-2000:]}")
         line = next(x for x in out.stdout.splitlines() if x.startswith("NODES="))

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import botocore.exceptions
 import pytest
@@ -33,6 +34,13 @@ def _scale(sm, name: str, **desired) -> None:
     sm.update_endpoint_weights_and_capacities(
         EndpointName=name, DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", **desired}]
     )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]  # a zombie is gone too
+    except OSError:
+        return True
 
 
 def _ready(platform, name: str) -> list[dict]:
@@ -60,7 +68,7 @@ def test_scale_1_to_3_to_1_under_traffic_loses_nothing(platform):
     assert watch.statuses[0] == "InService" and "Updating" in watch.statuses and watch.statuses[-1] == "InService"
     # The removed instances' processes are gone, and DescribeEndpoint reports the new count.
     for pid in {i["pid"] for i in three} - {one[0]["pid"]}:
-        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+        assert _gone(pid), f"removed instance {pid} still runs"
     assert sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["DesiredInstanceCount"] == 1
 
 
@@ -90,7 +98,7 @@ def test_weights_change_and_the_cli_shows_where_instances_run(platform):
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION}
     out = subprocess.run(
         [sys.executable, "-m", "streamhost.cli", "endpoints", "describe", name, "--url", platform.url, "--json"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     described = json.loads(out.stdout)
@@ -99,7 +107,7 @@ def test_weights_change_and_the_cli_shows_where_instances_run(platform):
     assert all(i["address"].startswith("http://127.0.0.1:") for i in placed)
     table = subprocess.run(
         [sys.executable, "-m", "streamhost.cli", "endpoints", "describe", name, "--url", platform.url],
-        capture_output=True, text=True, env={**env, "COLUMNS": "200"}, timeout=60,
+        capture_output=True, text=True, env={**env, "COLUMNS": "200"}, timeout=60, check=False,
     )  # fmt: skip
     assert "Instances (local)" in table.stdout and placed[0]["address"] in table.stdout
 

@@ -62,23 +62,26 @@ class UnknownInstanceType(ValueError):
 def parse_resources(text: str) -> Resources:
     """``CPU=2,GPU=1,my_accel=1`` or a JSON object -> ``{"CPU": 2.0, ...}``."""
     text = text.strip()
+    items: list[tuple[str, object]] = []
     if text.startswith("{"):
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError(f"resources must be a JSON object, got {text!r}")
-        items = raw.items()
+        items = list(raw.items())
     else:
-        items = []
         for part in filter(None, (p.strip() for p in text.split(","))):
-            name, sep, value = part.partition("=")
+            key, sep, amount_text = part.partition("=")
             if not sep:
-                name, sep, value = part.partition(":")
-            if not sep or not name.strip():
+                key, sep, amount_text = part.partition(":")
+            if not sep or not key.strip():
                 raise ValueError(f"resource {part!r} must look like NAME=AMOUNT (e.g. CPU=2,GPU=1)")
-            items.append((name.strip(), value))
+            items.append((key.strip(), amount_text))
     out: Resources = {}
     for name, value in items:
-        amount = float(value)
+        try:
+            amount = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"resource {name} must be a number, got {value!r}") from None
         if not math.isfinite(amount) or amount < 0:
             raise ValueError(f"resource {name} must be a non-negative number, got {value!r}")
         out[str(name)] = amount

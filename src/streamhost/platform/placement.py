@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .artifacts import ArtifactError, model_data_of
 from .control_plane import container_of
 from .images import classify_image
-from .instances import Instance, LaunchSpec, StartupFailure
+from .instances import Instance, InstanceHandle, LaunchSpec, StartupFailure
 
 if TYPE_CHECKING:
     from .supervisor import Deployment, Variant
@@ -72,10 +72,10 @@ class Placement(Protocol):
     async def reserve(self, deployment: Deployment, variant: Variant, indexes: list[int]) -> None:
         """Reserve room for new instances ``indexes`` of ``variant``; raises StartupFailure if impossible."""
 
-    def new_instance(self, deployment: Deployment, variant: Variant, index: int, spec: LaunchSpec) -> Instance:
-        """The ``Instance`` for one slot (not started yet)."""
+    def new_instance(self, deployment: Deployment, variant: Variant, index: int, spec: LaunchSpec) -> InstanceHandle:
+        """The instance for one slot (not started yet)."""
 
-    async def release(self, variant: Variant, instances: list[Instance]) -> None:
+    async def release(self, variant: Variant, instances: list[InstanceHandle]) -> None:
         """Give back what stopped ``instances`` had reserved."""
 
     def describe(self) -> dict[str, Any]:
@@ -124,7 +124,7 @@ class LocalPlacement:
         instance.on_pid.append(sup.track_pid)
         return instance
 
-    async def release(self, variant: Variant, instances: list[Instance]) -> None:
+    async def release(self, variant: Variant, instances: list[InstanceHandle]) -> None:
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -229,7 +229,7 @@ class RayInstance:
         while True:
             if self._exit is not None and self._exit.done():
                 code = self._exit_result()
-                raise StartupFailure(self._failure(f"exited with code {code} during startup", await self.log_tail()))
+                raise StartupFailure(self._failure(f"exited with code {code} during startup", await self.recent_log()))
             ok, last = await self.ping(client)
             if ok:
                 self.state = READY
@@ -237,7 +237,7 @@ class RayInstance:
             if time.monotonic() >= deadline:
                 raise StartupFailure(self._failure(
                     f"did not pass the health check within {timeout:g} seconds "
-                    f"(ContainerStartupHealthCheckTimeoutInSeconds; last GET /ping: {last})", await self.log_tail(),
+                    f"(ContainerStartupHealthCheckTimeoutInSeconds; last GET /ping: {last})", await self.recent_log(),
                 ))  # fmt: skip
             await asyncio.sleep(0.2)
 
@@ -264,7 +264,8 @@ class RayInstance:
             reason += f" Last lines of its log ({self.where.get('log')} on node {self.node[:12]}):\n{tail}"
         return reason
 
-    async def log_tail(self) -> str:
+    async def recent_log(self) -> str:
+        """The model server's last log lines, read from its node."""
         if self.actor is None:
             return ""
         try:

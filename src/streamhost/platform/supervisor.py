@@ -33,7 +33,17 @@ import httpx
 
 from .artifacts import ArtifactStore
 from .control_plane import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_STARTUP_TIMEOUT
-from .instances import INSTANCE_MARKER, READY, STOPPED, STOPPING, UNHEALTHY, Instance, LaunchSpec, StartupFailure, kill_orphan
+from .instances import (
+    INSTANCE_MARKER,
+    READY,
+    STOPPED,
+    STOPPING,
+    UNHEALTHY,
+    InstanceHandle,
+    LaunchSpec,
+    StartupFailure,
+    kill_orphan,
+)
 from .metrics import PlatformMetrics
 from .placement import Placement, make_placement
 from .settings import PlatformSettings
@@ -54,12 +64,6 @@ _NOT_INHERITED = {
 
 def _model_server_setting(name: str) -> bool:
     return name in _NOT_INHERITED or name.startswith(_NOT_INHERITED_PREFIXES)
-
-
-async def _log_tail(instance: Instance) -> str:
-    """An instance's last log lines (a Ray instance reads them from its node)."""
-    tail = instance.log_tail()
-    return await tail if asyncio.iscoroutine(tail) else tail
 
 
 class NoInstance(Exception):
@@ -83,13 +87,13 @@ class Variant:
         self.placement_state: Any = None  # what the placement keeps per variant (Ray: placement groups)
         self.model_spec: dict[str, Any] = model.get("spec", {})
         self.eula_required = bool(model.get("eula_required", False))
-        self.instances: list[Instance] = []
+        self.instances: list[InstanceHandle] = []
         self.changed = asyncio.Event()  # set whenever an instance becomes ready
 
-    def ready_instances(self) -> list[Instance]:
+    def ready_instances(self) -> list[InstanceHandle]:
         return [i for i in self.instances if i.state == READY]
 
-    def pick(self, exclude: set[int] = frozenset()) -> Instance | None:  # type: ignore[assignment]
+    def pick(self, exclude: set[int] = frozenset()) -> InstanceHandle | None:  # type: ignore[assignment]
         """LEAST_OUTSTANDING_REQUESTS (ties broken at random) or RANDOM over ready instances."""
         ready = [i for i in self.instances if i.state == READY and id(i) not in exclude]
         if not ready:
@@ -99,7 +103,7 @@ class Variant:
         fewest = min(i.in_flight for i in ready)
         return random.choice([i for i in ready if i.in_flight == fewest])
 
-    async def acquire(self, exclude: set[int], wait: float) -> Instance:
+    async def acquire(self, exclude: set[int], wait: float) -> InstanceHandle:
         """A ready instance with its in-flight count raised; waits up to ``wait`` seconds for one."""
         deadline = time.monotonic() + wait
         while True:
@@ -153,7 +157,7 @@ class Deployment:
     def in_flight(self) -> int:
         return sum(i.in_flight for v in self.variants for i in v.instances)
 
-    def instances(self) -> list[Instance]:
+    def instances(self) -> list[InstanceHandle]:
         return [i for v in self.variants for i in v.instances]
 
     # ------------------------------------------------------------------ start
@@ -172,11 +176,11 @@ class Deployment:
         await self._bring_up([(v, i) for v in self.variants for i in v.instances])
         self._update_gauges()
 
-    async def _bring_up(self, pairs: list[tuple[Variant, Instance]]) -> None:
+    async def _bring_up(self, pairs: list[tuple[Variant, InstanceHandle]]) -> None:
         """Launch instances and wait until each is healthy; the first failure cancels the rest."""
         sup = self.supervisor
 
-        async def bring_up(variant: Variant, instance: Instance) -> None:
+        async def bring_up(variant: Variant, instance: InstanceHandle) -> None:
             await instance.launch()
             await instance.wait_healthy(variant.startup_timeout, sup.client)
             variant.notify()
@@ -234,7 +238,7 @@ class Deployment:
             await self._stop_instances(variant, removed, drain=sup.settings.drain_timeout)
         self._update_gauges()
 
-    async def _stop_instances(self, variant: Variant, instances: list[Instance], drain: float) -> None:
+    async def _stop_instances(self, variant: Variant, instances: list[InstanceHandle], drain: float) -> None:
         """Stop watching ``instances``, let their requests finish (up to ``drain`` s), stop them, release their room."""
         watchers = [self._watchers.pop(id(i)) for i in instances if id(i) in self._watchers]
         for watcher in watchers:
@@ -251,7 +255,7 @@ class Deployment:
 
     # ------------------------------------------------------------------ serving
 
-    async def _watch(self, variant: Variant, instance: Instance) -> None:
+    async def _watch(self, variant: Variant, instance: InstanceHandle) -> None:
         """Restart a crashed or hung instance; mark an external one unhealthy while it fails pings."""
         sup = self.supervisor
         settings = sup.settings
@@ -280,7 +284,7 @@ class Deployment:
             else:
                 log.warning(
                     "%s/%s exited with code %s; restarting it.\n%s",
-                    self.endpoint, instance.name, instance.exit_code, await _log_tail(instance),
+                    self.endpoint, instance.name, instance.exit_code, await instance.recent_log(),
                 )  # fmt: skip
             instance.exited()
             instance.state = UNHEALTHY
@@ -311,14 +315,14 @@ class Deployment:
         for variant in self.variants:
             self.supervisor.metrics.ready_instances.labels(self.endpoint, variant.name).set(len(variant.ready_instances()))
 
-    def _show_location(self, variant: Variant, instance: Instance) -> None:
+    def _show_location(self, variant: Variant, instance: InstanceHandle) -> None:
         """Publish where a ready instance runs (``streamhost_instance_info{node, address}``)."""
         self._hide_location(variant, instance)
         labels = (self.endpoint, variant.name, instance.name, str(instance.node), instance.url or "")
         self.supervisor.metrics.instance_info.labels(*labels).set(1)
         self._locations[id(instance)] = labels
 
-    def _hide_location(self, variant: Variant, instance: Instance) -> None:
+    def _hide_location(self, variant: Variant, instance: InstanceHandle) -> None:
         labels = self._locations.pop(id(instance), None)
         if labels is not None:
             with contextlib.suppress(KeyError):
