@@ -24,6 +24,7 @@ from .artifacts import ArtifactError, model_data_of
 from .control_plane import container_of
 from .images import classify_image
 from .instances import Instance, InstanceHandle, LaunchSpec, StartupFailure
+from .lmi_packaging import prepare_model_data
 
 if TYPE_CHECKING:
     from .supervisor import Deployment, Variant
@@ -45,13 +46,19 @@ def map_model_path(environment: dict[str, str], model_dir: str) -> dict[str, str
     return out
 
 
-def container_argv(command: list[str], dialect: str | None, model_dir: str | None) -> list[str]:
-    """The model server's command line; ``{port}``/``{host}`` are filled in where it starts."""
+def container_argv(command: list[str], dialect: str | None, model_dir: str | None, model_id: str | None = None) -> list[str]:
+    """The model server's command line; ``{port}``/``{host}`` are filled in where it starts.
+
+    ``model_id`` is a folder of weights the platform downloaded for serving.properties'
+    ``option.model_id`` (s3:// or a hub id); it wins over the file's own value.
+    """
     argv = [*command, "--port", "{port}", "--host", "{host}"]
     if dialect:
         argv += ["--dialect", dialect]
     if model_dir is not None:
         argv += ["--model-dir", model_dir]
+    if model_id:
+        argv += ["--model-id", model_id]
     return argv
 
 
@@ -99,17 +106,18 @@ class LocalPlacement:
         image = classify_image(container.get("Image"))
         if image.kind == "external":
             return lambda _index: LaunchSpec(url=image.url)
-        model_dir = None
+        environment = dict(container.get("Environment") or {})
+        model_dir, model_id = None, None
         data = model_data_of(container)
         if data is not None:
             try:
-                model_dir = await sup.artifacts.fetch_async(data, variant.download_timeout)
+                fetched = await sup.artifacts.fetch_async(data, variant.download_timeout)
+                environment = map_model_path(environment, str(fetched))
+                prepared = await prepare_model_data(sup.artifacts, fetched, data.url, environment, variant.download_timeout)
             except ArtifactError as exc:
                 raise StartupFailure(f"Failed to prepare model data for variant {variant.name}: {exc}") from None
-        argv = container_argv(sup.settings.container_command, image.dialect, str(model_dir) if model_dir else None)
-        environment = dict(container.get("Environment") or {})
-        if model_dir is not None:
-            environment = map_model_path(environment, str(model_dir))
+            model_dir, model_id = str(prepared.model_dir), prepared.model_id
+        argv = container_argv(sup.settings.container_command, image.dialect, model_dir, model_id)
         env = sup.instance_env(environment, total)
         return lambda _index: LaunchSpec(argv=argv, env=env)
 

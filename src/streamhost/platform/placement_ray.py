@@ -28,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -39,11 +41,12 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .artifact_exports import TOKEN_HEADER, ArtifactExports
-from .artifacts import ArtifactError, ArtifactStore, model_data_of
+from .artifacts import ArtifactError, ArtifactStore, ModelData, model_data_of
 from .control_plane import container_of
 from .images import classify_image
 from .instance_types import UnknownInstanceType, describe_resources, resources_for
 from .instances import READY, STARTING, STOPPED, STOPPING, UNHEALTHY, LaunchSpec, StartupFailure
+from .lmi_packaging import prepare_model_data
 from .placement import SpecFactory, container_argv, map_model_path
 from .ray_node import InstanceHost
 from .settings import PlatformSettings, default_container_command
@@ -106,7 +109,7 @@ class _VariantSlots:
     """A variant's placement groups and which bundle each instance index uses."""
 
     bundle: dict[str, float]
-    source: dict[str, Any] | None = None  # where a node fetches the model data (None: no model data)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # placeholder -> where a node fetches it
     groups: list[_Group] = field(default_factory=list)
     slot: dict[int, tuple[PlacementGroup, int]] = field(default_factory=dict)
 
@@ -363,27 +366,36 @@ class RayPlacement:
 
     # ------------------------------------------------------------------ launch specs
 
-    def _model_source(self, data) -> dict[str, Any]:
-        """How a node gets ``data``: straight from S3, or from this platform's export route."""
-        if urlsplit(data.url).scheme.lower() == "s3":
-            import os
+    def _s3_source(self, data: ModelData) -> dict[str, Any]:
+        """Nodes fetch ``s3://`` model data straight from the store, with the platform's credentials."""
+        credentials = {arg: os.environ[env] for env, arg in _AWS_KEYS.items() if os.environ.get(env)}
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            credentials["region_name"] = region
+        return {"kind": "s3", "url": data.url, "compressed": data.compressed, "prefix": data.prefix,
+                "s3_endpoint_url": self.artifacts.s3_endpoint_url, "credentials": credentials}  # fmt: skip
 
-            credentials = {arg: os.environ[env] for env, arg in _AWS_KEYS.items() if os.environ.get(env)}
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            if region:
-                credentials["region_name"] = region
-            return {"kind": "s3", "url": data.url, "compressed": data.compressed, "prefix": data.prefix,
-                    "s3_endpoint_url": self.artifacts.s3_endpoint_url, "credentials": credentials}  # fmt: skip
-        path = self.artifacts._local_path(data.url)  # confined to the artifact roots like a local fetch
-        if not path.exists():
-            raise ArtifactError(f"Could not access model data at {data.url}: no such file or folder")
-        export_id = self.exports.publish(path)
+    def _export_source(self, folder: Path) -> dict[str, Any]:
+        """Nodes fetch a folder on this machine through the platform's export route (one tar, cached per node)."""
+        export_id = self.exports.publish(folder)
         return {
             "kind": "export", "id": export_id, "url": f"{self.platform_url}/_streamhost/artifacts/{export_id}",
-            "token": self.exports.token, "token_header": TOKEN_HEADER,
-            "filename": path.name if path.is_file() else f"{export_id}.tar",
-            "compressed": data.compressed if path.is_file() else None,
+            "token": self.exports.token, "token_header": TOKEN_HEADER, "filename": f"{export_id}.tar",
         }  # fmt: skip
+
+    async def _model_sources(self, variant: Variant, data: ModelData, environment: dict[str, str]) -> tuple[dict, str, bool]:
+        """Prepare the model data here as a local instance would (same checks, same FailureReasons), then
+        say how nodes get it: ``({placeholder: source}, model folder inside {model_dir}, weights given?)``."""
+        fetched = await self.artifacts.fetch_async(data, variant.download_timeout)
+        prepared = await prepare_model_data(
+            self.artifacts, fetched, data.url, map_model_path(environment, str(fetched)), variant.download_timeout
+        )
+        s3 = urlsplit(data.url).scheme.lower() == "s3"
+        sources = {"{model_dir}": self._s3_source(data) if s3 else await asyncio.to_thread(self._export_source, fetched)}
+        if prepared.model_id:  # weights option.model_id named, downloaded here: nodes get them from here too
+            sources["{model_id_dir}"] = await asyncio.to_thread(self._export_source, Path(prepared.model_id))
+        inside = prepared.model_dir.relative_to(fetched).as_posix()
+        return sources, "" if inside == "." else "/" + inside, bool(prepared.model_id)
 
     def _bundle(self, variant: Variant) -> dict[str, float]:
         try:
@@ -397,20 +409,20 @@ class RayPlacement:
         variant.placement_state = _VariantSlots(self._bundle(variant))
         if image.kind == "external":
             return lambda _index: LaunchSpec(url=image.url)
+        environment = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
         data = model_data_of(container)
-        source = None
+        model_dir = model_id = None
         if data is not None:
             try:
-                source = await asyncio.to_thread(self._model_source, data)
+                sources, inside, has_weights = await self._model_sources(variant, data, environment)
             except (ArtifactError, OSError) as exc:
                 raise StartupFailure(f"Failed to prepare model data for variant {variant.name}: {exc}") from None
-        variant.placement_state.source = source
+            variant.placement_state.sources = sources
+            model_dir, model_id = "{model_dir}" + inside, "{model_id_dir}" if has_weights else None
+            environment = map_model_path(environment, "{model_dir}")
         custom = self.settings.container_command != default_container_command()
         command = self.settings.container_command if custom else ["{python}", "-m", "streamhost.cli", "container"]
-        argv = container_argv(command, image.dialect, "{model_dir}" if source else None)
-        environment = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
-        if source:
-            environment = map_model_path(environment, "{model_dir}")
+        argv = container_argv(command, image.dialect, model_dir, model_id)
         return lambda _index: LaunchSpec(argv=argv, env=environment)
 
     # ------------------------------------------------------------------ reservations
@@ -452,7 +464,7 @@ class RayPlacement:
         bundle = slots.bundle
         threads = self.settings.threads_per_instance or max(1, int(bundle.get("CPU", 1)))
         launch = {
-            "argv": spec.argv, "env": spec.env, "source": slots.source,
+            "argv": spec.argv, "env": spec.env, "sources": slots.sources,
             "log_name": f"{deployment.endpoint}/{deployment.config_name}/{variant.name}-{index}.log",
             "cache_dir": self.settings.ray_cache_dir, "bind_host": self.settings.ray_instance_host,
             "threads": threads, "download_timeout": variant.download_timeout,

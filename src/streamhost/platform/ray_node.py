@@ -117,16 +117,16 @@ class InstanceHost:
         base = node_dir(launch.get("cache_dir"), node_id)
         self.log_path = base / "logs" / launch["log_name"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        model_dir = ""
-        if launch.get("source"):
+        folders: dict[str, str] = {}
+        for placeholder, source in (launch.get("sources") or {}).items():
             try:
-                folder = await asyncio.to_thread(fetch_model, launch["source"], base / "artifacts", launch.get("download_timeout"))
+                folder = await asyncio.to_thread(fetch_model, source, base / "artifacts", launch.get("download_timeout"))
             except ArtifactError as exc:
                 return {"error": f"Failed to prepare model data on node {node_id[:12]} ({node_ip}): {exc}"}
-            model_dir = str(folder)
+            folders[placeholder] = str(folder)
         host = launch.get("bind_host") or node_ip
         port = free_port(host)
-        values = {"{port}": str(port), "{host}": host, "{model_dir}": model_dir, "{python}": sys.executable}
+        values = {"{port}": str(port), "{host}": host, "{python}": sys.executable, **folders}
 
         def fill(text: str) -> str:
             for key, value in values.items():
