@@ -66,13 +66,14 @@ def platform(cluster, s3_url, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_in_s3(s3_url, tiny_llama_dir, tmp_path_factory) -> str:
-    """The tiny model as s3://models/tiny/model.tar.gz (what SageMaker users upload)."""
+    """The tiny model as s3://models/tiny/model.tar.gz, packed as ``tar czf model.tar.gz tiny/`` (one top-level
+    folder, as DJL users do): the platform finds the model inside, nodes unpack the archive themselves."""
     import boto3
 
     archive = tmp_path_factory.mktemp("tiny-tar") / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for path in tiny_llama_dir.iterdir():
-            tar.add(path, arcname=path.name)
+            tar.add(path, arcname=f"tiny/{path.name}")
     s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     s3.create_bucket(Bucket="models")
     s3.upload_file(str(archive), "models", "tiny/model.tar.gz")
@@ -204,7 +205,7 @@ def test_scale_1_to_3_to_1_and_blue_green_update_under_traffic(cluster, platform
     assert len(three) == 3 and len({i["node"] for i in three}) == 3, three
     for instance in three:  # one model-data cache per node
         cached = list((platform.node_cache / instance["node"][:16] / "artifacts").iterdir())
-        assert any((folder / "config.json").is_file() for folder in cached), cached
+        assert any((folder / "tiny" / "config.json").is_file() for folder in cached), cached
     assert described["DesiredInstanceCount"] == 3 and described["CurrentInstanceCount"] == 3
     assert len(one) == 1
     assert platform.instances(name)["config"] == f"{name}-v2"
