@@ -25,6 +25,7 @@ CLIENT_COMMANDS = (
     ("streamhost.cli_resources", "add_parsers"),
     ("streamhost.cli_catalog", "add_parser"),
     ("streamhost.cli_bench", "add_parser"),
+    ("streamhost.cli_sdk_env", "add_parser"),
 )
 
 

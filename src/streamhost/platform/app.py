@@ -23,6 +23,7 @@ from .asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, re
 from .auth import AuthError, SigV4Verifier, load_secrets
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
+from .jumpstart import CatalogArtifacts
 from .metrics import PlatformMetrics
 from .settings import PlatformSettings
 from .store import Store
@@ -68,7 +69,8 @@ class PlatformApp:
         self.metrics = PlatformMetrics()
         self.store = Store(settings.db_path)
         self.artifacts = ArtifactStore(
-            settings.artifacts_dir, s3_endpoint_url=settings.s3_endpoint_url, allowed_roots=settings.artifact_roots
+            settings.artifacts_dir, s3_endpoint_url=settings.s3_endpoint_url, allowed_roots=settings.artifact_roots,
+            references=CatalogArtifacts(settings.state_dir, settings.region),
         )
         self.supervisor = Supervisor(self.store, settings, self.artifacts, self.metrics)
         self.control = ControlPlane(
