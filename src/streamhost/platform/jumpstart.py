@@ -46,6 +46,7 @@ __all__ = [
     "image_uri",
     "metadata_objects",
     "model_spec",
+    "publish_to_store",
     "write_local_metadata",
 ]
 
@@ -247,6 +248,33 @@ def write_local_metadata(folder: Path, catalog: Catalog, *, region: str, account
         tmp.write_bytes(body)
         tmp.replace(target)  # a notebook reading meanwhile sees the old or the new file, never half
     return folder
+
+
+def publish_to_store(objects_store: Any, catalog: Catalog, *, region: str, account: str) -> int:
+    """Put the metadata into the embedded store's JumpStart bucket; returns how many objects changed.
+
+    Runs at every platform start: an object whose bytes are unchanged (same MD5 ETag) is left alone,
+    so restarts do not churn the store, and a catalog extension edited meanwhile shows up.
+    """
+    import hashlib
+
+    bucket = content_bucket(region)
+    if not objects_store.bucket_exists(bucket):
+        objects_store.create_bucket(bucket)
+    changed = 0
+    for key, body in metadata_objects(catalog, region=region, account=account).items():
+        etag = f'"{hashlib.md5(body).hexdigest()}"'  # noqa: S324 - S3's ETag is an MD5
+        try:
+            if objects_store.get(bucket, key).etag == etag:
+                continue
+        except Exception:  # noqa: BLE001 - NoSuchKey: write it
+            pass
+        temp = objects_store.new_temp()
+        temp.write_bytes(body)
+        content_type = "application/json" if key.endswith(".json") else "text/plain"
+        objects_store.put(bucket, key, objects_store.adopt(temp), len(body), etag, {"content-type": content_type})
+        changed += 1
+    return changed
 
 
 # --------------------------------------------------------------------------- model data references

@@ -1,0 +1,148 @@
+"""The seed notebooks, run as written by the real SageMaker Python SDK 2.x against a real platform.
+
+Each notebook (``tests/e2e/notebooks/*.py``) runs in its own Python process with nothing but the
+environment ``streamhost sdk-env`` produces, as a user's kernel would; the platform runs real model
+servers on the tiny test model. What the notebook saw comes back as one ``RESULT {json}`` line.
+
+The SDK's deploy waiter (``Session.wait_for_endpoint`` -> ``_wait_until`` -> ``_deploy_done``)
+sleeps ``poll`` = 30 s before each DescribeEndpoint. The runner shortens that default to 1 s by
+rewriting the function's default argument, so the SDK's own waiter code still runs, only with a
+shorter sleep (the bench, ``bench/sdk_notebook.py``, runs the unpatched 30 s waiter).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+pytest.importorskip("sagemaker", minversion="2.250")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "notebooks"))
+from notebook_runner import NotebookRun, notebook_env, run_notebook  # noqa: E402
+
+GATED_ID = "huggingface-textgeneration-tiny-gated"
+EULA_URL = "https://example.com/tiny-licence"
+BUCKET = "notebook-default-bucket"
+POLL_S = 1
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory, tiny_llama_dir: Path) -> Iterator[tuple]:
+    """`streamhost serve` with real model servers; its catalog adds the tiny model as a gated JumpStart id."""
+    from _platform_fixtures import ACCESS_KEY, REAL_COMMAND, SECRET_KEY, PlatformProcess
+
+    from streamhost.cli_sdk_env import build_sdk_environment
+
+    state = tmp_path_factory.mktemp("notebook-platform")
+    entry = {"id": GATED_ID, "hub_id": str(tiny_llama_dir), "name": "Tiny gated Llama", "licence": "tiny-licence",
+             "eula_required": True, "eula_url": EULA_URL, "default_env": {"MAX_TOTAL_TOKENS": "256"}}  # fmt: skip
+    (state / "catalog.json").write_text(json.dumps({"models": [entry]}))
+    proc = PlatformProcess(state, container_command=REAL_COMMAND).start()
+    try:
+        sdk = build_sdk_environment(proc.url, state / "sdk", bucket=BUCKET, state_dir=state,
+                                    credentials=(ACCESS_KEY, SECRET_KEY))  # fmt: skip
+        yield proc, sdk.env
+    finally:
+        proc.stop()
+
+
+def notebook(name: str, sdk_env: dict[str, str], **extra: str) -> NotebookRun:
+    return run_notebook(name, notebook_env(sdk_env, **extra), poll=POLL_S)
+
+
+def assert_gone(platform, endpoint: str, model: str, timeout: float = 60.0) -> None:
+    sm = platform.sagemaker()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sm.describe_endpoint(EndpointName=endpoint)
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ValidationException"
+            break
+        assert time.monotonic() < deadline, f"endpoint {endpoint} still there {timeout} s after DeleteEndpoint"
+        time.sleep(0.2)
+    assert model not in {m["ModelName"] for m in sm.list_models()["Models"]}
+    assert endpoint not in {c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]}
+
+
+def test_huggingface_model_deploy_predict_stream_delete(platform, tiny_llama_dir):
+    proc, sdk_env = platform
+    run = notebook("hf_tgi", sdk_env, NOTEBOOK_MODEL=str(tiny_llama_dir))
+    result = run.result
+
+    assert "huggingface-pytorch-tgi-inference" in result["image"]
+    assert result["model"].startswith("huggingface-pytorch-tgi-inference-")
+    tokens = result["sdk_tokens"]
+    assert tokens, "the SDK's LineIterator read no token"
+    # greedy decoding: every reader sees the same tokens, and they add up to predict()'s answer
+    assert result["sample_tokens"] == tokens
+    assert result["sample_iterator_via_sdk"] == tokens
+    assert result["answer"][0]["generated_text"] == "".join(tokens)
+    # the waiter's status marks: the last DescribeEndpoint said InService, none said Failed
+    assert run.status_marks.endswith("!") and "*" not in run.status_marks
+    assert_gone(proc, result["endpoint"], result["model"])
+
+
+def _lmi_tarball(folder: Path, weights: Path) -> Path:
+    """model.tar.gz as the LMI samples build it: serving.properties and the weights at the archive root."""
+    (folder / "serving.properties").write_text(
+        "engine=Python\noption.rolling_batch=auto\noption.max_rolling_batch_size=4\noption.output_formatter=jsonlines\n"
+    )
+    tarball = folder / "model.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(folder / "serving.properties", arcname="serving.properties")
+        for item in sorted(weights.iterdir()):
+            tar.add(item, arcname=item.name)
+    return tarball
+
+
+def test_upload_data_then_lmi_model_from_s3_streams(platform, tiny_llama_dir, tmp_path):
+    proc, sdk_env = platform
+    tarball = _lmi_tarball(tmp_path, tiny_llama_dir)
+    result = notebook("lmi_s3", sdk_env, NOTEBOOK_TARBALL=str(tarball)).result
+
+    assert result["bucket"] == BUCKET  # the SDK config file's DefaultS3Bucket
+    assert result["model_data"] == f"s3://{BUCKET}/large-model-lmi/code/model.tar.gz"
+    stored = proc.client("s3").head_object(Bucket=BUCKET, Key="large-model-lmi/code/model.tar.gz")
+    assert stored["ContentLength"] == tarball.stat().st_size
+    assert result["sdk_tokens"], "the LMI stream carried no token"
+    assert result["sample_tokens"] == result["sdk_tokens"]
+    assert "".join(result["sdk_tokens"]) == result["answer"]["generated_text"]
+    assert_gone(proc, result["endpoint"], result["model"])
+
+
+def test_jumpstart_catalog_gated_deploy_and_listing(platform):
+    from streamhost.catalog.specs import load_catalog
+
+    proc, sdk_env = platform
+    result = notebook("jumpstart", sdk_env, NOTEBOOK_MODEL_ID=GATED_ID).result
+
+    catalog_ids = set(load_catalog().ids()) | {GATED_ID}
+    assert set(result["all_models"]) == catalog_ids
+    # the SDK's task filter reads the id's second part (meta-textgeneration-llama-2-7b-f)
+    assert GATED_ID in result["text_generation"] and "meta-textgeneration-llama-2-7b-f" in result["text_generation"]
+    assert "smollm2" not in result["text_generation"]
+    assert [GATED_ID, "1.0.0"] in result["with_versions"] or not result["with_versions"]
+
+    # without accept_eula, CreateModel refuses the gated model data (as SageMaker does)
+    assert result["refusal"]["code"] == "ValidationException"
+    assert "EULA" in result["refusal"]["message"] and EULA_URL in result["refusal"]["message"]
+    assert GATED_ID in result["unknown"]  # the SDK's own unknown-id error, from our manifest
+
+    source = result["container"]["ModelDataSource"]["S3DataSource"]
+    assert source["ModelAccessConfig"] == {"AcceptEula": True}
+    assert source["S3Uri"].endswith(f"/streamhost-models/{GATED_ID}/")
+    text = result["answer"][0]["generated_text"]
+    assert text
+    assert result["stream"][-1]["generated_text"] == text
+    assert "".join(e["token"]["text"] for e in result["stream"] if not e["token"]["special"]) == text
+    assert_gone(proc, result["endpoint"], result["model"])
+    # the refused deploy left nothing behind
+    assert not [m for m in proc.sagemaker().list_models()["Models"] if GATED_ID in m["ModelName"]]
