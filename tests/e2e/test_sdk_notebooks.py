@@ -13,6 +13,7 @@ shorter sleep (the bench, ``bench/sdk_notebook.py``, runs the unpatched 30 s wai
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tarfile
 import time
@@ -41,7 +42,10 @@ def platform(tmp_path_factory, tiny_llama_dir: Path) -> Iterator[tuple]:
     from streamhost.cli_sdk_env import build_sdk_environment
 
     state = tmp_path_factory.mktemp("notebook-platform")
-    entry = {"id": GATED_ID, "hub_id": str(tiny_llama_dir), "name": "Tiny gated Llama", "licence": "tiny-licence",
+    # a copy: the catalog gates invocations of models whose HF_MODEL_ID is a gated entry's hub id,
+    # and the other notebooks deploy the tiny model by its own path, ungated
+    gated_weights = shutil.copytree(tiny_llama_dir, state / "tiny-gated")
+    entry = {"id": GATED_ID, "hub_id": str(gated_weights), "name": "Tiny gated Llama", "licence": "tiny-licence",
              "eula_required": True, "eula_url": EULA_URL, "default_env": {"MAX_TOTAL_TOKENS": "256"}}  # fmt: skip
     (state / "catalog.json").write_text(json.dumps({"models": [entry]}))
     proc = PlatformProcess(state, container_command=REAL_COMMAND).start()
@@ -93,7 +97,7 @@ def test_huggingface_model_deploy_predict_stream_delete(platform, tiny_llama_dir
 def _lmi_tarball(folder: Path, weights: Path) -> Path:
     """model.tar.gz as the LMI samples build it: serving.properties and the weights at the archive root."""
     (folder / "serving.properties").write_text(
-        "engine=Python\noption.rolling_batch=auto\noption.max_rolling_batch_size=4\noption.output_formatter=jsonlines\n"
+        "engine=Python\noption.rolling_batch=auto\noption.max_rolling_batch_size=4\n"
     )
     tarball = folder / "model.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
@@ -120,16 +124,22 @@ def test_upload_data_then_lmi_model_from_s3_streams(platform, tiny_llama_dir, tm
 
 def test_jumpstart_catalog_gated_deploy_and_listing(platform):
     from streamhost.catalog.specs import load_catalog
+    from streamhost.platform.jumpstart import MANIFEST_KEY, metadata_objects
 
     proc, sdk_env = platform
     result = notebook("jumpstart", sdk_env, NOTEBOOK_MODEL_ID=GATED_ID).result
 
-    catalog_ids = set(load_catalog().ids()) | {GATED_ID}
+    catalog_ids = set(load_catalog(proc.state_dir).ids())
+    assert GATED_ID in catalog_ids
     assert set(result["all_models"]) == catalog_ids
     # the SDK's task filter reads the id's second part (meta-textgeneration-llama-2-7b-f)
     assert GATED_ID in result["text_generation"] and "meta-textgeneration-llama-2-7b-f" in result["text_generation"]
     assert "smollm2" not in result["text_generation"]
-    assert [GATED_ID, "1.0.0"] in result["with_versions"] or not result["with_versions"]
+    # a filter on a spec field: the SDK reads every spec from the platform's JumpStart bucket
+    objects = metadata_objects(load_catalog(proc.state_dir), region="us-east-1", account="123456789012")
+    specs = [json.loads(objects[h["spec_key"]]) for h in json.loads(objects[MANIFEST_KEY])]
+    gpu = sorted([s["model_id"], s["version"]] for s in specs if s["default_inference_instance_type"] == "ml.g5.2xlarge")
+    assert gpu and sorted(result["gpu_defaults"]) == gpu
 
     # without accept_eula, CreateModel refuses the gated model data (as SageMaker does)
     assert result["refusal"]["code"] == "ValidationException"
@@ -139,10 +149,11 @@ def test_jumpstart_catalog_gated_deploy_and_listing(platform):
     source = result["container"]["ModelDataSource"]["S3DataSource"]
     assert source["ModelAccessConfig"] == {"AcceptEula": True}
     assert source["S3Uri"].endswith(f"/streamhost-models/{GATED_ID}/")
+    # SageMaker's /invocations answers with the prompt in front (TGI's return_full_text default there)
     text = result["answer"][0]["generated_text"]
-    assert text
+    streamed = "".join(e["token"]["text"] for e in result["stream"] if not e["token"]["special"])
+    assert streamed and text == result["prompt"] + streamed
     assert result["stream"][-1]["generated_text"] == text
-    assert "".join(e["token"]["text"] for e in result["stream"] if not e["token"]["special"]) == text
     assert_gone(proc, result["endpoint"], result["model"])
     # the refused deploy left nothing behind
     assert not [m for m in proc.sagemaker().list_models()["Models"] if GATED_ID in m["ModelName"]]

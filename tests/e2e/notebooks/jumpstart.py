@@ -16,7 +16,7 @@ model_id = os.environ["NOTEBOOK_MODEL_ID"]
 
 all_models = list_jumpstart_models()
 text_generation = list_jumpstart_models(filter="task == textgeneration")
-with_versions = list_jumpstart_models(filter="training_supported == False", list_versions=True)
+gpu_defaults = list_jumpstart_models(filter="default_inference_instance_type == ml.g5.2xlarge", list_versions=True)
 
 refusal = None
 try:
@@ -32,7 +32,8 @@ except ValueError as error:
 
 model = JumpStartModel(model_id=model_id, role=role)
 predictor = model.deploy(accept_eula=True)
-payload = {"inputs": "I believe the meaning of life is", "parameters": {"max_new_tokens": 8, "do_sample": False}}
+prompt = "I believe the meaning of life is"
+payload = {"inputs": prompt, "parameters": {"max_new_tokens": 8, "do_sample": False}}
 answer = predictor.predict(payload)
 lines = [json.loads(line[line.find(b"{"):]) for line in
          predictor.predict_stream({**payload, "stream": True}, iterator=LineIterator) if b"{" in line]
@@ -41,7 +42,7 @@ description = predictor.sagemaker_session.sagemaker_client.describe_model(ModelN
 predictor.delete_model()
 predictor.delete_endpoint()
 print("\nRESULT " + json.dumps({
-    "all_models": all_models, "text_generation": text_generation, "with_versions": with_versions,
+    "all_models": all_models, "text_generation": text_generation, "gpu_defaults": gpu_defaults,
     "refusal": refusal, "unknown": unknown, "endpoint": predictor.endpoint_name, "model": model.name,
-    "answer": answer, "stream": lines, "container": description["PrimaryContainer"],
+    "prompt": prompt, "answer": answer, "stream": lines, "container": description["PrimaryContainer"],
 }, default=str))

@@ -50,8 +50,10 @@ def texts(lines):
     return out
 
 
-sdk_tokens = texts(predictor.predict_stream(payload, iterator=SdkLineIterator))
-sample_tokens = texts(predictor.predict_stream(payload, iterator=LineIterator))
+# LMI 0.27+ streams when the request says so (jsonlines: one {"token": ...} per line)
+stream_payload = {**payload, "stream": True}
+sdk_tokens = texts(predictor.predict_stream(stream_payload, iterator=SdkLineIterator))
+sample_tokens = texts(predictor.predict_stream(stream_payload, iterator=LineIterator))
 
 predictor.delete_model()
 predictor.delete_endpoint()

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 NOTEBOOKS = Path(__file__).resolve().parent
-SDK_DEFAULT_POLL = (30, False)  # Session.wait_for_endpoint(poll=DEFAULT_EP_POLL, live_logging=False)
+SDK_DEFAULT_POLL = (30, False)
+_MARKS = "x-!<o*?"  # sagemaker.session._deploy_done's status codes  # Session.wait_for_endpoint(poll=DEFAULT_EP_POLL, live_logging=False)
 
 
 @dataclass
@@ -49,8 +50,15 @@ def run_notebook(name: str, env: dict[str, str], poll: int | None = None, timeou
             f"s.Session.wait_for_endpoint.__defaults__ = ({int(poll)}, False)",
         ]
     lines.append(f"runpy.run_path({str(NOTEBOOKS / (name + '.py'))!r}, run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", "\n".join(lines)], cwd=NOTEBOOKS, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-u", "-c", "\n".join(lines)], cwd=NOTEBOOKS, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise NotebookFailed(f"notebook {name} still running after {timeout:g} s:\n{(stdout + stderr)[-6000:]}") from None
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise NotebookFailed(f"notebook {name} exited {done.returncode}:\n{output[-6000:]}")
@@ -58,5 +66,6 @@ def run_notebook(name: str, env: dict[str, str], poll: int | None = None, timeou
     if marker < 0:
         raise NotebookFailed(f"notebook {name} printed no RESULT:\n{output[-4000:]}")
     result = json.loads(done.stdout[marker + len("\nRESULT ") :].splitlines()[0])
-    marks = "".join(ch for ch in done.stdout[:marker] if ch in "x-!<o*?")
-    return NotebookRun(result, marks, output)
+    # the waiter prints one mark per DescribeEndpoint on a line of its own (logs end theirs with a newline)
+    mark_lines = [line for line in done.stdout[:marker].splitlines() if line and set(line) <= set(_MARKS)]
+    return NotebookRun(result, mark_lines[-1] if mark_lines else "", output)
