@@ -64,6 +64,11 @@ class PlatformSettings:
     def artifacts_dir(self) -> Path:
         return self.state_dir / "artifacts"
 
+    @property
+    def s3_dir(self) -> Path:
+        """The embedded object store's files (named by id; the index is in ``db_path``)."""
+        return self.state_dir / "s3"
+
     @staticmethod
     def cpu_count() -> int:
         try:
