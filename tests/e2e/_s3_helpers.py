@@ -49,7 +49,11 @@ def send_truncated(base_url: str, path: str, body: bytes, sent: int) -> None:
     url = f"{base_url}{path}"
     headers = sign_s3("PUT", url, body, {"Content-Length": str(len(body))})
     parts = urlsplit(url)
-    head = f"PUT {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    head = (
+        f"PUT {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + "\r\n"
+    )
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(head.encode() + body[:sent])
         sock.shutdown(socket.SHUT_WR)

@@ -21,7 +21,7 @@ def aws(platform: PlatformProcess, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update({"AWS_ENDPOINT_URL": platform.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                 "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull})  # fmt: skip
-    done = subprocess.run([str(AWS), *args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([str(AWS), *args], check=False, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"aws {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

@@ -86,7 +86,10 @@ def test_bucket_lifecycle_and_errors(s3):
     s3.delete_bucket(Bucket=name)
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         s3.head_bucket(Bucket=name)
-    assert exc.value.response["Error"] == {"Code": "404", "Message": "Not Found"}  # what the SDK's default_bucket checks
+    assert exc.value.response["Error"] == {
+        "Code": "404",
+        "Message": "Not Found",
+    }  # what the SDK's default_bucket checks
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         s3.list_objects_v2(Bucket=name)
     assert error_of(exc) == ("NoSuchBucket", 404)
@@ -145,7 +148,9 @@ def test_delete_copy_and_delete_objects(s3, bucket):
     copied = s3.copy_object(Bucket=bucket, Key="a-copy", CopySource={"Bucket": bucket, "Key": "a"})
     assert copied["CopyObjectResult"]["ETag"] == f'"{md5_hex(b"a" * 10)}"'
     assert s3.get_object(Bucket=bucket, Key="a-copy")["Metadata"] == {"k": "a"}
-    s3.copy_object(Bucket=bucket, Key="b-new", CopySource=f"{bucket}/b", MetadataDirective="REPLACE", Metadata={"n": "1"})
+    s3.copy_object(
+        Bucket=bucket, Key="b-new", CopySource=f"{bucket}/b", MetadataDirective="REPLACE", Metadata={"n": "1"}
+    )
     assert s3.head_object(Bucket=bucket, Key="b-new")["Metadata"] == {"n": "1"}
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         s3.copy_object(Bucket=bucket, Key="x", CopySource={"Bucket": bucket, "Key": "missing"})
@@ -258,6 +263,7 @@ def test_wrong_checksums_are_refused_and_nothing_is_stored(platform, s3, bucket)
 
 def test_aws_chunked_upload_as_botocore_sends_it(platform, s3, bucket):
     """botocore sends aws-chunked bodies with a trailing CRC over TLS; make it do so here too."""
+
     def use_trailer(params, **_):
         params["context"]["checksum"]["request_algorithm"]["in"] = "trailer"
 

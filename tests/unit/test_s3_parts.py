@@ -62,7 +62,9 @@ def test_signing_service_from_header_and_presigned_query():
     auth = "AWS4-HMAC-SHA256 Credential=AK/20261203/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=ab"
     assert signing_service({"authorization": auth}, "") == "s3"
     assert signing_service({"authorization": auth.replace("/s3/", "/sagemaker/")}, "") == "sagemaker"
-    query = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20261203%2Fus-east-1%2Fsts%2Faws4_request&X-Amz-Date=1"
+    query = (
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20261203%2Fus-east-1%2Fsts%2Faws4_request&X-Amz-Date=1"
+    )
     assert signing_service({}, query) == "sts"
     assert signing_service({}, "") is None
 

@@ -27,6 +27,7 @@ from .auth import AuthError, SigV4Verifier, load_secrets
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
 from .metrics import PlatformMetrics
+from .s3.access import EmbeddedAccess, ExternalAccess, ObjectAccess, ObjectAccessError
 from .s3.routing import signing_service
 from .s3.service import S3Service
 from .s3.store import ObjectStore
@@ -76,9 +77,15 @@ class PlatformApp:
         self.store = Store(settings.db_path)
         # The embedded object store, unless an external S3 endpoint is configured (then nothing is embedded).
         self.objects = None if settings.s3_endpoint_url else ObjectStore(settings.s3_dir, settings.db_path)
+        self.object_access: ObjectAccess = (
+            EmbeddedAccess(self.objects) if self.objects is not None else ExternalAccess(
+                settings.s3_endpoint_url, region=settings.region, access_key_id=settings.s3_access_key_id,
+                secret_access_key=settings.s3_secret_access_key, profile=settings.s3_profile)
+        )  # fmt: skip
         self.artifacts = ArtifactStore(
-            settings.artifacts_dir, s3_endpoint_url=settings.s3_endpoint_url, allowed_roots=settings.artifact_roots
-        )
+            settings.artifacts_dir, s3_endpoint_url=settings.s3_endpoint_url, objects=self.object_access,
+            allowed_roots=settings.artifact_roots,
+        )  # fmt: skip
         self.supervisor = Supervisor(self.store, settings, self.artifacts, self.metrics)
         self.control = ControlPlane(
             self.store,
@@ -177,6 +184,7 @@ class PlatformApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    await self._ensure_default_bucket()
                     await self.supervisor.recover()
                     self.ready = True
                     for callback in self.started_callbacks:
@@ -197,6 +205,15 @@ class PlatformApp:
                         self.objects.close()
                     await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _ensure_default_bucket(self) -> None:
+        """Create ``sagemaker-<region>-<account>`` so uploads and the SDK's default_bucket() find it."""
+        import asyncio
+
+        try:
+            await asyncio.to_thread(self.object_access.ensure_bucket, self.settings.default_bucket)
+        except ObjectAccessError as exc:  # an unreachable external store must not keep the platform down
+            log.warning("could not create the default bucket %s: %s", self.settings.default_bucket, exc)
 
     # ------------------------------------------------------------------ auth
 

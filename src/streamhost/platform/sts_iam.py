@@ -93,9 +93,14 @@ class StsIamService:
             return
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
         try:
-            self.verifier.verify(scope["method"], raw_path, scope.get("query_string", b"").decode("latin-1"), headers, body)
+            self.verifier.verify(
+                scope["method"], raw_path, scope.get("query_string", b"").decode("latin-1"), headers, body
+            )
         except AuthError as exc:
-            code = {"UnrecognizedClientException": "InvalidClientTokenId", "InvalidSignatureException": "SignatureDoesNotMatch"}
+            code = {
+                "UnrecognizedClientException": "InvalidClientTokenId",
+                "InvalidSignatureException": "SignatureDoesNotMatch",
+            }
             raise QueryError(code.get(exc.code, exc.code), exc.message, 403) from None
 
     def _access_key(self, headers: dict[str, str]) -> str:

@@ -12,7 +12,6 @@ On any failure, or when the client goes away, the temporary file is removed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,11 @@ def _is_aws_chunked(headers: dict[str, str]) -> bool:
 
 def stored_content_encoding(headers: dict[str, str]) -> str | None:
     """The Content-Encoding to keep with the object: the client's, less S3's transport ``aws-chunked``."""
-    kept = [e.strip() for e in headers.get("content-encoding", "").split(",") if e.strip() and e.strip().lower() != "aws-chunked"]
+    kept = [
+        e.strip()
+        for e in headers.get("content-encoding", "").split(",")
+        if e.strip() and e.strip().lower() != "aws-chunked"
+    ]
     return ",".join(kept) or None
 
 
@@ -79,7 +82,8 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
     decoder = AwsChunkedDecoder() if chunked else None
     try:
         await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-        with open(target, "wb") as out:
+        out = await asyncio.to_thread(open, target, "wb")
+        try:
             pending = bytearray()
             while True:
                 message = await receive()
@@ -99,6 +103,8 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
                     break
             if pending:
                 await asyncio.to_thread(_consume, bytes(pending), out, digests)
+        finally:
+            out.close()
         if decoder is not None and not decoder.done:
             raise S3Error("IncompleteBody", "The aws-chunked body ended before its final chunk")
         if expected is not None and digests.size != expected:
@@ -109,7 +115,9 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
         if trailer:
             value = decoder.trailers.get(f"x-amz-checksum-{trailer}") if decoder else None
             if not value:
-                raise S3Error("InvalidRequest", f"The aws-chunked body did not carry its x-amz-checksum-{trailer} trailer")
+                raise S3Error(
+                    "InvalidRequest", f"The aws-chunked body did not carry its x-amz-checksum-{trailer} trailer"
+                )
             declared[trailer] = value
         verified = digests.verify(declared, md5)
     except BaseException:
@@ -122,7 +130,3 @@ def _consume(data: bytes, out, digests: BodyDigests) -> None:
     """Write and hash one buffered piece (in a worker thread: hashlib and file writes release the GIL)."""
     out.write(data)
     digests.update(data)
-
-
-def empty_md5() -> str:
-    return hashlib.md5(b"").hexdigest()

@@ -53,7 +53,9 @@ def _max_keys(ctx: Context) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise S3Error("InvalidArgument", "max-keys must be an integer", ArgumentName="max-keys", ArgumentValue=raw) from None
+        raise S3Error(
+            "InvalidArgument", "max-keys must be an integer", ArgumentName="max-keys", ArgumentValue=raw
+        ) from None
     if value < 0:
         raise S3Error("InvalidArgument", "max-keys must not be negative", ArgumentName="max-keys", ArgumentValue=raw)
     return min(value, MAX_KEYS)

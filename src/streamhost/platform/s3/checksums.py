@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from botocore import httpchecksum
 
@@ -40,7 +40,7 @@ class _TableCrc:
 
     POLY = 0
     WIDTH = 32
-    _table: list[int] = []
+    _table: ClassVar[list[int]] = []
 
     def __init__(self) -> None:
         cls = type(self)
@@ -63,13 +63,13 @@ class _TableCrc:
 class Crc32c(_TableCrc):
     POLY = 0x82F63B78
     WIDTH = 32
-    _table: list[int] = []
+    _table: ClassVar[list[int]] = []
 
 
 class Crc64Nvme(_TableCrc):
     POLY = 0x9A6C9329AC4BC9B5
     WIDTH = 64
-    _table: list[int] = []
+    _table: ClassVar[list[int]] = []
 
 
 def checksum_factory(algorithm: str) -> Callable[[], Any]:
@@ -81,7 +81,9 @@ def checksum_factory(algorithm: str) -> Callable[[], Any]:
         return Crc32c
     if algorithm == "crc64nvme":
         return Crc64Nvme
-    raise S3Error("InvalidRequest", f"Checksum algorithm {algorithm!r} is not supported; use one of {', '.join(ALGORITHMS)}")
+    raise S3Error(
+        "InvalidRequest", f"Checksum algorithm {algorithm!r} is not supported; use one of {', '.join(ALGORITHMS)}"
+    )
 
 
 def declared_checksums(headers: dict[str, str]) -> dict[str, str]:

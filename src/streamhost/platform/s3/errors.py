@@ -18,8 +18,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "InvalidArgument": (400, "Invalid Argument"),
     "InvalidBucketName": (400, "The specified bucket is not valid."),
     "InvalidDigest": (400, "The Content-MD5 or checksum value you specified is not valid."),
-    "InvalidPart": (400, "One or more of the specified parts could not be found. The part may not have been uploaded, "
-                         "or the specified entity tag may not match the part's entity tag."),
+    "InvalidPart": (400, ("One or more of the specified parts could not be found. The part may not have been uploaded, "
+                          "or the specified entity tag may not match the part's entity tag.")),
     "InvalidPartOrder": (400, "The list of parts was not in ascending order. Parts must be ordered by part number."),
     "InvalidRange": (416, "The requested range is not satisfiable"),
     "InvalidRequest": (400, "Invalid Request"),
@@ -29,12 +29,12 @@ ERRORS: dict[str, tuple[int, str]] = {
     "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
     "NoSuchBucket": (404, "The specified bucket does not exist"),
     "NoSuchKey": (404, "The specified key does not exist."),
-    "NoSuchUpload": (404, "The specified multipart upload does not exist. The upload ID might be invalid, or the "
-                          "multipart upload might have been aborted or completed."),
+    "NoSuchUpload": (404, ("The specified multipart upload does not exist. The upload ID might be invalid, or the "
+                           "multipart upload might have been aborted or completed.")),
     "NotImplemented": (501, "A header or query you provided implies functionality that is not implemented."),
     "PreconditionFailed": (412, "At least one of the preconditions you specified did not hold."),
-    "SignatureDoesNotMatch": (403, "The request signature we calculated does not match the signature you provided. "
-                                   "Check your key and signing method."),
+    "SignatureDoesNotMatch": (403, ("The request signature we calculated does not match the signature you provided. "
+                                    "Check your key and signing method.")),
     "XAmzContentSHA256Mismatch": (400, "The provided 'x-amz-content-sha256' header does not match what was computed."),
 }  # fmt: skip
 

@@ -158,7 +158,9 @@ async def delete_objects(ctx: Context) -> None:
             if not quiet:
                 results.append(f"<Deleted>{element('Key', key)}</Deleted>")
         except S3Error as exc:
-            results.append(f"<Error>{element('Key', key)}{element('Code', exc.code)}{element('Message', exc.message)}</Error>")
+            results.append(
+                f"<Error>{element('Key', key)}{element('Code', exc.code)}{element('Message', exc.message)}</Error>"
+            )
     await ctx.reply(200, document("DeleteResult", "".join(results)))
 
 

@@ -45,7 +45,7 @@ class S3Request:
 
 def _split_path(raw_path: str) -> tuple[str | None, str | None]:
     """``/bucket/key`` from the raw (still percent-encoded) path; keys keep every character."""
-    path = raw_path[1:] if raw_path.startswith("/") else raw_path
+    path = raw_path.removeprefix("/")
     if not path:
         return None, None
     bucket, sep, key = path.partition("/")

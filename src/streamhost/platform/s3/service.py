@@ -91,10 +91,14 @@ class S3Service:
             return f"S3.{ctx.request.operation}", exc.status
         except OSError as exc:
             log.exception("S3 %s failed", ctx.request.operation)
-            await self._error(ctx, S3Error("InternalError", f"The store could not complete the request: {exc.strerror or exc}"))
+            await self._error(
+                ctx, S3Error("InternalError", f"The store could not complete the request: {exc.strerror or exc}")
+            )
             return f"S3.{ctx.request.operation}", 500
 
-    def _authenticate(self, method: str, raw_path: str, query: str, headers: dict[str, str], body: bytes | None) -> None:
+    def _authenticate(
+        self, method: str, raw_path: str, query: str, headers: dict[str, str], body: bytes | None
+    ) -> None:
         if self.verifier is None:
             return
         try:

@@ -313,7 +313,9 @@ class ObjectStore:
     def list_uploads(self, bucket: str) -> list[UploadInfo]:
         with self._lock:
             self.require_bucket(bucket)
-            rows = self._db.execute("SELECT * FROM s3_uploads WHERE bucket = ? ORDER BY key, created", (bucket,)).fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM s3_uploads WHERE bucket = ? ORDER BY key, created", (bucket,)
+            ).fetchall()
         return [UploadInfo(r["upload_id"], r["bucket"], r["key"], json.loads(r["headers"]), r["created"]) for r in rows]
 
     def put_part(self, upload: UploadInfo, number: int, blob: str, size: int, md5: str) -> None:
@@ -333,7 +335,9 @@ class ObjectStore:
 
     def parts(self, upload_id: str) -> dict[int, PartInfo]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM s3_parts WHERE upload_id = ? ORDER BY number", (upload_id,)).fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM s3_parts WHERE upload_id = ? ORDER BY number", (upload_id,)
+            ).fetchall()
         return {r["number"]: PartInfo(r["number"], r["blob"], r["size"], r["md5"], r["modified"]) for r in rows}
 
     def complete_upload(self, upload: UploadInfo, chosen: list[tuple[int, str]]) -> ObjectInfo:
