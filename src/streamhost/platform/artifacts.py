@@ -3,7 +3,7 @@
 Accepted sources: a local path, ``file://``, or ``s3://bucket/key``: read from the platform's
 embedded object store directly (its files, no HTTP), or, with ``--s3-endpoint``, from that external
 S3-compatible store through boto3 (``s3/access.py``). A ``model.tar.gz`` (or any tar)
-is unpacked with ``engine.archive.unpack_model_archive``, which refuses traversal, links and
+is unpacked with ``streamhost.archive.unpack_model_archive``, which refuses traversal, links and
 oversize archives before writing anything. Unpacked copies are cached under the state directory,
 keyed by the source and its fingerprint (size+mtime, or the S3 ETag), and published by an atomic
 rename so a crash never leaves a half-unpacked folder that looks complete.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from streamhost.engine.archive import DEFAULT_MAX_UNPACKED_BYTES, UnsafeArchiveError, unpack_model_archive
+from streamhost.archive import DEFAULT_MAX_UNPACKED_BYTES, UnsafeArchiveError, unpack_model_archive
 
 from .s3.access import ExternalAccess, ObjectAccess, ObjectAccessError
 
