@@ -75,6 +75,10 @@ def test_bucket_lifecycle_and_errors(s3):
     s3.create_bucket(Bucket=name)
     assert name in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     assert s3.head_bucket(Bucket=name)["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == "us-east-1"
+    s3.head_bucket(Bucket=name, ExpectedBucketOwner="123456789012")  # the SDK's default_bucket() probe
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        s3.head_bucket(Bucket=name, ExpectedBucketOwner="999999999999")
+    assert exc.value.response["Error"] == {"Code": "403", "Message": "Forbidden"}
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         s3.create_bucket(Bucket=name)
     assert error_of(exc) == ("BucketAlreadyOwnedByYou", 409)

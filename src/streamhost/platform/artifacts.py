@@ -30,7 +30,6 @@ from streamhost.archive import DEFAULT_MAX_UNPACKED_BYTES, UnsafeArchiveError, u
 
 from .s3.access import ExternalAccess, ObjectAccess, ObjectAccessError
 
-_CHUNK = 1024 * 1024
 
 
 class ArtifactError(Exception):

@@ -82,6 +82,10 @@ class S3Service:
                 except BodyTooLarge:
                     raise S3Error("MalformedXML", f"The request body is larger than {limit} bytes") from None
             self._authenticate(scope["method"], raw_path, query_string, headers, ctx.body)
+            owner = headers.get("x-amz-expected-bucket-owner")
+            if owner is not None and owner != self.account and ctx.request.bucket is not None:
+                # The SageMaker SDK probes its default bucket this way against bucket squatting.
+                raise S3Error("AccessDenied", f"The bucket is owned by account {self.account}, not {owner}")
             await OPERATIONS[ctx.request.operation](ctx)
             return f"S3.{ctx.request.operation}", 200
         except ClientGone:
