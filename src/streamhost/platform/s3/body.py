@@ -84,7 +84,8 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
         await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
         out = await asyncio.to_thread(open, target, "wb")
         try:
-            pending = bytearray()
+            pending: list[bytes] = []  # handed to a worker thread as is (joining or growing a buffer copies)
+            pending_size = 0
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -93,16 +94,17 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
                 if decoder is not None:
                     data = decoder.feed(data)
                 if data:
-                    pending += data
-                    if digests.size + len(pending) > MAX_OBJECT_BYTES:
+                    pending.append(data)
+                    pending_size += len(data)
+                    if digests.size + pending_size > MAX_OBJECT_BYTES:
                         raise S3Error("EntityTooLarge", MaxSizeAllowed=str(MAX_OBJECT_BYTES))
-                    if len(pending) >= _FLUSH_BYTES:
-                        await asyncio.to_thread(_consume, bytes(pending), out, digests)
-                        pending.clear()
+                    if pending_size >= _FLUSH_BYTES:
+                        await asyncio.to_thread(_consume, pending, out, digests)
+                        pending, pending_size = [], 0
                 if not message.get("more_body", False):
                     break
             if pending:
-                await asyncio.to_thread(_consume, bytes(pending), out, digests)
+                await asyncio.to_thread(_consume, pending, out, digests)
         finally:
             out.close()
         if decoder is not None and not decoder.done:
@@ -126,7 +128,8 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
     return ReceivedBody(target, digests.size, digests.md5.hexdigest(), verified)
 
 
-def _consume(data: bytes, out, digests: BodyDigests) -> None:
-    """Write and hash one buffered piece (in a worker thread: hashlib and file writes release the GIL)."""
-    out.write(data)
-    digests.update(data)
+def _consume(pieces: list[bytes], out, digests: BodyDigests) -> None:
+    """Write and hash buffered pieces (in a worker thread: hashlib and file writes release the GIL)."""
+    for piece in pieces:
+        out.write(piece)
+        digests.update(piece)

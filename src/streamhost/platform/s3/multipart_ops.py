@@ -39,7 +39,7 @@ async def upload_part(ctx: Context) -> None:
     upload = _upload(ctx)
     body = await receive_body(ctx.receive, ctx.headers, ctx.store.new_temp())
     blob = await asyncio.to_thread(ctx.store.adopt, body.path)
-    ctx.store.put_part(upload, number, blob, body.size, body.md5_hex)
+    await asyncio.to_thread(ctx.store.put_part, upload, number, blob, body.size, body.md5_hex)
     checksums = {f"x-amz-checksum-{name}": value for name, value in body.checksums.items()}
     await ctx.reply(200, headers={"etag": f'"{body.md5_hex}"', **checksums})
 

@@ -47,7 +47,9 @@ async def put_object(ctx: Context) -> None:
     body = await receive_body(ctx.receive, ctx.headers, ctx.store.new_temp())
     blob = await asyncio.to_thread(ctx.store.adopt, body.path)
     etag = f'"{body.md5_hex}"'
-    ctx.store.put(ctx.bucket, ctx.key, blob, body.size, etag, object_headers(ctx.headers), body.checksums)
+    # The commit waits for an fsync (synchronous=FULL): off the event loop, like the body's writes.
+    await asyncio.to_thread(ctx.store.put, ctx.bucket, ctx.key, blob, body.size, etag, object_headers(ctx.headers),
+                            body.checksums)  # fmt: skip
     await ctx.reply(200, headers={"etag": etag, **_checksum_headers(body.checksums)})
 
 
