@@ -121,7 +121,7 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "src"))
-    from streamhost.cli_sdk_env import build_sdk_environment
+    from streamhost.cli.sdk_env import build_sdk_environment
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="sdk-notebook-bench-") as tmp:

@@ -39,7 +39,7 @@ def platform(tmp_path_factory, tiny_llama_dir: Path) -> Iterator[tuple]:
     """`streamhost serve` with real model servers; its catalog adds the tiny model as a gated JumpStart id."""
     from _platform_fixtures import ACCESS_KEY, REAL_COMMAND, SECRET_KEY, PlatformProcess
 
-    from streamhost.cli_sdk_env import build_sdk_environment
+    from streamhost.cli.sdk_env import build_sdk_environment
 
     state = tmp_path_factory.mktemp("notebook-platform")
     # a copy: the catalog gates invocations of models whose HF_MODEL_ID is a gated entry's hub id,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamhost.cli_common import add_url_option, print_json, run
+from streamhost.cli.common import add_url_option, print_json, run
 from streamhost.client.sdk import default_state_dir, platform_url
 
 DEFAULT_REGION = "us-east-1"
