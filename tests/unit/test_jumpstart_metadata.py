@@ -196,3 +196,28 @@ def test_sdk_env_writes_a_config_the_sdk_loads(tmp_path):
     modules = config["SageMaker"]["PythonSDK"]["Modules"]
     assert modules["Session"]["DefaultS3Bucket"] == "notebook-bucket"
     assert modules["TelemetryOptOut"] is True
+
+
+# --------------------------------------------------------------------------- the JumpStart bucket
+
+
+def test_publishing_into_the_embedded_store_is_idempotent_and_follows_the_catalog(tmp_path):
+    from streamhost.platform.jumpstart import publish_to_store
+    from streamhost.platform.s3.access import EmbeddedAccess
+    from streamhost.platform.s3.store import ObjectStore
+
+    store = ObjectStore(tmp_path / "s3", tmp_path / "db.sqlite")
+    try:
+        access = EmbeddedAccess(store)
+        catalog = load_catalog()
+        expected = metadata_objects(catalog, region=REGION, account=ACCOUNT)
+        assert publish_to_store(access, catalog, region=REGION, account=ACCOUNT) == len(expected)
+        for key, body in expected.items():
+            assert access.local_path(content_bucket(REGION), key).read_bytes() == body
+        assert publish_to_store(access, catalog, region=REGION, account=ACCOUNT) == 0  # a restart rewrites nothing
+
+        (tmp_path / "catalog.json").write_text(json.dumps({"models": [{"id": "smollm2", "description": "changed"}]}))
+        # the manifest is unchanged; only smollm2's spec (its usage message) is rewritten
+        assert publish_to_store(access, load_catalog(tmp_path), region=REGION, account=ACCOUNT) == 1
+    finally:
+        store.close()

@@ -26,7 +26,7 @@ from .asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, re
 from .auth import AuthError, SigV4Verifier, load_secrets
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
-from .jumpstart import CatalogArtifacts
+from .jumpstart import CatalogArtifacts, publish_to_store
 from .metrics import PlatformMetrics
 from .s3.access import EmbeddedAccess, ExternalAccess, ObjectAccess, ObjectAccessError
 from .s3.routing import signing_service
@@ -186,6 +186,7 @@ class PlatformApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self._ensure_default_bucket()
+                    await self._publish_jumpstart_metadata()
                     await self.supervisor.recover()
                     self.ready = True
                     for callback in self.started_callbacks:
@@ -215,6 +216,20 @@ class PlatformApp:
             await asyncio.to_thread(self.object_access.ensure_bucket, self.settings.default_bucket)
         except ObjectAccessError as exc:  # an unreachable external store must not keep the platform down
             log.warning("could not create the default bucket %s: %s", self.settings.default_bucket, exc)
+
+    async def _publish_jumpstart_metadata(self) -> None:
+        """The JumpStart bucket the SDK reads (manifests, specs), generated from the catalog."""
+        import asyncio
+
+        from streamhost.catalog.specs import CatalogError, load_catalog
+
+        settings = self.settings
+        try:
+            catalog = load_catalog(settings.state_dir)
+            await asyncio.to_thread(publish_to_store, self.object_access, catalog, region=settings.region,
+                                    account=settings.account)  # fmt: skip
+        except (CatalogError, ObjectAccessError) as exc:  # JumpStart is one feature: the platform still serves
+            log.warning("could not publish the JumpStart metadata: %s", exc)
 
     # ------------------------------------------------------------------ auth
 

@@ -35,6 +35,7 @@ from streamhost.catalog.specs import Catalog, CatalogError, CatalogModel, load_c
 
 if TYPE_CHECKING:
     from .artifacts import ModelData
+    from .s3.access import ObjectAccess
 
 __all__ = [
     "ARTIFACT_PREFIX",
@@ -250,30 +251,33 @@ def write_local_metadata(folder: Path, catalog: Catalog, *, region: str, account
     return folder
 
 
-def publish_to_store(objects_store: Any, catalog: Catalog, *, region: str, account: str) -> int:
-    """Put the metadata into the embedded store's JumpStart bucket; returns how many objects changed.
+def publish_to_store(access: ObjectAccess, catalog: Catalog, *, region: str, account: str) -> int:
+    """Put the metadata into the JumpStart bucket of the platform's object store; returns how many changed.
 
-    Runs at every platform start: an object whose bytes are unchanged (same MD5 ETag) is left alone,
-    so restarts do not churn the store, and a catalog extension edited meanwhile shows up.
+    ``access`` is the embedded store or an external S3 endpoint (``platform.s3.access``). Runs at
+    every platform start: an object whose bytes are unchanged (same MD5 ETag) is left alone, so
+    restarts do not churn the store, and an edited catalog extension shows up.
     """
     import hashlib
+    import tempfile
+
+    from .s3.access import ObjectAccessError
 
     bucket = content_bucket(region)
-    if not objects_store.bucket_exists(bucket):
-        objects_store.create_bucket(bucket)
+    access.ensure_bucket(bucket)
     changed = 0
-    for key, body in metadata_objects(catalog, region=region, account=account).items():
-        etag = f'"{hashlib.md5(body).hexdigest()}"'  # noqa: S324 - S3's ETag is an MD5
-        try:
-            if objects_store.get(bucket, key).etag == etag:
-                continue
-        except Exception:  # noqa: BLE001 - NoSuchKey: write it
-            pass
-        temp = objects_store.new_temp()
-        temp.write_bytes(body)
-        content_type = "application/json" if key.endswith(".json") else "text/plain"
-        objects_store.put(bucket, key, objects_store.adopt(temp), len(body), etag, {"content-type": content_type})
-        changed += 1
+    with tempfile.TemporaryDirectory(prefix="jumpstart-") as scratch:
+        for key, body in metadata_objects(catalog, region=region, account=account).items():
+            etag = f'"{hashlib.md5(body).hexdigest()}"'  # noqa: S324 - S3's ETag of a single-part object
+            try:
+                if access.head(bucket, key).etag == etag:
+                    continue
+            except ObjectAccessError:  # NoSuchKey: write it
+                pass
+            source = Path(scratch) / "object"
+            source.write_bytes(body)
+            access.upload_file(source, bucket, key)
+            changed += 1
     return changed
 
 
