@@ -11,17 +11,14 @@ first one already said InService).
     .venv/bin/python bench/sdk_notebook.py                 # default model, real 30 s waiter, 1 run
     .venv/bin/python bench/sdk_notebook.py --repeats 3 --model /path/to/hf-folder
 
-Writes bench/results/sdk-notebook-<timestamp>.json, sdk-notebook.json and sdk-notebook.png.
+Writes bench/results/sdk-notebook-<timestamp>.json and its .png.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,42 +28,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests" / "e2e" / "notebooks"))
 
-from _common import RESULTS_DIR, machine_info, write_results  # noqa: E402
+from _common import machine_info, plot_path, write_results  # noqa: E402
 from notebook_runner import notebook_env, run_notebook  # noqa: E402
 
+from streamhost.cli.sdk_env import build_sdk_environment  # noqa: E402
+from streamhost.launcher import ServerProcess, free_port, streamhost_command  # noqa: E402
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # resolves to the bundled default model, offline
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_platform(state: Path, port: int) -> subprocess.Popen:
-    import httpx
-
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
-    log = open(state / "platform.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamhost.cli", "serve", "--port", str(port), "--state-dir", str(state)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-    )  # fmt: skip
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"platform exited with {proc.returncode}; see {state / 'platform.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("platform did not answer /ping within 60 s")
 
 
 class InServiceWatcher(threading.Thread):
@@ -98,7 +69,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(runs)))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.6 * len(runs)))
     for i, run in enumerate(runs):
         ax.barh(i, run["first_token_s"], color="#9ecae1", label="first streamed token" if i == 0 else None)
         ax.barh(i, run["deploy_s"], color="#4292c6", label="deploy() returned (SDK waiter)" if i == 0 else None)
@@ -106,7 +77,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     ax.set_yticks(range(len(runs)), [f"run {i + 1}" for i in range(len(runs))])
     ax.set_xlabel("seconds since deploy() was called")
     ax.set_title("HuggingFaceModel notebook on streamhost: deploy() to first streamed token")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -120,15 +91,15 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32, help="max_new_tokens of the notebook's requests")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO / "src"))
-    from streamhost.cli.sdk_env import build_sdk_environment
-
     runs = []
     with tempfile.TemporaryDirectory(prefix="sdk-notebook-bench-") as tmp:
         state = Path(tmp)
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = start_platform(state, port)
+        platform = ServerProcess(
+            streamhost_command("serve", "--port", str(port), "--state-dir", str(state)), port, state / "platform.log",
+            env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1"), cwd=REPO,
+        ).start(timeout=120)  # fmt: skip
+        url = platform.url
         watcher = InServiceWatcher(url)
         watcher.start()
         try:
@@ -151,11 +122,7 @@ def main() -> int:
                 print(f"  {runs[-1]}", file=sys.stderr, flush=True)
         finally:
             watcher.stop.set()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            platform.stop()
 
     def median(key: str) -> float | None:
         values = [r[key] for r in runs if r[key] is not None]
@@ -173,9 +140,9 @@ def main() -> int:
         "median": {k: median(k) for k in ("platform_in_service_s", "deploy_s", "first_token_s")},
         "machine": machine_info(),
     }
-    stamped, _latest = write_results(data, "sdk-notebook")
-    plot(runs, RESULTS_DIR / "sdk-notebook.png")
-    print(f"median: {data['median']}\nwrote {stamped} and {RESULTS_DIR / 'sdk-notebook.png'}")
+    stamped = write_results(data, "sdk-notebook")
+    plot(runs, plot_path(stamped))
+    print(f"median: {data['median']}\nwrote {stamped} and {plot_path(stamped)}")
     return 0
 
 
