@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "notebooks"))
 from notebook_runner import NotebookRun, notebook_env, run_notebook  # noqa: E402
 
 GATED_ID = "huggingface-textgeneration-tiny-gated"
+TUNABLE_ID = "huggingface-textgeneration-tiny"
 EULA_URL = "https://example.com/tiny-licence"
 BUCKET = "notebook-default-bucket"
 POLL_S = 1
@@ -47,7 +48,8 @@ def platform(tmp_path_factory, tiny_llama_dir: Path) -> Iterator[tuple]:
     gated_weights = shutil.copytree(tiny_llama_dir, state / "tiny-gated")
     entry = {"id": GATED_ID, "hub_id": str(gated_weights), "name": "Tiny gated Llama", "licence": "tiny-licence",
              "eula_required": True, "eula_url": EULA_URL, "default_env": {"MAX_TOTAL_TOKENS": "256"}}  # fmt: skip
-    (state / "catalog.json").write_text(json.dumps({"models": [entry]}))
+    tunable = {"id": TUNABLE_ID, "hub_id": str(tiny_llama_dir), "name": "Tiny Llama", "licence": "apache-2.0"}
+    (state / "catalog.json").write_text(json.dumps({"models": [entry, tunable]}))
     proc = PlatformProcess(state, container_command=REAL_COMMAND).start()
     try:
         sdk = build_sdk_environment(proc.url, state / "sdk", bucket=BUCKET, state_dir=state,
@@ -157,3 +159,24 @@ def test_jumpstart_catalog_gated_deploy_and_listing(platform):
     assert_gone(proc, result["endpoint"], result["model"])
     # the refused deploy left nothing behind
     assert not [m for m in proc.sagemaker().list_models()["Models"] if GATED_ID in m["ModelName"]]
+
+
+def test_jumpstart_estimator_fine_tunes_a_catalog_model(platform, tmp_path):
+    """JumpStartEstimator: defaults and ranges from the trainer's table, the base model by catalog id."""
+    hp = pytest.importorskip("streamhost.training.hyperparameters", reason="training jobs (issue 15) not merged")
+    from streamhost.catalog.specs import load_catalog
+
+    proc, sdk_env = platform
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"example {i}: a line of text to learn"}) + "\n" for i in range(16)))
+    result = notebook("jumpstart_finetune", sdk_env, NOTEBOOK_MODEL_ID=TUNABLE_ID, NOTEBOOK_TRAIN_FILE=str(train)).result
+
+    expected = hp.to_strings(hp.defaults_for(load_catalog(proc.state_dir).get(TUNABLE_ID).training_defaults))
+    expected.pop("accept_eula", None)
+    assert result["defaults"] == expected
+    assert result["status"] == "Completed"
+    assert result["environment"]["HF_MODEL_ID"] == TUNABLE_ID
+    assert result["image"].endswith("/streamhost-training:1.0")
+    assert result["hyperparameters"]["max_steps"] == "2" and result["hyperparameters"]["epoch"] == "1"
+    bucket, _, key = result["model_artifact"][len("s3://") :].partition("/")
+    assert proc.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 0

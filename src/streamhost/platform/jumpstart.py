@@ -59,6 +59,7 @@ ARTIFACT_PREFIX = "streamhost-models/"
 EULA_PREFIX = "streamhost-eula/"
 TRAINING_SCRIPT_KEY = "streamhost-training/sourcedir.tar.gz"
 IMAGE_REPOSITORY = "streamhost-tgi-inference"
+TRAINING_IMAGE_REPOSITORY = "streamhost-training"
 IMAGE_TAG = "1.0"
 CPU_INSTANCE = "ml.m5.xlarge"
 GPU_INSTANCE = "ml.g5.2xlarge"
@@ -84,9 +85,9 @@ def content_bucket(region: str) -> str:
     return f"jumpstart-cache-prod-{region}"
 
 
-def image_uri(region: str, account: str) -> str:
+def image_uri(region: str, account: str, repository: str = IMAGE_REPOSITORY) -> str:
     """The inference image our specs name; the platform runs it as our model server (TGI dialect)."""
-    return f"{account}.dkr.ecr.{region}.amazonaws.com/{IMAGE_REPOSITORY}:{IMAGE_TAG}"
+    return f"{account}.dkr.ecr.{region}.amazonaws.com/{repository}:{IMAGE_TAG}"
 
 
 def spec_key(model_id: str) -> str:
@@ -106,6 +107,14 @@ def _instance_variants(image: str, region: str) -> dict[str, Any]:
         "regional_aliases": {region: {"alias_ecr_uri_1": image}},
         "variants": {family: {"regional_properties": {"image_uri": "$alias_ecr_uri_1"}} for family in INSTANCE_FAMILIES},
     }
+
+
+def _training_variants(model: CatalogModel, image: str, region: str) -> dict[str, Any]:
+    """Our image for every family, and ``HF_MODEL_ID=<catalog id>`` in the training job's Environment."""
+    variants = _instance_variants(image, region)
+    for properties in variants["variants"].values():
+        properties["properties"] = {"environment_variables": {"HF_MODEL_ID": model.id}}
+    return variants
 
 
 def _env_var(name: str, value: str) -> dict[str, Any]:
@@ -190,8 +199,12 @@ def model_spec(model: CatalogModel, *, region: str, account: str) -> dict[str, A
     if hyperparameters is not None:
         spec.update({
             "training_ecr_specs": {"framework": "huggingface", "framework_version": "2.0.0", "py_version": "py310"},
-            "training_instance_type_variants": _instance_variants(image, region),
-            "training_artifact_key": artifact_key(model.id),
+            "training_instance_type_variants": _training_variants(
+                model, image_uri(region, account, TRAINING_IMAGE_REPOSITORY), region
+            ),
+            # No model channel: the trainer takes the base model from HF_MODEL_ID (the catalog id, set
+            # per instance family below), as the TGI-style training jobs do; the key must be present.
+            "training_artifact_key": None,
             "training_script_key": TRAINING_SCRIPT_KEY,
             "training_prepacked_script_key": None,
             "hyperparameters": hyperparameters,
@@ -230,10 +243,34 @@ def metadata_objects(catalog: Catalog, *, region: str, account: str) -> dict[str
         PROPRIETARY_MANIFEST_KEY: _dump([_PROPRIETARY_PLACEHOLDER]),
     }
     for model in models:
-        objects[spec_key(model.id)] = _dump(model_spec(model, region=region, account=account))
+        spec = model_spec(model, region=region, account=account)
+        objects[spec_key(model.id)] = _dump(spec)
         if model.eula_required:
             objects[eula_key(model.id)] = _eula_text(model).encode()
+        if spec["training_supported"]:
+            objects[TRAINING_SCRIPT_KEY] = _training_sourcedir()
     return objects
+
+
+def _training_sourcedir() -> bytes:
+    """The ``source_dir`` JumpStartEstimator names: a stub, as the platform runs its own trainer.
+
+    Built byte-for-byte the same every time (fixed mtimes), so republishing leaves it alone.
+    """
+    import gzip
+    import io
+    import tarfile
+
+    script = (
+        b'"""streamhost runs its own trainer (streamhost.training) for JumpStart training jobs; '
+        b'this entry point is never executed."""\n'
+    )
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("transfer_learning.py")
+        info.size, info.mtime, info.mode = len(script), 0, 0o644
+        tar.addfile(info, io.BytesIO(script))
+    return gzip.compress(raw.getvalue(), mtime=0)
 
 
 def _dump(document: Any) -> bytes:
