@@ -13,7 +13,9 @@ shorter sleep (the bench, ``bench/sdk_notebook.py``, runs the unpatched 30 s wai
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import time
@@ -32,6 +34,7 @@ GATED_ID = "huggingface-textgeneration-tiny-gated"
 TUNABLE_ID = "huggingface-textgeneration-tiny"
 EULA_URL = "https://example.com/tiny-licence"
 BUCKET = "notebook-default-bucket"
+ACCOUNT = "210987654321"  # not the default, so sdk-env must ask the platform
 POLL_S = 1
 
 
@@ -50,7 +53,7 @@ def platform(tmp_path_factory, tiny_llama_dir: Path) -> Iterator[tuple]:
              "eula_required": True, "eula_url": EULA_URL, "default_env": {"MAX_TOTAL_TOKENS": "256"}}  # fmt: skip
     tunable = {"id": TUNABLE_ID, "hub_id": str(tiny_llama_dir), "name": "Tiny Llama", "licence": "apache-2.0"}
     (state / "catalog.json").write_text(json.dumps({"models": [entry, tunable]}))
-    proc = PlatformProcess(state, container_command=REAL_COMMAND).start()
+    proc = PlatformProcess(state, container_command=REAL_COMMAND, extra_args=["--account-id", ACCOUNT]).start()
     try:
         sdk = build_sdk_environment(proc.url, state / "sdk", bucket=BUCKET, state_dir=state,
                                     credentials=(ACCESS_KEY, SECRET_KEY))  # fmt: skip
@@ -76,6 +79,26 @@ def assert_gone(platform, endpoint: str, model: str, timeout: float = 60.0) -> N
         time.sleep(0.2)
     assert model not in {m["ModelName"] for m in sm.list_models()["Models"]}
     assert endpoint not in {c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]}
+
+
+def test_sdk_env_asks_the_platform_for_its_account_and_default_bucket(platform, tmp_path):
+    from _platform_fixtures import ACCESS_KEY, SECRET_KEY
+
+    proc, _ = platform
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+    done = subprocess.run(
+        [sys.executable, "-m", "streamhost.cli", "sdk-env", "--json", "--url", proc.url, "--state-dir", str(proc.state_dir),
+         "--config-dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )  # fmt: skip
+    result = json.loads(done.stdout)
+    assert result["account"] == ACCOUNT
+    assert result["default_bucket"] == f"sagemaker-us-east-1-{ACCOUNT}"
+    assert result["env"]["AWS_ACCESS_KEY_ID"] == ACCESS_KEY  # boto3's own credential chain
+    proc.client("s3").head_bucket(Bucket=result["default_bucket"])  # the platform created it at start
+    manifest = Path(result["jumpstart_dir"]) / "models_manifest.json"
+    assert GATED_ID in manifest.read_text()  # the state directory's catalog extension is in
 
 
 def test_huggingface_model_deploy_predict_stream_delete(platform, tiny_llama_dir):

@@ -41,10 +41,14 @@ class SdkEnvironment:
     config_file: Path
     jumpstart_dir: Path
     notes: list[str] = field(default_factory=list)
+    account: str = DEFAULT_ACCOUNT
+    bucket: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "env": self.env,
+            "account": self.account,
+            "default_bucket": self.bucket,
             "config_file": str(self.config_file),
             "jumpstart_dir": str(self.jumpstart_dir),
             "notes": self.notes,
@@ -78,12 +82,26 @@ def _credentials() -> tuple[str, str, str | None, bool]:
     return frozen.access_key, frozen.secret_key, frozen.token, True
 
 
+def platform_account(url: str, region: str, key: str, secret: str) -> str | None:
+    """The account id the platform answers STS GetCallerIdentity with, or None when it cannot be asked."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    sts = boto3.client("sts", endpoint_url=url, region_name=region, aws_access_key_id=key, aws_secret_access_key=secret,
+                       config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))  # fmt: skip
+    try:
+        return str(sts.get_caller_identity()["Account"])
+    except (BotoCoreError, ClientError, KeyError):
+        return None
+
+
 def build_sdk_environment(
     url: str,
     config_dir: Path,
     *,
     region: str = DEFAULT_REGION,
-    account: str = DEFAULT_ACCOUNT,
+    account: str | None = None,
     bucket: str | None = None,
     state_dir: Path | None = None,
     credentials: tuple[str, str] | None = None,
@@ -91,14 +109,6 @@ def build_sdk_environment(
     """Write the SDK config file and the JumpStart metadata under ``config_dir``; return the variables."""
     from streamhost.catalog.specs import load_catalog
     from streamhost.platform.jumpstart import write_local_metadata
-
-    config_dir.mkdir(parents=True, exist_ok=True)
-    bucket = bucket or default_bucket_name(region, account)
-    config_file = config_dir / CONFIG_FILE
-    tmp = config_file.with_name(config_file.name + ".tmp")
-    tmp.write_text(json.dumps(sdk_config(bucket), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(config_file)
-    jumpstart_dir = write_local_metadata(config_dir / JUMPSTART_DIR, load_catalog(state_dir), region=region, account=account)
 
     notes: list[str] = []
     token = None
@@ -111,6 +121,20 @@ def build_sdk_environment(
                 "no AWS credentials configured: using placeholder keys, which a platform bound to 127.0.0.1 "
                 "accepts; a platform with SigV4 auth on needs the keys it was started with"
             )
+    if account is None:
+        account = platform_account(url, region, key, secret)
+        if account is None:
+            account = DEFAULT_ACCOUNT
+            notes.append(f"could not ask the platform at {url} for its account id (is it running?): assumed {account}")
+
+    config_dir.mkdir(parents=True, exist_ok=True)
+    bucket = bucket or default_bucket_name(region, account)
+    config_file = config_dir / CONFIG_FILE
+    tmp = config_file.with_name(config_file.name + ".tmp")
+    tmp.write_text(json.dumps(sdk_config(bucket), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(config_file)
+    jumpstart_dir = write_local_metadata(config_dir / JUMPSTART_DIR, load_catalog(state_dir), region=region, account=account)
+
     env = {
         "AWS_ENDPOINT_URL": url,
         "AWS_DEFAULT_REGION": region,
@@ -128,7 +152,7 @@ def build_sdk_environment(
         "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
     })  # fmt: skip
     notes.append("get_execution_role() calls STS at a fixed AWS address: pass the role ARN literally")
-    return SdkEnvironment(env, config_file, jumpstart_dir, notes)
+    return SdkEnvironment(env, config_file, jumpstart_dir, notes, account=account, bucket=bucket)
 
 
 def add_parser(sub: Any) -> None:
@@ -142,7 +166,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--state-dir", type=Path, help="platform state directory (its catalog extension; default ~/.streamhost)")
     p.add_argument("--config-dir", type=Path, help="where to write the files (default <state-dir>/sdk)")
     p.add_argument("--region", default=DEFAULT_REGION, help="region the platform was started with (default us-east-1)")
-    p.add_argument("--account-id", default=DEFAULT_ACCOUNT, help="account id the platform was started with")
+    p.add_argument("--account-id", help="account id the platform was started with (default: ask the platform's STS)")
     p.add_argument("--bucket", help="default S3 bucket (default sagemaker-<region>-<account>)")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--shell", action="store_true", help="print only `export` lines (for eval)")
