@@ -74,6 +74,10 @@ def test_bucket_lifecycle_and_errors(s3):
     name = "lifecycle-bucket"
     s3.create_bucket(Bucket=name)
     assert name in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    s3.create_bucket(Bucket="lifecycle-other")
+    pages = s3.get_paginator("list_buckets").paginate(Prefix="lifecycle-", PaginationConfig={"PageSize": 1})
+    assert [b["Name"] for page in pages for b in page["Buckets"]] == ["lifecycle-bucket", "lifecycle-other"]
+    s3.delete_bucket(Bucket="lifecycle-other")
     assert s3.head_bucket(Bucket=name)["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == "us-east-1"
     s3.head_bucket(Bucket=name, ExpectedBucketOwner="123456789012")  # the SDK's default_bucket() probe
     with pytest.raises(botocore.exceptions.ClientError) as exc:
