@@ -17,7 +17,7 @@ import botocore.exceptions
 import httpx
 import pytest
 from _platform_fixtures import PlatformProcess
-from _s3_helpers import aws_chunked, error_of, md5_hex, s3_request, send_truncated
+from _s3_helpers import aws_chunked, error_of, md5_hex, s3_request, send_truncated, signed_chunked_put
 from boto3.s3.transfer import TransferConfig
 
 MiB = 1024 * 1024
@@ -286,6 +286,16 @@ def test_aws_chunked_upload_as_botocore_sends_it(platform, s3, bucket):
                          "X-Amz-Decoded-Content-Length": str(len(data))}, trailer=True)  # fmt: skip
     assert signed.status_code == 200, signed.text
     assert s3.get_object(Bucket=bucket, Key="chunked2")["Body"].read() == data
+
+
+def test_signed_chunks_are_checked(platform, s3, bucket):
+    data = os.urandom(150_000)
+    good = signed_chunked_put(platform.url, f"/{bucket}/signed", data)
+    assert good.status_code == 200, good.text
+    assert s3.get_object(Bucket=bucket, Key="signed")["Body"].read() == data
+    forged = signed_chunked_put(platform.url, f"/{bucket}/forged", data, tamper=True)
+    assert forged.status_code == 403 and "<Code>SignatureDoesNotMatch</Code>" in forged.text
+    assert keys_of(s3, bucket) == ["signed"]
 
 
 def test_keys_never_escape_the_store(platform, s3, bucket):
