@@ -8,8 +8,8 @@ framing, on top of whatever HTTP transfer encoding carries them::
 
 The trailers carry the checksum (``x-amz-checksum-crc32:<base64>``) computed while sending.
 ``AwsChunkedDecoder`` is fed the raw bytes in whatever pieces they arrive and returns the
-decoded bytes; once ``done`` it holds the trailers. Chunk signatures are not verified here: the
-request's own SigV4 signature (seed) is, and the trailing checksum covers the bytes.
+decoded bytes; once ``done`` it holds the trailers. Given ``on_chunk``, it hashes each chunk and
+reports it with its ``chunk-signature`` (``chunk_signing.py`` checks those).
 """
 
 from __future__ import annotations
