@@ -338,3 +338,44 @@ def test_signatures_and_presigned_urls(platform, s3, bucket):
         wrong.put_object(Bucket=bucket, Key="forged", Body=b"x")
     assert error_of(exc) == ("SignatureDoesNotMatch", 403)
     assert keys_of(s3, bucket) == ["shared.txt"]
+
+
+@pytest.mark.parametrize(
+    "method,path,body,headers,code,status",
+    [
+        ("POST", "/{b}?delete", b"<Delete><Object></Object></Delete>", {}, "MalformedXML", 400),
+        ("POST", "/{b}?delete", b"not xml at all", {}, "MalformedXML", 400),
+        ("POST", "/{b}?delete", b"<Other/>", {}, "MalformedXML", 400),
+        ("GET", "/{b}?list-type=2&max-keys=many", b"", {}, "InvalidArgument", 400),
+        ("GET", "/{b}?list-type=2&continuation-token=%%%", b"", {}, "InvalidArgument", 400),
+        ("GET", "/{b}?list-type=2&encoding-type=base64", b"", {}, "InvalidArgument", 400),
+        ("PUT", "/{b}/k?partNumber=0&uploadId=x", b"x", {}, "InvalidArgument", 400),
+        ("PUT", "/{b}/k?partNumber=1&uploadId=nope", b"x", {}, "NoSuchUpload", 404),
+        ("POST", "/{b}/k?uploadId=nope", b"<CompleteMultipartUpload/>", {}, "NoSuchUpload", 404),
+        ("PUT", "/{b}/k", b"x", {"Content-MD5": "not-base64!"}, "InvalidDigest", 400),
+        ("PUT", "/{b}/k", b"x", {"x-amz-copy-source": "no-slash"}, "InvalidArgument", 400),
+        ("PUT", "/{b}/k", b"x", {"x-amz-copy-source": "/{b}/src", "x-amz-metadata-directive": "MOVE"}, "InvalidArgument", 400),
+        ("PUT", "/{b}/k?acl", b"x", {}, "NotImplemented", 501),
+        ("GET", "/{b}?policy", b"", {}, "NotImplemented", 501),
+        ("POST", "/{b}/k", b"x", {}, "MethodNotAllowed", 405),
+        ("PUT", "/{b}/k", b"x", {"Content-Encoding": "aws-chunked", "X-Amz-Trailer": "x-amz-checksum-md4"}, "InvalidRequest", 400),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_s3_errors_and_store_nothing(platform, s3, bucket, method, path, body, headers, code, status):
+    s3.put_object(Bucket=bucket, Key="src", Body=b"source")
+    headers = {k: v.replace("{b}", bucket) for k, v in headers.items()}
+    trailer = "aws-chunked" in headers.get("Content-Encoding", "")
+    response = s3_request(platform.url, method, path.replace("{b}", bucket), body, headers, trailer=trailer)
+    assert response.status_code == status, response.text
+    assert f"<Code>{code}</Code>" in response.text and "<RequestId>" in response.text
+    assert keys_of(s3, bucket) == ["src"]  # nothing stored, the store still answers
+
+
+def test_presigned_put_uploads(platform, s3, bucket):
+    v4 = platform.client("s3", signature_version="s3v4")
+    url = v4.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "via-url"}, ExpiresIn=60)
+    assert httpx.put(url, content=b"uploaded by url", timeout=10).status_code == 200
+    assert s3.get_object(Bucket=bucket, Key="via-url")["Body"].read() == b"uploaded by url"
+    forged = url.replace("via-url", "other")
+    assert httpx.put(forged, content=b"x", timeout=10).status_code == 403
+    assert keys_of(s3, bucket) == ["via-url"]

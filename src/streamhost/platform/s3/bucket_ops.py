@@ -126,7 +126,7 @@ async def list_objects_v2(ctx: Context) -> None:
     after = start_after
     if token is not None:
         try:
-            after = base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+            after = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
                           ArgumentName="continuation-token") from None  # fmt: skip
