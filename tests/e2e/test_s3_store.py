@@ -269,6 +269,26 @@ def test_wrong_checksums_are_refused_and_nothing_is_stored(platform, s3, bucket)
     assert keys_of(s3, bucket) == []
 
 
+@pytest.mark.parametrize("algorithm", ["SHA1", "SHA256", "SHA512", "CRC32"])
+def test_flexible_checksums_are_verified_and_returned(s3, bucket, algorithm):
+    data = os.urandom(20_000)
+    s3.put_object(Bucket=bucket, Key="summed", Body=data, ChecksumAlgorithm=algorithm)  # botocore computes it
+    got = s3.get_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
+    assert got["Body"].read() == data  # botocore verified the returned checksum while reading
+    assert got["ResponseMetadata"]["HTTPHeaders"][f"x-amz-checksum-{algorithm.lower()}"]
+    wrong = base64.b64encode(hashlib.new(algorithm.lower() if algorithm != "CRC32" else "md5", b"x").digest()).decode()
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="summed", Body=b"other", **{f"Checksum{algorithm}": wrong})
+    assert error_of(exc) == ("BadDigest", 400)
+    assert s3.get_object(Bucket=bucket, Key="summed")["Body"].read() == data  # the old object is untouched
+
+
+def test_checksums_we_cannot_compute_are_refused(platform, s3, bucket):
+    response = s3_request(platform.url, "PUT", f"/{bucket}/xx", b"data", {"x-amz-checksum-xxhash64": "AAAAAAAAAAA="})
+    assert response.status_code == 400 and "<Code>InvalidRequest</Code>" in response.text
+    assert keys_of(s3, bucket) == []
+
+
 def test_aws_chunked_upload_as_botocore_sends_it(platform, s3, bucket):
     """botocore sends aws-chunked bodies with a trailing CRC over TLS; make it do so here too."""
 
