@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -101,8 +102,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
         for x, system in zip(xs, systems):
             runs = [r[f"{direction}_mb_s"] for r in results["systems"][system]["runs"]]
             ax.scatter([x] * len(runs), runs, color="black", s=12, zorder=3)
-        for x, value in zip(xs, medians):
-            ax.annotate(f"{value:.0f}", (x, value), ha="center", va="bottom", fontsize=9)
+        for x, system, value in zip(xs, systems, medians):
+            top = max(r[f"{direction}_mb_s"] for r in results["systems"][system]["runs"])
+            ax.annotate(f"{value:.0f}", (x, top), xytext=(0, 4), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=9, fontweight="bold")  # fmt: skip
+    highest = max(r[k] for v in results["systems"].values() for r in v["runs"] for k in ("upload_mb_s", "download_mb_s"))
+    ax.set_ylim(0, highest * 1.15)
     ax.set_xticks(range(len(systems)), systems)
     ax.set_ylabel("MB/s")
     ax.set_title(f"{results['size_mb']:.0f} MB object, boto3 transfer manager, loopback ({results['repeats']} repeats)")
@@ -116,7 +121,11 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="64 MB, 2 repeats")
+    parser.add_argument("--plot-only", type=Path, metavar="RESULTS_JSON", help="redraw the plot of a results file")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.plot_only.read_text()), plot_path(args.plot_only))
+        return 0
     if args.quick:
         args.size_mb, args.repeats = 64, 2
     size = args.size_mb * MB

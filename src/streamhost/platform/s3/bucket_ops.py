@@ -16,13 +16,23 @@ MAX_KEYS = 1000
 
 
 async def list_buckets(ctx: Context) -> None:
+    """ListBuckets, with the newer ``prefix``, ``max-buckets`` and ``continuation-token`` parameters."""
+    prefix = ctx.query.get("prefix", "")
+    after = ctx.query.get("continuation-token", "")
+    raw_max = ctx.query.get("max-buckets", "10000")
+    if not raw_max.isdigit() or not 1 <= int(raw_max) <= 10000:
+        raise S3Error("InvalidArgument", "max-buckets must be an integer from 1 to 10000", ArgumentName="max-buckets")
+    chosen = [(n, c) for n, c in ctx.store.list_buckets() if n.startswith(prefix) and n > after]
+    page, more = chosen[: int(raw_max)], len(chosen) > int(raw_max)
     buckets = "".join(
         f"<Bucket>{element('Name', name)}{element('CreationDate', iso8601(created))}"
         f"{element('BucketRegion', ctx.region)}</Bucket>"
-        for name, created in ctx.store.list_buckets()
+        for name, created in page
     )
     owner = f"<Owner>{element('ID', ctx.account)}{element('DisplayName', 'streamhost')}</Owner>"
-    await ctx.reply(200, document("ListAllMyBucketsResult", f"{owner}<Buckets>{buckets}</Buckets>"))
+    extra = element("ContinuationToken", page[-1][0]) if more else ""
+    extra += element("Prefix", prefix) if "prefix" in ctx.query else ""
+    await ctx.reply(200, document("ListAllMyBucketsResult", f"{owner}<Buckets>{buckets}</Buckets>{extra}"))
 
 
 async def create_bucket(ctx: Context) -> None:
@@ -116,7 +126,7 @@ async def list_objects_v2(ctx: Context) -> None:
     after = start_after
     if token is not None:
         try:
-            after = base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+            after = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
                           ArgumentName="continuation-token") from None  # fmt: skip

@@ -44,7 +44,7 @@ def _checksum_headers(checksums: dict[str, str]) -> dict[str, str]:
 async def put_object(ctx: Context) -> None:
     check_key(ctx.key)
     ctx.store.require_bucket(ctx.bucket)
-    body = await receive_body(ctx.receive, ctx.headers, ctx.store.new_temp())
+    body = await receive_body(ctx.receive, ctx.headers, ctx.store.new_temp(), ctx.signatures)
     blob = await asyncio.to_thread(ctx.store.adopt, body.path)
     etag = f'"{body.md5_hex}"'
     # The commit waits for an fsync (synchronous=FULL): off the event loop, like the body's writes.

@@ -154,7 +154,17 @@ class ObjectStore:
         return self.blobs / blob[:2] / blob
 
     def adopt(self, temp: Path) -> str:
-        """Move a fully received temporary file into the blob folder; returns its new id."""
+        """Move a fully received temporary file into the blob folder; returns its new id.
+
+        The bytes are flushed to disk first (blocking: call from a worker thread), so the row that
+        will name the blob is never durable before the blob is, as with the rest of the platform's
+        state (``synchronous=FULL``): an answered PUT survives a power cut, not only a crash.
+        """
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         blob = uuid.uuid4().hex
         target = self.blob_path(blob)
         target.parent.mkdir(exist_ok=True)
