@@ -192,7 +192,8 @@ def test_jumpstart_estimator_fine_tunes_a_catalog_model(platform, tmp_path):
     proc, sdk_env = platform
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"text": f"example {i}: a line of text to learn"}) + "\n" for i in range(16)))
-    result = notebook("jumpstart_finetune", sdk_env, NOTEBOOK_MODEL_ID=TUNABLE_ID, NOTEBOOK_TRAIN_FILE=str(train)).result
+    run = notebook("jumpstart_finetune", sdk_env, NOTEBOOK_MODEL_ID=TUNABLE_ID, NOTEBOOK_TRAIN_FILE=str(train))
+    result = run.result
 
     expected = hp.to_strings(hp.defaults_for(load_catalog(proc.state_dir).get(TUNABLE_ID).training_defaults))
     expected.pop("accept_eula", None)
@@ -203,3 +204,33 @@ def test_jumpstart_estimator_fine_tunes_a_catalog_model(platform, tmp_path):
     assert result["hyperparameters"]["max_steps"] == "2" and result["hyperparameters"]["epoch"] == "1"
     bucket, _, key = result["model_artifact"][len("s3://") :].partition("/")
     assert proc.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+    # fit() tailed the job's log through the CloudWatch Logs API: its lines are in the notebook's output
+    (job_log,) = (proc.state_dir / "training").glob(f"{result['job'].lower()}/*.log")
+    lines = [line for line in job_log.read_text().splitlines() if line.strip()]
+    assert lines and all(line in run.output for line in lines[:3])
+
+
+def test_endpoint_logs_read_through_the_cloudwatch_logs_api(platform, tiny_llama_dir):
+    """boto3's logs client and the SDK's multi_stream_iter read an instance's log from the platform."""
+    from _platform_fixtures import deploy, unique
+    from sagemaker.logs import multi_stream_iter
+
+    proc, _ = platform
+    sm, logs = proc.sagemaker(), proc.client("logs")
+    name = deploy(sm, unique("logs"), image="huggingface-pytorch-tgi-inference:2.0",
+                  env={"HF_MODEL_ID": str(tiny_llama_dir)})  # fmt: skip
+    try:
+        group = f"/aws/sagemaker/Endpoints/{name}"
+        streams = [s["logStreamName"] for s in logs.describe_log_streams(logGroupName=group)["logStreams"]]
+        assert len(streams) == 1 and streams[0].startswith("AllTraffic/")
+        events = [event for _i, event in multi_stream_iter(logs, group, streams)]
+        instance_log = next((proc.state_dir / "logs" / name).glob("*/*.log"))
+        complete = [line.rstrip("\r") for line in instance_log.read_bytes().decode("utf-8", "replace").split("\n")[:-1]]
+        assert [e["message"] for e in events] == complete[: len(events)] and events
+        with pytest.raises(ClientError) as missing:
+            logs.describe_log_streams(logGroupName="/aws/sagemaker/Endpoints/no-such-endpoint")
+        assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    finally:
+        sm.delete_endpoint(EndpointName=name)
+        sm.delete_endpoint_config(EndpointConfigName=name)
+        sm.delete_model(ModelName=name)

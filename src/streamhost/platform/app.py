@@ -10,6 +10,7 @@ Routes:
 - S3 (path-style), STS and IAM: picked by the service in the request's SigV4 credential scope
   (``.../<region>/s3/aws4_request``), so one ``AWS_ENDPOINT_URL`` serves every client; an
   unsigned request that matches no route above goes to S3 too (anonymous: refused when auth is on).
+- CloudWatch Logs (scope ``logs``): DescribeLogStreams/GetLogEvents over endpoint and training logs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from streamhost.protocols import sagemaker as sm
 from .artifacts import ArtifactStore
 from .asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, read_body, respond, respond_json
 from .auth import AuthError, SigV4Verifier, load_secrets
+from .cloudwatch_logs import EndpointLogs, LogsService, TrainingJobLogs
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
 from .jumpstart import CatalogArtifacts, publish_to_store
@@ -111,6 +113,9 @@ class PlatformApp:
         self.s3 = S3Service(self.objects, region=settings.region, account=settings.account, verifier=self.verifier,
                             external_url=settings.s3_endpoint_url)  # fmt: skip
         self.sts_iam = StsIamService(settings.account, self.verifier)
+        # training jobs write <state>/training/<job>/training.log (platform.training_runner)
+        self.logs = LogsService([EndpointLogs(settings.logs_dir), TrainingJobLogs(settings.state_dir / "training")],
+                                self.verifier)  # fmt: skip
         self.started_callbacks: list[Any] = []
         self.ready = False
 
@@ -148,6 +153,9 @@ class PlatformApp:
             return
         if service in ("sts", "iam"):
             self._count(*await self.sts_iam(scope, receive, send, service))
+            return
+        if service == "logs":
+            self._count(*await self.logs(scope, receive, send))
             return
         if method == "GET" and path == "/ping":
             await respond(send, 200 if self.ready else 503, b"", {"content-type": "text/plain"})

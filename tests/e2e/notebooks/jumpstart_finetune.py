@@ -23,7 +23,7 @@ hyperparameters.validate(model_id=model_id, model_version="*", hyperparameters=c
 session.upload_data(os.environ["NOTEBOOK_TRAIN_FILE"], bucket=bucket, key_prefix="finetune/train")
 train_data_location = f"s3://{bucket}/finetune/train/"  # the JumpStart notebooks pass the folder
 estimator = JumpStartEstimator(model_id=model_id, role=role, hyperparameters=chosen, instance_type="ml.m5.xlarge")
-estimator.fit({"train": train_data_location}, logs=os.environ.get("NOTEBOOK_FIT_LOGS", "None"))
+estimator.fit({"train": train_data_location})  # tails the job's log (CloudWatch Logs) until it ends
 job = estimator.latest_training_job.describe()
 
 print("\nRESULT " + json.dumps({
