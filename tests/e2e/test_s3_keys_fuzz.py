@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 XML_CHARS = st.characters(
     blacklist_categories=("Cs",), blacklist_characters="".join(map(chr, [*range(9), 11, 12, *range(14, 32)]))
 )
-KEYS = st.text(XML_CHARS, min_size=1, max_size=60).filter(lambda k: len(k.encode()) <= 1024)
+KEYS = st.text(st.one_of(XML_CHARS, st.just("/")), min_size=1, max_size=60).filter(lambda k: len(k.encode()) <= 1024)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,14 @@ def test_any_key_round_trips(s3, keys):
     listed = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="fuzz-keys")
               for o in page.get("Contents", [])]  # fmt: skip
     assert listed == sorted(keys, key=lambda k: k.encode())
+    # A delimiter listing, one entry per page: S3's grouping, each common prefix exactly once.
+    expected = sorted({k[: k.index("/") + 1] if "/" in k else k for k in keys})
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket="fuzz-keys", Delimiter="/", PaginationConfig={"PageSize": 1}
+    )
+    found = [entry for page in pages for entry in
+             [p["Prefix"] for p in page.get("CommonPrefixes", [])] + [o["Key"] for o in page.get("Contents", [])]]  # fmt: skip
+    assert sorted(found) == expected and len(found) == len(expected)
     for key in keys:
         assert s3.get_object(Bucket="fuzz-keys", Key=key)["Body"].read() == hashlib.sha256(key.encode()).digest()
         assert s3.list_objects(Bucket="fuzz-keys", Prefix=key)["Contents"][0]["Key"] == key

@@ -189,6 +189,14 @@ def test_list_objects_v2_prefix_delimiter_pages(s3, bucket):
     assert s3.list_objects_v2(Bucket=bucket, Prefix="nothing-here").get("Contents") is None
     v1 = s3.list_objects(Bucket=bucket, Prefix="logs/", MaxKeys=3)
     assert v1["IsTruncated"] and len(v1["Contents"]) == 3
+    # Paged with a delimiter: every common prefix once, none of the keys under it
+    for operation in ("list_objects_v2", "list_objects"):
+        pages = list(
+            s3.get_paginator(operation).paginate(Bucket=bucket, Delimiter="/", PaginationConfig={"PageSize": 1})
+        )
+        found = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+        found += [o["Key"] for page in pages for o in page.get("Contents", [])]
+        assert sorted(found) == ["logs/", "other/", "with space+plus/", "z"], operation
 
 
 def test_multipart_through_the_transfer_manager(s3, bucket, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamhost.platform.s3.errors import S3Error
-from streamhost.platform.s3.store import ObjectStore
+from streamhost.platform.s3.store import ObjectStore, past_prefix
 
 
 def blob_files(store: ObjectStore) -> list[str]:
@@ -60,3 +60,11 @@ def test_parts_of_an_aborted_upload_are_removed(tmp_path):
     assert blob_files(store) == []
     with pytest.raises(S3Error, match="NoSuchUpload"):
         store.get_upload("bucket-a", "k", upload_id)
+
+
+def test_past_prefix_sorts_after_everything_under_it():
+    for prefix in ("logs/", "a", "\ud7ff", "z\uffff"):
+        bound = past_prefix(prefix)
+        assert bound is not None and bound.encode() > (prefix + "\U0010ffff" * 3).encode()
+        assert bound.encode() > prefix.encode()
+    assert past_prefix("x\U0010ffff") is None
