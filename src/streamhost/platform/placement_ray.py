@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamhost.platform")
 
 _NODE_NAMESPACE = "streamhost"
-_AWS_KEYS = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
-             "AWS_SESSION_TOKEN": "aws_session_token"}  # fmt: skip
 
 
 def _alive_nodes() -> list[dict[str, Any]]:
@@ -366,14 +364,25 @@ class RayPlacement:
 
     # ------------------------------------------------------------------ launch specs
 
+    def _direct_from_s3(self, data: ModelData) -> bool:
+        """Nodes read ``s3://`` data from an external store themselves; the embedded store and catalog
+        references live on this machine, so those go through the export route like local files."""
+        references = self.artifacts.references
+        return (
+            urlsplit(data.url).scheme.lower() == "s3" and bool(self.settings.s3_endpoint_url)
+            and not (references is not None and references.owns(data.url))
+        )  # fmt: skip
+
     def _s3_source(self, data: ModelData) -> dict[str, Any]:
-        """Nodes fetch ``s3://`` model data straight from the store, with the platform's credentials."""
-        credentials = {arg: os.environ[env] for env, arg in _AWS_KEYS.items() if os.environ.get(env)}
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            credentials["region_name"] = region
+        """Nodes fetch ``s3://`` model data straight from the external store, with the platform's keys for it."""
+        settings = self.settings
+        key_id = settings.s3_access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = settings.s3_secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        credentials: dict[str, Any] = {"region": settings.region}
+        if key_id and secret:
+            credentials.update(access_key_id=key_id, secret_access_key=secret)
         return {"kind": "s3", "url": data.url, "compressed": data.compressed, "prefix": data.prefix,
-                "s3_endpoint_url": self.artifacts.s3_endpoint_url, "credentials": credentials}  # fmt: skip
+                "s3_endpoint_url": settings.s3_endpoint_url, "credentials": credentials}  # fmt: skip
 
     def _export_source(self, folder: Path) -> dict[str, Any]:
         """Nodes fetch a folder on this machine through the platform's export route (one tar, cached per node)."""
@@ -390,8 +399,8 @@ class RayPlacement:
         prepared = await prepare_model_data(
             self.artifacts, fetched, data.url, map_model_path(environment, str(fetched)), variant.download_timeout
         )
-        s3 = urlsplit(data.url).scheme.lower() == "s3"
-        sources = {"{model_dir}": self._s3_source(data) if s3 else await asyncio.to_thread(self._export_source, fetched)}
+        direct = self._direct_from_s3(data)
+        sources = {"{model_dir}": self._s3_source(data) if direct else await asyncio.to_thread(self._export_source, fetched)}
         if prepared.model_id:  # weights option.model_id named, downloaded here: nodes get them from here too
             sources["{model_id_dir}"] = await asyncio.to_thread(self._export_source, Path(prepared.model_id))
         inside = prepared.model_dir.relative_to(fetched).as_posix()

@@ -28,6 +28,7 @@ from typing import Any
 
 from .artifacts import ArtifactError, ArtifactStore, ModelData
 from .instances import _SHIM, INSTANCE_MARKER, free_port, read_tail
+from .s3.access import ExternalAccess
 
 DEFAULT_CACHE_DIR = "~/.cache/streamhost/ray"
 _CHUNK = 1024 * 1024
@@ -37,13 +38,7 @@ class _NodeArtifacts(ArtifactStore):
     """The platform's artifact cache logic, on a node, with the platform's S3 credentials when given."""
 
     def __init__(self, root: Path, s3_endpoint_url: str | None, credentials: dict[str, str] | None) -> None:
-        super().__init__(root, s3_endpoint_url=s3_endpoint_url)
-        self.credentials = credentials or {}
-
-    def _s3(self):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.s3_endpoint_url, **self.credentials)
+        super().__init__(root, s3_endpoint_url=s3_endpoint_url, objects=ExternalAccess(s3_endpoint_url, **(credentials or {})))
 
     def fetch_export(self, source: dict[str, Any], deadline: float | None) -> Path:
         """Download a platform export once per node (keyed by its id) and unpack it like the platform would."""
