@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .instance_types import DEFAULT_INSTANCE_TYPES, Resources
+
 
 def default_container_command() -> list[str]:
     """How an instance is started (``--port``, ``--host``, ``--dialect``, ``--model-dir`` are appended)."""
@@ -35,7 +37,10 @@ class PlatformSettings:
     instance_host: str = "127.0.0.1"
     auth: bool | None = None  # None: on unless bound to loopback
     credentials_file: Path | None = None
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = None  # an external S3 store; None: the embedded one under state_dir/s3
+    s3_access_key_id: str | None = None  # the external store's keys (None: boto3's usual chain)
+    s3_secret_access_key: str | None = None
+    s3_profile: str | None = None  # or a profile of the AWS shared files holding them
     artifact_roots: list[Path] | None = None  # None: any local path (loopback) / the state dir (otherwise)
     drain_timeout: float = 30.0  # how long old instances may finish in-flight requests
     stop_grace: float = 15.0  # SIGTERM -> SIGKILL
@@ -44,6 +49,13 @@ class PlatformSettings:
     ready_wait: float = 30.0  # how long an invocation waits for some instance to become ready
     max_instances: int = 16  # per endpoint
     threads_per_instance: int | None = None  # OMP_NUM_THREADS for instances; None: cores / instances
+    # Ray placement (streamhost serve --ray): None keeps instances as local processes.
+    ray_address: str | None = None  # "auto" or a cluster address (host:port, ray://...)
+    ray_instance_types: dict[str, Resources] = field(default_factory=lambda: dict(DEFAULT_INSTANCE_TYPES))
+    ray_cpu_scale: float = 1.0  # multiplies every CPU figure of the table (small nodes)
+    ray_instance_host: str | None = None  # where instances bind on their node; None: the node's IP
+    ray_platform_url: str | None = None  # how nodes reach this platform for model data; None: http://host:port
+    ray_cache_dir: str | None = None  # per-node model-data cache and instance logs; None: ~/.cache/streamhost/ray
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).expanduser()
@@ -63,6 +75,16 @@ class PlatformSettings:
     @property
     def artifacts_dir(self) -> Path:
         return self.state_dir / "artifacts"
+
+    @property
+    def default_bucket(self) -> str:
+        """The bucket the SageMaker SDK's ``Session().default_bucket()`` names: ``sagemaker-<region>-<account>``."""
+        return f"sagemaker-{self.region}-{self.account}"
+
+    @property
+    def s3_dir(self) -> Path:
+        """The embedded object store's files (named by id; the index is in ``db_path``)."""
+        return self.state_dir / "s3"
 
     @staticmethod
     def cpu_count() -> int:
