@@ -23,7 +23,7 @@ from streamhost.engine.errors import EngineNotReadyError, GenerationError, Overl
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.types import FinishReason, GenerationDetails, TokenEvent
 from streamhost.launcher import free_port
-from streamhost.protocols.lmi import ServingProperties
+from streamhost.server.serving_properties import ServingProperties
 from streamhost.server.app import create_app
 from streamhost.server.config import ServerSettings
 from streamhost.server.state import ServerState

@@ -17,6 +17,7 @@ from streamhost.engine.types import (
 )
 from streamhost.protocols import lmi
 from streamhost.protocols.errors import ProtocolError
+from streamhost.server.serving_properties import ServingProperties, ServingPropertiesError
 
 PROPS = """\
 # written by a notebook
@@ -41,7 +42,7 @@ job_queue_size=100
 
 
 def test_all_documented_keys_typed():
-    p = lmi.ServingProperties.load(PROPS)
+    p = ServingProperties.load(PROPS)
     assert p.engine == "MPI" and p.model_id == "s3://bucket/llama-2-7b/"
     assert p.entry_point == "djl_python.huggingface"
     assert p.tensor_parallel_degree == "max" and p.rolling_batch == "lmi-dist"
@@ -53,7 +54,7 @@ def test_all_documented_keys_typed():
 
 
 def test_defaults_when_empty():
-    p = lmi.ServingProperties.load("")
+    p = ServingProperties.load("")
     assert (p.engine, p.rolling_batch, p.model_id, p.tensor_parallel_degree, p.dtype) == ("Python", "auto", None, None, None)
     assert p.trust_remote_code is False and p.paged_attention is None
 
@@ -67,11 +68,11 @@ def test_file_wins_over_option_env_which_wins_over_plain_names():
         "OPTION_DTYPE": "bf16",
         "PATH": "/usr/bin",
     }
-    p = lmi.ServingProperties.load("option.dtype=fp32\n", env)
+    p = ServingProperties.load("option.dtype=fp32\n", env)
     assert p.model_id == "option/model" and p.entry_point == "model.py"
     assert p.tensor_parallel_degree == 2 and p.dtype == "fp32"
     assert p.sources["option.dtype"] == "serving.properties" and p.sources["option.model_id"] == "OPTION_MODEL_ID"
-    assert lmi.ServingProperties.load(None, {"HF_MODEL_ID": "plain/model"}).model_id == "plain/model"
+    assert ServingProperties.load(None, {"HF_MODEL_ID": "plain/model"}).model_id == "plain/model"
 
 
 @pytest.mark.parametrize(
@@ -87,14 +88,14 @@ def test_file_wins_over_option_env_which_wins_over_plain_names():
     ],
 )
 def test_bad_values_fail_at_load_with_clear_message(text, fragment):
-    with pytest.raises(lmi.ServingPropertiesError) as info:
-        lmi.ServingProperties.load(text)
+    with pytest.raises(ServingPropertiesError) as info:
+        ServingProperties.load(text)
     assert fragment in str(info.value)
 
 
 def test_bad_env_value_names_its_variable():
-    with pytest.raises(lmi.ServingPropertiesError, match=r"from OPTION_N_POSITIONS"):
-        lmi.ServingProperties.load("", {"OPTION_N_POSITIONS": "lots"})
+    with pytest.raises(ServingPropertiesError, match=r"from OPTION_N_POSITIONS"):
+        ServingProperties.load("", {"OPTION_N_POSITIONS": "lots"})
 
 
 @pytest.mark.parametrize(
@@ -109,7 +110,7 @@ def test_bad_env_value_names_its_variable():
     ],
 )
 def test_response_format_selection(text, stream, expected):
-    assert lmi.ServingProperties.load(text).response_format(stream) == expected
+    assert ServingProperties.load(text).response_format(stream) == expected
 
 
 # --------------------------------------------------------------------------- requests

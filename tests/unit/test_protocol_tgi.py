@@ -18,7 +18,7 @@ from streamhost.engine.types import (
     TokenEvent,
     TopToken,
 )
-from streamhost.protocols import tgi
+from streamhost.protocols import json_atoms, tgi
 from streamhost.protocols.errors import ProtocolError
 
 
@@ -233,7 +233,7 @@ def test_token_iterator_sample_parsing():
 )
 def test_f32_layout_matches_ryu(literal):
     """serde_json writes f32 with ryu; these literals are ryu's own expected outputs."""
-    assert tgi.f32_json(float(literal)) == literal
+    assert json_atoms.f32_json(float(literal)) == literal
 
 
 # --------------------------------------------------------------------------- non-streaming and misc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -69,33 +68,3 @@ async def respond_json(send: Send, status: int, payload: Any, headers: dict[str,
 async def start_stream(send: Send, status: int, headers: dict[str, str]) -> None:
     """Response headers without Content-Length: the server uses chunked encoding."""
     await send({"type": "http.response.start", "status": status, "headers": _encode_headers(headers)})
-
-
-async def wait_disconnect(receive: Receive) -> None:
-    """Return when the client goes away (the request body must already have been read)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def race_disconnect(receive: Receive, work: Awaitable[Any]) -> tuple[bool, Any]:
-    """Run ``work`` until done or the client disconnects; ``(disconnected, result)``.
-
-    On disconnect ``work`` is cancelled, which closes its upstream connection: that is how a
-    client that goes away stops the model server's generation.
-    """
-    job = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_disconnect(receive))
-    try:
-        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        job.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if job.done():
-        return False, job.result()
-    job.cancel()
-    await asyncio.gather(job, return_exceptions=True)
-    return True, None

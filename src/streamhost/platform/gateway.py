@@ -21,10 +21,11 @@ import uuid
 from typing import Any
 
 from streamhost.catalog.specs import eula_accepted
+from streamhost.disconnect import race_disconnect, wait_disconnect
 from streamhost.protocols import sagemaker as sm
 from streamhost.protocols.eventstream import model_stream_error, payload_part
 
-from .asgi import Receive, Send, race_disconnect, respond, start_stream, wait_disconnect
+from .asgi import Receive, Send, respond, start_stream
 from .instances import InstanceHandle
 from .metrics import CLIENT_CLOSED_REQUEST, PlatformMetrics
 from .settings import PlatformSettings

@@ -24,7 +24,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamhost.protocols.lmi import ServingProperties, ServingPropertiesError
+from streamhost.server.serving_properties import ServingProperties, ServingPropertiesError
 from streamhost.server.model_folder import (
     SERVING_PROPERTIES,
     ModelFolderError,

@@ -17,7 +17,6 @@ openai client raises as ``APIError``.
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring as _json_str
 from typing import Any, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from streamhost.engine.errors import EngineError
 from streamhost.engine.types import FinishReason, GenerationParameters, GenerationResult, TokenEvent, TopToken
 from streamhost.protocols.errors import ProtocolError, parse_body
-from streamhost.protocols.tgi import U32_MAX, U64_MAX, engine_error, f32_json, f32_value
+from streamhost.protocols.json_atoms import U32_MAX, U64_MAX, f32_json, f32_value, json_str as _json_str
+from streamhost.protocols.tgi import engine_error
 
 DONE = b"data: [DONE]\n\n"
 

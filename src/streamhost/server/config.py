@@ -33,7 +33,7 @@ from pathlib import Path
 from streamhost.engine.config import EngineConfig, LimitSettings
 from streamhost.engine.limits import SETTING_NAMES, ExecutionOptions, parse_dtype
 from streamhost.engine.loader import default_cache_dir
-from streamhost.protocols.lmi import ServingProperties, ServingPropertiesError
+from streamhost.server.serving_properties import ServingProperties, ServingPropertiesError
 from streamhost.server.model_folder import ModelFolderError, model_root, served_model
 
 DEFAULT_PORT = 8080

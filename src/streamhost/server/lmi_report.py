@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streamhost.protocols.lmi import ServingProperties
+from streamhost.server.serving_properties import ServingProperties
 
 # key -> what it sets here
 HONOURED: dict[str, str] = {

@@ -17,10 +17,11 @@ from streamhost.protocols import lmi
 from streamhost.protocols.errors import ProtocolError
 from streamhost.server.bodies import json_answer
 from streamhost.server.generation import collect_many, request_id
+from streamhost.server.serving_properties import ServingProperties
 from streamhost.server.state import ServerState
 from streamhost.server.streaming import Observer, TokenStream, WholeAnswer
 
-_DEFAULT_PROPERTIES = lmi.ServingProperties({})
+_DEFAULT_PROPERTIES = ServingProperties({})
 
 
 def lmi_shape(err: ProtocolError) -> ProtocolError:

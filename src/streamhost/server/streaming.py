@@ -14,13 +14,13 @@ failure after the first byte ends the stream with the protocol's error event.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from streamhost.disconnect import race_disconnect
 from streamhost.engine.errors import EngineError
 from streamhost.engine.types import TokenEvent
 
@@ -57,13 +57,6 @@ async def send_whole(send: Send, status: int, body: bytes, headers: Headers) -> 
     await send({"type": _BODY, "body": body, "more_body": False})
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 class Observer:
     """Per-request bookkeeping shared by the response classes (metrics and drain accounting)."""
 
@@ -95,23 +88,11 @@ class GuardedResponse:
         metrics = state.metrics
         metrics.in_flight.inc()
         state.active += 1
-        work = asyncio.ensure_future(self.produce(send))
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
         try:
-            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
-            if not work.done() and not self.completed:
-                work.cancel()  # the client left: counted as 499 by the app's CountRequests
-            try:
-                await work
-            except asyncio.CancelledError:
-                if not watch.done():
-                    raise  # we were cancelled ourselves (forced shutdown), not by the client
+            # A client that left is counted as 499 by the app's CountRequests; the producer has
+            # unwound (its engine iterator is no longer suspended) by the time this returns.
+            await race_disconnect(receive, self.produce(send), finished=lambda: self.completed)
         finally:
-            for task in (work, watch):
-                if not task.done():
-                    task.cancel()
-            # Let a cancelled producer unwind before closing the iterator it may be suspended in.
-            await asyncio.gather(work, watch, return_exceptions=True)
             try:
                 await self.close()
             except Exception:  # noqa: BLE001 - closing must not mask the answer
