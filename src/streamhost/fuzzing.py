@@ -5,10 +5,10 @@
   model), mixed with values of the wrong JSON type, nulls, values just past a bound, and members
   taken from *other* operations (how issue 12's 500s were found).
 - ``openapi_bodies`` draws bodies for one route of an OpenAPI 3.1 document (the model server's
-  ``/openapi.json``): valid ones from the schema (hypothesis-jsonschema), then the same mutations.
+  ``/openapi.json``): valid ones from the schema (``from_schema``: the JSON Schema subset pydantic
+  writes), then the same mutations.
 
-Only the test suite imports this module (it needs ``hypothesis`` and ``hypothesis-jsonschema``
-from the ``test`` extra).
+Only the test suite imports this module (it needs ``hypothesis`` from the ``test`` extra).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ ANY_JSON = st.recursive(
 # Strings that have broken servers before: lone surrogates, NUL, huge numbers as text, path tricks.
 NASTY_STRINGS = st.sampled_from([
     "", " ", "\x00", "\ud800", "a\udfffb", "../../etc/passwd", "file:///etc/passwd", "s3://", "https://",
-    "%00", "NaN", "Infinity", "1e400", "9" * 5000, "😀" * 3, "a" * 300, "-", "--", "a-", "null",
-])  # fmt: skip
+    "%00", "NaN", "Infinity", "1e400", "😀" * 3, "-", "--", "a-", "null",
+]) | st.builds(lambda: "9" * 5000) | st.builds(lambda: "a" * 300)  # fmt: skip
 _INT_BOUNDS = {"byte": 2**7, "short": 2**15, "integer": 2**31, "long": 2**63}
 
 
@@ -234,15 +234,17 @@ def _apply(body: Any, edits: list[tuple[str, Any]]) -> Any:
     return body
 
 
+REQUIRED = "__required__"  # a ``shrink`` key: property names to make required wherever they appear
+
+
 def openapi_bodies(document: dict[str, Any], path: str, method: str = "post",
                    shrink: dict[str, Any] | None = None) -> st.SearchStrategy[Any]:  # fmt: skip
     """Bodies for one route: valid per its schema, mutated, or any JSON at all.
 
     ``shrink`` narrows the schema before generating (e.g. ``{"max_new_tokens": {"maximum": 4}}``
-    applied wherever a property of that name appears) so valid requests stay cheap to answer.
+    applied wherever a property of that name appears, ``{REQUIRED: ["max_new_tokens"]}`` to make
+    it required) so valid requests stay cheap to answer.
     """
-    from hypothesis_jsonschema import from_schema
-
     schema = _narrow(request_schema(document, path, method), shrink or {})
     valid = from_schema(schema)
     return st.one_of(valid, valid, mutations(valid, schema), ANY_JSON)
@@ -254,7 +256,9 @@ def _narrow(node: Any, shrink: dict[str, Any]) -> Any:
         props = out.get("properties")
         if isinstance(props, dict):
             for name, extra in shrink.items():
-                if name in props:
+                if name == REQUIRED:
+                    out["required"] = sorted(set(out.get("required", [])) | (set(extra) & set(props)))
+                elif name in props:
                     props[name] = _narrow_property(props[name], extra)
         return out
     if isinstance(node, list):
@@ -267,3 +271,50 @@ def _narrow_property(schema: dict[str, Any], extra: dict[str, Any]) -> dict[str,
     if "anyOf" in schema:
         return {**schema, "anyOf": [b if b.get("type") == "null" else {**b, **extra} for b in schema["anyOf"]]}
     return {**schema, **extra}
+
+
+# ---------------------------------------------------------------------- JSON Schema -> strategy
+
+
+def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values valid for ``schema``: the subset pydantic writes (object, array, scalars, anyOf/oneOf, bounds).
+
+    ``oneOf`` is generated as ``anyOf`` (a value may match more than one branch); keywords outside
+    the subset are ignored, so a value can occasionally be invalid, which a fuzz suite welcomes.
+    """
+    if not schema or schema is True:
+        return ANY_JSON
+    branches = schema.get("anyOf") or schema.get("oneOf")
+    if branches:
+        return st.one_of([from_schema(b) for b in branches])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    if "const" in schema:
+        return st.just(schema["const"])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return st.one_of([from_schema({**schema, "type": k}) for k in kind])
+    if kind == "object":
+        props = schema.get("properties") or {}
+        required = [n for n in schema.get("required", []) if n in props]
+        optional = {n: from_schema(s) for n, s in props.items() if n not in required}
+        return st.fixed_dictionaries({n: from_schema(props[n]) for n in required}, optional=optional)
+    if kind == "array":
+        return st.lists(from_schema(schema.get("items") or {}), min_size=schema.get("minItems", 0),
+                        max_size=schema.get("maxItems", 3))  # fmt: skip
+    if kind == "string":
+        return st.text(min_size=schema.get("minLength", 0), max_size=schema.get("maxLength", 20))
+    if kind == "integer":
+        low = schema.get("minimum", schema["exclusiveMinimum"] + 1 if "exclusiveMinimum" in schema else None)
+        high = schema.get("maximum", schema["exclusiveMaximum"] - 1 if "exclusiveMaximum" in schema else None)
+        edges = [v for v in (low, high) if v is not None]
+        ints = st.integers(min_value=low, max_value=high)
+        return st.one_of(ints, st.sampled_from(edges)) if edges else ints
+    if kind == "number":
+        return st.floats(min_value=schema.get("minimum"), max_value=schema.get("maximum"),
+                         allow_nan=False, allow_infinity=False)  # fmt: skip
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    return ANY_JSON
