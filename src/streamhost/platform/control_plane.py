@@ -1,8 +1,9 @@
 """The SageMaker control plane (JSON 1.1): models, endpoint configs and endpoints.
 
-``ControlPlane.handle(target, body)`` answers one ``POST /`` call. It validates the request with
-botocore's own service model (so a missing or mistyped field is named the way boto3 names it),
-applies AWS's rules (name patterns, duplicates, references that must exist), writes the store and
+``ControlPlane.handle(target, body)`` answers one ``POST /`` call. Before any handler runs, the
+request is read and checked against botocore's own SageMaker service model (``service_model.py``:
+SerializationException for wrong JSON types, AWS's ValidationException wording for constraints),
+so a handler receives typed input that fits the model. The handler then applies AWS's rules (name patterns, duplicates, references that must exist), writes the store and
 hands endpoint work to the supervisor, which runs it in the background: CreateEndpoint answers
 at once with the endpoint ``Creating``, exactly as AWS does, and clients poll DescribeEndpoint.
 
