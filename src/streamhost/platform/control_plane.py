@@ -3,8 +3,8 @@
 ``ControlPlane.handle(target, body)`` answers one ``POST /`` call. Before any handler runs, the
 request is read and checked against botocore's own SageMaker service model (``service_model.py``:
 SerializationException for wrong JSON types, AWS's ValidationException wording for constraints),
-so a handler receives typed input that fits the model. The handler then applies AWS's rules (name patterns, duplicates, references that must exist), writes the store and
-hands endpoint work to the supervisor, which runs it in the background: CreateEndpoint answers
+so a handler receives typed input that fits the model. The handler then applies AWS's rules
+(duplicates, references that must exist), writes the store and hands endpoint work to the supervisor, which runs it in the background: CreateEndpoint answers
 at once with the endpoint ``Creating``, exactly as AWS does, and clients poll DescribeEndpoint.
 
 An endpoint keeps a snapshot of the config and models it runs (``deployment``), because AWS lets
