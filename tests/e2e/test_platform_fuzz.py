@@ -168,6 +168,7 @@ def test_control_plane_survives_generated_requests(platform, streaming) -> None:
     with alongside:
         run()
     alongside.check()
+    print(f"{budget.sent} requests, answers by status: {dict(sorted(budget.statuses.items()))}")
     assert budget.sent >= REQUESTS_PER_API and 200 in budget.statuses, budget.statuses
     assert httpx.get(platform.url + "/ping").status_code == 200
     assert platform.sagemaker().describe_endpoint(EndpointName=streaming)["EndpointStatus"] == "InService"
@@ -246,6 +247,7 @@ def test_runtime_survives_generated_requests(platform, streaming) -> None:
     with alongside:
         run()
     alongside.check()
+    print(f"{budget.sent} requests, answers by status: {dict(sorted(budget.statuses.items()))}")
     assert budget.sent >= REQUESTS_PER_API and 200 in budget.statuses, budget.statuses
     assert httpx.get(platform.url + "/ping").status_code == 200
     assert_no_traceback(*all_logs(platform))

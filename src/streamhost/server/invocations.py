@@ -46,7 +46,10 @@ async def invocations(request: Request) -> Any:
         return generate_answer(state, body, started, stream=None, wrap=True, default_full_text=True)
     answer = {"chat": chat_answer, "completion": completion_answer}.get(kind, lmi_answer)
     try:  # in the lmi dialect every refusal, chat and completions included, has DJL's shape
-        return answer(state, body, started)
+        response = answer(state, body, started)
+        if hasattr(response, "early_error"):  # the engine's refusals before the first byte, too
+            response.early_error = lmi.engine_error
+        return response
     except ProtocolError as err:
         return protocol_error_answer(lmi_shape(err))
     except EngineError as err:
