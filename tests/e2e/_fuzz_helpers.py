@@ -14,7 +14,24 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
+from streamhost.fuzzing import REQUIRED
+
 REQUESTS_PER_API = 1000
+
+# Narrowing of the model server's request schemas for the "valid" bodies: few new tokens, short texts,
+# and values TGI's rules accept, so a valid request is cheap and most of them are answered.
+SHRINK = {
+    "max_new_tokens": {"maximum": 3}, "max_tokens": {"maximum": 3}, "max_completion_tokens": {"maximum": 3},
+    "inputs": {"minLength": 1, "maxLength": 40, "minItems": 1, "maxItems": 2},
+    "prompt": {"minLength": 1, "maxLength": 40, "minItems": 1, "maxItems": 2},
+    "content": {"minLength": 1, "maxLength": 40, "minItems": 1, "maxItems": 2},
+    "messages": {"minItems": 1, "maxItems": 3}, "role": {"enum": ["system", "user", "assistant"]}, "stop": {"maxItems": 5},
+    # values TGI's rules accept (the schema cannot say "> 0 and < 1"); mutations still send the rest
+    "temperature": {"minimum": 0.05, "maximum": 2}, "top_p": {"minimum": 0.05, "maximum": 0.95},
+    "typical_p": {"minimum": 0.05, "maximum": 0.95}, "repetition_penalty": {"minimum": 0.5, "maximum": 2},
+    "frequency_penalty": {"minimum": -2, "maximum": 2}, "top_k": {"minimum": 1, "maximum": 50},
+    REQUIRED: ["parameters", "max_new_tokens", "max_tokens"],  # a valid body never runs to the token limit
+}  # fmt: skip
 
 
 def fuzz_settings(examples: int) -> settings:
@@ -58,9 +75,8 @@ class AlongsideStream:
                 return
             self._stop.wait(self.pause)
 
-    def __enter__(self) -> AlongsideStream:
+    def __enter__(self) -> None:
         self._thread.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()

@@ -24,13 +24,29 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import botocore.session
 import httpx
 import pytest
-from _fuzz_helpers import REQUESTS_PER_API, AlongsideStream, Budget, assert_no_traceback, fuzz_settings
-from _platform_fixtures import ACCESS_KEY, REAL_COMMAND, REGION, SECRET_KEY, PlatformProcess, deploy, unique
+from _fuzz_helpers import (
+    REQUESTS_PER_API,
+    SHRINK,
+    AlongsideStream,
+    Budget,
+    assert_no_traceback,
+    fuzz_settings,
+)
+from _platform_fixtures import (
+    ACCESS_KEY,
+    REAL_COMMAND,
+    REGION,
+    SECRET_KEY,
+    PlatformProcess,
+    deploy,
+    unique,
+)
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -38,19 +54,19 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from streamhost.client.iterators import TokenIterator
-from streamhost.fuzzing import ANY_JSON, JSON_SCALARS, NASTY_STRINGS, REQUIRED, ShapeStrategies, openapi_bodies
+from streamhost.fuzzing import (
+    ANY_JSON,
+    JSON_SCALARS,
+    NASTY_STRINGS,
+    ShapeStrategies,
+    openapi_bodies,
+)
 from streamhost.protocols.eventstream import EventStreamDecoder
 
 pytestmark = pytest.mark.timeout(600)
 
 SMALL = {"MAX_TOTAL_TOKENS": "32", "MAX_INPUT_TOKENS": "24", "MAX_CONCURRENT_REQUESTS": "8"}
 GREEDY = {"inputs": "Fuzzing must not change this", "parameters": {"max_new_tokens": 12, "do_sample": False}, "stream": True}
-SHRINK = {
-    "max_new_tokens": {"maximum": 4}, "max_tokens": {"maximum": 4}, "max_completion_tokens": {"maximum": 4},
-    "inputs": {"maxLength": 40, "maxItems": 2}, "prompt": {"maxLength": 40, "maxItems": 2},
-    "content": {"maxLength": 40, "maxItems": 2}, "messages": {"maxItems": 3},
-    REQUIRED: ["parameters", "max_new_tokens", "max_tokens"],
-}  # fmt: skip
 CONTROL_ERRORS = {"ValidationException", "SerializationException", "UnknownOperationException", "ResourceLimitExceeded",
                   "ResourceNotFound", "ResourceInUse", "ConflictException"}  # fmt: skip
 RUNTIME_ERRORS = {"ValidationError", "ModelError", "ModelNotReadyException"}
@@ -142,6 +158,19 @@ def check_control_answer(response: httpx.Response) -> None:
         assert isinstance(payload.get("message"), str) and payload["message"], payload
 
 
+def send_control(client: httpx.Client, platform: PlatformProcess, target: str | None, body: bytes) -> tuple[str | None, int]:
+    """One signed control-plane call (the example's calls run at once, racing each other's resources)."""
+    headers = {"Content-Type": "application/x-amz-json-1.1"}
+    if target is not None:
+        headers["X-Amz-Target"] = target
+    response = signed_send(client, "POST", platform.url + "/", body, headers)
+    try:
+        check_control_answer(response)
+    finally:
+        response.close()
+    return target, response.status_code
+
+
 def test_control_plane_survives_generated_requests(platform, streaming) -> None:
     operations = supported_operations(platform)
     assert {"CreateModel", "CreateEndpointConfig", "CreateEndpoint", "UpdateEndpoint", "DeleteEndpoint"} <= set(operations)
@@ -151,21 +180,12 @@ def test_control_plane_survives_generated_requests(platform, streaming) -> None:
     @fuzz_settings(REQUESTS_PER_API // batch + 1)
     @given(calls=st.lists(control_requests(operations), min_size=batch, max_size=batch))
     def run(calls: list) -> None:
-        with httpx.Client(timeout=30) as client:
-            for target, body in calls:
-                headers = {"Content-Type": "application/x-amz-json-1.1"}
-                if target is not None:
-                    headers["X-Amz-Target"] = target
-                response = signed_send(client, "POST", platform.url + "/", body, headers)
-                try:
-                    check_control_answer(response)
-                finally:
-                    response.close()
-                budget.count(response.status_code)
-                event(f"{(target or '')[:40]} {response.status_code}")
+        for target, status in pool.map(lambda call: send_control(client, platform, *call), calls):
+            budget.count(status)
+            event(f"{(target or '')[:40]} {status}")
 
     alongside = AlongsideStream(lambda: greedy_stream(platform, streaming))
-    with alongside:
+    with alongside, httpx.Client(timeout=30) as client, ThreadPoolExecutor(batch) as pool:
         run()
     alongside.check()
     print(f"{budget.sent} requests, answers by status: {dict(sorted(budget.statuses.items()))}")
@@ -193,15 +213,20 @@ def runtime_requests(endpoint: str, openapi: dict) -> st.SearchStrategy:
         for member in model.operation_model(op).input_shape.members.values()
         if member.serialization.get("location") == "header"
     })  # fmt: skip
-    names = st.one_of(st.just(endpoint), st.just(endpoint), st.just(endpoint), st.just("fz-e1"),
-                      st.text(max_size=70), NASTY_STRINGS)  # fmt: skip
+    kinds = {"ours": st.just(endpoint), "failed": st.just("fz-e1"), "text": st.text(max_size=70), "nasty": NASTY_STRINGS}
+    names = st.sampled_from(["ours"] * 7 + ["failed", "text", "nasty"]).flatmap(kinds.__getitem__)  # 70% ours
     suffix = st.sampled_from(["/invocations", "/invocations-response-stream"])
-    headers = st.dictionaries(st.sampled_from(header_names), header_values(), max_size=4)
+    headers = st.one_of(st.just({}), st.just({}), st.dictionaries(st.sampled_from(header_names), header_values(), max_size=3))
     content_type = st.sampled_from(["application/json"] * 4 + ["text/plain", "application/octet-stream"])
     valid = openapi_bodies(openapi, "/invocations", shrink=SHRINK).map(lambda b: json.dumps(b).encode())
     bodies = st.one_of(valid, valid, valid, st.binary(max_size=64))
     return st.tuples(names, suffix, headers, content_type, bodies).map(
-        lambda t: (f"/endpoints/{urllib.parse.quote(t[0], safe='')}{t[1]}", {"Content-Type": t[3], **t[2]}, t[4]))
+        lambda t: (f"/endpoints/{_segment(t[0])}{t[1]}", {"Content-Type": t[3], **t[2]}, t[4]))
+
+
+def _segment(name: str) -> str:
+    """A name as one percent-encoded path segment (a lone surrogate goes as its invalid UTF-8 bytes)."""
+    return urllib.parse.quote(name.encode("utf-8", "surrogatepass"), safe="")
 
 
 def check_runtime_answer(response: httpx.Response) -> None:
@@ -224,6 +249,16 @@ def check_runtime_answer(response: httpx.Response) -> None:
             assert message.message_type == "event", (message.headers, message.payload[:300])
 
 
+def send_runtime(client: httpx.Client, platform: PlatformProcess, path: str, headers: dict, body: bytes) -> tuple[str, int]:
+    """One signed invocation (the example's invocations run at once and meet in the engine's batches)."""
+    response = signed_send(client, "POST", platform.url + path, body, headers)
+    try:
+        check_runtime_answer(response)
+    finally:
+        response.close()
+    return path, response.status_code
+
+
 def test_runtime_survives_generated_requests(platform, streaming) -> None:
     instances = [i for v in platform.instances(streaming)["variants"] for i in v["instances"]]
     openapi = httpx.get(instances[0]["url"] + "/openapi.json", timeout=10).json()  # the model server's own
@@ -233,18 +268,12 @@ def test_runtime_survives_generated_requests(platform, streaming) -> None:
     @fuzz_settings(REQUESTS_PER_API // batch + 1)
     @given(calls=st.lists(runtime_requests(streaming, openapi), min_size=batch, max_size=batch))
     def run(calls: list) -> None:
-        with httpx.Client(timeout=60) as client:
-            for path, headers, body in calls:
-                response = signed_send(client, "POST", platform.url + path, body, headers)
-                try:
-                    check_runtime_answer(response)
-                finally:
-                    response.close()
-                budget.count(response.status_code)
-                event(f"{path.rsplit('/', 1)[-1]} {response.status_code}")
+        for path, status in pool.map(lambda call: send_runtime(client, platform, *call), calls):
+            budget.count(status)
+            event(f"{path.rsplit('/', 1)[-1]} {status}")
 
     alongside = AlongsideStream(lambda: greedy_stream(platform, streaming))
-    with alongside:
+    with alongside, httpx.Client(timeout=60) as client, ThreadPoolExecutor(batch) as pool:
         run()
     alongside.check()
     print(f"{budget.sent} requests, answers by status: {dict(sorted(budget.statuses.items()))}")

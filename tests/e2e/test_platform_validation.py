@@ -17,8 +17,15 @@ import boto3
 import botocore.exceptions
 import httpx
 import pytest
-from _platform_fixtures import ACCESS_KEY, REGION, SECRET_KEY, PlatformProcess, deploy, unique
-from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
+from _platform_fixtures import (
+    ACCESS_KEY,
+    REGION,
+    SECRET_KEY,
+    PlatformProcess,
+    deploy,
+    unique,
+)
+from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
@@ -69,18 +76,18 @@ def test_constraints_boto3_does_not_check_get_aws_validation_messages(platform) 
     sm = platform.sagemaker()  # botocore checks types and minimums, not maximums, patterns or enums
     cases = [
         (lambda: sm.list_models(MaxResults=1000),
-         "1 validation error detected: Value 1000 at 'maxResults' failed to satisfy constraint: "
-         "Member must have value less than or equal to 100"),
+         ("1 validation error detected: Value 1000 at 'maxResults' failed to satisfy constraint: "
+          "Member must have value less than or equal to 100")),
         (lambda: sm.delete_endpoint(EndpointName="bad_name"),
-         "1 validation error detected: Value 'bad_name' at 'endpointName' failed to satisfy constraint: "
-         "Member must satisfy regular expression pattern: "),
+         ("1 validation error detected: Value 'bad_name' at 'endpointName' failed to satisfy constraint: "
+          "Member must satisfy regular expression pattern: ")),
         (lambda: sm.list_endpoints(StatusEquals="Sleeping"),
          "Value 'Sleeping' at 'statusEquals' failed to satisfy constraint: Member must satisfy enum value set: [OutOfService"),
         (lambda: sm.describe_endpoint(EndpointName="x" * 64),
          "at 'endpointName' failed to satisfy constraint: Member must have length less than or equal to 63"),
         (lambda: sm.create_model(ModelName="m", PrimaryContainer={"Image": "streamhost", "ModelDataUrl": "ftp://h/m"}),
-         "Value 'ftp://h/m' at 'primaryContainer.modelDataUrl' failed to satisfy constraint: Member must satisfy "
-         "regular expression pattern: (https|s3)://([^/]+)/?(.*) (streamhost also accepts a local path or a file:// URL)"),
+         ("Value 'ftp://h/m' at 'primaryContainer.modelDataUrl' failed to satisfy constraint: Member must satisfy "
+          "regular expression pattern: (https|s3)://([^/]+)/?(.*) (streamhost also accepts a local path or a file:// URL)")),
     ]  # fmt: skip
     for call, message in cases:
         error = client_error(call)

@@ -16,23 +16,23 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _fuzz_helpers import REQUESTS_PER_API, AlongsideStream, Budget, assert_no_traceback, fuzz_settings
+from _fuzz_helpers import (
+    REQUESTS_PER_API,
+    SHRINK,
+    AlongsideStream,
+    Budget,
+    assert_no_traceback,
+    fuzz_settings,
+)
 from conftest import start_container, write_lmi_dir
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from streamhost.fuzzing import ANY_JSON, REQUIRED, openapi_bodies
+from streamhost.fuzzing import ANY_JSON, openapi_bodies
 
 pytestmark = pytest.mark.timeout(300)
 
 SMALL = {"MAX_TOTAL_TOKENS": "32", "MAX_INPUT_TOKENS": "24", "MAX_CONCURRENT_REQUESTS": "8", "PAYLOAD_LIMIT": "200000"}
-# Keep valid requests cheap: few new tokens, short texts.
-SHRINK = {
-    "max_new_tokens": {"maximum": 3}, "max_tokens": {"maximum": 3}, "max_completion_tokens": {"maximum": 3},
-    "inputs": {"maxLength": 40, "maxItems": 2}, "prompt": {"maxLength": 40, "maxItems": 2},
-    "content": {"maxLength": 40, "maxItems": 2}, "messages": {"maxItems": 3}, "stop": {"maxItems": 5},
-    REQUIRED: ["parameters", "max_new_tokens", "max_tokens"],  # a valid body never runs to the token limit
-}  # fmt: skip
 CONTENT_TYPES = st.sampled_from(["application/json"] * 6 + ["application/json; charset=utf-8", "text/plain", None])
 GREEDY = {"inputs": "Fuzzing must not change this", "parameters": {"max_new_tokens": 12, "do_sample": False}}
 APIS = {

@@ -14,7 +14,11 @@ from streamhost.fuzzing import ShapeStrategies
 from streamhost.platform.artifacts import ArtifactStore
 from streamhost.platform.control_plane import ControlPlane
 from streamhost.platform.service_extensions import EXTENSIONS
-from streamhost.platform.service_model import RequestError, ServiceValidator, parse_json_object
+from streamhost.platform.service_model import (
+    RequestError,
+    ServiceValidator,
+    parse_json_object,
+)
 from streamhost.platform.store import Store
 
 SM = ServiceValidator.for_service("sagemaker")
@@ -111,16 +115,16 @@ def test_constraints_are_one_validation_exception_in_aws_words():
     assert error.code == "ValidationException"
     assert error.message == (
         "8 validation errors detected: "
-        "Value null at 'name' failed to satisfy constraint: Member must not be null; "
-        "Value 0 at 'count' failed to satisfy constraint: Member must have value greater than or equal to 1; "
-        "Value 'UPPER' at 'tags' failed to satisfy constraint: Map keys must satisfy constraint: "
-        "[Member must satisfy regular expression pattern: ^[a-z]+$]; "
-        "Value 'long' at 'tags.UPPER' failed to satisfy constraint: Map value must satisfy constraint: "
-        "[Member must have length less than or equal to 3]; "
-        "Value 'C' at 'items.1.member.kind' failed to satisfy constraint: Member must satisfy enum value set: [A, B]; "
-        "Value null at 'items.2.member.kind' failed to satisfy constraint: Member must not be null; "
-        "Value 'AAAAAAAA' at 'data' failed to satisfy constraint: Member must have length less than or equal to 4; "
-        "Value -1.0 at 'ratio' failed to satisfy constraint: Member must have value greater than or equal to 0"
+         "Value null at 'name' failed to satisfy constraint: Member must not be null; "
+         "Value 0 at 'count' failed to satisfy constraint: Member must have value greater than or equal to 1; "
+         "Value 'UPPER' at 'tags' failed to satisfy constraint: Map keys must satisfy constraint: "
+         "[Member must satisfy regular expression pattern: ^[a-z]+$]; "
+         "Value 'long' at 'tags.UPPER' failed to satisfy constraint: Map value must satisfy constraint: "
+         "[Member must have length less than or equal to 3]; "
+         "Value 'C' at 'items.1.member.kind' failed to satisfy constraint: Member must satisfy enum value set: [A, B]; "
+         "Value null at 'items.2.member.kind' failed to satisfy constraint: Member must not be null; "
+         "Value 'AAAAAAAA' at 'data' failed to satisfy constraint: Member must have length less than or equal to 4; "
+         "Value -1.0 at 'ratio' failed to satisfy constraint: Member must have value greater than or equal to 0"
     )
 
 
@@ -149,11 +153,11 @@ def test_unknown_operation():
         ("DeleteEndpoint", {"EndpointName": "x" * 64}, "ValidationException",
          "failed to satisfy constraint: Member must have length less than or equal to 63"),
         ("DeleteEndpoint", {"EndpointName": "bad_name"}, "ValidationException",
-         "1 validation error detected: Value 'bad_name' at 'endpointName' failed to satisfy constraint: "
-         "Member must satisfy regular expression pattern: "),
+         ("1 validation error detected: Value 'bad_name' at 'endpointName' failed to satisfy constraint: "
+          "Member must satisfy regular expression pattern: ")),
         ("ListEndpoints", {"StatusEquals": "Sleeping"}, "ValidationException",
-         "Value 'Sleeping' at 'statusEquals' failed to satisfy constraint: Member must satisfy enum value set: "
-         "[OutOfService, Creating, Updating, SystemUpdating, RollingBack, InService, Deleting, Failed"),
+         ("Value 'Sleeping' at 'statusEquals' failed to satisfy constraint: Member must satisfy enum value set: "
+          "[OutOfService, Creating, Updating, SystemUpdating, RollingBack, InService, Deleting, Failed")),
         ("ListModels", {"MaxResults": 101}, "ValidationException",
          "Value 101 at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 100"),
         ("CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [{"VariantName": "v"}] * 11},

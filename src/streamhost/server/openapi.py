@@ -79,16 +79,16 @@ def openapi_document(dialect: str = "tgi") -> dict[str, Any]:
     """The description for a server in ``dialect`` (``tgi`` or ``lmi``: how ``/invocations`` answers ``{inputs}``)."""
     generate = _ref("LmiBody" if dialect == "lmi" else "TgiGenerateBody")
     invocations = {"oneOf": [generate, _ref("ChatCompletionRequest"), _ref("CompletionRequest")]}
+    contract = "SageMaker container contract: generate, chat or completions by the body's shape"
+    compat = "TGI compat generate (streams when stream is true)"
     return {
         "openapi": "3.1.0",
         "info": {"title": "streamhost model server", "version": "1", "description": f"dialect: {dialect}"},
         "paths": {
-            "/invocations": _post("SageMaker container contract: generate, chat or completions by the body's shape",
-                                  invocations, _JSON_OR_SSE, _LMI_ERROR if dialect == "lmi" else _ERROR),  # fmt: skip
+            "/invocations": _post(contract, invocations, _JSON_OR_SSE, _LMI_ERROR if dialect == "lmi" else _ERROR),
             "/generate": _post("TGI generate", _ref("TgiGenerateBody"), _JSON),
             "/generate_stream": _post("TGI generate, streamed", _ref("TgiGenerateBody"), _SSE),
-            "/": {**_post("TGI compat generate (streams when stream is true)", _ref("TgiGenerateBody"), _JSON_OR_SSE),
-                  **_get("ping", _EMPTY)},  # fmt: skip
+            "/": {**_post(compat, _ref("TgiGenerateBody"), _JSON_OR_SSE), **_get("ping", _EMPTY)},
             "/tokenize": _post("TGI tokenize", _ref("TgiGenerateBody"), _JSON),
             "/v1/chat/completions": _post("OpenAI chat completions", _ref("ChatCompletionRequest"), _JSON_OR_SSE),
             "/v1/completions": _post("OpenAI completions", _ref("CompletionRequest"), _JSON_OR_SSE),
