@@ -181,3 +181,14 @@ def test_empty_and_huge_nesting_bodies(tgi_fuzz_server, route: str) -> None:
     for body in (b"", b"{" * 50_000, b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
         response = httpx.post(tgi_fuzz_server.url + route, content=body, headers={"content-type": "application/json"})
         check_answer(response, lmi=False)
+
+
+def test_a_huge_best_of_is_refused_at_once(tgi_fuzz_server) -> None:
+    """Fuzz finding: best_of=2**40 made /generate start one generation per copy before validation (OOM)."""
+    for route, body in (("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "best_of": 2**40, "do_sample": True}}),
+                        ("/", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "best_of": 2**40, "do_sample": True}}),
+                        ("/invocations", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "best_of": 3, "do_sample": True}})):  # fmt: skip
+        response = httpx.post(tgi_fuzz_server.url + route, json=body, timeout=30)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"].startswith("Input validation error: `best_of` must be > 0 and <= 2. Given: ")
+    assert httpx.get(tgi_fuzz_server.url + "/ping").status_code == 200
