@@ -95,7 +95,8 @@ def test_unknown_operation(platform):
 def test_missing_fields_and_malformed_json(platform):
     response = platform.control("CreateEndpoint", {"EndpointName": "x"})
     assert (response.status_code, response.json()["__type"]) == (400, "ValidationException")
-    assert "EndpointConfigName" in response.json()["message"]
+    assert response.json()["message"] == ("1 validation error detected: Value null at 'endpointConfigName' "
+                                          "failed to satisfy constraint: Member must not be null")
     response = platform.control("CreateModel", None, raw=b'{"ModelName": "a",')
     assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
 

@@ -1,149 +1,194 @@
-"""Generated bad (and some good) request bodies never get a 5xx or a traceback, in either dialect.
+"""The model server's TGI, OpenAI and LMI routes fuzzed from the OpenAPI description it serves.
 
-Bodies are raw bytes, arbitrary JSON, and near-valid requests with junk in every field. Token counts
-are kept small (or junk) so valid requests finish fast; each answer is read to its end so an error
-inside a stream counts too.
+Bodies come from ``GET /openapi.json`` (generated from the same pydantic models that parse the
+requests): valid per schema, valid with fields replaced by junk or removed, any JSON at all, raw
+bytes, with varied Content-Types, plus GETs of every read route. For each API at least
+``REQUESTS_PER_API`` requests, derandomized; asserted: no 5xx, error bodies in the protocol's shape,
+no traceback in the server log, the server still answers, and a greedy stream running alongside
+returns the same text as alone. The servers' token limits are small so a valid request is cheap.
 """
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import httpx
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from _fuzz_helpers import (
+    REQUESTS_PER_API,
+    SHRINK,
+    AlongsideStream,
+    Budget,
+    assert_no_traceback,
+    fuzz_settings,
+)
+from conftest import start_container, write_lmi_dir
+from hypothesis import event, given
 from hypothesis import strategies as st
 
-ROUTES = ["/generate", "/generate_stream", "/", "/invocations", "/v1/chat/completions", "/v1/completions", "/tokenize"]
+from streamhost.fuzzing import ANY_JSON, openapi_bodies
 
-json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
-)
-any_json = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
-junk = st.one_of(json_scalars, st.lists(json_scalars, max_size=3), st.dictionaries(st.text(max_size=4), json_scalars, max_size=2))
+pytestmark = pytest.mark.timeout(300)
 
-
-def mutated(valid: st.SearchStrategy, keys: list[str]) -> st.SearchStrategy:
-    """A valid body with up to two fields replaced by junk or removed (``parameters.x`` reaches inside)."""
-    edits = st.lists(st.tuples(st.sampled_from(keys), st.one_of(junk, st.just(_DELETE))), max_size=2)
-    return st.tuples(valid, edits).map(lambda pair: _apply(*pair))
-
-
-_DELETE = object()
-
-
-def _apply(body: dict, edits: list) -> dict:
-    for path, value in edits:
-        target = body
-        *parents, key = path.split(".")
-        for parent in parents:
-            child = target.get(parent)
-            if not isinstance(child, dict):
-                child = target[parent] = {}
-            target = child
-        if value is _DELETE:
-            target.pop(key, None)
-        else:
-            target[key] = value
-    return body
-
-
-prompt_text = st.text(min_size=1, max_size=30)
-stops = st.lists(st.text(min_size=1, max_size=4), max_size=4)
-VALID_PARAMETERS = {
-    "temperature": st.floats(min_value=0.05, max_value=2), "top_k": st.integers(1, 50),
-    "top_p": st.floats(min_value=0.01, max_value=0.99), "typical_p": st.floats(min_value=0.01, max_value=0.99),
-    "repetition_penalty": st.floats(min_value=0.5, max_value=2), "frequency_penalty": st.floats(min_value=-2, max_value=2),
-    "do_sample": st.booleans(), "seed": st.integers(0, 2**63), "stop": stops, "details": st.booleans(),
-    "decoder_input_details": st.booleans(), "return_full_text": st.booleans(), "truncate": st.integers(1, 400),
-    "top_n_tokens": st.integers(0, 5), "no_repeat_ngram_size": st.integers(0, 3), "stop_sequences": stops,
-    "ignore_eos_token": st.booleans(),
+SMALL = {"MAX_TOTAL_TOKENS": "32", "MAX_INPUT_TOKENS": "24", "MAX_CONCURRENT_REQUESTS": "8", "PAYLOAD_LIMIT": "200000"}
+CONTENT_TYPES = st.sampled_from(["application/json"] * 6 + ["application/json; charset=utf-8", "text/plain", None])
+GREEDY = {"inputs": "Fuzzing must not change this", "parameters": {"max_new_tokens": 12, "do_sample": False}}
+APIS = {
+    "tgi": ["/generate", "/generate_stream", "/", "/tokenize", "/invocations"],
+    "openai": ["/v1/chat/completions", "/v1/completions"],
+    "lmi": ["/invocations"],
 }
-generate_body = mutated(
-    st.fixed_dictionaries(
-        {"inputs": prompt_text,
-         "parameters": st.fixed_dictionaries({"max_new_tokens": st.integers(1, 4)}, optional=VALID_PARAMETERS)},
-        optional={"stream": st.booleans()},
-    ),
-    ["inputs", "parameters", "stream", "parameters.max_new_tokens", "parameters.best_of", "parameters.num_beams",
-     "parameters.grammar", "parameters.watermark", "parameters.adapter_id", "parameters.max_length",
-     *(f"parameters.{k}" for k in VALID_PARAMETERS)],
-)
-messages = st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": prompt_text}), min_size=1, max_size=1).flatmap(
-    lambda turn: st.one_of(st.just(turn), prompt_text.map(lambda system: [{"role": "system", "content": system}] + turn)))
-CHAT_OPTIONAL = {
-    "stream": st.booleans(), "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1), "stop": stops,
-    "logprobs": st.booleans(), "seed": st.integers(0, 10), "model": st.text(max_size=5),
-    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}), "frequency_penalty": st.floats(-2, 2),
-}
-chat_body = mutated(
-    st.fixed_dictionaries({"messages": messages, "max_tokens": st.integers(1, 4)}, optional=CHAT_OPTIONAL),
-    ["messages", "max_tokens", "n", "top_logprobs", "tools", "response_format", "presence_penalty", "logit_bias",
-     "max_completion_tokens", *CHAT_OPTIONAL],
-)
-completion_body = mutated(
-    st.fixed_dictionaries({"prompt": prompt_text, "max_tokens": st.integers(1, 4)},
-                          optional={"stream": st.booleans(), "echo": st.booleans(), "temperature": st.floats(0, 2), "stop": stops}),
-    ["prompt", "max_tokens", "stream", "echo", "suffix", "logprobs", "best_of", "temperature", "stop"],
-)
-GENERATE_ROUTES = ["/generate", "/generate_stream", "/", "/invocations", "/tokenize"]
-# (how to send, body, where): bodies mostly go to routes that take their shape, sometimes anywhere.
-bodies = st.one_of(
-    st.tuples(st.just("raw"), st.binary(max_size=64), st.sampled_from(ROUTES)),
-    st.tuples(st.just("json"), any_json, st.sampled_from(ROUTES)),
-    st.tuples(st.just("json"), generate_body, st.sampled_from(GENERATE_ROUTES)),
-    st.tuples(st.just("json"), generate_body, st.sampled_from(GENERATE_ROUTES)),
-    st.tuples(st.just("json"), chat_body, st.sampled_from(["/v1/chat/completions", "/invocations"])),
-    st.tuples(st.just("json"), chat_body, st.sampled_from(ROUTES)),
-    st.tuples(st.just("json"), completion_body, st.sampled_from(["/v1/completions", "/invocations"])),
-)
-content_types = st.sampled_from(["application/json"] * 5 + ["application/json; charset=utf-8", "text/plain", None])
+GETS = ["/ping", "/health", "/info", "/metrics", "/v1/models", "/openapi.json", "/api-doc/openapi.json", "/"]
 
 
-def check_answer(response: httpx.Response) -> None:
+@pytest.fixture(scope="module")
+def tgi_fuzz_server(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("fuzz-tgi") / "server.log"
+    container = start_container(["--model-id", str(tiny_llama_dir)], log, SMALL)
+    yield container
+    container.stop()
+
+
+@pytest.fixture(scope="module")
+def lmi_fuzz_server(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    folder = write_lmi_dir(tmp_path_factory.mktemp("fuzz-lmi") / "model", tiny_llama_dir, {
+        "option.rolling_batch": "auto", "option.max_rolling_batch_size": "8", "option.n_positions": "32",
+        "option.output_formatter": "jsonlines", "option.dtype": "fp32"})  # fmt: skip
+    container = start_container(["--model-dir", str(folder)], folder.parent / "server.log")
+    yield container
+    container.stop()
+
+
+def stream_text(url: str) -> str:
+    """One greedy TGI stream, read to its end; the text of its tokens."""
+    pieces = []
+    with httpx.stream("POST", url + "/generate_stream", json=GREEDY, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                event_ = json.loads(line[5:])
+                assert "error" not in event_, event_
+                pieces.append(event_["token"]["text"])
+    return "".join(pieces)
+
+
+def check_answer(response: httpx.Response, lmi: bool) -> None:
     body = response.read()
     assert response.status_code < 500, (response.status_code, body[:300])
     assert b"Traceback" not in body and b'"internal"' not in body, body[:300]
     if response.status_code >= 400:
         payload = response.json()
-        assert isinstance(payload.get("error"), str) and payload["error"], payload
+        error = payload.get("error")
+        assert (isinstance(error, str) and error) or (isinstance(error, dict) and error.get("message")), payload
+        if lmi and response.url.path == "/invocations":
+            assert payload.get("code") == response.status_code, payload  # DJL's {"error", "code"}
 
 
-def fuzz(url: str):
-    @settings(max_examples=120, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(body=bodies, content_type=content_types)
-    def run(body: tuple, content_type: str | None) -> None:
-        kind, value, route = body
-        headers = {"content-type": content_type} if content_type else {}
-        with httpx.Client(base_url=url, timeout=30) as client:
-            if kind == "raw":
-                request = client.build_request("POST", route, content=value, headers=headers)
-            else:
-                request = client.build_request("POST", route, json=value, headers=headers)
-            if not content_type:
-                request.headers.pop("content-type", None)
-            response = client.send(request, stream=True)
-            try:
-                check_answer(response)
-                event(f"status {response.status_code}")
-            finally:
-                response.close()
-
-    return run
+def requests_for(document: dict, routes: list[str]) -> st.SearchStrategy:
+    """(method, route, kind, body) for one API: mostly its routes' bodies, some raw bytes, JSON and GETs."""
+    per_route = [st.tuples(st.just("POST"), st.just(r), st.just("json"), openapi_bodies(document, r, shrink=SHRINK))
+                 for r in routes]  # fmt: skip
+    return st.one_of(
+        *per_route, *per_route,
+        st.tuples(st.just("POST"), st.sampled_from(routes), st.just("raw"), st.binary(max_size=64)),
+        st.tuples(st.just("POST"), st.sampled_from(routes), st.just("json"), ANY_JSON),
+        st.tuples(st.just("GET"), st.sampled_from(GETS), st.just("none"), st.none()),
+    )
 
 
-def test_generated_bodies_never_get_a_5xx_tgi(tgi_url: str) -> None:
-    fuzz(tgi_url)()
-    assert httpx.get(tgi_url + "/ping").status_code == 200
+def fuzz_api(server, routes: list[str], lmi: bool = False) -> Budget:
+    url = server.url
+    document = httpx.get(url + "/openapi.json", timeout=10).json()
+    assert set(routes) <= set(document["paths"])
+    budget = Budget()
+    batch = 4  # requests per generated example
+
+    @fuzz_settings(REQUESTS_PER_API // batch + 1)
+    @given(calls=st.lists(st.tuples(requests_for(document, routes), CONTENT_TYPES), min_size=batch, max_size=batch))
+    def run(calls: list) -> None:
+        # The example's requests go out at once: they meet in the engine's batches, as real traffic does.
+        for status, route in pool.map(lambda call: send(client, server, call, lmi), calls):
+            budget.count(status)
+            event(f"{route} {status}")
+
+    with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(batch) as pool:
+        run()
+    return budget
 
 
-def test_generated_bodies_never_get_a_5xx_lmi(lmi_url: str) -> None:
-    fuzz(lmi_url)()
-    assert httpx.get(lmi_url + "/ping").status_code == 200
+def send(client: httpx.Client, server, call: tuple, lmi: bool) -> tuple[int, str]:
+    (method, route, kind, body), content_type = call
+    headers = {"content-type": content_type} if content_type else {}
+    if kind == "raw":
+        request = client.build_request(method, route, content=body, headers=headers)
+    elif kind == "json":  # ASCII JSON: lone surrogates travel as \ud800 escapes
+        request = client.build_request(method, route, content=json.dumps(body).encode(), headers=headers)
+    else:
+        request = client.build_request(method, route)
+    try:
+        response = client.send(request, stream=True)
+    except httpx.TransportError as exc:
+        pytest.fail(f"{exc!r} on {method} {route} {content_type} {body!r}; server log:\n{server.log()[-3000:]}")
+    try:
+        check_answer(response, lmi)
+    finally:
+        response.close()
+    return response.status_code, route
 
 
-@pytest.mark.parametrize("route", ROUTES)
-def test_empty_and_huge_nesting_bodies(tgi_url: str, route: str) -> None:
+@pytest.mark.parametrize("api", ["tgi", "openai"])
+def test_tgi_and_openai_routes_survive_generated_requests(tgi_fuzz_server, api: str) -> None:
+    alongside = AlongsideStream(lambda: stream_text(tgi_fuzz_server.url))
+    with alongside:
+        budget = fuzz_api(tgi_fuzz_server, APIS[api])
+    alongside.check()
+    print(f"{budget.sent} requests, answers by status: {dict(sorted(budget.statuses.items()))}")
+    assert budget.sent >= REQUESTS_PER_API, budget.statuses
+    assert any(200 <= s < 300 for s in budget.statuses), budget.statuses  # some requests were valid
+    assert httpx.get(tgi_fuzz_server.url + "/ping").status_code == 200
+    assert_no_traceback(tgi_fuzz_server.log())
+
+
+def test_lmi_routes_survive_generated_requests(lmi_fuzz_server) -> None:
+    alongside = AlongsideStream(lambda: stream_text(lmi_fuzz_server.url))
+    with alongside:
+        budget = fuzz_api(lmi_fuzz_server, APIS["lmi"], lmi=True)
+    alongside.check()
+    print(f"{budget.sent} requests, answers by status: {dict(sorted(budget.statuses.items()))}")
+    assert budget.sent >= REQUESTS_PER_API, budget.statuses
+    assert any(200 <= s < 300 for s in budget.statuses), budget.statuses
+    assert httpx.get(lmi_fuzz_server.url + "/ping").status_code == 200
+    assert_no_traceback(lmi_fuzz_server.log())
+
+
+def test_openapi_document_describes_the_routes(tgi_fuzz_server, lmi_fuzz_server) -> None:
+    for server, dialect in ((tgi_fuzz_server, "tgi"), (lmi_fuzz_server, "lmi")):
+        document = httpx.get(server.url + "/openapi.json").json()
+        assert document["openapi"].startswith("3.1") and dialect in document["info"]["description"]
+        assert httpx.get(server.url + "/api-doc/openapi.json").json() == document
+        for path, item in document["paths"].items():
+            for method in item:
+                probe = httpx.request(method.upper(), server.url + path, json={"inputs": "x"} if method == "post" else None)
+                assert probe.status_code != 404, (method, path)
+        generate = document["components"]["schemas"]["TgiParameters"]["properties"]
+        assert {"max_new_tokens", "temperature", "stop", "seed", "details"} <= set(generate)
+
+
+@pytest.mark.parametrize("route", APIS["tgi"] + APIS["openai"])
+def test_empty_and_huge_nesting_bodies(tgi_fuzz_server, route: str) -> None:
     for body in (b"", b"{" * 50_000, b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
-        check_answer(httpx.post(tgi_url + route, content=body, headers={"content-type": "application/json"}))
+        response = httpx.post(tgi_fuzz_server.url + route, content=body, headers={"content-type": "application/json"})
+        check_answer(response, lmi=False)
+
+
+def test_a_huge_best_of_is_refused_at_once(tgi_fuzz_server) -> None:
+    """Fuzz finding: best_of=2**40 made /generate start one generation per copy before validation (OOM)."""
+    for route, body in (("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "best_of": 2**40, "do_sample": True}}),
+                        ("/", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "best_of": 2**40, "do_sample": True}}),
+                        ("/invocations", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "best_of": 3, "do_sample": True}})):  # fmt: skip
+        response = httpx.post(tgi_fuzz_server.url + route, json=body, timeout=30)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"].startswith("Input validation error: `best_of` must be > 0 and <= 2. Given: ")
+    assert httpx.get(tgi_fuzz_server.url + "/ping").status_code == 200

@@ -87,13 +87,15 @@ def test_arn_lowercases_name(plane):
         ("DescribeModel", {"ModelName": "nope"}, "ValidationException", 'Could not find model "arn:aws:sagemaker:us-east-1:111122223333:model/nope".'),
         ("DescribeEndpoint", {"EndpointName": "nope"}, "ValidationException", 'Could not find endpoint "arn:'),
         ("DeleteEndpointConfig", {"EndpointConfigName": "nope"}, "ValidationException", "Could not find endpoint configuration"),
-        ("CreateModel", {}, "ValidationException", 'Missing required parameter in input: "ModelName"'),
-        ("CreateModel", {"ModelName": "bad_name!", "PrimaryContainer": {}}, "ValidationException", "is not valid"),
+        ("CreateModel", {}, "ValidationException",
+         "1 validation error detected: Value null at 'modelName' failed to satisfy constraint: Member must not be null"),
+        ("CreateModel", {"ModelName": "bad_name!", "PrimaryContainer": {}}, "ValidationException",
+         "Value 'bad_name!' at 'modelName' failed to satisfy constraint: Member must satisfy regular expression pattern"),
         ("CreateModel", {"ModelName": "m2"}, "ValidationException", "PrimaryContainer or Containers"),
         ("CreateEndpoint", {"EndpointName": "e", "EndpointConfigName": "nope"}, "ValidationException", "Could not find endpoint configuration"),
         ("CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [
             {"VariantName": "v", "ModelName": "ghost", "InitialInstanceCount": 1}]}, "ValidationException", "Could not find model"),
-        ("ListModels", {"MaxResults": "ten"}, "ValidationException", "Invalid type for parameter MaxResults"),
+        ("ListModels", {"MaxResults": "ten"}, "SerializationException", "STRING_VALUE can not be converted to an Integer"),
         ("CreateModel", {"ModelName": "m3", "PrimaryContainer": {"Image": "x", "ModelDataUrl": "/no/such/model.tar.gz"}},
          "ValidationException", "Could not access model data"),
     ],
@@ -140,7 +142,12 @@ def test_variant_rules(plane):
     assert "more than once" in out["message"]
     status, out = call(plane, "CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [
         {**variant, "RoutingConfig": {"RoutingStrategy": "ROUND_ROBIN"}}]})  # fmt: skip
-    assert "RoutingStrategy" in out["message"]
+    assert "at 'productionVariants.1.member.routingConfig.routingStrategy'" in out["message"]
+    assert "Member must satisfy enum value set: [LEAST_OUTSTANDING_REQUESTS, RANDOM" in out["message"]
+    status, out = call(plane, "CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [
+        {**variant, "RoutingConfig": {"RoutingStrategy": "KV_AWARE"}}]})  # fmt: skip
+    assert (status, out["__type"]) == (400, "ValidationException")
+    assert "KV_AWARE" in out["message"] and "not one of" in out["message"]
     status, out = call(plane, "CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [
         {**variant, "InitialInstanceCount": 50}]})  # fmt: skip
     assert (status, out["__type"]) == (400, "ResourceLimitExceeded")

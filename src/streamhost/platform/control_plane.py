@@ -1,9 +1,10 @@
 """The SageMaker control plane (JSON 1.1): models, endpoint configs and endpoints.
 
-``ControlPlane.handle(target, body)`` answers one ``POST /`` call. It validates the request with
-botocore's own service model (so a missing or mistyped field is named the way boto3 names it),
-applies AWS's rules (name patterns, duplicates, references that must exist), writes the store and
-hands endpoint work to the supervisor, which runs it in the background: CreateEndpoint answers
+``ControlPlane.handle(target, body)`` answers one ``POST /`` call. Before any handler runs, the
+request is read and checked against botocore's own SageMaker service model (``service_model.py``:
+SerializationException for wrong JSON types, AWS's ValidationException wording for constraints),
+so a handler receives typed input that fits the model. The handler then applies AWS's rules
+(duplicates, references that must exist), writes the store and hands endpoint work to the supervisor, which runs it in the background: CreateEndpoint answers
 at once with the endpoint ``Creating``, exactly as AWS does, and clients poll DescribeEndpoint.
 
 An endpoint keeps a snapshot of the config and models it runs (``deployment``), because AWS lets
@@ -14,8 +15,6 @@ config before the endpoint, docs/protocols.md §6) and a restarted platform must
 from __future__ import annotations
 
 import base64
-import copy
-import datetime as dt
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from streamhost.protocols.sagemaker import arn, name_error, valid_name
 
 from .artifacts import ArtifactError, ArtifactStore, model_data_of
 from .images import ImageError, classify_image
+from .service_model import RequestError, ServiceValidator, parse_json_object
 from .store import ConfigRecord, EndpointRecord, ModelRecord, Store
 
 log = logging.getLogger("streamhost.platform")
@@ -33,19 +33,11 @@ TARGET_PREFIX = "SageMaker."
 ROUTING_STRATEGIES = ("LEAST_OUTSTANDING_REQUESTS", "RANDOM")
 DEFAULT_STARTUP_TIMEOUT = 600
 DEFAULT_DOWNLOAD_TIMEOUT = 600
-# AWS's floor is 60 s; a local platform has no reason to make a broken container wait that long.
-_TIMEOUT_FIELDS = ("ContainerStartupHealthCheckTimeoutInSeconds", "ModelDataDownloadTimeoutInSeconds")
 LIVE_STATUSES = ("InService", "Updating", "SystemUpdating", "RollingBack")
 
 
-class ApiError(Exception):
+class ApiError(RequestError):
     """A control-plane error: answered as ``{"__type": code, "message": message}`` with ``status``."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 class Lifecycle(Protocol):
@@ -55,28 +47,6 @@ class Lifecycle(Protocol):
     def endpoint_updated(self, name: str) -> None: ...
     def endpoint_deleted(self, name: str) -> None: ...
     def runtime_view(self, name: str) -> dict[str, dict[str, Any]]: ...
-
-
-def _service_model():
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model("sagemaker")
-
-
-def _epoch(value: Any, field: str) -> float:
-    """A JSON 1.1 timestamp: epoch seconds (what botocore sends) or ISO-8601."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.timezone.utc)
-            return parsed.timestamp()
-    raise ApiError("ValidationException", f"{field} must be a timestamp (epoch seconds or ISO-8601), got {value!r}")
 
 
 class ControlPlane:
@@ -100,7 +70,7 @@ class ControlPlane:
         self.account = account
         self.max_instances = max_instances
         self.eula_lookup = eula_lookup
-        self._model = _service_model()
+        self.validator = ServiceValidator.for_service("sagemaker")
         self.operations: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]] = {
             "CreateModel": self.create_model,
             "DescribeModel": self.describe_model,
@@ -118,7 +88,11 @@ class ControlPlane:
         }
 
     def register(self, operation: str, handler: Callable[[dict[str, Any]], Any]) -> None:
-        """Add an operation (e.g. the training subsystem's CreateTrainingJob)."""
+        """Add an operation (e.g. the training subsystem's CreateTrainingJob).
+
+        An operation of the SageMaker service model is checked against it before ``handler`` runs,
+        like every built-in one; an operation the model lacks gets the parsed JSON object as is.
+        """
         self.operations[operation] = handler
 
     def arn(self, kind: str, name: str) -> str:
@@ -145,49 +119,22 @@ class ControlPlane:
                     f"Operation {shown} is not supported by this platform; supported: "
                     + ", ".join(sorted(self.operations)),
                 )
-            params = self._parse(body)
-            self._validate(op, params)
+            params = self._input(op, body)
             result = handler(params)
             if isinstance(result, Awaitable):
                 result = await result
             return 200, result
-        except ApiError as exc:
+        except RequestError as exc:
             return exc.status, {"__type": exc.code, "message": exc.message}
         except Exception as exc:  # noqa: BLE001 - a bug answers in the protocol's shape, not a traceback
             log.exception("%s failed", op)
             return 500, {"__type": "InternalFailure", "message": f"{op} failed inside the platform: {exc}"}
 
-    @staticmethod
-    def _parse(body: bytes) -> dict[str, Any]:
-        if not body.strip():
-            return {}
-        try:
-            params = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError("SerializationException", f"Request body is not valid JSON: {exc}") from None
-        if not isinstance(params, dict):
-            raise ApiError("SerializationException", "Request body must be a JSON object")
-        return params
-
-    def _validate(self, op: str, params: dict[str, Any]) -> None:
-        """Check ``params`` against botocore's shape for ``op`` (required members, types, minimums)."""
-        from botocore.model import OperationNotFoundError
-        from botocore.validate import ParamValidator
-
-        try:
-            shape = self._model.operation_model(op).input_shape
-        except OperationNotFoundError:
-            return  # an operation registered by another subsystem validates itself
-        if shape is None:
-            return
-        checked = copy.deepcopy(params)
-        for variant in checked.get("ProductionVariants") or []:
-            if isinstance(variant, dict):
-                for field in _TIMEOUT_FIELDS:
-                    variant.pop(field, None)
-        report = ParamValidator().validate(checked, shape)
-        if report.has_errors():
-            raise ApiError("ValidationException", report.generate_report())
+    def _input(self, op: str, body: bytes) -> dict[str, Any]:
+        """The handler's input: read and checked against the service model (``service_model.py``)."""
+        if self.validator.operation(op) is None:
+            return parse_json_object(body)
+        return self.validator.load(op, body)
 
     # ------------------------------------------------------------------ shared checks
 
@@ -271,9 +218,7 @@ class ControlPlane:
     def create_endpoint_config(self, p: dict[str, Any]) -> dict[str, Any]:
         name = p["EndpointConfigName"]
         self._check_name("Endpoint config", name)
-        variants = p["ProductionVariants"]
-        if not 1 <= len(variants) <= 10:
-            raise ApiError("ValidationException", "ProductionVariants must hold 1 to 10 variants")
+        variants = p["ProductionVariants"]  # 1-10 variants, names, counts and timeouts: checked by the model
         seen: set[str] = set()
         total = 0
         for variant in variants:
@@ -290,16 +235,11 @@ class ControlPlane:
                 raise ApiError("ValidationException", f"Variant {vname!r} needs an InitialInstanceCount")
             total += int(variant.get("InitialInstanceCount", 1))
             strategy = (variant.get("RoutingConfig") or {}).get("RoutingStrategy", "LEAST_OUTSTANDING_REQUESTS")
-            if strategy not in ROUTING_STRATEGIES:
+            if strategy not in ROUTING_STRATEGIES:  # the model also names PREFIX_AWARE and KV_AWARE
                 raise ApiError(
                     "ValidationException",
                     f"RoutingStrategy {strategy!r} of variant {vname!r} is not one of {', '.join(ROUTING_STRATEGIES)}",
                 )
-            for field in _TIMEOUT_FIELDS:
-                if field in variant:
-                    value = variant[field]
-                    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
-                        raise ApiError("ValidationException", f"{field} of variant {vname!r} must be 1-3600 seconds")
         if total > self.max_instances:
             raise ApiError(
                 "ResourceLimitExceeded",
@@ -443,7 +383,7 @@ class ControlPlane:
             ("LastModifiedTimeAfter", "LastModifiedTime", False),
         ):
             if field in p:
-                bound = _epoch(p[field], field)
+                bound = float(p[field])
                 items = [i for i in items if (i[key] < bound if before else i[key] > bound)]
         page, token = self._paginate(
             p,
@@ -484,10 +424,10 @@ class ControlPlane:
             needle = str(p["NameContains"]).lower()
             items = [i for i in items if needle in i[name_key].lower()]
         if "CreationTimeBefore" in p:
-            bound = _epoch(p["CreationTimeBefore"], "CreationTimeBefore")
+            bound = float(p["CreationTimeBefore"])
             items = [i for i in items if i["CreationTime"] < bound]
         if "CreationTimeAfter" in p:
-            bound = _epoch(p["CreationTimeAfter"], "CreationTimeAfter")
+            bound = float(p["CreationTimeAfter"])
             items = [i for i in items if i["CreationTime"] > bound]
         sort_by = p.get("SortBy", "CreationTime")
         if sort_by not in sort_keys:

@@ -132,6 +132,13 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 # --------------------------------------------------------------------------- metrics
 
 
+async def _openapi(request: Request) -> Response:
+    from streamhost.server.openapi import openapi_document
+
+    state: ServerState = request.app.state.server
+    return json_answer(openapi_document(state.settings.dialect))
+
+
 async def _metrics(request: Request) -> Response:
     state: ServerState = request.app.state.server
     return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -213,6 +220,8 @@ def create_app(
         *tgi_routes.ROUTES,
         *openai_routes.ROUTES,
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
+        Route("/api-doc/openapi.json", _openapi, methods=["GET"]),  # where TGI serves it
     ]
     app = Starlette(
         routes=routes,

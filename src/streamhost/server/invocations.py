@@ -38,14 +38,18 @@ async def invocations(request: Request) -> Any:
                 err = lmi.lmi_error("Invalid request payload. The 'inputs' field does not contain any content.")
             return protocol_error_answer(lmi_shape(err))
         raise
-    if kind == "chat":
-        return chat_answer(state, body, started)
-    if kind == "completion":
-        return completion_answer(state, body, started)
     if not lmi_dialect:
+        if kind == "chat":
+            return chat_answer(state, body, started)
+        if kind == "completion":
+            return completion_answer(state, body, started)
         return generate_answer(state, body, started, stream=None, wrap=True, default_full_text=True)
-    try:
-        return lmi_answer(state, body, started)
+    answer = {"chat": chat_answer, "completion": completion_answer}.get(kind, lmi_answer)
+    try:  # in the lmi dialect every refusal, chat and completions included, has DJL's shape
+        response = answer(state, body, started)
+        if hasattr(response, "early_error"):  # the engine's refusals before the first byte, too
+            response.early_error = lmi.engine_error
+        return response
     except ProtocolError as err:
         return protocol_error_answer(lmi_shape(err))
     except EngineError as err:

@@ -69,7 +69,9 @@ def generate_answer(
             early_error=tgi.engine_error,
             stream_error=framer.error,
         )
-    copies = max(1, params.best_of or 1)
+    copies = params.best_of or 1
+    if not 1 <= copies <= engine.limits.max_best_of:
+        copies = 1  # one stream, which the engine refuses with TGI's message (best_of=2**40 once looped here until OOM)
     streams = [engine.generate(req.inputs, engine_params, request_id("gen"), stream=False) for _ in range(copies)]
 
     async def compute() -> tuple[int, list, bytes]:
