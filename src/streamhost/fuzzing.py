@@ -92,11 +92,12 @@ class ShapeStrategies:
                 if key in md:
                     edges += [md[key] - 1, md[key] + 1]
             options.append(st.sampled_from(edges))
+        containers: list[st.SearchStrategy[Any]] = []
         if kind in ("string", "list", "map"):
-            options.append(st.lists(JSON_SCALARS, max_size=2))
+            containers.append(st.lists(JSON_SCALARS, max_size=2))
         if kind in ("structure", "map"):
-            options.append(st.dictionaries(st.text(max_size=6), JSON_SCALARS, max_size=2))
-        return st.one_of(options)
+            containers.append(st.dictionaries(st.text(max_size=6), JSON_SCALARS, max_size=2))
+        return st.one_of([*options, *containers])
 
     def _valid(self, shape: Shape, depth: int) -> st.SearchStrategy:
         key = (shape.name, depth, False)
@@ -115,8 +116,11 @@ class ShapeStrategies:
             members = shape.members
             if md.get("union"):
                 names = sorted(members)
-                return st.sampled_from(names).flatmap(
-                    lambda n: self._value(members[n], depth + 1, n).map(lambda v, n=n: {n: v}))
+
+                def one_member(n: str) -> st.SearchStrategy[dict[str, Any]]:
+                    return self._value(members[n], depth + 1, n).map(lambda v: {n: v})
+
+                return st.sampled_from(names).flatmap(one_member)
             required = {n: self._value(members[n], depth + 1, n) for n in shape.required_members if n in members}
             optional = [n for n in members if n not in required]
             picked = (st.lists(st.sampled_from(optional), max_size=3, unique=True) if optional else st.just([]))

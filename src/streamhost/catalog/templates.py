@@ -170,10 +170,7 @@ def _tokenizer(messages: list[dict[str, str]], tokenizer: Any, add_generation_pr
             f"the tokenizer of {name!r} has no chat template; choose a prompt template "
             f"({', '.join(t for t in TEMPLATES if t != 'tokenizer')}) or send a plain prompt"
         )
-    try:
-        from jinja2 import TemplateError as JinjaTemplateError
-    except ImportError:  # pragma: no cover - jinja2 is a dependency
-        JinjaTemplateError = Exception  # noqa: N806
+    from jinja2 import TemplateError as JinjaTemplateError
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except JinjaTemplateError as exc:  # the template's own raise_exception(), e.g. bad alternation

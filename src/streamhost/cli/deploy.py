@@ -106,7 +106,7 @@ def deploy(args: argparse.Namespace) -> int:
                 "EndpointArn": description.get("EndpointArn"),
                 "EndpointStatus": description.get("EndpointStatus"),
                 "EndpointConfigName": description.get("EndpointConfigName"),
-                "ModelName": (predictor._model_names or [None])[0],
+                "ModelName": predictor._model_names[0] if predictor._model_names else None,
                 "Model": label,
             }
         )

@@ -133,6 +133,6 @@ def invoke(args: argparse.Namespace) -> int:
     if args.json:
         print_json(response)
         return 0
-    text = generated_text(response)
-    sys.stdout.write((text if text is not None else json.dumps(response, ensure_ascii=False)) + "\n")
+    answer = generated_text(response)
+    sys.stdout.write((answer if answer is not None else json.dumps(response, ensure_ascii=False)) + "\n")
     return 0

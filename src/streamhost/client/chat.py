@@ -74,7 +74,7 @@ def as_messages(question: str | Sequence[Mapping[str, str]], system: str | None 
             raise ValueError("the question is empty")
         messages = [{"role": "user", "content": question}]
     elif isinstance(question, Sequence) and question and all(isinstance(m, Mapping) for m in question):
-        messages = [dict(m) for m in question]
+        messages = [dict(m) for m in question if isinstance(m, Mapping)]
     else:
         raise TypeError("chat() takes a question (str) or a list of {'role': ..., 'content': ...} messages")
     if system and messages[0].get("role") != "system":

@@ -24,7 +24,7 @@ unchanged through these iterators, after every complete line that preceded it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 __all__ = ["LineIterator", "StreamError", "TokenIterator", "iter_events", "event_texts"]
@@ -79,7 +79,7 @@ class LineIterator:
 
     def __init__(self, event_stream: Any) -> None:
         self._stream = event_stream
-        self._lines = self._generate()
+        self._lines: Generator[bytes, None, None] = self._generate()
 
     def __iter__(self) -> LineIterator:
         return self
@@ -95,7 +95,7 @@ class LineIterator:
         if callable(close):
             close()
 
-    def _generate(self) -> Iterator[bytes]:
+    def _generate(self) -> Generator[bytes, None, None]:
         buffer = bytearray()
         for chunk in _chunks(self._stream):
             if not chunk:

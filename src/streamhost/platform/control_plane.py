@@ -384,7 +384,7 @@ class ControlPlane:
         ):
             if field in p:
                 bound = float(p[field])
-                items = [i for i in items if (i[key] < bound if before else i[key] > bound)]
+                items = [i for i in items if (_epoch_of(i[key]) < bound if before else _epoch_of(i[key]) > bound)]
         page, token = self._paginate(
             p,
             items,
@@ -487,3 +487,8 @@ def _container(model_spec: dict[str, Any]) -> dict[str, Any]:
 
 
 container_of = _container
+
+
+def _epoch_of(value: Any) -> float:
+    """A stored time (epoch seconds) as a float, for the list filters' comparisons."""
+    return float(value)

@@ -154,7 +154,9 @@ class Instance:
 
     @property
     def url(self) -> str:
-        return self.spec.url if self.spec.external else f"http://{self.host}:{self.port}"
+        if self.spec.external and self.spec.url:
+            return self.spec.url
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -260,7 +262,7 @@ class Instance:
 
     async def wait_exit_or_wake(self, timeout: float) -> bool:
         """Sleep up to ``timeout``; True if the process exited (woken early by exit or ``suspect``)."""
-        waits = [asyncio.ensure_future(self._wake.wait())]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         if self.process is not None:
             waits.append(asyncio.ensure_future(self.process.wait()))
         try:

@@ -184,6 +184,7 @@ class UpstreamClient:
             if isinstance(event, h11.ConnectionClosed):
                 conn.close()
                 raise broken("the instance closed the connection")
+            assert isinstance(event, h11.Event)  # NEED_DATA and PAUSED are handled above
             return event
 
     async def post(self, url: str, headers: list[tuple[str, str]], body: bytes) -> UpstreamResponse:

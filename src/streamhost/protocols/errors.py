@@ -46,7 +46,8 @@ def describe_validation_error(exc: pydantic.ValidationError) -> tuple[bool, str]
     errors = exc.errors(include_url=False)
     first = errors[0] if errors else {"type": "", "loc": (), "msg": str(exc)}
     if first["type"] == "json_invalid":
-        detail = first.get("ctx", {}).get("error", first["msg"])
+        ctx = first.get("ctx")
+        detail = ctx.get("error", first["msg"]) if isinstance(ctx, dict) else first["msg"]
         return True, f"Failed to parse the request body as JSON: {detail}"
     loc = ".".join(str(p) for p in first["loc"])
     where = f"{loc}: " if loc else ""

@@ -137,7 +137,7 @@ def stream_exception(exception_type: str, payload: dict) -> bytes:
     ``exception_type`` is ``ModelStreamError`` (payload ``{"Message", "ErrorCode"}``) or
     ``InternalStreamFailure`` (payload ``{"Message"}``).
     """
-    headers = {
+    headers: dict[str, HeaderValue] = {
         ":exception-type": exception_type,
         ":content-type": "application/json",
         ":message-type": "exception",
@@ -244,7 +244,7 @@ class EventStreamDecoder:
 
     def feed(self, data: bytes) -> list[EventStreamMessage]:
         self._buffer += data
-        messages = []
+        messages: list[EventStreamMessage] = []
         while True:
             message = self._next()
             if message is None:

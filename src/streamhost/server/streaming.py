@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from streamhost.disconnect import race_disconnect
@@ -115,7 +115,7 @@ class TokenStream(GuardedResponse):
     def __init__(
         self,
         observer: Observer,
-        events: AsyncIterator[TokenEvent],
+        events: AsyncGenerator[TokenEvent, None],
         frame: Callable[[TokenEvent], bytes],
         *,
         content_type: str,
@@ -196,7 +196,7 @@ class WholeAnswer(GuardedResponse):
         compute: Callable[[], Awaitable[tuple[int, Headers, bytes]]],
         *,
         early_error: ErrorBody,
-        closers: list[AsyncIterator[TokenEvent]] | None = None,
+        closers: list[AsyncGenerator[TokenEvent, None]] | None = None,
     ) -> None:
         super().__init__(observer)
         self.compute = compute
