@@ -38,3 +38,30 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer) 
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     return build_tiny_llama(folder, smollm2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
+    """The tiny random Llama converted to a BF16 GGUF by our own converter (no download)."""
+    from streamhost.engine.gguf_convert import convert_to_gguf
+
+    return convert_to_gguf(tiny_llama_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama-bf16.gguf")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_executor(tiny_llama_dir: Path, tiny_llama_gguf: Path):
+    """``make_tiny_executor(kind)``: the tiny model on the executor named ``torch`` or ``llamacpp``."""
+    return lambda kind: _tiny_executor(kind, tiny_llama_dir, tiny_llama_gguf)
+
+
+def _tiny_executor(kind: str, tiny_llama_dir: Path, tiny_llama_gguf: Path):
+    if kind == "torch":
+        from streamhost.engine.executor import TorchExecutor
+
+        return TorchExecutor(tiny_llama_dir, dtype="bf16", device="cpu")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make install`")
+    from transformers import AutoTokenizer
+
+    from streamhost.engine.executors.llamacpp import LlamaCppExecutor
+
+    return LlamaCppExecutor(tiny_llama_gguf, AutoTokenizer.from_pretrained(tiny_llama_dir), threads=2)

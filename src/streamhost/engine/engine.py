@@ -25,7 +25,8 @@ import torch
 from streamhost.engine.beam import beam_search
 from streamhost.engine.detokenizer import IncrementalDetokenizer, token_text
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError, ValidationError
-from streamhost.engine.executor import TorchExecutor, dtype_name
+from streamhost.engine.executor import dtype_name
+from streamhost.engine.executors.base import Executor
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.sampling import RequestSampler, sample_batch
@@ -66,6 +67,9 @@ class EngineConfig:
     prefill_chunk: int | None = None  # prompt tokens per step, all sequences together (CPU 1024, GPU 2048)
     idle_kv_bytes: int = 512 * 1024**2  # KV cache kept allocated while idle; a larger one is released
     model_id: str | None = None  # the name reported by /info (defaults to the reference given to load)
+    executor: str | None = None  # torch | llamacpp | None (auto: see engine/executors/__init__.py)
+    quantize: str | None = None  # HF_MODEL_QUANTIZE / OPTION_QUANTIZE: a llama.cpp type (q8_0, q4_k_m, ...)
+    threads: int | None = None  # llama.cpp compute threads (default: every core this process may use)
 
 
 @dataclass
@@ -86,7 +90,7 @@ class EngineStats:
 class Engine:
     """A continuous-batching text-generation engine over one model."""
 
-    def __init__(self, executor: TorchExecutor, config: EngineConfig | None = None) -> None:
+    def __init__(self, executor: Executor, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
         self.executor = executor
         self.tokenizer = executor.tokenizer
@@ -94,6 +98,7 @@ class Engine:
         chunk = self.config.prefill_chunk or (
             GPU_PREFILL_TOKENS_PER_STEP if executor.device.type == "cuda" else CPU_PREFILL_TOKENS_PER_STEP)
         self.scheduler = Scheduler(self.limits, prefill_chunk=chunk)
+        executor.configure(self.limits, self.scheduler.prefill_chunk)
         self.stats = EngineStats()
         self.model_id = self.config.model_id or str(executor.model_path)
         self._eos_ids = frozenset(executor.eos_token_ids())
@@ -112,17 +117,15 @@ class Engine:
     @classmethod
     def load(cls, model: str, config: EngineConfig | None = None) -> "Engine":
         """Resolve ``model`` (``smollm2``, a folder, .gguf, model.tar.gz or hub id) and load it."""
+        from streamhost.engine.executors import load_executor
         from streamhost.engine.limits import ExecutionOptions
-        from streamhost.engine.loader import resolve_model
 
         config = config or EngineConfig()
         options = ExecutionOptions.from_env()
         if (options.tensor_parallel_degree or 1) > 1:
             log.warning("tensor parallel degree %s requested: this executor runs the model on one device",
                         options.tensor_parallel_degree)
-        path = resolve_model(model, revision=config.revision)
-        executor = TorchExecutor(path, dtype=config.dtype or options.dtype, device=config.device,
-                                 trust_remote_code=config.trust_remote_code)
+        executor = load_executor(str(model), config, dtype=config.dtype or options.dtype)
         if config.model_id is None:
             config = replace(config, model_id=str(model))
         return cls(executor, config)
@@ -168,11 +171,13 @@ class Engine:
         return {
             "model_id": self.model_id,
             "model_path": str(self.executor.model_path),
+            "executor": self.executor.name,
             "dtype": dtype_name(self.executor.dtype),
             "device": self.executor.device.type,
             "max_positions": self.executor.max_positions,
             "prefill_chunk": self.scheduler.prefill_chunk,
             "limits": dataclasses.asdict(self.limits),
+            **({"llamacpp": self.executor.describe()} if self.executor.name == "llamacpp" else {}),
         }
 
     def tokenize(self, text: str) -> list[int]:
@@ -186,7 +191,11 @@ class Engine:
             ids = self.tokenize(prompt)
         else:
             ids = [int(t) for t in prompt]
-        return validate_request(ids, params, self.limits, stream=stream)
+        request = validate_request(ids, params, self.limits, stream=stream)
+        if (request.params.num_beams or 1) > 1 and not self.executor.supports_beam_search:
+            raise ValidationError(f"`num_beams` > 1 is not supported by the {self.executor.name} executor: "
+                                  "use sampling or greedy decoding, or serve with --executor torch")
+        return request
 
     def _check_capacity(self) -> None:
         if not self.ready:

@@ -42,10 +42,9 @@ def load_engine(settings: ServerSettings) -> Any:
     """Resolve and load the model (slow: runs in a worker thread)."""
     from streamhost.engine import Engine, EngineConfig
 
-    if settings.quantize:
-        log.warning("HF_MODEL_QUANTIZE=%s is not supported by this executor: serving unquantised weights", settings.quantize)
     config = EngineConfig(dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
-                          revision=settings.revision, model_id=settings.model_id)
+                          revision=settings.revision, model_id=settings.model_id,
+                          executor=settings.executor, quantize=settings.quantize)
     return Engine.load(settings.model_id, config)
 
 

@@ -129,6 +129,12 @@ async def tokenize(request: Request) -> Response:
     return json_answer(tgi.tokenize_response(req.inputs, ids, offsets))
 
 
+def _dtype_label(described: dict) -> str:
+    """TGI says ``torch.bfloat16``; a llama.cpp model says its GGUF type (``Q4_1``)."""
+    dtype = str(described.get("dtype", "float32"))
+    return f"torch.{dtype}" if described.get("executor", "torch") == "torch" else dtype
+
+
 async def info(request: Request) -> Response:
     """GET ``/info`` in TGI's shape (503 until the model is loaded)."""
     state = server_state(request)
@@ -137,10 +143,10 @@ async def info(request: Request) -> Response:
         return json_answer(tgi.unhealthy_body(), 503)
     limits = engine.limits
     described = engine.info()
-    return json_answer(tgi.info_response(
+    body = tgi.info_response(
         model_id=state.model_id,
         model_sha=state.settings.revision,
-        model_dtype=f"torch.{described.get('dtype', 'float32')}",
+        model_dtype=_dtype_label(described),
         model_device_type=str(described.get("device", "cpu")),
         max_concurrent_requests=limits.max_concurrent_requests,
         max_best_of=limits.max_best_of,
@@ -151,7 +157,9 @@ async def info(request: Request) -> Response:
         router="streamhost",
         version=state.version,
         docker_label=None,
-    ))
+    )
+    body["executor"] = described.get("executor", "torch")  # ours: which executor runs the model
+    return json_answer(body)
 
 
 ROUTES = [
