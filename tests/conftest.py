@@ -43,9 +43,12 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer) 
 @pytest.fixture(scope="session")
 def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
     """The tiny random Llama converted to a BF16 GGUF by our own converter (no download)."""
+    from streamhost.engine.executors import gguf_tokenizer
     from streamhost.engine.gguf_convert import convert_to_gguf
 
-    return convert_to_gguf(tiny_llama_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama-bf16.gguf")
+    path = convert_to_gguf(tiny_llama_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama-bf16.gguf")
+    gguf_tokenizer(path)  # extracted (slow, cached) here rather than inside a server's start-up timeout
+    return path
 
 
 @pytest.fixture(scope="session")

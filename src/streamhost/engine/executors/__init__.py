@@ -84,13 +84,22 @@ def choose_executor(model: str, config: "EngineConfig") -> str:
 
 
 def gguf_tokenizer(gguf_path: Path):
-    """The Hugging Face tokenizer stored in a GGUF, extracted once into the cache."""
+    """The Hugging Face tokenizer stored in a GGUF, extracted once into the cache.
+
+    Extraction is slow (transformers parses every vocab entry in Python: ~10-60 s for a 49k
+    vocab), hence the cache; the torch executor's conversion of the same file holds the same
+    tokenizer, so it is reused when present."""
     from transformers import AutoTokenizer
 
-    from streamhost.engine.loader import _fingerprint, _is_complete, _publish, cache_root
+    from streamhost.engine.loader import DEFAULT_MODEL_NAME, _fingerprint, _is_complete, _publish, cache_root
 
-    target = cache_root() / "tokenizers" / f"{gguf_path.stem}-{_fingerprint(gguf_path)}"
+    fingerprint = _fingerprint(gguf_path)
+    converted = cache_root() / "models" / f"{DEFAULT_MODEL_NAME}-bfloat16-{fingerprint}"
+    if _is_complete(converted):
+        return AutoTokenizer.from_pretrained(converted)
+    target = cache_root() / "tokenizers" / f"{gguf_path.stem}-{fingerprint}"
     if not _is_complete(target):
+        log.info("extracting the tokenizer of %s (once)", gguf_path.name)
         import shutil
         import tempfile
 
