@@ -46,9 +46,30 @@ def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pa
     from streamhost.engine.executors import gguf_tokenizer
     from streamhost.engine.gguf_convert import convert_to_gguf
 
-    path = convert_to_gguf(tiny_llama_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama-bf16.gguf")
-    gguf_tokenizer(path)  # extracted (slow, cached) here rather than inside a server's start-up timeout
+    folder = tmp_path_factory.mktemp("tiny-gguf")
+    path = convert_to_gguf(tiny_llama_dir, folder / "model" / "tiny-llama-bf16.gguf")
+    # Its tokenizer is extracted (slow, then cached) here rather than inside a server's start-up
+    # timeout, into a cache of its own (servers of this GGUF get ``tiny_llama_gguf_env``).
+    previous = os.environ.get("STREAMHOST_CACHE")
+    os.environ["STREAMHOST_CACHE"] = str(tiny_gguf_cache(path))
+    try:
+        gguf_tokenizer(path)
+    finally:
+        if previous is None:
+            os.environ.pop("STREAMHOST_CACHE")
+        else:
+            os.environ["STREAMHOST_CACHE"] = previous
     return path
+
+
+def tiny_gguf_cache(gguf_path: Path) -> Path:
+    return gguf_path.parent.parent / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf_env(tiny_llama_gguf: Path) -> dict[str, str]:
+    """Environment for a server of the tiny GGUF: the STREAMHOST_CACHE holding its tokenizer."""
+    return {"STREAMHOST_CACHE": str(tiny_gguf_cache(tiny_llama_gguf))}
 
 
 @pytest.fixture(scope="session")

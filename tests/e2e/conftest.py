@@ -110,9 +110,10 @@ def tgi_server(request: pytest.FixtureRequest, tiny_llama_dir: Path, tmp_path_fa
     if request.param == "llamacpp":
         pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make install`")
         model = request.getfixturevalue("tiny_llama_gguf")
+        env = {**TINY_ENV, **request.getfixturevalue("tiny_llama_gguf_env")}
     else:
-        model = tiny_llama_dir
-    container = start_container(["--model-id", str(model)], log, TINY_ENV)
+        model, env = tiny_llama_dir, TINY_ENV
+    container = start_container(["--model-id", str(model)], log, env)
     yield container
     container.stop()
 

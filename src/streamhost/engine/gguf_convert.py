@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -259,6 +259,7 @@ def convert_to_gguf(folder: Path, out: Path, *, progress: Callable[[str], None] 
     rope = config.get("rope_scaling") or {}
     rope_kind = (rope.get("rope_type") or rope.get("type") or "").lower()
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch_name)])
     writer.add_name(folder.name)
     writer.add_context_length(int(config.get("max_position_embeddings") or 4096))
@@ -322,12 +323,3 @@ def convert_to_gguf(folder: Path, out: Path, *, progress: Callable[[str], None] 
         writer.close()
     return out
 
-
-def tensor_count(folder: Path) -> int:
-    """How many tensors a conversion writes (for tests and progress)."""
-    config = read_config(folder)
-    return len(_plan_tensors(Path(folder), config, architecture_of(config)))
-
-
-def iter_supported() -> Iterator[str]:
-    yield from SUPPORTED_ARCHITECTURES

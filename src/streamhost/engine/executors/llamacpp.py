@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 _backend_lock = threading.Lock()
 _backend_ready = False
-MAX_UBATCH = 512  # llama.cpp splits a bigger batch into micro-batches of this many tokens
+MAX_UBATCH = 512
+# enum ggml_log_level of the llama.cpp this version of llama-cpp-python vendors (ggml.h)
+GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = 1, 2, 3, 4, 5  # llama.cpp splits a bigger batch into micro-batches of this many tokens
 
 
 class LlamaCppUnavailableError(RuntimeError):
@@ -43,18 +45,18 @@ class _LlamaLog:
 
     def __init__(self) -> None:
         self.verbose = False
-        self._last = 1
+        self._last = GGML_LOG_INFO
         self._open = False
         self.callback = None
 
     def __call__(self, level: int, text: bytes, _user_data) -> None:
         message = text.decode("utf-8", "replace")
-        if level == 5:  # "continue": the previous line's level while that line is open, else info
-            level = self._last if self._open else 1
+        if level == GGML_LOG_CONT:  # the previous line's level while that line is open, else info
+            level = self._last if self._open else GGML_LOG_INFO
         self._last, self._open = level, not message.endswith("\n")
-        if level in (2, 3):
+        if level in (GGML_LOG_WARN, GGML_LOG_ERROR):
             log.warning("llama.cpp: %s", message.rstrip())
-        elif self.verbose and level == 1:
+        elif self.verbose and level == GGML_LOG_INFO:
             sys.stderr.write(message)
             sys.stderr.flush()
 
@@ -95,6 +97,20 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def use_extra_buffers() -> bool:
+    """llama.cpp's extra CPU weight layouts (AMX tiles, AVX repacking): off on CPUs with AMX, where
+    llama.cpp 0.3.36's AMX path crashed (SIGSEGV in the first decode of Q4_1 and Q8_0 models on this
+    project's Xeon); on elsewhere. STREAMHOST_LLAMACPP_EXTRA_BUFFERS=1/0 overrides."""
+    forced = os.environ.get("STREAMHOST_LLAMACPP_EXTRA_BUFFERS", "").strip().lower()
+    if forced in ("1", "true", "yes", "0", "false", "no"):
+        return forced in ("1", "true", "yes")
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "amx_tile" not in flags
 
 
 class SequenceSlots:
@@ -142,6 +158,7 @@ class LlamaCppExecutor:
         self.device = torch.device("cpu")
         self.threads = threads or default_threads()
         params = self.llama.llama_model_default_params()
+        params.use_extra_bufts = use_extra_buffers()
         self.model = self.llama.llama_model_load_from_file(str(self.model_path).encode(), params)
         if not self.model:
             raise ValueError(f"llama.cpp could not load {self.model_path} (not a GGUF model it supports)")
