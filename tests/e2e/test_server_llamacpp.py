@@ -58,13 +58,16 @@ def test_what_cannot_run_fails_at_startup_with_a_clear_line(containers, tiny_lla
     assert "Traceback" not in log
 
 
-def test_executor_flag_forces_torch_for_a_gguf(containers, tiny_llama_gguf: Path, tiny_llama_gguf_env: dict) -> None:
-    server = containers.start(["--model-id", str(tiny_llama_gguf), "--executor", "torch"],
-                              {**SMALL, **tiny_llama_gguf_env})
+def test_executor_setting_forces_llamacpp_for_a_safetensors_folder(containers, tiny_llama_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """A folder runs on torch unless told; STREAMHOST_EXECUTOR=llamacpp converts it (BF16 GGUF, cached)."""
+    server = containers.start(["--model-id", str(tiny_llama_dir)],
+                              {**SMALL, "STREAMHOST_EXECUTOR": "llamacpp", "STREAMHOST_CACHE": str(tmp_path)})
     info = httpx.get(server.url + "/info").json()
-    assert info["executor"] == "torch" and info["model_dtype"].startswith("torch.")
-    assert 'streamhost_executor_info{executor="torch"} 1.0' in httpx.get(server.url + "/metrics").text
+    assert info["executor"] == "llamacpp" and info["model_dtype"] == "BF16"
+    assert 'streamhost_executor_info{executor="llamacpp"} 1.0' in httpx.get(server.url + "/metrics").text
     assert generate(server.url, "Hello")["details"]["generated_tokens"] == 8
+    assert len(list((tmp_path / "gguf").glob("*-bf16-llamacpp*.gguf"))) == 1
 
 
 def test_default_model_runs_on_llamacpp_and_chats(containers) -> None:
