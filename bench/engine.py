@@ -7,14 +7,18 @@ makes exactly ``--new-tokens`` tokens):
                          then one forward per token with the model's KV cache, argmax);
 * ``transformers_cb`` -- transformers' own continuous batching (``init_continuous_batching``,
                          the manager behind ``generate_batch``) with a small paged KV cache;
-* ``engine``          -- ``streamhost.engine.Engine``, N concurrent ``generate()`` streams.
+* ``engine``          -- ``streamhost.engine.Engine``, N concurrent ``generate()`` streams;
+* ``engine_peer``     -- with ``--peer-src``: the same engine measurement run on another checkout's
+                         ``src/`` (e.g. the previous main), for a before/after in one run.
 
 Each configuration gets a warm-up run, then ``--repeats`` measured runs; the figures are medians.
-Results go to bench/results/engine-<timestamp>.json, bench/results/engine.json (latest) and
-bench/results/engine.png. Usage::
+Results go to bench/results/engine-<timestamp>.json and the plot beside it (same stem, .png);
+``bench/check.py`` says whether the issue's goals are met. Usage::
 
     .venv/bin/python bench/engine.py                 # full run (~10 min on 2 cores)
     .venv/bin/python bench/engine.py --quick         # smoke run (streams 1,4; 32 tokens; 1 repeat)
+    git archive <rev> src | tar -x -C /tmp/prev       # a previous version's source tree, then:
+    .venv/bin/python bench/engine.py --skip-baselines --peer-src /tmp/prev/src --streams 1,16
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    RESULTS_DIR,
     _jsonable,
     StreamRecord,
     chat_prompts,
@@ -40,27 +43,26 @@ from _common import (  # noqa: E402
     load_latest,
     machine_info,
     median_runs,
+    plot_path,
     plot_throughput_and_ttft,
     run_metrics,
     write_results,
 )
+from check import format_verdict, verdicts  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 console = Console(width=max(Console().width, 100))  # a table, even when piped
 
-# Issue #2's targets.
-TARGET_SINGLE_VS_HAND = 0.90
-TARGET_MAX_VS_CB = 1.2
-TARGET_MAX_VS_SINGLE = 4.0
+SYSTEM_KEYS = {"hand": "hand_loop", "cb": "transformers_cb", "engine": "engine", "peer": "engine_peer"}
 
 
-SYSTEM_KEYS = {"hand": "hand_loop", "cb": "transformers_cb", "engine": "engine"}
+def run_systems_in_subprocesses(argv: list[str], systems: list[str], peer_src: str | None = None) -> dict[str, Any]:
+    """Measure each system in a fresh interpreter and merge their results (see ``--in-process``).
 
-
-def run_systems_in_subprocesses(argv: list[str], systems: list[str]) -> dict[str, Any]:
-    """Measure each system in a fresh interpreter and merge their results (see ``--in-process``)."""
+    The ``peer`` system imports streamhost from ``peer_src`` instead of this checkout.
+    """
     import subprocess
     import tempfile
 
@@ -69,7 +71,10 @@ def run_systems_in_subprocesses(argv: list[str], systems: list[str]) -> dict[str
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
             out = Path(tmp.name)
         console.print(f"[bold]measuring {system} in a fresh process[/]")
-        subprocess.run([sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True)
+        env = dict(os.environ)
+        if system == "peer" and peer_src:
+            env["PYTHONPATH"] = os.pathsep.join([str(Path(peer_src).resolve()), *[p for p in [env.get("PYTHONPATH")] if p]])
+        subprocess.run([sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True, env=env)
         merged.update(json.loads(out.read_text()))
         out.unlink()
     return merged
@@ -81,11 +86,15 @@ def measure_one(system: str, model_dir: Path, args, progress) -> dict[str, Any]:
 
     prompts = chat_prompts(AutoTokenizer.from_pretrained(model_dir), max(args.stream_counts))
     runs = (1 + args.repeats) * (1 if system == "hand" else len(args.stream_counts))
-    task = progress.add_task({"hand": "hand loop", "cb": "transformers CB", "engine": "streamhost engine"}[system],
+    task = progress.add_task({"hand": "hand loop", "cb": "transformers CB", "engine": "streamhost engine",
+                              "peer": "streamhost engine (peer src)"}[system],
                              total=runs)
     part: dict[str, Any] = {"prompt_lengths": [len(p) for p in prompts]}
-    if system == "engine":
-        part["engine"] = bench_engine(model_dir, prompts, args, progress, task)
+    if system in ("engine", "peer"):
+        import streamhost
+
+        part[SYSTEM_KEYS[system]] = bench_engine(model_dir, prompts, args, progress, task)
+        part[SYSTEM_KEYS[system]]["source"] = str(Path(streamhost.__path__[0]).resolve().parent)
         return part
     model, tokenizer = load_hf_model(model_dir)
     if system == "hand":
@@ -128,6 +137,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure every system in this one process (default: each in a fresh process, because "
         "OpenMP thread pools left by one system slow the next one's model thread by ~35%%)",
     )
+    parser.add_argument(
+        "--peer-src", default=None,
+        help="another checkout's src/ folder (e.g. the previous main): its engine is measured too, in its own "
+        "process, and compared stream count by stream count",
+    )
     parser.add_argument("--only", choices=list(SYSTEM_KEYS), help=argparse.SUPPRESS)
     parser.add_argument("--partial-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -142,6 +156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.new_tokens < 2 or args.repeats < 1:
         parser.error("--new-tokens must be >= 2 and --repeats >= 1")
     args.warmup_tokens = max(2, min(args.warmup_tokens, args.new_tokens))
+    if args.peer_src and args.in_process:
+        parser.error("--peer-src measures in separate processes; drop --in-process")
+    if args.peer_src and not (Path(args.peer_src) / "streamhost").is_dir():
+        parser.error(f"--peer-src {args.peer_src}: no streamhost package there")
     return args
 
 
@@ -374,7 +392,8 @@ def _get(system: dict | None, n: int) -> dict | None:
     return entry["median"] if entry else None
 
 
-def targets(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str, Any]]:
+def ratios(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str, Any]]:
+    """The ratios the goals are stated in (bench/check.py holds the goals themselves)."""
     hand = results.get("hand_loop")
     hand_m = hand["median"] if hand else None
     ours, cb = results.get("engine"), results.get("transformers_cb")
@@ -388,24 +407,27 @@ def targets(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str,
         {
             "name": f"decode tok/s: ours x{one} / hand loop",
             "value": ratio(ours_one and ours_one["decode_tok_s_per_stream"], hand_m and hand_m["decode_tok_s_per_stream"]),
-            "target": TARGET_SINGLE_VS_HAND,
         },
         {
             "name": f"total tok/s: ours x{top} / hf CB x{top}",
             "value": ratio(ours_top and ours_top["total_tok_s"], cb_top and cb_top["total_tok_s"]),
-            "target": TARGET_MAX_VS_CB,
         },
         {
             "name": f"total tok/s: ours x{top} / ours x{one}",
             "value": ratio(ours_top and ours_top["total_tok_s"], ours_one and ours_one["total_tok_s"]),
-            "target": TARGET_MAX_VS_SINGLE,
         },
     ]
-    for row in rows:
-        row["met"] = None if row["value"] is None else row["value"] >= row["target"]
     if top != 16:
         for row in rows:
             row["note"] = "issue targets are stated for 1 and 16 streams"
+    peer = results.get("engine_peer")
+    if peer:
+        for n in stream_counts:
+            mine, theirs = _get(ours, n), _get(peer, n)
+            rows.append({"name": f"total tok/s: ours x{n} / peer x{n}",
+                         "value": ratio(mine and mine["total_tok_s"], theirs and theirs["total_tok_s"])})
+            rows.append({"name": f"TTFT p50: ours x{n} / peer x{n}",
+                         "value": ratio(mine and mine["ttft_median_s"], theirs and theirs["ttft_median_s"])})
     return rows
 
 
@@ -427,21 +449,19 @@ def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
 
     if results.get("hand_loop"):
         row("hand loop" + (" (prev)" if results.get("baselines_from") else ""), 1, results["hand_loop"]["median"])
-    for key, label in (("transformers_cb", "hf CB"), ("engine", "streamhost")):
+    for key, label in (("transformers_cb", "hf CB"), ("engine_peer", "streamhost (peer src)"), ("engine", "streamhost")):
         if key == "transformers_cb" and results.get("baselines_from"):
             label += " (prev)"
         for n in stream_counts:
             row(label, n, _get(results.get(key), n))
     console.print(table)
+    for r in results.get("ratios", []):
+        if "peer" in r["name"] and r["value"] is not None:
+            console.print(f"  {r['name']}: {r['value']:.3f}")
 
-    tt = Table(title="Targets (issue #2)")
-    for col in ("ratio", "value", "target", "met"):
-        tt.add_column(col)
-    for t in results["targets"]:
-        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
-        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[t["met"]]
-        tt.add_row(t["name"], value, f">= {t['target']}", met)
-    console.print(tt)
+    console.print("goals (bench/check.py):")
+    for verdict in verdicts(results, "engine"):
+        console.print("  " + format_verdict(verdict), markup=False)
     agreement = results.get("greedy_agreement")
     if agreement:
         console.print(f"greedy agreement with the hand loop (stream 0, leading tokens): {agreement}")
@@ -510,12 +530,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 console.print("[yellow]no previous baselines with the same --new-tokens; ratios will be n/a[/]")
         wanted = ([] if args.skip_baselines else ["hand", "cb"]) + ([] if why_no_engine else ["engine"])
+        if args.peer_src:
+            wanted.insert(len(wanted) - 1 if "engine" in wanted else len(wanted), "peer")  # peer, then ours
         if args.in_process:
             for system in wanted:
                 results.update(measure_one(system, model_dir, args, progress))
         else:
             progress.stop()
-            results.update(run_systems_in_subprocesses(list(argv if argv is not None else sys.argv[1:]), wanted))
+            results.update(run_systems_in_subprocesses(list(argv if argv is not None else sys.argv[1:]), wanted,
+                                                       args.peer_src))
     results["elapsed_s"] = time.perf_counter() - started
     # The cores are shared: a high load average here means the figures are noisy.
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -527,26 +550,27 @@ def main(argv: list[str] | None = None) -> int:
     hand_tokens = results.get("hand_loop", {}).get("tokens0")
     if hand_tokens:
         agreement = {}
-        for key in ("transformers_cb", "engine"):
+        for key in ("transformers_cb", "engine", "engine_peer"):
             for n, entry in (results.get(key) or {}).get("by_streams", {}).items():
                 agreement[f"{key} x{n}"] = f"{common_prefix(hand_tokens, entry['tokens0'])}/{len(hand_tokens)}"
         results["greedy_agreement"] = agreement
 
-    results["targets"] = targets(results, args.stream_counts)
-    stamped, latest = write_results(results, "engine")
+    results["ratios"] = ratios(results, args.stream_counts)
+    stamped = write_results(results, "engine")
     series = {}
-    for key, label in (("engine", "streamhost engine"), ("transformers_cb", "transformers CB")):
+    for key, label in (("engine", "streamhost engine"), ("engine_peer", "streamhost engine (peer src)"),
+                       ("transformers_cb", "transformers CB")):
         if results.get(key):
             series[label] = {int(n): e["median"] for n, e in results[key]["by_streams"].items()}
     plot = plot_throughput_and_ttft(
-        RESULTS_DIR / "engine.png",
+        plot_path(stamped),
         f"SmolLM2-135M-Instruct bf16 on CPU ({results['machine']['torch_threads']} threads), "
         f"{args.new_tokens} new tokens, greedy",
         series,
         reference=results["hand_loop"]["median"] if results.get("hand_loop") else None,
     )
     print_report(results, args.stream_counts)
-    console.print(f"wrote {stamped}, {latest}, {plot} in {results['elapsed_s']:.0f} s")
+    console.print(f"wrote {stamped}, {plot} in {results['elapsed_s']:.0f} s")
     return 0
 
 

@@ -22,19 +22,12 @@ import uvicorn
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.types import FinishReason, GenerationDetails, TokenEvent
+from streamhost.launcher import free_port
 from streamhost.protocols.lmi import ServingProperties
 from streamhost.server.app import create_app
 from streamhost.server.config import ServerSettings
 from streamhost.server.state import ServerState
 
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ScriptedEngine:
@@ -137,7 +130,7 @@ def test_generation_failure_mid_stream_ends_with_the_dialect_error_event(scripte
         events = raw.split(b"\n\n")[:-1]
         assert len(events) == 3 and raw.endswith(b"\n\n")
         assert json.loads(events[0][5:])["token"]["text"] == " t0"
-        assert events[-1] == b'data:{"error":"Request failed during generation: the device fell over","error_type":"generation"}'
+        assert events[-1] == b'data: {"error":"Request failed during generation: the device fell over","error_type":"generation"}'
     elif scripted.state.settings.properties.output_formatter == "sse":
         response = _post(scripted.url, "/invocations", body)
         assert response.headers["content-type"].startswith("text/event-stream")

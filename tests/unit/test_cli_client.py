@@ -10,11 +10,11 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, EventStreamError
 
 from streamhost import cli
-from streamhost.cli_bench import find_script
-from streamhost.cli_chat import MESSAGES_MODE, ChatPlan, plan_chat
-from streamhost.cli_common import CliError, format_error, parse_env
-from streamhost.cli_invoke import build_parameters, invoke_body, read_prompt
-from streamhost.cli_resources import find_logs
+from streamhost.cli.bench import find_script
+from streamhost.cli.chat import MESSAGES_MODE, ChatPlan, plan_chat
+from streamhost.cli.common import CliError, format_error, parse_env
+from streamhost.cli.invoke import build_parameters, invoke_body, read_prompt
+from streamhost.cli.resources import find_logs
 from streamhost.client import StreamError
 from streamhost.client.sdk import EULA_ENV
 
@@ -133,7 +133,10 @@ def test_chat_uses_the_servers_chat_template_for_tokenizer_models():
     body = plan.body(history)
     assert body["messages"] == history and body["stream"] is True
     assert body["max_tokens"] == 32 and "max_new_tokens" not in body
-    assert body["temperature"] == 0.2  # the catalog's recommendation fills what flags leave out
+    assert body["temperature"] == 0  # the catalog's recommendation (greedy) fills what flags leave out
+    # Greedy in a generate body is TGI's do_sample=false (temperature 0 is refused there).
+    chatml = plan_chat(parse("chat", "ep", "--template", "chatml"), {"HF_MODEL_ID": "smollm2"}).body(history)
+    assert chatml["parameters"]["do_sample"] is False and "temperature" not in chatml["parameters"]
 
 
 def test_chat_renders_catalog_templates_client_side_with_their_stops():

@@ -58,10 +58,10 @@ def normalize_quant_type(value: str) -> str:
     return name
 
 
-def cache_dir() -> Path:
+def cache_dir(cache: Path | None = None) -> Path:
     from streamhost.engine.loader import cache_root
 
-    return cache_root() / "gguf"
+    return cache_root(cache) / "gguf"
 
 
 def _progress(message: str) -> None:
@@ -85,7 +85,7 @@ def quantize_gguf(source: Path, target: Path, quant: str, threads: int | None = 
         raise RuntimeError(f"llama.cpp failed to quantize {source.name} to {quant} (status {rc})")
 
 
-def gguf_for(folder: Path, quant: str = UNQUANTIZED, threads: int | None = None) -> Path:
+def gguf_for(folder: Path, quant: str = UNQUANTIZED, threads: int | None = None, cache: Path | None = None) -> Path:
     """The cached GGUF of ``folder`` at ``quant``, made on first use (convert, then quantize)."""
     from streamhost.engine.executors.llamacpp import llama_cpp_version
 
@@ -98,7 +98,7 @@ def gguf_for(folder: Path, quant: str = UNQUANTIZED, threads: int | None = None)
             f"quantization {quant} needs llama-cpp-python (install it with `make install`), or unset HF_MODEL_QUANTIZE"
         )
     key = f"{folder.name}-{weights_fingerprint(folder)}-{quant}-llamacpp{version}"
-    target = cache_dir() / f"{key}.gguf"
+    target = cache_dir(cache) / f"{key}.gguf"
     if target.is_file():
         _progress(f"using cached {quant} GGUF {target}")
         return target

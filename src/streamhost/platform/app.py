@@ -23,7 +23,7 @@ from .asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, re
 from .auth import AuthError, SigV4Verifier, load_secrets
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
-from .metrics import PlatformMetrics
+from .metrics import CLIENT_CLOSED_REQUEST, PlatformMetrics
 from .settings import PlatformSettings
 from .store import Store
 from .supervisor import Supervisor
@@ -195,23 +195,24 @@ class PlatformApp:
         try:
             body = await read_body(receive, _CONTROL_BODY_LIMIT)
         except ClientGone:
+            self.metrics.count_request(operation, CLIENT_CLOSED_REQUEST)
             return
         except BodyTooLarge:
             await respond_json(send, 413, {"__type": "ValidationException", "message": "Request body is larger than 1 MiB"},
                                content_type=json_type)  # fmt: skip
-            self.metrics.requests.labels(operation, "413").inc()
+            self.metrics.count_request(operation, 413)
             return
         try:
             self._authenticate(scope, headers, body)
         except AuthError as exc:
             await respond_json(send, exc.status, {"__type": exc.code, "message": exc.message}, content_type=json_type)
-            self.metrics.requests.labels(operation, str(exc.status)).inc()
+            self.metrics.count_request(operation, exc.status)
             return
         status, payload = await self.control.handle(target, body)
         if operation not in self.control.operations:
             operation = "Unknown"
         await respond_json(send, status, payload, {"x-amzn-requestid": _request_id()}, content_type=json_type)
-        self.metrics.requests.labels(operation, str(status)).inc()
+        self.metrics.count_request(operation, status)
 
     # ------------------------------------------------------------------ runtime
 
@@ -226,21 +227,22 @@ class PlatformApp:
         try:
             body = await read_body(receive, sm.MAX_BODY_BYTES)
         except ClientGone:
+            self.metrics.count_request(operation, CLIENT_CLOSED_REQUEST)
             return
         except BodyTooLarge:
             status, hdrs, payload = sm.runtime_error("ValidationError", "The request body is larger than 6 MiB (6291456 bytes).")
             await respond(send, status, payload, hdrs)
-            self.metrics.requests.labels(operation, str(status)).inc()
+            self.metrics.count_request(operation, status)
             return
         try:
             self._authenticate(scope, headers, body)
         except AuthError as exc:
             payload = json.dumps({"message": exc.message}).encode()
             await respond(send, exc.status, payload, {sm.ERROR_TYPE: exc.code, "content-type": sm.JSON_CONTENT_TYPE})
-            self.metrics.requests.labels(operation, str(exc.status)).inc()
+            self.metrics.count_request(operation, exc.status)
             return
         status = await self.gateway.invoke(receive, send, name, body, headers, stream)
-        self.metrics.requests.labels(operation, str(status)).inc()
+        self.metrics.count_request(operation, status)
 
     # ------------------------------------------------------------------ operator view
 

@@ -8,12 +8,19 @@ setting fails at once with a message naming the setting and the value (never mid
 - the dialect: ``--dialect``, else ``lmi`` when the model folder holds ``serving.properties`` or an
   ``OPTION_*`` variable is set, else ``tgi``;
 - ``HF_MODEL_REVISION``, ``HF_MODEL_TRUST_REMOTE_CODE`` (or ``option.trust_remote_code``),
-  ``HF_MODEL_QUANTIZE`` (reported; this executor serves unquantised weights), ``SM_NUM_GPUS`` /
-  ``option.tensor_parallel_degree`` (read by the engine), ``HF_TOKEN`` /
-  ``HUGGING_FACE_HUB_TOKEN`` (read by the loader for hub downloads, never logged);
-- dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE``/``DTYPE`` (engine default: bf16 where fast);
-- the ``MAX_*`` limits are read by the engine (``EngineLimits.from_env``); ``serving.properties``
-  values reach it through :func:`export_serving_properties`, since the file wins over ``OPTION_*``.
+  ``HF_MODEL_QUANTIZE`` / ``OPTION_QUANTIZE`` (a llama.cpp type on CPU: the model is converted to GGUF and
+  quantized once, cached), ``--executor`` / ``STREAMHOST_EXECUTOR`` (torch | llamacpp),
+  ``option.tensor_parallel_degree`` > ``OPTION_TENSOR_PARALLEL_DEGREE`` > ``SM_NUM_GPUS`` >
+  ``NUM_SHARD``, ``HF_TOKEN`` / ``HUGGING_FACE_HUB_TOKEN`` (for hub downloads, never logged),
+  ``STREAMHOST_CACHE`` (converted models), ``STREAMHOST_BATCH_INVARIANT``;
+- dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
+- the limits: TGI's names (``MAX_TOTAL_TOKENS``, ...) > ``serving.properties`` > ``OPTION_*``
+  variables > LMI's plain names > defaults shaped by the model's context length. Within LMI the
+  file wins over its variables (DJL's rule); TGI's names win over LMI's (``engine/limits.py``).
+
+The result for the engine is one :class:`~streamhost.engine.config.EngineConfig`
+(``ServerSettings.engine``), passed to ``Engine.load``: nothing below the server reads the
+environment.
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamhost.engine.limits import parse_dtype
+from streamhost.engine.config import EngineConfig, LimitSettings
+from streamhost.engine.limits import SETTING_NAMES, ExecutionOptions, parse_dtype
+from streamhost.engine.loader import default_cache_dir
 from streamhost.protocols.lmi import ServingProperties, ServingPropertiesError
+from streamhost.server.model_folder import ModelFolderError, model_root, served_model
 
 DEFAULT_PORT = 8080
-DEFAULT_HOST = "127.0.0.1"  # DESIGN.md: bind locally unless told otherwise (containers pass --host 0.0.0.0)
+DEFAULT_HOST = "127.0.0.1"  # docs/architecture.md: bind locally unless told otherwise (containers pass --host 0.0.0.0)
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_MODEL = "smollm2"
 SERVING_PROPERTIES = "serving.properties"
@@ -61,7 +71,7 @@ class ServerSettings:
     payload_limit: int = 2_000_000
     compute_type: str | None = None  # TGI's x-compute-type header (default: the device)
     log_level: str = "info"
-    extra_env: dict[str, str] = field(default_factory=dict)  # what export_serving_properties will set
+    engine: EngineConfig = field(default_factory=EngineConfig)  # what the engine is told
 
     def describe(self) -> str:
         """One line for the log (no secrets)."""
@@ -132,6 +142,8 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     model_dir_path = Path(model_dir).expanduser() if model_dir else None
     if model_dir_path is not None and not model_dir_path.exists():
         raise SettingsError(f"--model-dir {model_dir} does not exist")
+    if model_dir_path is not None:
+        model_dir_path = model_root(model_dir_path)  # DJL: model.tar.gz holding one folder (mymodel/)
     props_file = model_dir_path / SERVING_PROPERTIES if model_dir_path is not None and model_dir_path.is_dir() else None
     has_props = props_file is not None and props_file.is_file()
 
@@ -150,6 +162,13 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
             raise SettingsError(str(exc)) from None
 
     model_id = _flag(args, "model_id")
+    if not model_id and has_props and model_dir_path is not None and properties is not None:
+        source = properties.sources.get("option.model_id", SERVING_PROPERTIES)
+        origin = str(props_file) if source == SERVING_PROPERTIES else f"the environment variable {source}"
+        try:
+            model_id = served_model(model_dir_path, properties.model_id, origin)
+        except ModelFolderError as exc:
+            raise SettingsError(str(exc)) from None
     if not model_id and properties is not None and properties.model_id:
         model_id = properties.model_id
     if not model_id:
@@ -165,11 +184,17 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     if model_dir_path is not None and not Path(model_id).is_absolute() and (model_dir_path / model_id).exists():
         model_id = str(model_dir_path / model_id)  # option.model_id relative to the model folder
 
+    # serving.properties options as their OPTION_* names, over the variables (the file wins in LMI).
+    lmi_env = {**env, **serving_properties_env(properties)} if properties is not None and has_props else env
+    try:
+        options = ExecutionOptions.from_env(lmi_env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     dtype_raw = _flag(args, "dtype")
     source = "--dtype"
     if dtype_raw is None and properties is not None and properties.dtype is not None:
         dtype_raw, source = properties.dtype, "option.dtype"
-    dtype = None
+    dtype = options.dtype
     if dtype_raw is not None:
         try:
             dtype = parse_dtype(dtype_raw, source=source)
@@ -207,16 +232,34 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         quantize = properties.values.get("option.quantize") or None
     quantize = quantize or env.get("OPTION_QUANTIZE") or None
 
-    extra_env: dict[str, str] = {}
-    if properties is not None and has_props:
-        extra_env = serving_properties_env(properties)
+    limit_settings = LimitSettings({name: value for name, value in lmi_env.items() if name in SETTING_NAMES})
+    try:
+        limit_settings.resolve()  # fail now on a bad value; the model's context length only lowers defaults
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    revision = _flag(args, "revision") or env.get("HF_MODEL_REVISION") or None
+    batch_invariant = _env_bool(env, "STREAMHOST_BATCH_INVARIANT")
+    cache = env.get("STREAMHOST_CACHE") or None
+    engine = EngineConfig(
+        dtype=dtype,
+        trust_remote_code=bool(trust),
+        revision=revision,
+        limit_settings=limit_settings,
+        model_id=model_id,
+        tensor_parallel_degree=options.tensor_parallel_degree,
+        batch_invariant=bool(batch_invariant),
+        hub_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
+        cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
+        executor=executor,
+        quantize=quantize,
+    )
 
     return ServerSettings(
         model_id=model_id,
         dialect=dialect,
         host=_flag(args, "host") or DEFAULT_HOST,
         port=int(port),
-        revision=_flag(args, "revision") or env.get("HF_MODEL_REVISION") or None,
+        revision=revision,
         dtype=dtype,
         trust_remote_code=bool(trust),
         quantize=quantize,
@@ -229,24 +272,14 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         payload_limit=int(payload_limit) if payload_limit is not None else 2_000_000,
         compute_type=env.get("COMPUTE_TYPE") or None,
         log_level=(_flag(args, "log_level") or env.get("LOG_LEVEL") or "info").lower(),
-        extra_env=extra_env,
+        engine=engine,
     )
 
 
 def serving_properties_env(properties: ServingProperties) -> dict[str, str]:
-    """``option.x_y`` -> ``OPTION_X_Y`` for every option the file set (the engine reads the environment)."""
+    """``option.x_y`` -> ``OPTION_X_Y`` for every option the file set, to merge over the variables."""
     out: dict[str, str] = {}
     for key, value in properties.values.items():
         if key.startswith("option.") and properties.sources.get(key) == "serving.properties":
             out["OPTION_" + key[len("option."):].upper()] = value
     return out
-
-
-def export_serving_properties(settings: ServerSettings, environ: dict[str, str] | None = None) -> None:
-    """Put serving.properties options into the process environment, where the engine's limits read them.
-
-    The file wins over ``OPTION_*`` variables (LMI's rule), so its values overwrite them.
-    """
-    target = os.environ if environ is None else environ
-    for name, value in settings.extra_env.items():
-        target[name] = value

@@ -4,7 +4,7 @@ Starlette's StreamingResponse notices a vanished client only when a write fails,
 happens while a long prompt is prefilling or a non-streaming answer is being computed. These
 responses race the work against the ASGI ``http.disconnect`` message instead: when the client goes
 away the work is cancelled, which closes the engine's ``generate()`` iterator and so frees the
-request's batch slot at the engine's next step (DESIGN pitfall 4).
+request's batch slot at the engine's next step (docs/architecture.md, pitfall 4).
 
 :class:`TokenStream` waits for the first token before sending headers, so every error the engine
 raises up front (429 overloaded, 422 validation, 503 draining) keeps its status code; after that
@@ -100,8 +100,7 @@ class GuardedResponse:
         try:
             await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
             if not work.done() and not self.completed:
-                metrics.disconnects.inc()
-                work.cancel()
+                work.cancel()  # the client left: counted as 499 by the app's CountRequests
             try:
                 await work
             except asyncio.CancelledError:
@@ -128,7 +127,7 @@ class TokenStream(GuardedResponse):
     """A streamed generation: headers after the first token, then one flushed chunk per event.
 
     ``frame(event) -> bytes`` is the protocol's per-token framing (``b""`` sends nothing);
-    ``tail`` follows the final event (``data:[DONE]``); ``early_error`` gives the status and
+    ``tail`` follows the final event (``data: [DONE]``); ``early_error`` gives the status and
     JSON body for an engine error before the first byte, ``stream_error`` the in-stream event.
     """
 

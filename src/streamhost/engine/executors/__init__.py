@@ -14,14 +14,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamhost.engine.executors.base import EXECUTOR_NAMES, Executor
-
 if TYPE_CHECKING:  # pragma: no cover
-    from streamhost.engine.engine import EngineConfig
+    from streamhost.engine.config import EngineConfig
+    from streamhost.engine.executor_api import Executor
+
+EXECUTOR_NAMES = ("torch", "llamacpp")
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXECUTOR_NAMES", "Executor", "choose_executor", "find_gguf", "gguf_tokenizer", "load_executor"]
+__all__ = ["EXECUTOR_NAMES", "choose_executor", "find_gguf", "gguf_tokenizer", "load_executor"]
 
 
 def parse_executor(value: str | None, source: str = "--executor") -> str | None:
@@ -83,7 +84,7 @@ def choose_executor(model: str, config: "EngineConfig") -> str:
     return "torch"
 
 
-def gguf_tokenizer(gguf_path: Path):
+def gguf_tokenizer(gguf_path: Path, cache: Path | None = None):
     """The Hugging Face tokenizer stored in a GGUF, extracted once into the cache.
 
     Extraction is slow (transformers parses every vocab entry in Python: ~10-60 s for a 49k
@@ -94,10 +95,10 @@ def gguf_tokenizer(gguf_path: Path):
     from streamhost.engine.loader import DEFAULT_MODEL_NAME, _fingerprint, _is_complete, _publish, cache_root
 
     fingerprint = _fingerprint(gguf_path)
-    converted = cache_root() / "models" / f"{DEFAULT_MODEL_NAME}-bfloat16-{fingerprint}"
+    converted = cache_root(cache) / "models" / f"{DEFAULT_MODEL_NAME}-bfloat16-{fingerprint}"
     if _is_complete(converted):
         return AutoTokenizer.from_pretrained(converted)
-    target = cache_root() / "tokenizers" / f"{gguf_path.stem}-{fingerprint}"
+    target = cache_root(cache) / "tokenizers" / f"{gguf_path.stem}-{fingerprint}"
     if not _is_complete(target):
         log.info("extracting the tokenizer of %s (once)", gguf_path.name)
         import shutil
@@ -114,7 +115,7 @@ def gguf_tokenizer(gguf_path: Path):
     return AutoTokenizer.from_pretrained(target)
 
 
-def load_executor(model: str, config: "EngineConfig", dtype: str | None = None) -> Executor:
+def load_executor(model: str, config: "EngineConfig") -> "Executor":
     """Resolve ``model`` and load it on the executor ``choose_executor`` picks."""
     from streamhost.engine.loader import resolve_model
 
@@ -124,8 +125,9 @@ def load_executor(model: str, config: "EngineConfig", dtype: str | None = None) 
 
         if config.quantize:
             log.warning("quantize=%s is ignored by the torch executor: serving unquantised weights", config.quantize)
-        path = resolve_model(model, revision=config.revision)
-        return TorchExecutor(path, dtype=dtype, device=config.device, trust_remote_code=config.trust_remote_code)
+        path = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
+        return TorchExecutor(path, dtype=config.dtype, device=config.device,
+                             trust_remote_code=config.trust_remote_code, batch_invariant=config.batch_invariant)
 
     from transformers import AutoTokenizer
 
@@ -140,10 +142,10 @@ def load_executor(model: str, config: "EngineConfig", dtype: str | None = None) 
     if gguf is not None and quant:
         log.warning("quantize=%s ignored: %s is a GGUF model already (type of its own)", quant, gguf.name)
     if gguf is not None:
-        tokenizer = gguf_tokenizer(gguf)
+        tokenizer = gguf_tokenizer(gguf, config.cache_dir)
     else:
-        folder = resolve_model(model, revision=config.revision)
-        gguf = gguf_for(folder, quant or UNQUANTIZED, threads=config.threads)
+        folder = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
+        gguf = gguf_for(folder, quant or UNQUANTIZED, threads=config.threads, cache=config.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
     log.info("llama.cpp executor: %s (%d threads)", gguf, config.threads or os.cpu_count() or 1)
     return LlamaCppExecutor(gguf, tokenizer, threads=config.threads)

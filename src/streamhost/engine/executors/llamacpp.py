@@ -114,7 +114,10 @@ def use_extra_buffers() -> bool:
 
 
 class SequenceSlots:
-    """Sequence ids of the llama context in use (the engine's rows); lowest free id first."""
+    """Sequence ids of the llama context in use (the engine's rows); lowest free id first.
+
+    llama.cpp allocates its KV cache once, at context creation: there is nothing to grow per step
+    or to give back while idle, unlike the torch executor's KVStore."""
 
     def __init__(self) -> None:
         self._free: list[int] = []
@@ -133,16 +136,6 @@ class SequenceSlots:
     @property
     def live_rows(self) -> int:
         return self._next - len(self._free)
-
-    # llama.cpp allocates its KV cache once, at context creation: nothing to grow or give back.
-    def reserve(self, rows: int, positions: int) -> None:
-        return None
-
-    def nbytes(self) -> int:
-        return 0
-
-    def reset(self) -> None:
-        return None
 
 
 class LlamaCppExecutor:
@@ -283,6 +276,16 @@ class LlamaCppExecutor:
         if self.ctx:
             self.llama.llama_memory_seq_rm(self._memory, row, -1, -1)
         self.store.free(row)
+
+    @property
+    def live_rows(self) -> int:
+        return self.store.live_rows
+
+    def reserve(self, rows: int, positions: int) -> None:
+        """Nothing to do: the context's KV cells were allocated by ``configure``."""
+
+    def release_idle_memory(self, keep_bytes: int) -> None:
+        """Nothing to do: the KV cells stay allocated for the context's life (sized by the limits)."""
 
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
         """One ``llama_decode`` over the packed step; the logits each segment asked for."""
