@@ -14,7 +14,7 @@ decode against memory bandwidth, and the Q8_0 conversion's greedy agreement with
    difference / tokens of the bf16 answer, pooled. Target: >= 90%. (The bf16 weights here are the
    dequantised Q4_1 GGUF the default model ships as: no hub access on this machine.)
 
-Results: bench/results/llamacpp-<timestamp>.json, llamacpp.json, llamacpp.png. Usage::
+Results: bench/results/llamacpp-<timestamp>.json and .png. Usage::
 
     nice -n 10 .venv/bin/python bench/llamacpp.py [--threads 2] [--skip quality]
 """
@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import QUESTIONS, RESULTS_DIR, common_prefix, machine_info, write_results  # noqa: E402
+from _common import QUESTIONS, RESULTS_DIR, common_prefix, load_latest, machine_info, plot_path, write_results  # noqa: E402
 
 EXTRA_QUESTIONS = [
     "Why do we see lightning before we hear thunder?",
@@ -105,11 +105,12 @@ def serve_one_stream(threads: int, requests: int) -> dict[str, Any]:
            "--concurrency", "1", "--requests-per-level", str(requests), "--name", name]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run(cmd, check=True, env=env)
-    data = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    data = load_latest(name)
+    assert data is not None, f"bench/serve.py wrote no {name} results"
     level = data["targets"]["streamhost-llamacpp"]["levels"]["1"]
     return {"tpot_p50_s": level["tpot_p50_s"], "decode_tok_s": 1 / level["tpot_p50_s"],
             "ttft_p50_s": level["ttft_p50_s"], "output_tok_s": level["output_tok_s"],
-            "requests": level["ok"], "results_file": f"{name}.json"}
+            "requests": level["ok"], "results_file": data.get("_file")}
 
 
 async def _greedy(engine, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -244,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         results["quality"] = quality(model_dir, args.threads, 64)
         print(f"Q8_0 vs bf16 greedy agreement: {results['quality']['agreement_pooled']:.1%}", flush=True)
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
-    stamped, _ = write_results(results, "llamacpp")
-    plot(results, RESULTS_DIR / "llamacpp.png")
+    stamped = write_results(results, "llamacpp")
+    plot(results, plot_path(stamped))
     print(json.dumps({k: v for k, v in results.items() if k not in ("machine", "quality")}, indent=2, default=str))
-    print(f"wrote {stamped} and {RESULTS_DIR / 'llamacpp.png'}")
+    print(f"wrote {stamped} and {plot_path(stamped)}")
     return 0
 
 
