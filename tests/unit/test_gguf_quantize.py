@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from streamhost.engine.gguf_convert import UnsupportedModelError, convert_to_gguf
-from streamhost.engine.gguf_quantize import UnsupportedQuantizationError, gguf_for, normalize_quant_type
+from streamhost.engine.gguf_quantize import (
+    UnsupportedQuantizationError,
+    gguf_for,
+    normalize_quant_type,
+)
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make install`")
 
@@ -29,7 +33,8 @@ def test_converter_writes_every_tensor_with_llama_names(tiny_llama_dir: Path, tm
     out = convert_to_gguf(tiny_llama_dir, tmp_path / "m.gguf")
     fields = gguf_fields(out)
     with safe_open(str(tiny_llama_dir / "model.safetensors"), framework="pt") as f:
-        hf_names = [n for n in f.keys() if n != "lm_head.weight"]  # tied: llama.cpp reuses token_embd
+        # lm_head is tied: llama.cpp reuses token_embd
+        hf_names = [n for n in f.keys() if n != "lm_head.weight"]  # noqa: SIM118 - safe_open is no dict
     assert len(fields["tensors"]) == len(hf_names)
     assert fields["tensors"]["token_embd.weight"] == "BF16" and fields["tensors"]["blk.1.attn_q.weight"] == "BF16"
     assert fields["tensors"]["output_norm.weight"] == "F32"

@@ -32,6 +32,7 @@ from streamhost.engine.config import EngineConfig, LimitSettings
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError, ValidationError
 from streamhost.engine.executor import dtype_name
 from streamhost.engine.executor_api import Executor
+from streamhost.engine.executors.llamacpp import LlamaCppExecutor
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.output import OutputProcessor, RequestOutput, gather_result
 from streamhost.engine.sampling import RequestSampler, sample_batch
@@ -170,7 +171,7 @@ class Engine:
             "max_positions": self.executor.max_positions,
             "prefill_chunk": self.scheduler.prefill_chunk,
             "limits": dataclasses.asdict(self.limits),
-            **({"llamacpp": self.executor.describe()} if self.executor.name == "llamacpp" else {}),
+            **({"llamacpp": self.executor.describe()} if isinstance(self.executor, LlamaCppExecutor) else {}),
         }
 
     def tokenize(self, text: str) -> list[int]:

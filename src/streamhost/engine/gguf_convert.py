@@ -172,7 +172,7 @@ def _plan_tensors(folder: Path, config: dict, arch: str) -> list[_TensorPlan]:
     plans: list[_TensorPlan] = []
     for file in _weight_files(folder):
         with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - safe_open is no dict
                 if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
                     continue  # recomputed by llama.cpp / the same tensor as token_embd
                 mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -205,10 +205,10 @@ def _write_vocab(writer, folder: Path, vocab_size: int) -> None:
     tokens: list[bytes] = []
     scores: list[float] = []
     types: list[int] = []
-    for text, score, kind in vocab.all_tokens():
+    for text, score, token_type in vocab.all_tokens():
         tokens.append(text if isinstance(text, bytes) else str(text).encode("utf-8"))
         scores.append(score)
-        types.append(int(kind))
+        types.append(int(token_type))
     special = _special_token_ids(folder)
     for i in special:
         if i < len(types):

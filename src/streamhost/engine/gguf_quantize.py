@@ -18,7 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamhost.engine.gguf_convert import UnsupportedModelError, convert_to_gguf, read_config, architecture_of, weights_fingerprint
+from streamhost.engine.gguf_convert import (
+    UnsupportedModelError,
+    architecture_of,
+    convert_to_gguf,
+    read_config,
+    weights_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 

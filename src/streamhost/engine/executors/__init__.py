@@ -37,7 +37,11 @@ def parse_executor(value: str | None, source: str = "--executor") -> str | None:
 
 def find_gguf(model: str) -> Path | None:
     """The GGUF file ``model`` names, if it names one: the default model, a .gguf, or a folder of one."""
-    from streamhost.engine.loader import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_NAME, default_gguf_path
+    from streamhost.engine.loader import (
+        DEFAULT_MODEL_ALIAS,
+        DEFAULT_MODEL_NAME,
+        default_gguf_path,
+    )
 
     if model in (DEFAULT_MODEL_ALIAS, "default", f"HuggingFaceTB/{DEFAULT_MODEL_NAME}") and not Path(model).exists():
         return default_gguf_path()
@@ -52,7 +56,10 @@ def find_gguf(model: str) -> Path | None:
 
 
 def _llama_cpp_installed() -> bool:
-    from streamhost.engine.executors.llamacpp import LlamaCppUnavailableError, import_llama_cpp
+    from streamhost.engine.executors.llamacpp import (
+        LlamaCppUnavailableError,
+        import_llama_cpp,
+    )
 
     try:
         import_llama_cpp()
@@ -70,7 +77,7 @@ def _wants_gpu(device: str | None) -> bool:
     return torch.cuda.is_available()
 
 
-def choose_executor(model: str, config: "EngineConfig") -> str:
+def choose_executor(model: str, config: EngineConfig) -> str:
     """``torch`` or ``llamacpp`` for this model and configuration (see the module docstring)."""
     requested = parse_executor(config.executor)
     if requested is not None:
@@ -92,7 +99,13 @@ def gguf_tokenizer(gguf_path: Path, cache: Path | None = None):
     tokenizer, so it is reused when present."""
     from transformers import AutoTokenizer
 
-    from streamhost.engine.loader import DEFAULT_MODEL_NAME, _fingerprint, _is_complete, _publish, cache_root
+    from streamhost.engine.loader import (
+        DEFAULT_MODEL_NAME,
+        _fingerprint,
+        _is_complete,
+        _publish,
+        cache_root,
+    )
 
     fingerprint = _fingerprint(gguf_path)
     converted = cache_root(cache) / "models" / f"{DEFAULT_MODEL_NAME}-bfloat16-{fingerprint}"
@@ -115,7 +128,7 @@ def gguf_tokenizer(gguf_path: Path, cache: Path | None = None):
     return AutoTokenizer.from_pretrained(target)
 
 
-def load_executor(model: str, config: "EngineConfig") -> "Executor":
+def load_executor(model: str, config: EngineConfig) -> Executor:
     """Resolve ``model`` and load it on the executor ``choose_executor`` picks."""
     from streamhost.engine.loader import resolve_model
 
@@ -132,7 +145,11 @@ def load_executor(model: str, config: "EngineConfig") -> "Executor":
     from transformers import AutoTokenizer
 
     from streamhost.engine.executors.llamacpp import LlamaCppExecutor, import_llama_cpp
-    from streamhost.engine.gguf_quantize import UNQUANTIZED, gguf_for, normalize_quant_type
+    from streamhost.engine.gguf_quantize import (
+        UNQUANTIZED,
+        gguf_for,
+        normalize_quant_type,
+    )
 
     if _wants_gpu(config.device) and config.device not in (None, "auto"):
         raise ValueError(f"the llama.cpp executor runs on CPU; device {config.device!r} needs --executor torch")

@@ -14,12 +14,14 @@ Through ctypes the GIL is released while llama.cpp computes, so the event loop k
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,7 +163,7 @@ class LlamaCppExecutor:
         self.dtype = self._file_type()
         self.store = SequenceSlots()
         self.ctx = None
-        self._batch = None
+        self._batch: Any = None  # a llama_batch (ctypes structure) once configured
         self._shape: tuple[int, int, int] | None = None
 
     # -- description ------------------------------------------------------------------------
@@ -250,10 +252,8 @@ class LlamaCppExecutor:
             self.model = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     # -- the executor verbs -----------------------------------------------------------------
     def eos_token_ids(self) -> set[int]:
