@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import statistics
@@ -35,7 +34,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import QUESTIONS, RESULTS_DIR, common_prefix, load_latest, machine_info, plot_path, write_results  # noqa: E402
+from _common import (
+    QUESTIONS,
+    RESULTS_DIR,
+    common_prefix,
+    load_latest,
+    machine_info,
+    plot_path,
+    write_results,
+)
 
 EXTRA_QUESTIONS = [
     "Why do we see lightning before we hear thunder?",
