@@ -63,7 +63,7 @@ def raw_decode(gguf: str, threads: int, prompts: list[list[int]], new_tokens: in
     mparams.use_extra_bufts = use_extra_buffers()  # the same weight layout as our executor
     model = llama.llama_model_load_from_file(gguf.encode(), mparams)
     cparams = llama.llama_context_default_params()
-    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = 2048, 512, 512
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = 2048, 2048, 512  # a whole prompt per decode
     cparams.n_threads = cparams.n_threads_batch = threads
     cparams.no_perf = True
     ctx = llama.llama_init_from_model(model, cparams)
