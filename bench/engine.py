@@ -58,26 +58,50 @@ console = Console(width=max(Console().width, 100))  # a table, even when piped
 SYSTEM_KEYS = {"hand": "hand_loop", "cb": "transformers_cb", "engine": "engine", "peer": "engine_peer"}
 
 
-def run_systems_in_subprocesses(argv: list[str], systems: list[str], peer_src: str | None = None) -> dict[str, Any]:
+def run_systems_in_subprocesses(argv: list[str], systems: list[str], peer_src: str | None = None,
+                                rounds: int = 1) -> dict[str, Any]:
     """Measure each system in a fresh interpreter and merge their results (see ``--in-process``).
 
-    The ``peer`` system imports streamhost from ``peer_src`` instead of this checkout.
+    The ``peer`` system imports streamhost from ``peer_src`` instead of this checkout. With several
+    ``rounds`` the systems take turns (the order flips every round), so a change in the machine's
+    load during the run falls on all of them alike; each system's runs are pooled before the medians.
     """
     import subprocess
     import tempfile
 
     merged: dict[str, Any] = {}
-    for system in systems:
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
-            out = Path(tmp.name)
-        console.print(f"[bold]measuring {system} in a fresh process[/]")
-        env = dict(os.environ)
-        if system == "peer" and peer_src:
-            env["PYTHONPATH"] = os.pathsep.join([str(Path(peer_src).resolve()), *[p for p in [env.get("PYTHONPATH")] if p]])
-        subprocess.run([sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True, env=env)
-        merged.update(json.loads(out.read_text()))
-        out.unlink()
+    for round_index in range(rounds):
+        order = systems if round_index % 2 == 0 else list(reversed(systems))
+        for system in order:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+                out = Path(tmp.name)
+            console.print(f"[bold]measuring {system} in a fresh process (round {round_index + 1}/{rounds})[/]")
+            env = dict(os.environ)
+            if system == "peer" and peer_src:
+                env["PYTHONPATH"] = os.pathsep.join([str(Path(peer_src).resolve()), *[p for p in [env.get("PYTHONPATH")] if p]])
+            subprocess.run([sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True, env=env)
+            part = json.loads(out.read_text())
+            out.unlink()
+            _pool_runs(merged, part)
     return merged
+
+
+def _pool_runs(merged: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add one child's results to ``merged``: a system seen before gets its runs appended, medians redone."""
+    for key, value in part.items():
+        earlier = merged.get(key)
+        if isinstance(earlier, dict) and "runs" in earlier and "runs" in value:  # the hand loop: one entry
+            earlier["runs"].extend(value["runs"])
+            earlier["median"] = median_runs(earlier["runs"])
+            continue
+        if not isinstance(earlier, dict) or "by_streams" not in earlier or "by_streams" not in value:
+            merged[key] = value
+            continue
+        for n, entry in value["by_streams"].items():
+            into = earlier["by_streams"].setdefault(n, entry)
+            if into is not entry:
+                into["runs"].extend(entry["runs"])
+                into["median"] = median_runs(into["runs"])
 
 
 def measure_one(system: str, model_dir: Path, args, progress) -> dict[str, Any]:
@@ -142,6 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="another checkout's src/ folder (e.g. the previous main): its engine is measured too, in its own "
         "process, and compared stream count by stream count",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure the systems this many times in turns (order flipped each round) and pool their runs",
+    )
     parser.add_argument("--only", choices=list(SYSTEM_KEYS), help=argparse.SUPPRESS)
     parser.add_argument("--partial-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -156,6 +184,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.new_tokens < 2 or args.repeats < 1:
         parser.error("--new-tokens must be >= 2 and --repeats >= 1")
     args.warmup_tokens = max(2, min(args.warmup_tokens, args.new_tokens))
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.rounds > 1 and args.in_process:
+        parser.error("--rounds measures in separate processes; drop --in-process")
     if args.peer_src and args.in_process:
         parser.error("--peer-src measures in separate processes; drop --in-process")
     if args.peer_src and not (Path(args.peer_src) / "streamhost").is_dir():
@@ -432,7 +464,7 @@ def ratios(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str, 
 
 
 def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
-    table = Table(title=f"SmolLM2-135M bf16, {results['new_tokens']} new tokens, medians of {results['repeats']} runs")
+    table = Table(title=f"SmolLM2-135M bf16, {results['new_tokens']} new tokens, medians of {results['repeats'] * results.get('rounds', 1)} runs")
     for col in ("system", "streams", "tok/s total", "tok/s/stream", "TTFT p50 ms", "TTFT max ms"):
         table.add_column(col, justify="right" if col != "system" else "left")
 
@@ -494,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": args.new_tokens,
         "warmup_tokens": args.warmup_tokens,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "streams": args.stream_counts,
         "quick": args.quick,
         "greedy": True,
@@ -538,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             progress.stop()
             results.update(run_systems_in_subprocesses(list(argv if argv is not None else sys.argv[1:]), wanted,
-                                                       args.peer_src))
+                                                       args.peer_src, args.rounds))
     results["elapsed_s"] = time.perf_counter() - started
     # The cores are shared: a high load average here means the figures are noisy.
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
