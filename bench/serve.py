@@ -283,9 +283,9 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
     we start ourselves (``force`` as for --target; default ignore_eos / generation_config)."""
     kind, *rest = spec.split(",")
     opts = dict(item.split("=", 1) for item in rest if "=" in item)
-    unknown = set(opts) - {"api", "force"} or {item for item in rest if "=" not in item}
+    unknown = set(opts) - {"api", "force", "executor"} or {item for item in rest if "=" not in item}
     if unknown:
-        raise ValueError(f"--launch {spec!r}: unknown options {sorted(unknown)} (api, force)")
+        raise ValueError(f"--launch {spec!r}: unknown options {sorted(unknown)} (api, force, executor)")
     force = opts.get("force")
     if force is not None and force not in FORCE_MODES:
         raise ValueError(f"--launch {spec!r}: force must be one of {FORCE_MODES}, not {force!r}")
@@ -301,11 +301,16 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
         if api not in ("tgi", "openai"):
             raise ValueError(f"--launch {spec!r}: api must be tgi or openai")
         model_args = ["--model-dir", str(model_dir)] if args.model else ["--model-id", "smollm2"]
+        executor = opts.get("executor")
+        if executor not in (None, "torch", "llamacpp"):
+            raise ValueError(f"--launch {spec!r}: executor must be torch or llamacpp")
         command = [
             sys.executable, "-m", "streamhost.cli", "container", *model_args,
             "--host", "127.0.0.1", "--port", str(port), "--dtype", "bf16",
+            *(["--executor", executor] if executor else []),
         ]
         name = "streamhost" if api == "openai" else "streamhost-tgi"
+        name += f"-{executor}" if executor else ""
         launch = LaunchSpec("streamhost", command, "/ping", env, port)
         return Target(name, f"http://127.0.0.1:{port}", api, None, force or "ignore_eos", launch)
     if kind == "transformers":
@@ -1048,7 +1053,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "generations: ignore_eos (default), generation_config (transformers serve), none",
     )
     parser.add_argument(
-        "--launch", action="append", default=[], metavar="streamhost[,api=openai|tgi][,force=F]|transformers[,force=F]",
+        "--launch", action="append", default=[],
+        metavar="streamhost[,api=openai|tgi][,force=F][,executor=torch|llamacpp]|transformers[,force=F]",
         help="start this server, measure it, stop it (repeatable): streamhost = `python -m streamhost.cli "
         "container --model-id smollm2 --dtype bf16`; transformers = `transformers serve <model folder> "
         "--continuous-batching --cb-num-blocks 64 --dtype bfloat16`",

@@ -55,11 +55,18 @@ def wait_ready(container: Container, timeout: float = 180) -> None:
     container.wait_ready(timeout)
 
 
-@pytest.fixture(scope="session")
-def tgi_server(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The tiny model behind the TGI dialect (shared by the whole session)."""
-    log = tmp_path_factory.mktemp("tgi-server") / "server.log"
-    container = start_container(["--model-id", str(tiny_llama_dir)], log, TINY_ENV)
+@pytest.fixture(scope="session", params=["torch", "llamacpp"])
+def tgi_server(request: pytest.FixtureRequest, tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model behind the TGI dialect, once per executor: the safetensors folder runs on
+    torch, its GGUF conversion on llama.cpp (chosen automatically for a .gguf, no flag)."""
+    log = tmp_path_factory.mktemp(f"tgi-server-{request.param}") / "server.log"
+    if request.param == "llamacpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make install`")
+        model = request.getfixturevalue("tiny_llama_gguf")
+        env = {**TINY_ENV, **request.getfixturevalue("tiny_llama_gguf_env")}
+    else:
+        model, env = tiny_llama_dir, TINY_ENV
+    container = start_container(["--model-id", str(model)], log, env)
     yield container
     container.stop()
 

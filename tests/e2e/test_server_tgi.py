@@ -37,7 +37,8 @@ def scrape(url: str) -> str:
 # --------------------------------------------------------------------------- health and info
 
 
-def test_ping_health_and_info(tgi_url: str) -> None:
+def test_ping_health_and_info(tgi_url: str, request: pytest.FixtureRequest) -> None:
+    executor = request.node.callspec.params["tgi_server"]
     ping = httpx.get(tgi_url + "/ping")
     assert ping.status_code == 200 and ping.content == b""
     assert httpx.get(tgi_url + "/health").status_code == 200
@@ -45,7 +46,9 @@ def test_ping_health_and_info(tgi_url: str) -> None:
     assert info["max_total_tokens"] == 512 and info["max_input_tokens"] == 400
     assert info["max_concurrent_requests"] == 2
     assert info["model_pipeline_tag"] == "text-generation"
-    assert info["model_dtype"].startswith("torch.")
+    assert info["executor"] == executor  # a .gguf model runs on llama.cpp without being told
+    assert info["model_dtype"].startswith("torch.") if executor == "torch" else info["model_dtype"] == "BF16"
+    assert f'streamhost_executor_info{{executor="{executor}"}} 1.0' in scrape(tgi_url)
     models = httpx.get(tgi_url + "/v1/models").json()
     assert models["object"] == "list" and models["data"][0]["id"] == info["model_id"]
 

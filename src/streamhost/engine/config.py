@@ -53,3 +53,6 @@ class EngineConfig:
     tokenizer_workers: int = 2  # threads that tokenize prompts off the event loop
     hub_token: str | None = field(default=None, repr=False)  # for hub downloads; never logged
     cache_dir: Path | None = None  # converted/downloaded models (the server always sets it)
+    executor: str | None = None  # torch | llamacpp | None (auto: see engine/executors/__init__.py)
+    quantize: str | None = None  # HF_MODEL_QUANTIZE / OPTION_QUANTIZE: a llama.cpp type (q8_0, q4_k_m, ...)
+    threads: int | None = None  # llama.cpp compute threads (default: every core this process may use)

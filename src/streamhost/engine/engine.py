@@ -30,8 +30,9 @@ import torch
 from streamhost.engine.beam import beam_search
 from streamhost.engine.config import EngineConfig, LimitSettings
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError, ValidationError
-from streamhost.engine.executor import TorchExecutor, dtype_name
+from streamhost.engine.executor import dtype_name
 from streamhost.engine.executor_api import Executor
+from streamhost.engine.executors.llamacpp import LlamaCppExecutor
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.output import OutputProcessor, RequestOutput, gather_result
 from streamhost.engine.sampling import RequestSampler, sample_batch
@@ -89,6 +90,7 @@ class Engine:
         chunk = self.config.prefill_chunk or (
             GPU_PREFILL_TOKENS_PER_STEP if executor.device.type == "cuda" else CPU_PREFILL_TOKENS_PER_STEP)
         self.scheduler = Scheduler(self.limits, prefill_chunk=chunk)
+        executor.configure(self.limits, self.scheduler.prefill_chunk)
         self.output = OutputProcessor(self.tokenizer, executor.eos_token_ids())
         self.stats = EngineStats()
         self.model_id = self.config.model_id or str(executor.model_path)
@@ -109,15 +111,13 @@ class Engine:
     @classmethod
     def load(cls, model: str, config: EngineConfig | None = None) -> "Engine":
         """Resolve ``model`` (``smollm2``, a folder, .gguf, model.tar.gz or hub id) and load it."""
-        from streamhost.engine.loader import resolve_model
+        from streamhost.engine.executors import load_executor
 
         config = config or EngineConfig()
         if (config.tensor_parallel_degree or 1) > 1:
             log.warning("tensor parallel degree %s requested: this executor runs the model on one device",
                         config.tensor_parallel_degree)
-        path = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
-        executor = TorchExecutor(path, dtype=config.dtype, device=config.device,
-                                 trust_remote_code=config.trust_remote_code, batch_invariant=config.batch_invariant)
+        executor = load_executor(str(model), config)
         if config.model_id is None:
             config = replace(config, model_id=str(model))
         return cls(executor, config)
@@ -165,11 +165,13 @@ class Engine:
         return {
             "model_id": self.model_id,
             "model_path": str(self.executor.model_path),
+            "executor": self.executor.name,
             "dtype": dtype_name(self.executor.dtype),
             "device": self.executor.device.type,
             "max_positions": self.executor.max_positions,
             "prefill_chunk": self.scheduler.prefill_chunk,
             "limits": dataclasses.asdict(self.limits),
+            **({"llamacpp": self.executor.describe()} if isinstance(self.executor, LlamaCppExecutor) else {}),
         }
 
     def tokenize(self, text: str) -> list[int]:
@@ -186,7 +188,11 @@ class Engine:
             ids = await loop.run_in_executor(self._tokenize_pool, self.tokenize, prompt)
         else:
             ids = self._prompt_ids(prompt)
-        return validate_request(ids, params, self.limits, stream=stream)
+        request = validate_request(ids, params, self.limits, stream=stream)
+        if (request.params.num_beams or 1) > 1 and not self.executor.supports_beam_search:
+            raise ValidationError(f"`num_beams` > 1 is not supported by the {self.executor.name} executor: "
+                                  "use sampling or greedy decoding, or serve with --executor torch")
+        return request
 
     def _prompt_ids(self, prompt: str | Seq[int]) -> list[int]:
         if isinstance(prompt, str):

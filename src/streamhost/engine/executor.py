@@ -63,6 +63,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 class TorchExecutor:
     """Owns the model weights, the tokenizer and the KV store."""
 
+    name = "torch"
+    supports_beam_search = True
+
     def __init__(self, model_path: str | os.PathLike, dtype: str | None = None, device: str | None = None,
                  trust_remote_code: bool = False, max_rows: int = 1024, max_positions: int | None = None,
                  batch_invariant: bool = False) -> None:
@@ -80,6 +83,9 @@ class TorchExecutor:
         self.max_positions = max_positions or self.model_max_positions() or 4096
         self.store = KVStore(max_rows=max_rows, max_positions=self.max_positions)
         self.batch_invariant = batch_invariant  # kv_cache.py: group decode rows by length bucket only
+
+    def configure(self, limits, prefill_chunk: int) -> None:
+        """Nothing to size up front: the KV store grows on demand (see KVStore.reserve)."""
 
     def _decoder_layers(self):
         base = getattr(self.model, self.model.base_model_prefix, self.model)

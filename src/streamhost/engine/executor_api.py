@@ -1,4 +1,4 @@
-"""The seam between the engine and whatever runs the model (PyTorch today, llama.cpp next).
+"""The seam between the engine and whatever runs the model (PyTorch or llama.cpp).
 
 The engine owns requests, scheduling, sampling and output processing; an executor owns weights,
 the tokenizer and the KV cache, and runs one step's batch. Per step the engine hands over a list
@@ -17,16 +17,27 @@ from typing import Any, Protocol
 import torch
 
 from streamhost.engine.kv_cache import Segment
+from streamhost.engine.limits import EngineLimits
 
 
 class Executor(Protocol):
-    """What :class:`streamhost.engine.engine.Engine` needs from an executor."""
+    """What :class:`streamhost.engine.engine.Engine` needs from an executor.
 
+    Two implement it: ``TorchExecutor`` (executor.py: transformers, any architecture, CPU or GPU)
+    and ``LlamaCppExecutor`` (executors/llamacpp.py: GGUF models on CPU); executors/__init__.py
+    picks one per model."""
+
+    name: str  # "torch" | "llamacpp": reported by /info and /metrics
+    supports_beam_search: bool
     model_path: Path
     tokenizer: Any  # a transformers tokenizer (encode, decode, chat template)
     device: torch.device
-    dtype: torch.dtype
+    dtype: Any  # a torch.dtype, or a GGUF file type name such as "Q4_1"
     max_positions: int  # the model's context length
+
+    def configure(self, limits: EngineLimits, prefill_chunk: int) -> None:
+        """Size the executor for the engine's limits (once per engine, before any step)."""
+        ...
 
     def eos_token_ids(self) -> set[int]: ...
 

@@ -45,8 +45,6 @@ def load_engine(settings: ServerSettings) -> Any:
     """Resolve and load the model (slow: runs in a worker thread) with the settings' EngineConfig."""
     from streamhost.engine import Engine
 
-    if settings.quantize:
-        log.warning("HF_MODEL_QUANTIZE=%s is not supported by this executor: serving unquantised weights", settings.quantize)
     config = settings.engine
     if config.model_id is None:
         config = dataclasses.replace(config, model_id=settings.model_id)

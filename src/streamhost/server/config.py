@@ -8,7 +8,8 @@ setting fails at once with a message naming the setting and the value (never mid
 - the dialect: ``--dialect``, else ``lmi`` when the model folder holds ``serving.properties`` or an
   ``OPTION_*`` variable is set, else ``tgi``;
 - ``HF_MODEL_REVISION``, ``HF_MODEL_TRUST_REMOTE_CODE`` (or ``option.trust_remote_code``),
-  ``HF_MODEL_QUANTIZE`` (reported; this executor serves unquantised weights),
+  ``HF_MODEL_QUANTIZE`` / ``OPTION_QUANTIZE`` (a llama.cpp type on CPU: the model is converted to GGUF and
+  quantized once, cached), ``--executor`` / ``STREAMHOST_EXECUTOR`` (torch | llamacpp),
   ``option.tensor_parallel_degree`` > ``OPTION_TENSOR_PARALLEL_DEGREE`` > ``SM_NUM_GPUS`` >
   ``NUM_SHARD``, ``HF_TOKEN`` / ``HUGGING_FACE_HUB_TOKEN`` (for hub downloads, never logged),
   ``STREAMHOST_CACHE`` (converted models), ``STREAMHOST_BATCH_INVARIANT``;
@@ -60,7 +61,8 @@ class ServerSettings:
     revision: str | None = None
     dtype: str | None = None  # a torch dtype name, None = the engine's choice
     trust_remote_code: bool = False
-    quantize: str | None = None
+    quantize: str | None = None  # HF_MODEL_QUANTIZE / OPTION_QUANTIZE: a llama.cpp type on CPU (q8_0, q4_k_m, ...)
+    executor: str | None = None  # --executor / STREAMHOST_EXECUTOR: torch | llamacpp (None: chosen per model)
     num_shards: int | None = None
     model_dir: Path | None = None
     properties: ServingProperties | None = None  # LMI configuration (dialect lmi)
@@ -79,7 +81,9 @@ class ServerSettings:
         if self.dtype:
             parts.append(f"dtype={self.dtype}")
         if self.quantize:
-            parts.append(f"quantize={self.quantize} (ignored)")
+            parts.append(f"quantize={self.quantize}")
+        if self.executor:
+            parts.append(f"executor={self.executor}")
         return " ".join(parts)
 
 
@@ -92,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help=f"address to bind (default {DEFAULT_HOST}; containers use 0.0.0.0)")
     parser.add_argument("--port", type=int, default=None, help=f"port (env PORT; default {DEFAULT_PORT})")
     parser.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 | auto (env OPTION_DTYPE / DTYPE)")
+    parser.add_argument("--executor", default=None, help="torch | llamacpp | auto (env STREAMHOST_EXECUTOR; default: llamacpp for GGUF models on CPU)")
     parser.add_argument("--trust-remote-code", action="store_true", default=None, help="env HF_MODEL_TRUST_REMOTE_CODE")
     parser.add_argument("--drain-timeout", type=float, default=None, help=f"seconds to finish in-flight requests after SIGTERM (env STREAMHOST_DRAIN_TIMEOUT; default {DEFAULT_DRAIN_TIMEOUT:g})")
     parser.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"), help="env LOG_LEVEL (default info)")
@@ -215,6 +220,18 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     shards = _env_number(env, "SM_NUM_GPUS", int, 1)
     load_timeout = properties.model_loading_timeout if properties is not None else None
 
+    executor_raw = _flag(args, "executor") or env.get("STREAMHOST_EXECUTOR")
+    try:
+        from streamhost.engine.executors import parse_executor
+
+        executor = parse_executor(executor_raw, "--executor" if _flag(args, "executor") else "STREAMHOST_EXECUTOR")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    quantize = env.get("HF_MODEL_QUANTIZE") or None
+    if quantize is None and properties is not None:
+        quantize = properties.values.get("option.quantize") or None
+    quantize = quantize or env.get("OPTION_QUANTIZE") or None
+
     limit_settings = LimitSettings({name: value for name, value in lmi_env.items() if name in SETTING_NAMES})
     try:
         limit_settings.resolve()  # fail now on a bad value; the model's context length only lowers defaults
@@ -233,6 +250,8 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         batch_invariant=bool(batch_invariant),
         hub_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
         cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
+        executor=executor,
+        quantize=quantize,
     )
 
     return ServerSettings(
@@ -243,7 +262,8 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         revision=revision,
         dtype=dtype,
         trust_remote_code=bool(trust),
-        quantize=env.get("HF_MODEL_QUANTIZE") or None,
+        quantize=quantize,
+        executor=executor,
         num_shards=int(shards) if shards is not None else None,
         model_dir=model_dir_path,
         properties=properties,

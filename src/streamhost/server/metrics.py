@@ -60,6 +60,11 @@ class _EngineCollector(Collector):
         engine = self._engine_of()
         stats = getattr(engine, "stats", None)
         yield GaugeMetricFamily("streamhost_ready", "1 when the model is loaded and requests are admitted", value=1 if self._ready_of() else 0)
+        executor = getattr(getattr(engine, "executor", None), "name", None)
+        if executor is not None:
+            info = GaugeMetricFamily("streamhost_executor_info", "the executor running the model (torch or llamacpp)", labels=["executor"])
+            info.add_metric([str(executor)], 1)
+            yield info
         waiting, running, last_batch = _live_load(engine)
         yield GaugeMetricFamily("streamhost_queue_size", "requests waiting for a batch slot", value=waiting)
         yield GaugeMetricFamily("tgi_queue_size", "requests waiting for a batch slot (TGI's name)", value=waiting)

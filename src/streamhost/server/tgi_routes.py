@@ -124,6 +124,12 @@ async def tokenize(request: Request) -> Response:
     return json_answer(tgi.tokenize_response(req.inputs, ids, offsets))
 
 
+def _dtype_label(described: dict) -> str:
+    """TGI says ``torch.bfloat16``; a llama.cpp model says its GGUF type (``Q4_1``)."""
+    dtype = str(described.get("dtype", "float32"))
+    return f"torch.{dtype}" if described.get("executor", "torch") == "torch" else dtype
+
+
 def _encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
     try:
         encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
@@ -143,7 +149,7 @@ async def info(request: Request) -> Response:
     answer = tgi.info_response(
         model_id=state.model_id,
         model_sha=state.settings.revision,
-        model_dtype=f"torch.{described.get('dtype', 'float32')}",
+        model_dtype=_dtype_label(described),
         model_device_type=str(described.get("device", "cpu")),
         max_concurrent_requests=limits.max_concurrent_requests,
         max_best_of=limits.max_best_of,
@@ -155,6 +161,7 @@ async def info(request: Request) -> Response:
         version=state.version,
         docker_label=None,
     )
+    answer["executor"] = described.get("executor", "torch")  # ours: which executor runs the model
     settings = state.settings
     if settings.properties is not None:  # LMI: which serving.properties keys did what (ours, beyond TGI's fields)
         props_file = settings.model_dir / SERVING_PROPERTIES if settings.model_dir is not None else None

@@ -1,0 +1,168 @@
+"""Which executor runs a model, and loading it.
+
+Rules (``choose_executor``): an explicit choice (``--executor`` / ``STREAMHOST_EXECUTOR``, reaching
+here as ``EngineConfig.executor``) wins; otherwise a GPU gets torch, a quantization request
+(``HF_MODEL_QUANTIZE`` / ``OPTION_QUANTIZE``) gets llama.cpp (convert + quantize, cached), and a
+GGUF model (a ``.gguf`` file, a folder holding only one, or the default model, which ships as a
+Q4_1 GGUF) gets llama.cpp when llama-cpp-python is installed. Everything else runs on torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from streamhost.engine.config import EngineConfig
+    from streamhost.engine.executor_api import Executor
+
+EXECUTOR_NAMES = ("torch", "llamacpp")
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXECUTOR_NAMES", "choose_executor", "find_gguf", "gguf_tokenizer", "load_executor"]
+
+
+def parse_executor(value: str | None, source: str = "--executor") -> str | None:
+    """``torch`` / ``llamacpp`` / ``auto`` (None); anything else is a clear error."""
+    if value is None or value.strip().lower() in ("", "auto"):
+        return None
+    name = value.strip().lower().replace("-", "").replace("_", "").replace(".", "")
+    if name not in EXECUTOR_NAMES:
+        raise ValueError(f"{source} {value!r} is not valid: expected one of {', '.join(EXECUTOR_NAMES)} or auto")
+    return name
+
+
+def find_gguf(model: str) -> Path | None:
+    """The GGUF file ``model`` names, if it names one: the default model, a .gguf, or a folder of one."""
+    from streamhost.engine.loader import (
+        DEFAULT_MODEL_ALIAS,
+        DEFAULT_MODEL_NAME,
+        default_gguf_path,
+    )
+
+    if model in (DEFAULT_MODEL_ALIAS, "default", f"HuggingFaceTB/{DEFAULT_MODEL_NAME}") and not Path(model).exists():
+        return default_gguf_path()
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def _llama_cpp_installed() -> bool:
+    from streamhost.engine.executors.llamacpp import (
+        LlamaCppUnavailableError,
+        import_llama_cpp,
+    )
+
+    try:
+        import_llama_cpp()
+    except LlamaCppUnavailableError as exc:
+        log.warning("%s", exc)
+        return False
+    return True
+
+
+def _wants_gpu(device: str | None) -> bool:
+    if device and device not in ("auto",):
+        return device.startswith("cuda")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_executor(model: str, config: EngineConfig) -> str:
+    """``torch`` or ``llamacpp`` for this model and configuration (see the module docstring)."""
+    requested = parse_executor(config.executor)
+    if requested is not None:
+        return requested
+    if _wants_gpu(config.device):
+        return "torch"
+    if config.quantize:
+        return "llamacpp"
+    if find_gguf(model) is not None and _llama_cpp_installed():
+        return "llamacpp"
+    return "torch"
+
+
+def gguf_tokenizer(gguf_path: Path, cache: Path | None = None):
+    """The Hugging Face tokenizer stored in a GGUF, extracted once into the cache.
+
+    Extraction is slow (transformers parses every vocab entry in Python: ~10-60 s for a 49k
+    vocab), hence the cache; the torch executor's conversion of the same file holds the same
+    tokenizer, so it is reused when present."""
+    from transformers import AutoTokenizer
+
+    from streamhost.engine.loader import (
+        DEFAULT_MODEL_NAME,
+        _fingerprint,
+        _is_complete,
+        _publish,
+        cache_root,
+    )
+
+    fingerprint = _fingerprint(gguf_path)
+    converted = cache_root(cache) / "models" / f"{DEFAULT_MODEL_NAME}-bfloat16-{fingerprint}"
+    if _is_complete(converted):
+        return AutoTokenizer.from_pretrained(converted)
+    target = cache_root(cache) / "tokenizers" / f"{gguf_path.stem}-{fingerprint}"
+    if not _is_complete(target):
+        log.info("extracting the tokenizer of %s (once)", gguf_path.name)
+        import shutil
+        import tempfile
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=target.parent))
+        try:
+            AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _publish(tmp, target)
+    return AutoTokenizer.from_pretrained(target)
+
+
+def load_executor(model: str, config: EngineConfig) -> Executor:
+    """Resolve ``model`` and load it on the executor ``choose_executor`` picks."""
+    from streamhost.engine.loader import resolve_model
+
+    kind = choose_executor(model, config)
+    if kind == "torch":
+        from streamhost.engine.executor import TorchExecutor
+
+        if config.quantize:
+            log.warning("quantize=%s is ignored by the torch executor: serving unquantised weights", config.quantize)
+        path = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
+        return TorchExecutor(path, dtype=config.dtype, device=config.device,
+                             trust_remote_code=config.trust_remote_code, batch_invariant=config.batch_invariant)
+
+    from transformers import AutoTokenizer
+
+    from streamhost.engine.executors.llamacpp import LlamaCppExecutor, import_llama_cpp
+    from streamhost.engine.gguf_quantize import (
+        UNQUANTIZED,
+        gguf_for,
+        normalize_quant_type,
+    )
+
+    if _wants_gpu(config.device) and config.device not in (None, "auto"):
+        raise ValueError(f"the llama.cpp executor runs on CPU; device {config.device!r} needs --executor torch")
+    import_llama_cpp()  # a clear error now if it is missing
+    quant = normalize_quant_type(config.quantize) if config.quantize else None
+    gguf = find_gguf(model)
+    if gguf is not None and quant:
+        log.warning("quantize=%s ignored: %s is a GGUF model already (type of its own)", quant, gguf.name)
+    if gguf is not None:
+        tokenizer = gguf_tokenizer(gguf, config.cache_dir)
+    else:
+        folder = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
+        gguf = gguf_for(folder, quant or UNQUANTIZED, threads=config.threads, cache=config.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
+    log.info("llama.cpp executor: %s (%d threads)", gguf, config.threads or os.cpu_count() or 1)
+    return LlamaCppExecutor(gguf, tokenizer, threads=config.threads)
