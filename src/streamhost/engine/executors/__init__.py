@@ -3,8 +3,11 @@
 Rules (``choose_executor``): an explicit choice (``--executor`` / ``STREAMHOST_EXECUTOR``, reaching
 here as ``EngineConfig.executor``) wins; otherwise a GPU gets torch, a quantization request
 (``HF_MODEL_QUANTIZE`` / ``OPTION_QUANTIZE``) gets llama.cpp (convert + quantize, cached), and a
-GGUF model (a ``.gguf`` file, a folder holding only one, or the default model, which ships as a
-Q4_1 GGUF) gets llama.cpp when llama-cpp-python is installed. Everything else runs on torch.
+GGUF model named as such (a ``.gguf`` file or a folder holding only one) gets llama.cpp when
+llama-cpp-python is installed. Everything else runs on torch, the default model included: it
+ships as a Q4_1 GGUF, but until the llama.cpp executor scales with concurrent streams (measured
+2026-12-03, bench/results/serve-executors-*.json: 26 vs 5 tok/s at 1 stream, yet 14 vs 60 tok/s
+at 16) the torch executor serves several users far better; ``--executor llamacpp`` opts in.
 """
 
 from __future__ import annotations
@@ -86,9 +89,15 @@ def choose_executor(model: str, config: EngineConfig) -> str:
         return "torch"
     if config.quantize:
         return "llamacpp"
-    if find_gguf(model) is not None and _llama_cpp_installed():
+    if not _is_default_model(model) and find_gguf(model) is not None and _llama_cpp_installed():
         return "llamacpp"
     return "torch"
+
+
+def _is_default_model(model: str) -> bool:
+    from streamhost.engine.loader import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_NAME
+
+    return model in (DEFAULT_MODEL_ALIAS, "default", f"HuggingFaceTB/{DEFAULT_MODEL_NAME}") and not Path(model).exists()
 
 
 def gguf_tokenizer(gguf_path: Path, cache: Path | None = None):
