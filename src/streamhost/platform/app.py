@@ -27,6 +27,8 @@ from .metrics import PlatformMetrics
 from .settings import PlatformSettings
 from .store import Store
 from .supervisor import Supervisor
+from .training_jobs import LOG_ROUTE as TRAINING_LOG_ROUTE
+from .training_jobs import TrainingJobs
 
 log = logging.getLogger("streamhost.platform")
 
@@ -80,6 +82,7 @@ class PlatformApp:
             max_instances=settings.max_instances,
             eula_lookup=catalog_eula_lookup(settings.state_dir),
         )
+        self.training = TrainingJobs(self)
         self.gateway = Gateway(self.supervisor, self.store, self.metrics, settings)
         self.verifier: SigV4Verifier | None = None
         if settings.auth:
@@ -137,6 +140,9 @@ class PlatformApp:
                 return
             await self._invoke(scope, receive, send)
             return
+        if method == "GET" and path.startswith(TRAINING_LOG_ROUTE):
+            await self._training_log(scope, receive, send, path[len(TRAINING_LOG_ROUTE):].removesuffix("/log"))
+            return
         if method == "GET" and path.startswith("/_streamhost/endpoints/"):
             await self._instances(scope, receive, send, path.rsplit("/", 1)[-1])
             return
@@ -153,6 +159,7 @@ class PlatformApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.supervisor.recover()
+                    self.training.recover()
                     self.ready = True
                     for callback in self.started_callbacks:
                         await callback(self)
@@ -164,6 +171,7 @@ class PlatformApp:
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False
                 try:
+                    await self.training.shutdown()
                     await self.supervisor.shutdown()
                     await self.gateway.close()
                 finally:
@@ -243,6 +251,17 @@ class PlatformApp:
         self.metrics.requests.labels(operation, str(status)).inc()
 
     # ------------------------------------------------------------------ operator view
+
+    async def _training_log(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        try:
+            self._authenticate(scope, header_map(scope), await read_body(receive, 1024))
+        except (ClientGone, BodyTooLarge):
+            return
+        except AuthError as exc:
+            await respond_json(send, exc.status, {"__type": exc.code, "message": exc.message})
+            return
+        status, body, headers = self.training.read_log(name, scope.get("query_string", b"").decode("latin-1"))
+        await respond(send, status, body, headers or {"content-type": "text/plain"})
 
     async def _instances(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         headers = header_map(scope)

@@ -308,7 +308,12 @@ def _save(job: _Job, model, tokenizer, base: Path, metrics: dict[str, float]) ->
 def run(job_dir: Path) -> int:
     job = _Job(job_dir)
 
+    parent = os.getppid()
+
     def on_term(_signum, _frame) -> None:
+        if os.getppid() != parent:  # the parent-death signal: the platform died, nobody will collect a result
+            print("the platform is gone: exiting without saving", flush=True)
+            os._exit(143)
         if not job.stop_requested:
             job.stop_requested = True
             job.say("stop requested: ending after the current step")
