@@ -25,6 +25,8 @@ CLIENT_COMMANDS = (
     ("streamhost.cli_resources", "add_parsers"),
     ("streamhost.cli_catalog", "add_parser"),
     ("streamhost.cli_bench", "add_parser"),
+    ("streamhost.cli_train", "add_parser"),
+    ("streamhost.cli_evaluate", "add_parser"),
 )
 
 

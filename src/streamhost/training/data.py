@@ -84,8 +84,10 @@ def channel_file(folder: Path, channel: str) -> Path:
 
 
 def load_template(folder: Path | None) -> dict[str, str]:
-    """The channel's ``template.json`` or the default; checked for its two keys."""
-    path = Path(folder) / TEMPLATE_FILE if folder is not None and Path(folder).is_dir() else None
+    """The channel's ``template.json`` (or that file itself) or the default; checked for its two keys."""
+    path = None
+    if folder is not None:
+        path = Path(folder) if Path(folder).is_file() else Path(folder) / TEMPLATE_FILE
     if path is None or not path.is_file():
         return dict(DEFAULT_TEMPLATE)
     try:
