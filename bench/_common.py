@@ -8,6 +8,7 @@ metrics are computed one way for all of them and the comparison is apples to app
 from __future__ import annotations
 
 import json
+import re
 import os
 import platform
 import statistics
@@ -149,26 +150,41 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def write_results(data: dict[str, Any], name: str) -> tuple[Path, Path]:
-    """Write ``<name>-<timestamp>.json`` and ``<name>.json`` (the latest) under bench/results/."""
+def write_results(data: dict[str, Any], name: str) -> Path:
+    """Write this run's ``<name>-<timestamp>.json`` under bench/results/ (one file per run, no copies).
+
+    The run's plot goes beside it under the same stem (``plot_path``); "the latest" is resolved by
+    name (``latest_result_path``), so nothing is written twice.
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    text = json.dumps(data, indent=2, default=_jsonable) + "\n"
-    stamped = RESULTS_DIR / f"{name}-{stamp}.json"
-    latest = RESULTS_DIR / f"{name}.json"
-    stamped.write_text(text)
-    latest.write_text(text)
-    return stamped, latest
+    stamped = RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    stamped.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    return stamped
+
+
+def plot_path(results_path: Path) -> Path:
+    """The PNG that belongs to a results file: same folder, same stem."""
+    return results_path.with_suffix(".png")
+
+
+def latest_result_path(name: str) -> Path | None:
+    """The newest ``<name>-YYYYMMDD-HHMMSS.json`` (timestamps sort by name; ``serve`` never matches
+    ``serve-16-...``)."""
+    pattern = re.compile(rf"^{re.escape(name)}-\d{{8}}-\d{{6}}\.json$")
+    found = sorted(p for p in RESULTS_DIR.glob(f"{name}-*.json") if pattern.match(p.name))
+    return found[-1] if found else None
 
 
 def load_latest(name: str) -> dict[str, Any] | None:
-    path = RESULTS_DIR / f"{name}.json"
-    if not path.is_file():
+    path = latest_result_path(name)
+    if path is None:
         return None
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    data.setdefault("_file", path.name)
+    return data
 
 
 def _jsonable(obj: Any) -> Any:

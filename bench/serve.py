@@ -9,8 +9,8 @@ TPOT p50, output tok/s, requests/s and errors. It can start the servers it compa
 and measure our engine in this process through the same loop (``--inprocess``) as the reference
 for the HTTP layer's cost. Levels are interleaved across targets (A B, B A, ...) by default.
 
-Results: bench/results/serve-<timestamp>.json, bench/results/serve.json (latest) and
-bench/results/serve.png. Usage::
+Results: bench/results/<name>-<timestamp>.json and its plot beside it (same stem, .png);
+``bench/check.py`` applies the issues' goals to them. Usage::
 
     .venv/bin/python bench/serve.py --launch streamhost --launch transformers --inprocess   # full
     .venv/bin/python bench/serve.py --launch transformers --quick                       # smoke run
@@ -28,9 +28,6 @@ import math
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,17 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 from _common import QUESTIONS as ENGINE_QUESTIONS  # noqa: E402
-from _common import RESULTS_DIR, load_latest, machine_info, write_results  # noqa: E402
+from _common import RESULTS_DIR, machine_info, plot_path, write_results  # noqa: E402
+from check import format_verdict, verdicts  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from streamhost.launcher import ServerProcess, free_port  # noqa: E402
+
 console = Console(width=max(Console().width, 130))  # whole tables, even when piped
 
-# Issue #3's targets.
-TARGET_LEVEL = 16
-TARGET_TOK_S_VS_BASELINE = 1.2
-TARGET_HTTP_COST_MAX = 0.05
 
 # ============================================================================================
 # Prompts: a fixed, seeded set of chat prompts of three lengths
@@ -282,12 +278,6 @@ def parse_target(spec: str) -> Target:
     return Target(name.strip(), url.rstrip("/"), api, opts.get("model"), force)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Target:
     """``streamhost[,api=openai|tgi][,force=F]`` or ``transformers[,force=F]``: a target whose server
     we start ourselves (``force`` as for --target; default ignore_eos / generation_config)."""
@@ -333,58 +323,15 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
     raise ValueError(f"--launch {spec!r}: expected streamhost[,api=openai|tgi] or transformers")
 
 
-class Server:
-    """A server process we started: its own process group, its log in a file, stopped by SIGTERM."""
+class Server(ServerProcess):
+    """A server process we started for one target (its log is ``<log_dir>/<name>.log``)."""
 
     def __init__(self, spec: LaunchSpec, log_dir: Path, name: str) -> None:
+        super().__init__(spec.command, spec.port, log_dir / f"{name}.log", spec.env, spec.health_path)
         self.spec = spec
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-        self.startup_s: float | None = None
 
-    def start(self, timeout: float) -> None:
-        log = open(self.log_path, "wb")
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self.spec.command, env=self.spec.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log.close()
-        url = f"http://127.0.0.1:{self.spec.port}{self.spec.health_path}"
-        with httpx.Client(timeout=5, trust_env=False) as client:
-            while time.perf_counter() - started < timeout:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{' '.join(self.spec.command)} exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                try:
-                    if client.get(url).status_code == 200:
-                        self.startup_s = time.perf_counter() - started
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{self.spec.kind} not ready at {url} after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, grace: float = 30.0) -> int | None:
-        """SIGTERM the server's process group, SIGKILL it if it has not exited after ``grace`` s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            return self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(10)
-        except ProcessLookupError:
-            return self.proc.poll()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+    def start(self, timeout: float = 180.0) -> ServerProcess:
+        return self.spawn().wait_ready(timeout, poll_s=0.5)
 
 
 # ============================================================================================
@@ -853,7 +800,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def compare_targets(results: dict, candidate: str | None, baseline: str | None, levels: list[int]) -> dict | None:
-    """Candidate vs baseline at every level, and issue #3's 16-stream target."""
+    """Candidate vs baseline at every level (the goals on these ratios live in bench/check.py)."""
     if not candidate or not baseline:
         return None
     rows = {}
@@ -867,19 +814,7 @@ def compare_targets(results: dict, candidate: str | None, baseline: str | None, 
             "ttft_p50_ratio": _ratio(c["ttft_p50_s"], b["ttft_p50_s"]),
             "tokens_per_request": [c["tokens_per_request_mean"], b["tokens_per_request_mean"]],
         }
-    at = rows.get(str(TARGET_LEVEL))
-    target = None
-    if at:
-        ratio_ok = at["output_tok_s_ratio"] is not None and at["output_tok_s_ratio"] >= TARGET_TOK_S_VS_BASELINE
-        ttft_ok = at["ttft_p99_ratio"] is not None and at["ttft_p99_ratio"] <= 1.0
-        target = {
-            "level": TARGET_LEVEL,
-            "output_tok_s_ratio": at["output_tok_s_ratio"],
-            "ttft_p99_ratio": at["ttft_p99_ratio"],
-            "met": ratio_ok and ttft_ok,
-            "goal": f"output tok/s >= {TARGET_TOK_S_VS_BASELINE}x {baseline} and TTFT p99 <= {baseline}'s",
-        }
-    return {"candidate": candidate, "baseline": baseline, "by_level": rows, "target": target}
+    return {"candidate": candidate, "baseline": baseline, "by_level": rows}
 
 
 def pick_engine_result(omp_wait_policy: str | None, new_tokens: int) -> dict | None:
@@ -895,10 +830,6 @@ def pick_engine_result(omp_wait_policy: str | None, new_tokens: int) -> dict | N
         if "1" in by:
             data["_file"] = path.name
             candidates.append(data)
-    latest = load_latest("engine")
-    if not candidates and latest and "1" in ((latest.get("engine") or {}).get("by_streams") or {}):
-        latest["_file"] = "engine.json"
-        candidates.append(latest)
     def same_omp(data: dict) -> bool:
         return (data.get("machine") or {}).get("omp_wait_policy") == omp_wait_policy
 
@@ -910,7 +841,7 @@ def pick_engine_result(omp_wait_policy: str | None, new_tokens: int) -> dict | N
 
 
 def compare_engine(results: dict, candidate: str | None, args: argparse.Namespace) -> dict | None:
-    """Issue #3: at 1 stream the HTTP layer costs at most 5% against the in-process engine.
+    """The HTTP layer's cost at 1 stream against the in-process engine (issue #3's goal: bench/check.py).
 
     The reference is this run's ``engine-inprocess`` target when there is one (same prompts, same
     interleaved conditions), else bench/engine.py's saved single-stream figure.
@@ -962,7 +893,6 @@ def compare_engine(results: dict, candidate: str | None, args: argparse.Namespac
         "serve_tokens_per_request": level1["tokens_per_request_mean"],
         "engine_omp_wait_policy": ref["omp_wait_policy"],
         "serve_omp_wait_policy": serve_omp,
-        "goal": f"cost <= {TARGET_HTTP_COST_MAX:.0%}",
     }
     same_len = (
         ref["tokens_per_request"] is not None and level1["tokens_per_request_mean"] is not None
@@ -970,7 +900,7 @@ def compare_engine(results: dict, candidate: str | None, args: argparse.Namespac
     )
     comparable = (ref["same_prompts"] and ref["same_new_tokens"] and same_len
                   and ref["omp_wait_policy"] == serve_omp)
-    out["met"] = out["total_cost"] <= TARGET_HTTP_COST_MAX if comparable else None
+    out["comparable"] = comparable
     if not comparable:
         out["note"] = (
             "not like for like (prompts, tokens per request or OMP_WAIT_POLICY differ: engine "
@@ -1029,22 +959,14 @@ def print_report(results: dict) -> None:
                 ", ".join("-" if v is None else f"{v:.0f}" for v in tpr),
             )
         console.print(t)
-        tgt = cmp_.get("target")
-        if tgt:
-            met = "[green]met[/]" if tgt["met"] else "[red]not met[/]"
-            console.print(
-                f"target at {tgt['level']} streams ({tgt['goal']}): tok/s x{tgt['output_tok_s_ratio']:.2f}, "
-                f"TTFT p99 x{tgt['ttft_p99_ratio']:.2f} -> {met}"
-            )
     eng = results.get("engine_comparison")
     if eng:
-        met = {True: "[green]met[/]", False: "[red]not met[/]", None: "[yellow]not comparable[/]"}[eng["met"]]
         console.print(
             f"1 stream vs in-process engine ({eng['reference']}): output tok/s {eng['serve_output_tok_s']:.2f} vs "
             f"{eng['engine_output_tok_s']:.2f} (cost {eng['total_cost']:.1%}); decode tok/s "
             f"{eng['serve_decode_tok_s'] or float('nan'):.2f} vs {eng['engine_decode_tok_s']:.2f} "
             f"(cost {eng['decode_cost'] if eng['decode_cost'] is not None else float('nan'):.1%}); "
-            f"TTFT p50 {_ms(eng['serve_ttft_p50_s'])} vs {_ms(eng['engine_ttft_s'])} ms; {eng['goal']}: {met}"
+            f"TTFT p50 {_ms(eng['serve_ttft_p50_s'])} vs {_ms(eng['engine_ttft_s'])} ms"
         )
         if eng.get("note"):
             console.print(f"  ({eng['note']})")
@@ -1289,10 +1211,13 @@ def main(argv: list[str] | None = None) -> int:
     results["comparison"] = compare_targets(results, candidate, baseline, args.levels)
     results["engine_comparison"] = compare_engine(results, candidate, args)
 
-    stamped, latest = write_results(results, args.name)
-    png = plot(results, RESULTS_DIR / f"{args.name}.png")
+    stamped = write_results(results, args.name)
+    png = plot(results, plot_path(stamped))
     print_report(results)
-    console.print(f"wrote {stamped}, {latest}, {png} in {results['elapsed_s']:.0f} s; server logs in {args.log_dir}")
+    console.print("goals (bench/check.py):")
+    for verdict in verdicts(results, "serve"):
+        console.print("  " + format_verdict(verdict), markup=False)
+    console.print(f"wrote {stamped}, {png} in {results['elapsed_s']:.0f} s; server logs in {args.log_dir}")
     failed = [n for n, info in results["targets"].items() if info.get("failed")]
     return 1 if failed else 0
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,18 +23,14 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
+from streamhost.launcher import ServerProcess, free_port, streamhost_command
+
 REPO = Path(__file__).resolve().parents[2]
 STUB = REPO / "tests" / "e2e" / "_stub_container.py"
 STUB_COMMAND = f"{sys.executable} {STUB}"
 REAL_COMMAND = f"{sys.executable} -m streamhost.cli container"
 ACCESS_KEY, SECRET_KEY = "x", "y"
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PlatformProcess:
@@ -48,7 +41,7 @@ class PlatformProcess:
         self.container_command = container_command
         self.extra_args = extra_args or []
         self.env = env or {}
-        self.process: subprocess.Popen | None = None
+        self.server: ServerProcess | None = None
         self.log_path = state_dir / "platform.log"
 
     @property
@@ -56,50 +49,36 @@ class PlatformProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> PlatformProcess:
+        """Start on this state directory and port (again, after a stop or a kill)."""
         env = dict(os.environ)
         env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "HF_HUB_OFFLINE": "1"})
         env.update(self.env)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable, "-m", "streamhost.cli", "serve", "--port", str(self.port), "--state-dir", str(self.state_dir),
-            "--auth", "--container-command", self.container_command, "--health-interval", "1", "--drain-timeout", "10",
+        argv = streamhost_command(
+            "serve", "--port", str(self.port), "--state-dir", str(self.state_dir), "--auth",
+            "--container-command", self.container_command, "--health-interval", "1", "--drain-timeout", "10",
             *self.extra_args,
-        ]  # fmt: skip
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"platform exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"platform did not answer /ping within {timeout} s:\n{self.log_tail()}")
+        )  # fmt: skip
+        # The platform's own group is not used: a SIGKILL must leave its instances to be adopted.
+        self.server = ServerProcess(argv, self.port, self.log_path, env, cwd=REPO, own_group=False)
+        self.server.spawn().wait_ready(timeout)
+        return self
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.server.proc if self.server else None
 
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return self.server.log_tail(chars) if self.server else ""
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+        if self.server:
+            self.server.kill()
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.server:
+            self.server.stop(timeout)
 
     # ------------------------------------------------------------------ clients
 

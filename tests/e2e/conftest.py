@@ -10,16 +10,11 @@ of several processes from spinning against each other.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
+
+from streamhost.launcher import ServerProcess, free_port, streamhost_command
 
 # The TGI test server's limits: small enough that a request without max_new_tokens ends quickly.
 TINY_ENV = {
@@ -30,36 +25,8 @@ TINY_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Container:
-    """A running ``streamhost container`` process."""
-
-    proc: subprocess.Popen
-    url: str
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+# A running ``streamhost container`` process (proc, url, log_path, env, log(), stop()).
+Container = ServerProcess
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -75,31 +42,17 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_container(args: list[str], log_path: Path, env: dict[str, str] | None = None, wait: bool = True,
-                    timeout: float = 180) -> Container:
+                    timeout: float = 180) -> Container:  # fmt: skip
     port = free_port()
-    full_env = server_env(env)
-    cmd = [sys.executable, "-m", "streamhost.cli", "container", "--port", str(port), *args]
-    log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
-    container = Container(proc, f"http://127.0.0.1:{port}", log_path, full_env)
+    container = ServerProcess(streamhost_command("container", "--port", str(port), *args), port, log_path, server_env(env))
+    container.spawn()
     if wait:
-        wait_ready(container, timeout)
+        container.wait_ready(timeout)
     return container
 
 
 def wait_ready(container: Container, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if container.proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {container.proc.returncode}:\n{container.log()[-4000:]}")
-        try:
-            if httpx.get(container.url + "/ping", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    container.stop()
-    raise RuntimeError(f"the server was not ready within {timeout} s:\n{container.log()[-4000:]}")
+    container.wait_ready(timeout)
 
 
 @pytest.fixture(scope="session")

@@ -22,19 +22,12 @@ import uvicorn
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.types import FinishReason, GenerationDetails, TokenEvent
+from streamhost.launcher import free_port
 from streamhost.protocols.lmi import ServingProperties
 from streamhost.server.app import create_app
 from streamhost.server.config import ServerSettings
 from streamhost.server.state import ServerState
 
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ScriptedEngine:

@@ -10,11 +10,11 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, EventStreamError
 
 from streamhost import cli
-from streamhost.cli_bench import find_script
-from streamhost.cli_chat import MESSAGES_MODE, ChatPlan, plan_chat
-from streamhost.cli_common import CliError, format_error, parse_env
-from streamhost.cli_invoke import build_parameters, invoke_body, read_prompt
-from streamhost.cli_resources import find_logs
+from streamhost.cli.bench import find_script
+from streamhost.cli.chat import MESSAGES_MODE, ChatPlan, plan_chat
+from streamhost.cli.common import CliError, format_error, parse_env
+from streamhost.cli.invoke import build_parameters, invoke_body, read_prompt
+from streamhost.cli.resources import find_logs
 from streamhost.client import StreamError
 from streamhost.client.sdk import EULA_ENV
 

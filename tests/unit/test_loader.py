@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamhost.engine.archive import UnsafeArchiveError, unpack_model_archive
+from streamhost.archive import UnsafeArchiveError, unpack_model_archive
 from streamhost.engine.loader import ModelNotFoundError, ensure_default_model, resolve_model
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,10 @@ from streamhost.platform.metrics import PlatformMetrics
 from streamhost.platform.settings import PlatformSettings
 from streamhost.platform.store import Store
 from streamhost.platform.supervisor import Deployment, Supervisor
+from streamhost.launcher import free_port
 from streamhost.protocols.eventstream import EventStreamDecoder
 
 STUB = Path(__file__).resolve().parents[1] / "e2e" / "_stub_container.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -216,7 +216,7 @@ def resolve_model(reference: str | os.PathLike, revision: str | None = None, tok
         if path.suffix == ".gguf":
             return convert_gguf(path)
         if path.name.endswith((".tar.gz", ".tgz", ".tar")):
-            from streamhost.engine.archive import unpack_model_archive
+            from streamhost.archive import unpack_model_archive
 
             target = cache_root() / "unpacked" / f"{path.name.split('.')[0]}-{_fingerprint(path)}"
             if not _is_complete(target):

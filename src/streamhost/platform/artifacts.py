@@ -2,7 +2,7 @@
 
 Accepted sources: a local path, ``file://``, or ``s3://bucket/key`` (boto3; any S3-compatible
 store through ``--s3-endpoint-url`` or ``AWS_ENDPOINT_URL_S3``). A ``model.tar.gz`` (or any tar)
-is unpacked with ``engine.archive.unpack_model_archive``, which refuses traversal, links and
+is unpacked with ``streamhost.archive.unpack_model_archive``, which refuses traversal, links and
 oversize archives before writing anything. Unpacked copies are cached under the state directory,
 keyed by the source and its fingerprint (size+mtime, or the S3 ETag), and published by an atomic
 rename so a crash never leaves a half-unpacked folder that looks complete.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from streamhost.engine.archive import DEFAULT_MAX_UNPACKED_BYTES, UnsafeArchiveError, unpack_model_archive
+from streamhost.archive import DEFAULT_MAX_UNPACKED_BYTES, UnsafeArchiveError, unpack_model_archive
 
 _CHUNK = 1024 * 1024
 

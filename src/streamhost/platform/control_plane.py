@@ -8,7 +8,7 @@ at once with the endpoint ``Creating``, exactly as AWS does, and clients poll De
 
 An endpoint keeps a snapshot of the config and models it runs (``deployment``), because AWS lets
 a config or model be deleted while an endpoint still uses it (the SageMaker Python SDK deletes the
-config before the endpoint, PROTOCOLS.md §6) and a restarted platform must still know what to run.
+config before the endpoint, docs/protocols.md §6) and a restarted platform must still know what to run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The runtime gateway: InvokeEndpoint and InvokeEndpointWithResponseStream (PROTOCOLS.md §1).
+"""The runtime gateway: InvokeEndpoint and InvokeEndpointWithResponseStream (docs/protocols.md §1).
 
 A request picks a variant (TargetVariant, else by weight), then an instance (fewest requests in
 flight, or at random), and is forwarded to the instance's ``POST /invocations`` with the

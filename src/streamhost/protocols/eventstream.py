@@ -2,7 +2,7 @@
 
 What InvokeEndpointWithResponseStream answers with: each model chunk travels as a ``PayloadPart``
 event, and a failure after the stream has started becomes an exception event, because a stream
-that is simply cut off ends silently in boto3 (PROTOCOLS.md §1). The decoder serves our own SDK
+that is simply cut off ends silently in boto3 (docs/protocols.md §1). The decoder serves our own SDK
 and the tests; it checks both CRCs, the lengths and duplicate header names, as botocore does.
 
 Frame layout (big-endian)::

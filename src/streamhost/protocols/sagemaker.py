@@ -4,7 +4,7 @@ boto3 finds a runtime error's code in the ``x-amzn-ErrorType`` header and its me
 body's ``message``/``Message``; modeled fields (ModelError's ``OriginalStatusCode``,
 ``OriginalMessage``, ``LogStreamArn``) come from the body by their shape names, so the body uses
 the shape's spelling (``Message``), which also makes botocore copy it to the top level of the
-error response. Control-plane errors carry their code only in ``__type`` (PROTOCOLS.md §1-2).
+error response. Control-plane errors carry their code only in ``__type`` (docs/protocols.md §1-2).
 """
 
 from __future__ import annotations

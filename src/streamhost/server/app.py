@@ -1,8 +1,9 @@
 """The model server's ASGI app: routes, error shapes, metrics, and loading the model in the background.
 
-The HTTP server starts before the model is loaded, so ``/ping`` can say 503 while loading (DESIGN
-pitfall 7); the model loads in a daemon thread and the engine starts when it is done. A model that
-fails to load is fatal: ``on_fatal`` is called so the process exits non-zero, as TGI's launcher does.
+The HTTP server starts before the model is loaded, so ``/ping`` can say 503 while loading
+(docs/architecture.md, pitfall 7); the model loads in a daemon thread and the engine starts when
+it is done. A model that fails to load is fatal: ``on_fatal`` is called so the process exits
+non-zero, as TGI's launcher does.
 
 Every refusal has the protocol's JSON shape; an unexpected exception is logged with its traceback
 and answered ``500 {"error": "internal error: <type>", "error_type": "internal"}``, never with a

@@ -28,7 +28,7 @@ from streamhost.engine.limits import parse_dtype
 from streamhost.protocols.lmi import ServingProperties, ServingPropertiesError
 
 DEFAULT_PORT = 8080
-DEFAULT_HOST = "127.0.0.1"  # DESIGN.md: bind locally unless told otherwise (containers pass --host 0.0.0.0)
+DEFAULT_HOST = "127.0.0.1"  # docs/architecture.md: bind locally unless told otherwise (containers pass --host 0.0.0.0)
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_MODEL = "smollm2"
 SERVING_PROPERTIES = "serving.properties"

@@ -4,7 +4,7 @@ Starlette's StreamingResponse notices a vanished client only when a write fails,
 happens while a long prompt is prefilling or a non-streaming answer is being computed. These
 responses race the work against the ASGI ``http.disconnect`` message instead: when the client goes
 away the work is cancelled, which closes the engine's ``generate()`` iterator and so frees the
-request's batch slot at the engine's next step (DESIGN pitfall 4).
+request's batch slot at the engine's next step (docs/architecture.md, pitfall 4).
 
 :class:`TokenStream` waits for the first token before sending headers, so every error the engine
 raises up front (429 overloaded, 422 validation, 503 draining) keeps its status code; after that

@@ -1,4 +1,4 @@
-// Decoder for application/vnd.amazon.eventstream (PROTOCOLS.md §1), the framing of
+// Decoder for application/vnd.amazon.eventstream (docs/protocols.md §1), the framing of
 // InvokeEndpointWithResponseStream. Bytes arrive in arbitrary pieces from fetch(): a frame may be
 // split across reads and one read may carry several frames, so the decoder buffers until a whole
 // frame is there, checks both CRCs, and hands out {headers, payload} messages.

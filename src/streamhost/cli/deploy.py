@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamhost.cli_common import CliError, add_json_option, add_url_option, console, parse_env, print_json, run, session_from
+from streamhost.cli.common import CliError, add_json_option, add_url_option, console, parse_env, print_json, run, session_from
 from streamhost.client.sdk import DEFAULT_DEPLOY_TIMEOUT, CatalogModel, Model, Session, open_catalog, name_from_base
 
 

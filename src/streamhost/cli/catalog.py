@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from streamhost.cli_common import add_json_option, console, print_json, print_table, run
+from streamhost.cli.common import add_json_option, console, print_json, print_table, run
 from streamhost.client.sdk import open_catalog
 
 

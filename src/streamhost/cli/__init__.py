@@ -1,7 +1,7 @@
 """The ``streamhost`` command: one entry point, subcommands implemented where their code lives.
 
 ``container`` and ``serve`` run servers (their modules add their own arguments); the client
-subcommands (deploy, invoke, chat, endpoints, models, catalog, bench) live in ``cli_*.py`` and talk
+subcommands (deploy, invoke, chat, endpoints, models, catalog, bench) live in ``cli/<verb>.py`` and talk
 to a running platform through the SDK.
 """
 
@@ -19,19 +19,19 @@ SUBCOMMANDS = {
 
 # client subcommands: module -> the function that adds its parser(s) to the subparsers
 CLIENT_COMMANDS = (
-    ("streamhost.cli_deploy", "add_parser"),
-    ("streamhost.cli_invoke", "add_parser"),
-    ("streamhost.cli_chat", "add_parser"),
-    ("streamhost.cli_resources", "add_parsers"),
-    ("streamhost.cli_catalog", "add_parser"),
-    ("streamhost.cli_bench", "add_parser"),
-    ("streamhost.cli_train", "add_parser"),
-    ("streamhost.cli_evaluate", "add_parser"),
+    ("streamhost.cli.deploy", "add_parser"),
+    ("streamhost.cli.invoke", "add_parser"),
+    ("streamhost.cli.chat", "add_parser"),
+    ("streamhost.cli.resources", "add_parsers"),
+    ("streamhost.cli.catalog", "add_parser"),
+    ("streamhost.cli.bench", "add_parser"),
+    ("streamhost.cli.train", "add_parser"),
+    ("streamhost.cli.evaluate", "add_parser"),
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streamhost.cli_common import add_url_option
+    from streamhost.cli.common import add_url_option
 
     parser = argparse.ArgumentParser(prog="streamhost", description="Self-hosted streaming LLM endpoints.")
     add_url_option(parser, top_level=True)
@@ -62,6 +62,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

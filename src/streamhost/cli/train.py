@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from streamhost.cli_common import (
+from streamhost.cli.common import (
     CliError,
     add_json_option,
     add_url_option,

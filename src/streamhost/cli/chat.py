@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from streamhost.catalog.templates import TEMPLATES, render_prompt, template_stop_sequences
-from streamhost.cli_common import CliError, add_url_option, console, format_error, run, session_from
-from streamhost.cli_invoke import add_generation_options, build_parameters
+from streamhost.cli.common import CliError, add_url_option, console, format_error, run, session_from
+from streamhost.cli.invoke import add_generation_options, build_parameters
 from streamhost.client.iterators import StreamError
 from streamhost.client.sdk import EULA_ENV, Predictor, Session, open_catalog
 

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from streamhost.cli_common import CliError, add_json_option, add_url_option, print_json, run, session_from
+from streamhost.cli.common import CliError, add_json_option, add_url_option, print_json, run, session_from
 from streamhost.client.sdk import Predictor, generated_text
 
 # flag attribute -> TGI parameter name

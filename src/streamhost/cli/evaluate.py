@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamhost.cli_common import CliError, add_url_option, console, print_table, run, session_from
+from streamhost.cli.common import CliError, add_url_option, console, print_table, run, session_from
 
 
 def add_parser(sub: Any) -> None:

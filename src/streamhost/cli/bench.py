@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamhost.cli_common import CliError, run
+from streamhost.cli.common import CliError, run
 
 
 def add_parser(sub: Any) -> None:
@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
 
 def bench_dirs() -> list[Path]:
     """Where bench/ may be: the working directory, then the checkout of an editable install."""
-    package = Path(__file__).resolve().parent  # src/streamhost
+    package = Path(__file__).resolve().parent.parent  # src/streamhost
     return [Path.cwd() / "bench", package.parent.parent / "bench"]
 
 

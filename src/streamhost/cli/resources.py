@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamhost.cli_common import (
+from streamhost.cli.common import (
     CliError,
     add_json_option,
     add_url_option,
