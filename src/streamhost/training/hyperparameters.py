@@ -55,8 +55,8 @@ class Spec:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         kind = "an integer" if self.type is int else "a number"
-        low = "" if self.min is None else (f"> {self.min:g}" if self.min_exclusive else f">= {self.min:g}")
-        high = "" if self.max is None else f"<= {self.max:g}"
+        low = "" if self.min is None else (f"> {_number(self.min)}" if self.min_exclusive else f">= {_number(self.min)}")
+        high = "" if self.max is None else f"<= {_number(self.max)}"
         bounds = " and ".join(b for b in (low, high) if b)
         return f"{kind} {bounds}".strip()
 
@@ -89,6 +89,10 @@ class Spec:
         if self.max is not None and value > self.max:
             raise bad
         return value
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 SPECS: dict[str, Spec] = {
