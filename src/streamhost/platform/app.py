@@ -7,6 +7,9 @@ Routes:
 - ``POST /endpoints/{name}/invocations[-response-stream]``: the runtime gateway (rest-json).
 - ``GET /_streamhost/endpoints/{name}``: an operator's view of an endpoint's instances
   (state, pid, port, in-flight and served counts, restarts, log path).
+- S3 (path-style), STS and IAM: picked by the service in the request's SigV4 credential scope
+  (``.../<region>/s3/aws4_request``), so one ``AWS_ENDPOINT_URL`` serves every client; an
+  unsigned request that matches no route above goes to S3 too (anonymous: refused when auth is on).
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from .auth import AuthError, SigV4Verifier, load_secrets
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
 from .metrics import PlatformMetrics
+from .s3.access import EmbeddedAccess, ExternalAccess, ObjectAccess, ObjectAccessError
+from .s3.routing import signing_service
+from .s3.service import S3Service
+from .s3.store import ObjectStore
 from .settings import PlatformSettings
 from .store import Store
+from .sts_iam import StsIamService
 from .supervisor import Supervisor
 from .training_jobs import LOG_ROUTE as TRAINING_LOG_ROUTE
 from .training_jobs import TrainingJobs
@@ -69,9 +77,17 @@ class PlatformApp:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = PlatformMetrics()
         self.store = Store(settings.db_path)
+        # The embedded object store, unless an external S3 endpoint is configured (then nothing is embedded).
+        self.objects = None if settings.s3_endpoint_url else ObjectStore(settings.s3_dir, settings.db_path)
+        self.object_access: ObjectAccess = (
+            EmbeddedAccess(self.objects) if self.objects is not None else ExternalAccess(
+                settings.s3_endpoint_url, region=settings.region, access_key_id=settings.s3_access_key_id,
+                secret_access_key=settings.s3_secret_access_key, profile=settings.s3_profile)
+        )  # fmt: skip
         self.artifacts = ArtifactStore(
-            settings.artifacts_dir, s3_endpoint_url=settings.s3_endpoint_url, allowed_roots=settings.artifact_roots
-        )
+            settings.artifacts_dir, s3_endpoint_url=settings.s3_endpoint_url, objects=self.object_access,
+            allowed_roots=settings.artifact_roots,
+        )  # fmt: skip
         self.supervisor = Supervisor(self.store, settings, self.artifacts, self.metrics)
         self.control = ControlPlane(
             self.store,
@@ -94,6 +110,9 @@ class PlatformApp:
                     "AWS_SECRET_ACCESS_KEY, or pass --credentials-file"
                 )
             self.verifier = SigV4Verifier(secrets)
+        self.s3 = S3Service(self.objects, region=settings.region, account=settings.account, verifier=self.verifier,
+                            external_url=settings.s3_endpoint_url)  # fmt: skip
+        self.sts_iam = StsIamService(settings.account, self.verifier)
         self.started_callbacks: list[Any] = []
         self.ready = False
 
@@ -125,6 +144,13 @@ class PlatformApp:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         path = scope["path"]
+        service = signing_service(header_map(scope), scope.get("query_string", b"").decode("latin-1"))
+        if service == "s3":
+            self._count(*await self.s3(scope, receive, send))
+            return
+        if service in ("sts", "iam"):
+            self._count(*await self.sts_iam(scope, receive, send, service))
+            return
         if method == "GET" and path == "/ping":
             await respond(send, 200 if self.ready else 503, b"", {"content-type": "text/plain"})
             return
@@ -151,13 +177,20 @@ class PlatformApp:
 
             await serve_chat(scope, receive, send)
             return
+        if service is None:  # unsigned: S3's anonymous requests (curl, a browser) land here
+            self._count(*await self.s3(scope, receive, send))
+            return
         await respond_json(send, 404, {"message": f"No route for {method} {path}"})
+
+    def _count(self, operation: str, status: int) -> None:
+        self.metrics.requests.labels(operation, str(status)).inc()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    await self._ensure_default_bucket()
                     await self.supervisor.recover()
                     self.training.recover()
                     self.ready = True
@@ -176,8 +209,19 @@ class PlatformApp:
                     await self.gateway.close()
                 finally:
                     self.store.close()
+                    if self.objects is not None:
+                        self.objects.close()
                     await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _ensure_default_bucket(self) -> None:
+        """Create ``sagemaker-<region>-<account>`` so uploads and the SDK's default_bucket() find it."""
+        import asyncio
+
+        try:
+            await asyncio.to_thread(self.object_access.ensure_bucket, self.settings.default_bucket)
+        except ObjectAccessError as exc:  # an unreachable external store must not keep the platform down
+            log.warning("could not create the default bucket %s: %s", self.settings.default_bucket, exc)
 
     # ------------------------------------------------------------------ auth
 

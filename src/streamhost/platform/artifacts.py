@@ -1,7 +1,8 @@
 """Model data: turn ``ModelDataUrl`` / ``ModelDataSource`` into a local folder a model server can load.
 
-Accepted sources: a local path, ``file://``, or ``s3://bucket/key`` (boto3; any S3-compatible
-store through ``--s3-endpoint-url`` or ``AWS_ENDPOINT_URL_S3``). A ``model.tar.gz`` (or any tar)
+Accepted sources: a local path, ``file://``, or ``s3://bucket/key``: read from the platform's
+embedded object store directly (its files, no HTTP), or, with ``--s3-endpoint``, from that external
+S3-compatible store through boto3 (``s3/access.py``). A ``model.tar.gz`` (or any tar)
 is unpacked with ``streamhost.archive.unpack_model_archive``, which refuses traversal, links and
 oversize archives before writing anything. Unpacked copies are cached under the state directory,
 keyed by the source and its fingerprint (size+mtime, or the S3 ETag), and published by an atomic
@@ -26,6 +27,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from streamhost.archive import DEFAULT_MAX_UNPACKED_BYTES, UnsafeArchiveError, unpack_model_archive
+
+from .s3.access import ExternalAccess, ObjectAccess, ObjectAccessError
 
 _CHUNK = 1024 * 1024
 
@@ -63,6 +66,12 @@ def _deadline_check(deadline: float | None, what: str) -> None:
         raise ArtifactError(f"{what}: ModelDataDownloadTimeoutInSeconds elapsed")
 
 
+def _file_name(key: str) -> str:
+    """A safe local file name for an object key's last segment (never ``..`` or empty)."""
+    name = key.rsplit("/", 1)[-1]
+    return name if name not in ("", ".", "..") and "\x00" not in name else "model"
+
+
 class ArtifactStore:
     """Fetches and unpacks model data into ``root`` (the state directory's ``artifacts`` folder)."""
 
@@ -71,12 +80,15 @@ class ArtifactStore:
         root: str | Path,
         *,
         s3_endpoint_url: str | None = None,
+        objects: ObjectAccess | None = None,
         allowed_roots: list[Path] | None = None,
         max_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.s3_endpoint_url = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or None
+        # s3:// model data: the platform's object access (embedded or external), else plain boto3.
+        self.objects: ObjectAccess = objects or ExternalAccess(self.s3_endpoint_url)
         self.allowed_roots = [p.resolve() for p in allowed_roots] if allowed_roots is not None else None
         self.max_bytes = max_bytes
 
@@ -146,14 +158,16 @@ class ArtifactStore:
         key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
         return self._publish(key, lambda tmp: self._place_file(path, tmp, data, deadline))
 
-    def _place_file(self, source: Path, folder: Path, data: ModelData, deadline: float | None) -> None:
+    def _place_file(self, source: Path, folder: Path, data: ModelData, deadline: float | None,
+                    name: str | None = None) -> None:  # fmt: skip
+        """Unpack an archive into ``folder``, or copy a single file there (as ``name``, default its own)."""
         _deadline_check(deadline, data.url)
         if data.compressed or (data.compressed is None and tarfile.is_tarfile(source)):
             unpack_model_archive(source, folder, max_bytes=self.max_bytes)
         else:
             if source.stat().st_size > self.max_bytes:
                 raise ArtifactError(f"{data.url}: larger than the {self.max_bytes}-byte limit")
-            shutil.copy2(source, folder / source.name)
+            shutil.copy2(source, folder / (name or source.name))
         _deadline_check(deadline, data.url)
 
     def _publish(self, key: str, fill) -> Path:
@@ -182,71 +196,61 @@ class ArtifactStore:
         parts = urlsplit(url)
         return parts.netloc, parts.path.lstrip("/")
 
-    def _s3(self):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.s3_endpoint_url)
-
     def _fetch_s3(self, data: ModelData, deadline: float | None) -> Path:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         bucket, key = self._split_s3(data.url)
-        client = self._s3()
         try:
             if data.prefix or key.endswith("/") or not key:
-                return self._fetch_s3_prefix(client, bucket, key, data, deadline)
-            head = client.head_object(Bucket=bucket, Key=key)
-            fingerprint = f"{data.url}|{head.get('ETag')}|{head.get('ContentLength')}"
-            if head.get("ContentLength", 0) > self.max_bytes:
+                return self._fetch_s3_prefix(bucket, key, data, deadline)
+            head = self.objects.head(bucket, key)
+            if head.size > self.max_bytes:
                 raise ArtifactError(f"{data.url}: larger than the {self.max_bytes}-byte limit")
+            fingerprint = f"{data.url}|{head.etag}|{head.size}"
 
             def fill(folder: Path) -> None:
+                local = self.objects.local_path(bucket, key)
+                if local is not None:  # the embedded store: unpack straight from its file
+                    self._place_file(local, folder, data, deadline, name=_file_name(key))
+                    return
                 with tempfile.TemporaryDirectory(dir=self.root) as scratch:
-                    local = Path(scratch) / (Path(key).name or "model")
-                    self._download(client, bucket, key, local, deadline, data.url)
+                    local = Path(scratch) / _file_name(key)
+                    self._download(bucket, key, local, deadline, data.url)
                     self._place_file(local, folder, data, deadline)
 
             return self._publish(fingerprint, fill)
-        except ClientError as exc:
-            err = exc.response.get("Error", {})
-            raise ArtifactError(
-                f"Could not access model data at {data.url}: {err.get('Code', 'error')} {err.get('Message', '')}".rstrip()
-            ) from None
-        except BotoCoreError as exc:
+        except ObjectAccessError as exc:
             raise ArtifactError(f"Could not access model data at {data.url}: {exc}") from None
 
-    def _download(self, client, bucket: str, key: str, target: Path, deadline: float | None, url: str) -> None:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    def _download(self, bucket: str, key: str, target: Path, deadline: float | None, url: str) -> None:
         written = 0
-        with open(target, "wb") as out:
-            for chunk in body.iter_chunks(_CHUNK):
-                written += len(chunk)
-                if written > self.max_bytes:
-                    raise ArtifactError(f"{url}: larger than the {self.max_bytes}-byte limit")
-                out.write(chunk)
-                _deadline_check(deadline, url)
 
-    def _fetch_s3_prefix(self, client, bucket: str, prefix: str, data: ModelData, deadline: float | None) -> Path:
-        objects = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            objects.extend(page.get("Contents", []))
+        def progress(count: int) -> None:
+            nonlocal written
+            written += count
+            if written > self.max_bytes:
+                raise ArtifactError(f"{url}: larger than the {self.max_bytes}-byte limit")
+            _deadline_check(deadline, url)
+
+        self.objects.download(bucket, key, target, progress)
+
+    def _fetch_s3_prefix(self, bucket: str, prefix: str, data: ModelData, deadline: float | None) -> Path:
+        objects = self.objects.list(bucket, prefix)
         if not objects:
             raise ArtifactError(f"Could not access model data at {data.url}: no objects under this prefix")
-        fingerprint = data.url + "|" + "|".join(f"{o['Key']}:{o.get('ETag')}" for o in objects)
+        fingerprint = data.url + "|" + "|".join(f"{o.key}:{o.etag}" for o in objects)
 
         def fill(folder: Path) -> None:
             total = 0
             for obj in objects:
-                relative = obj["Key"][len(prefix) :].lstrip("/")
+                relative = obj.key[len(prefix) :].lstrip("/")
                 if not relative or relative.endswith("/"):
                     continue
                 target = (folder / relative).resolve()
                 if folder.resolve() not in target.parents:
-                    raise ArtifactError(f"{data.url}: object key {obj['Key']!r} points outside the model folder")
-                total += obj.get("Size", 0)
+                    raise ArtifactError(f"{data.url}: object key {obj.key!r} points outside the model folder")
+                total += obj.size
                 if total > self.max_bytes:
                     raise ArtifactError(f"{data.url}: larger than the {self.max_bytes}-byte limit")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self._download(client, bucket, obj["Key"], target, deadline, data.url)
+                self._download(bucket, obj.key, target, deadline, data.url)
 
         return self._publish(fingerprint, fill)

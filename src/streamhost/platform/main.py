@@ -27,7 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="verify SigV4 signatures (default: on unless bound to a loopback address)",
     )
     parser.add_argument("--credentials-file", type=Path, help="AWS-style credentials file with the accepted keys")
-    parser.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// model data (or AWS_ENDPOINT_URL_S3)")
+    parser.add_argument(
+        "--s3-endpoint", "--s3-endpoint-url", dest="s3_endpoint_url",
+        default=os.environ.get("STREAMHOST_S3_ENDPOINT") or None,
+        help="use this external S3-compatible store for s3:// model data, the default bucket and uploads instead of "
+        "the embedded one (keys: $STREAMHOST_S3_ACCESS_KEY_ID/$STREAMHOST_S3_SECRET_ACCESS_KEY, --s3-profile, or "
+        "the standard AWS variables); the platform then serves no S3 API itself",
+    )  # fmt: skip
+    parser.add_argument("--s3-profile", help="AWS shared-credentials profile holding the external store's keys")
     parser.add_argument(
         "--artifact-root",
         action="append",
@@ -68,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         auth=args.auth,
         credentials_file=args.credentials_file,
         s3_endpoint_url=args.s3_endpoint_url,
+        s3_access_key_id=os.environ.get("STREAMHOST_S3_ACCESS_KEY_ID") or None,
+        s3_secret_access_key=os.environ.get("STREAMHOST_S3_SECRET_ACCESS_KEY") or None,
+        s3_profile=args.s3_profile,
         artifact_roots=args.artifact_root,
         container_command=shlex.split(args.container_command) if args.container_command else default_container_command(),
         threads_per_instance=args.instance_threads,
@@ -78,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if args.deploy_default:
         app.started_callbacks.append(deploy_default)
     auth = "SigV4 auth on" if settings.auth else "SigV4 auth off (loopback)"
+    objects = f"objects in {settings.s3_endpoint_url}" if settings.s3_endpoint_url else "embedded S3 store"
     logging.getLogger("streamhost.platform").info(
-        "streamhost platform on http://%s:%d, state in %s, %s", args.host, args.port, settings.state_dir, auth
+        "streamhost platform on http://%s:%d, state in %s, %s, %s", args.host, args.port, settings.state_dir, auth, objects
     )
     uvicorn.run(
         app,

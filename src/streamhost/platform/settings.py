@@ -35,7 +35,10 @@ class PlatformSettings:
     instance_host: str = "127.0.0.1"
     auth: bool | None = None  # None: on unless bound to loopback
     credentials_file: Path | None = None
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = None  # an external S3 store; None: the embedded one under state_dir/s3
+    s3_access_key_id: str | None = None  # the external store's keys (None: boto3's usual chain)
+    s3_secret_access_key: str | None = None
+    s3_profile: str | None = None  # or a profile of the AWS shared files holding them
     artifact_roots: list[Path] | None = None  # None: any local path (loopback) / the state dir (otherwise)
     drain_timeout: float = 30.0  # how long old instances may finish in-flight requests
     stop_grace: float = 15.0  # SIGTERM -> SIGKILL
@@ -63,6 +66,16 @@ class PlatformSettings:
     @property
     def artifacts_dir(self) -> Path:
         return self.state_dir / "artifacts"
+
+    @property
+    def default_bucket(self) -> str:
+        """The bucket the SageMaker SDK's ``Session().default_bucket()`` names: ``sagemaker-<region>-<account>``."""
+        return f"sagemaker-{self.region}-{self.account}"
+
+    @property
+    def s3_dir(self) -> Path:
+        """The embedded object store's files (named by id; the index is in ``db_path``)."""
+        return self.state_dir / "s3"
 
     @staticmethod
     def cpu_count() -> int:
