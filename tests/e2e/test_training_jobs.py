@@ -261,3 +261,34 @@ def _alive(pid: int) -> bool:
         return "Z" not in (Path(f"/proc/{pid}/stat").read_text().split()[2])
     except OSError:
         return False
+
+
+def test_s3_channels_model_and_output_in_the_embedded_store(platform, tiny_llama_dir, tmp_path):
+    """Base model, data and output all as s3:// in the platform's own store (as the SageMaker SDK uploads them)."""
+    s3 = platform.client("s3", s3={"addressing_style": "path"})
+    bucket = "sagemaker-us-east-1-123456789012"  # exists from startup
+    for path in tiny_llama_dir.iterdir():
+        s3.upload_file(str(path), bucket, f"base/tiny/{path.name}")
+    data = write_instructions(tmp_path / "data", count=12)
+    s3.upload_file(str(data / "train.jsonl"), bucket, "data/train/train.jsonl")
+    sm = platform.sagemaker()
+    name = unique("s3tune")
+    sm.create_training_job(
+        TrainingJobName=name, RoleArn=ROLE,
+        AlgorithmSpecification={"TrainingImage": "streamhost/trainer", "TrainingInputMode": "File"},
+        HyperParameters={"instruction_tuned": "true", "max_steps": "2", "save_steps": "100"},
+        InputDataConfig=[
+            {"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/data/train"}}},
+            {"ChannelName": "model", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/base/tiny/"}}},
+        ],
+        OutputDataConfig={"S3OutputPath": f"s3://{bucket}/out"},
+    )  # fmt: skip
+    described = wait_done(sm, name)
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    assert described["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/out/{name}/output/model.tar.gz"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"out/{name}/")["Contents"]}
+    assert keys == {f"out/{name}/output/model.tar.gz", f"out/{name}/output/loss_curve.png"}
+    archive = tmp_path / "model.tar.gz"
+    s3.download_file(bucket, f"out/{name}/output/model.tar.gz", str(archive))
+    with tarfile.open(archive) as tar:
+        assert "model.safetensors" in tar.getnames()

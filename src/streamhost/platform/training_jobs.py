@@ -126,6 +126,18 @@ class TrainingJobs:
             return str(ref), None
         return (entry.id if entry.source == "bundled" else entry.hub_id), entry
 
+    def _s3_settings(self) -> dict[str, Any]:
+        """Where the trainer reads and writes s3:// (keys travel in its environment, not in job.json).
+
+        An external store when the platform has one, else the embedded store over HTTP at the
+        platform's own address (the trainer is another process: it must not write the store's files).
+        """
+        settings = self.app.settings
+        if settings.s3_endpoint_url:
+            return {"endpoint_url": settings.s3_endpoint_url, "region": settings.region, "profile": settings.s3_profile}
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
+        return {"endpoint_url": f"http://{host}:{settings.port}", "region": settings.region, "profile": None}
+
     # ------------------------------------------------------------------ operations
 
     def create_training_job(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +182,7 @@ class TrainingJobs:
             "max_runtime": max_runtime,
             "artifacts_dir": str(settings.artifacts_dir),
             "artifact_roots": [str(r) for r in settings.artifact_roots] if settings.artifact_roots is not None else None,
-            "s3_endpoint_url": self.control.artifacts.s3_endpoint_url,
+            "s3": self._s3_settings(),
         }
         self.runner.start(name, spec)
         return {"TrainingJobArn": arn}

@@ -124,7 +124,26 @@ class TrainingRunner:
                     "STREAMHOST_PLATFORM_PID": str(os.getpid()),
                     INSTANCE_MARKER: str(self.settings.state_dir.resolve())})  # fmt: skip
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.update(self._s3_keys())
         return env
+
+    def _s3_keys(self) -> dict[str, str]:
+        """The keys the trainer signs its S3 calls with: the external store's, else ones the platform accepts."""
+        s = self.settings
+        if s.s3_endpoint_url:
+            if s.s3_access_key_id and s.s3_secret_access_key:
+                return {"AWS_ACCESS_KEY_ID": s.s3_access_key_id, "AWS_SECRET_ACCESS_KEY": s.s3_secret_access_key}
+            return {}
+        if s.auth:
+            from .auth import load_secrets
+
+            secrets = load_secrets(s.credentials_file)
+            if secrets:
+                key, secret = next(iter(secrets.items()))
+                return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+        if os.environ.get("AWS_ACCESS_KEY_ID"):
+            return {}
+        return {"AWS_ACCESS_KEY_ID": "streamhost", "AWS_SECRET_ACCESS_KEY": "streamhost"}  # loopback: unchecked
 
     async def _run(self, name: str, spec: dict[str, Any]) -> None:
         key = name.lower()

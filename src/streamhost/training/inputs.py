@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from streamhost.platform.artifacts import ArtifactStore, ModelData
+from streamhost.platform.s3.access import ExternalAccess
 
 MODEL_CHANNEL = "model"
 
@@ -22,11 +23,18 @@ def is_uri(reference: str) -> bool:
     return urlsplit(reference).scheme.lower() in ("s3", "file")
 
 
-def artifact_store(spec: dict[str, Any]) -> ArtifactStore:
+def object_access(spec: dict[str, Any]) -> ExternalAccess:
+    """boto3 to the store the platform named: its external S3 endpoint or its own embedded one."""
+    s3 = spec.get("s3") or {}
+    return ExternalAccess(s3.get("endpoint_url"), region=s3.get("region"), profile=s3.get("profile"))
+
+
+def artifact_store(spec: dict[str, Any], access: ExternalAccess) -> ArtifactStore:
     roots = spec.get("artifact_roots")
     return ArtifactStore(
         spec["artifacts_dir"],
-        s3_endpoint_url=spec.get("s3_endpoint_url"),
+        s3_endpoint_url=(spec.get("s3") or {}).get("endpoint_url"),
+        objects=access,
         allowed_roots=[Path(r) for r in roots] if roots is not None else None,
     )
 

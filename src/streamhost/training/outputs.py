@@ -73,15 +73,13 @@ def _local_target(uri: str) -> Path:
     return Path(unquote(parts.path) if parts.scheme.lower() == "file" else uri).expanduser()
 
 
-def upload(files: list[Path], prefix: str, s3_endpoint_url: str | None, allowed_roots: list[str] | None) -> list[str]:
-    """Copy ``files`` under ``prefix`` (s3://, file:// or a path); returns their URIs."""
+def upload(files: list[Path], prefix: str, access: Any, allowed_roots: list[str] | None) -> list[str]:
+    """Copy ``files`` under ``prefix`` (s3:// through ``access.client``, file:// or a path); returns their URIs."""
     scheme = urlsplit(prefix).scheme.lower()
     uris = []
     if scheme == "s3":
-        import boto3
-
         parts = urlsplit(prefix)
-        client = boto3.client("s3", endpoint_url=s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or None)
+        client = access.client
         for path in files:
             key = f"{parts.path.strip('/')}/{path.name}".lstrip("/")
             client.upload_file(str(path), parts.netloc, key)

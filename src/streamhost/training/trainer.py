@@ -47,6 +47,7 @@ class _Job:
         self.events = EventWriter(job_dir)
         self.stop_requested = False
         self.history: list[dict[str, Any]] = []
+        self.access: Any = None  # boto3 access to the job's S3 store (set while preparing)
 
     def say(self, message: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
@@ -67,9 +68,10 @@ def _prepare(job: _Job) -> tuple[Path, list, list]:
     """Downloading: the base model folder and the (train, validation) examples."""
     from streamhost.training import data as td
 
-    from .inputs import artifact_store, fetch_channel, resolve_base_model
+    from .inputs import artifact_store, fetch_channel, object_access, resolve_base_model
 
-    store = artifact_store(job.spec)
+    job.access = object_access(job.spec)
+    store = artifact_store(job.spec, job.access)
     channels: dict[str, str] = job.spec["channels"]
     job.status("Downloading", "Downloading input data")
     loaded: dict[str, list] = {}
@@ -297,7 +299,7 @@ def _save(job: _Job, model, tokenizer, base: Path, metrics: dict[str, float]) ->
     archive = outputs.write_archive(folder, job.dir / outputs.MODEL_ARCHIVE)
     files = [archive] + ([curve] if curve else [])
     prefix = outputs.output_prefix(job.spec["output_path"], job.spec["name"])
-    uris = outputs.upload(files, prefix, job.spec.get("s3_endpoint_url"), job.spec.get("artifact_roots"))
+    uris = outputs.upload(files, prefix, job.access, job.spec.get("artifact_roots"))
     job.say(f"artifacts: {', '.join(uris)}")
     return files
 
