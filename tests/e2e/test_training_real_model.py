@@ -35,7 +35,7 @@ def test_short_lora_run_raises_rouge_l(tmp_path, smollm2_dir):
             AlgorithmSpecification={"TrainingImage": "streamhost/trainer", "TrainingInputMode": "File"},
             HyperParameters={"instruction_tuned": "true", "max_steps": "8", "learning_rate": "0.001",
                              "validation_split_ratio": "0.1", "save_steps": "100"},
-            InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3Uri": data.as_uri()}}}],
+            InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}}],
             OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()},
             Environment={"HF_MODEL_ID": "smollm2"},
         )  # fmt: skip

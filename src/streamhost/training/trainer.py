@@ -193,17 +193,21 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _train(job: _Job, model, tokenizer, train_rows, eval_rows) -> tuple[Any, dict[str, float]]:
-    import torch
-    from transformers import Trainer, TrainingArguments
-
-    hp = job.hp
+def plan_steps(hp: dict[str, Any], train_examples: int) -> int:
+    """Optimizer steps the job will run: ``max_steps``, else epochs x steps per epoch."""
     per_step = hp["per_device_train_batch_size"] * hp["gradient_accumulation_steps"]
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / per_step))
-    total_steps = hp["max_steps"] if hp["max_steps"] > 0 else steps_per_epoch * hp["epoch"]
-    eval_steps = max(1, min(hp["save_steps"], total_steps))
-    args = TrainingArguments(
-        output_dir=str(job.dir / "checkpoints"),
+    steps_per_epoch = max(1, math.ceil(train_examples / per_step))
+    return hp["max_steps"] if hp["max_steps"] > 0 else steps_per_epoch * hp["epoch"]
+
+
+def training_arguments(hp: dict[str, Any], output_dir: Path, total_steps: int, with_eval: bool):
+    """transformers' TrainingArguments for these hyperparameters (the benchmark's baseline uses the same)."""
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
         num_train_epochs=hp["epoch"],
         max_steps=hp["max_steps"],
         learning_rate=hp["learning_rate"],
@@ -220,16 +224,24 @@ def _train(job: _Job, model, tokenizer, train_rows, eval_rows) -> tuple[Any, dic
         save_steps=hp["save_steps"],
         save_total_limit=1,
         save_only_model=True,
-        eval_strategy="steps" if eval_rows else "no",
-        eval_steps=eval_steps,
+        eval_strategy="steps" if with_eval else "no",
+        eval_steps=max(1, min(hp["save_steps"], total_steps)),
         report_to="none",
         disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+
+
+def _train(job: _Job, model, tokenizer, train_rows, eval_rows) -> tuple[Any, dict[str, float]]:
+    from transformers import Trainer
+
+    hp = job.hp
+    total_steps = plan_steps(hp, len(train_rows))
+    args = training_arguments(hp, job.dir / "checkpoints", total_steps, bool(eval_rows))
     trainer = Trainer(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
         data_collator=collate(tokenizer.pad_token_id), callbacks=[_progress_callback(job, total_steps)],
