@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, plot_path, write_results  # noqa: E402
+from _common import machine_info, plot_path, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 KEY, SECRET = "bench", "bench-secret"

@@ -16,7 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from _platform_fixtures import ACCESS_KEY, REAL_COMMAND, SECRET_KEY, PlatformProcess, deploy, unique
+from _platform_fixtures import (
+    ACCESS_KEY,
+    REAL_COMMAND,
+    SECRET_KEY,
+    PlatformProcess,
+    deploy,
+    unique,
+)
 
 from streamhost.client import TokenIterator
 from streamhost.training.data import DEFAULT_TEMPLATE, render_prompt
@@ -30,8 +37,7 @@ LIMITS = {"MAX_TOTAL_TOKENS": "512", "MAX_INPUT_TOKENS": "256"}
 def tower_data(folder: Path, count: int = 16) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "train.jsonl", "w") as out:
-        for i in range(count):
-            out.write(json.dumps({"instruction": f"Where is the tower {i}?", "context": "", "response": "Paris."}) + "\n")
+        out.writelines(json.dumps({"instruction": f"Where is the tower {i}?", "context": "", "response": "Paris."}) + "\n" for i in range(count))
     return folder
 
 
@@ -108,7 +114,7 @@ def test_sdk_estimator_fit_deploy_with_unmerged_adapter(platform, tiny_llama_dir
 
 def cli(platform, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "STREAMHOST_URL": platform.url}
-    return subprocess.run([sys.executable, "-m", "streamhost.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "streamhost.cli", *args], capture_output=True, text=True, env=env, check=False,
                           timeout=timeout)  # fmt: skip
 
 

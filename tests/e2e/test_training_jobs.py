@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 from _platform_fixtures import PlatformProcess, unique
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 pytestmark = pytest.mark.timeout(300)
 ROLE = "arn:aws:iam::123456789012:role/training"
+TRAINING_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.0"
 
 
 def write_instructions(folder: Path, count: int = 40, bad_line: int | None = None) -> Path:
@@ -39,8 +40,7 @@ def create_job(sm, name: str, model: Path, data: Path, output: Path, max_runtime
     sm.create_training_job(
         TrainingJobName=name,
         RoleArn=ROLE,
-        AlgorithmSpecification={"TrainingImage": "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.0",
-                                "TrainingInputMode": "File"},  # fmt: skip
+        AlgorithmSpecification={"TrainingImage": TRAINING_IMAGE, "TrainingInputMode": "File"},
         HyperParameters=hp,
         InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": data.as_uri(), "S3DataDistributionType": "FullyReplicated"}}}],
@@ -130,7 +130,7 @@ def test_bad_data_line_fails_before_training_naming_the_line(platform, tiny_llam
     sm = platform.sagemaker()
     name = unique("baddata")
     create_job(sm, name, tiny_llama_dir, write_instructions(tmp_path / "data", bad_line=3), tmp_path / "out")
-    with pytest.raises(Exception):
+    with pytest.raises(WaiterError):
         wait_done(sm, name)  # the waiter fails on Failed
     described = sm.describe_training_job(TrainingJobName=name)
     assert described["TrainingJobStatus"] == "Failed"
@@ -144,7 +144,7 @@ def test_channel_with_two_files_fails_naming_them(platform, tiny_llama_dir, tmp_
     data = write_instructions(tmp_path / "data")
     (data / "more.txt").write_text("hello\n")
     create_job(sm, name, tiny_llama_dir, data, tmp_path / "out")
-    with pytest.raises(Exception):
+    with pytest.raises(WaiterError):
         wait_done(sm, name)
     reason = sm.describe_training_job(TrainingJobName=name)["FailureReason"]
     assert "exactly one .jsonl or .txt" in reason and "more.txt" in reason and "train.jsonl" in reason

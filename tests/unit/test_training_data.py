@@ -16,7 +16,13 @@ from streamhost.training.data import (
     split,
     tokenize,
 )
-from streamhost.training.evaluate import EvalRow, Report, load_eval_examples, rouge_l, to_markdown
+from streamhost.training.evaluate import (
+    EvalRow,
+    Report,
+    load_eval_examples,
+    rouge_l,
+    to_markdown,
+)
 
 
 def write(path, lines):
@@ -143,7 +149,7 @@ def test_rouge_l_and_the_markdown_table(tmp_path):
     assert 0 < rouge_l("Paris is the capital", "The capital is Paris.") < 1
     path = write(tmp_path / "test.jsonl", [json.dumps({"instruction": "Where?", "response": "Paris"}),
                                            json.dumps({"prompt": "Raw prompt", "reference": "x"})])  # fmt: skip
-    (p1, r1), (p2, r2) = load_eval_examples(path)
+    (p1, r1), (p2, _) = load_eval_examples(path)
     assert p1.endswith("### Instruction:\nWhere?\n\n### Response:\n") and r1 == "Paris" and p2 == "Raw prompt"
     report = Report("base", "tuned", [EvalRow("in | put", "ref", "b", "ref", 0.0, 1.0)])
     markdown = to_markdown(report)

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamhost.cli.common import CliError, add_url_option, console, print_table, run, session_from
+from streamhost.cli.common import (
+    CliError,
+    add_url_option,
+    console,
+    print_table,
+    run,
+    session_from,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -35,7 +42,11 @@ def add_parser(sub: Any) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     from streamhost.client.sdk import Predictor
     from streamhost.training.data import load_template
-    from streamhost.training.evaluate import load_eval_examples, run_comparison, to_markdown
+    from streamhost.training.evaluate import (
+        load_eval_examples,
+        run_comparison,
+        to_markdown,
+    )
 
     if not args.data.is_file():
         raise CliError(f"--data {args.data}: no such file")

@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from .sdk import DEFAULT_DEPLOY_TIMEOUT, DEFAULT_IMAGE, EULA_ENV, Model, Predictor, Session, StreamhostError, name_from_base, open_catalog
+from .sdk import (
+    DEFAULT_DEPLOY_TIMEOUT,
+    DEFAULT_IMAGE,
+    EULA_ENV,
+    Model,
+    Predictor,
+    Session,
+    StreamhostError,
+    name_from_base,
+    open_catalog,
+)
 
 __all__ = ["Estimator", "TrainingJobError", "TrainingModel", "follow_log", "model_for_training_job", "read_log", "wait_for_training_job"]
 

@@ -35,7 +35,7 @@ from streamhost.training.events import read_events
 from .instances import _SHIM, INSTANCE_MARKER, kill_orphan, read_tail
 from .settings import PlatformSettings
 from .supervisor import _model_server_setting
-from .training_store import TrainingJobRecord, TrainingJobStore
+from .training_store import TrainingJobStore
 
 log = logging.getLogger("streamhost.training")
 
@@ -106,9 +106,15 @@ class TrainingRunner:
 
     def start(self, name: str, spec: dict[str, Any]) -> None:
         """Run the job in the background (CreateTrainingJob answers at once)."""
+        key = name.lower()
         task = asyncio.ensure_future(self._run(name, spec))
-        self._tasks[name.lower()] = task
-        task.add_done_callback(lambda t, key=name.lower(): self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
+        self._tasks[key] = task
+
+        def forget(done: asyncio.Task) -> None:
+            if self._tasks.get(key) is done:
+                del self._tasks[key]
+
+        task.add_done_callback(forget)
 
     def stop(self, name: str, reason: str = "Stopped") -> None:
         """SIGTERM the trainer; the job's task records the outcome when it exits."""
@@ -152,7 +158,7 @@ class TrainingRunner:
         (folder / "job.json").write_text(json.dumps(spec, indent=1))
         log_path = folder / LOG_FILE
         try:
-            with open(log_path, "ab") as logfile:
+            with open(log_path, "ab") as logfile:  # noqa: ASYNC230 - one small append before the process starts
                 logfile.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting training job {name}\n".encode())
                 logfile.flush()
                 proc = await asyncio.create_subprocess_exec(

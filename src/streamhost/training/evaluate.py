@@ -119,8 +119,8 @@ def to_markdown(report: Report) -> str:
     lines = [
         f"# Base vs tuned: `{report.base_endpoint}` vs `{report.tuned_endpoint}`",
         "",
-        f"ROUGE-L (F1, mean over {len(report.rows)} examples): base **{report.rouge_l_base:.3f}**, "
-        f"tuned **{report.rouge_l_tuned:.3f}**",
+        (f"ROUGE-L (F1, mean over {len(report.rows)} examples): base **{report.rouge_l_base:.3f}**, "
+         f"tuned **{report.rouge_l_tuned:.3f}**"),
         "",
         "| # | input | reference | base answer | tuned answer | ROUGE-L base | ROUGE-L tuned |",
         "|---|---|---|---|---|---|---|",

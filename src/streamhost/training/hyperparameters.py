@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HyperparameterError", "SPECS", "defaults_for", "parse", "to_strings"]
+__all__ = ["SPECS", "HyperparameterError", "defaults_for", "parse", "to_strings"]
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")

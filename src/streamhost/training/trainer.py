@@ -300,8 +300,8 @@ def _save(job: _Job, model, tokenizer, base: Path, metrics: dict[str, float]) ->
         model.save_pretrained(folder)
         (folder / outputs.BASE_REFERENCE).write_text(json.dumps({"model": job.spec.get("base_reference") or str(base)}))
     else:
-        base_dtype = json.loads((base / "config.json").read_text()).get("dtype") or json.loads(
-            (base / "config.json").read_text()).get("torch_dtype")  # fmt: skip
+        config = json.loads((base / "config.json").read_text())
+        base_dtype = config.get("dtype") or config.get("torch_dtype")
         if base_dtype in ("bfloat16", "float16"):
             model = model.to(getattr(torch, base_dtype))  # ship in the base's precision (half the size of fp32)
         model.save_pretrained(folder)
