@@ -292,3 +292,28 @@ def test_s3_channels_model_and_output_in_the_embedded_store(platform, tiny_llama
     s3.download_file(bucket, f"out/{name}/output/model.tar.gz", str(archive))
     with tarfile.open(archive) as tar:
         assert "model.safetensors" in tar.getnames()
+
+
+def test_gated_base_model_needs_accept_eula(platform, tmp_path):
+    sm = platform.sagemaker()
+    data = write_instructions(tmp_path / "data", count=4)
+    request = dict(
+        RoleArn=ROLE, AlgorithmSpecification={"TrainingImage": TRAINING_IMAGE, "TrainingInputMode": "File"},
+        HyperParameters={"instruction_tuned": "true"},
+        InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}}],
+        OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()},
+    )  # fmt: skip
+    name = unique("gated")
+    with pytest.raises(ClientError) as err:
+        sm.create_training_job(TrainingJobName=name, Environment={"HF_MODEL_ID": "meta-textgeneration-llama-2-7b-f"}, **request)
+    message = err.value.response["Error"]["Message"]
+    assert err.value.response["Error"]["Code"] == "ValidationException" and "accept_eula=true" in message and "llama2" in message
+    assert sm.list_training_jobs(NameContains="gated")["TrainingJobSummaries"] == []
+    # Accepted (as JumpStartEstimator.fit(accept_eula=True) sends it): the job is created. This machine
+    # cannot download Llama 2, so it then fails saying so, before any training.
+    sm.create_training_job(TrainingJobName=name, Environment={"HF_MODEL_ID": "meta-textgeneration-llama-2-7b-f",
+                                                              "accept_eula": "true"}, **request)  # fmt: skip
+    with pytest.raises(WaiterError):
+        wait_done(sm, name)
+    described = sm.describe_training_job(TrainingJobName=name)
+    assert described["TrainingJobStatus"] == "Failed" and "meta-llama/Llama-2-7b-chat-hf" in described["FailureReason"]
