@@ -214,6 +214,14 @@ def test_duplicate_name_and_missing_train_channel(platform, tiny_llama_dir, tmp_
                                OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()},
                                Environment={"HF_MODEL_ID": str(tiny_llama_dir)})  # fmt: skip
     assert "'train'" in err.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as err:
+        sm.create_training_job(TrainingJobName=unique("badchan"), RoleArn=ROLE,
+                               AlgorithmSpecification={"TrainingInputMode": "File"},
+                               InputDataConfig=[{"ChannelName": name, "DataSource": {"S3DataSource": {
+                                   "S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}} for name in ("training", "test")],
+                               OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()},
+                               Environment={"HF_MODEL_ID": str(tiny_llama_dir)})  # fmt: skip
+    assert "Unknown channel 'test'" in err.value.response["Error"]["Message"]  # 'training' is JumpStart's name for train
     wait_done(sm, name)
 
 

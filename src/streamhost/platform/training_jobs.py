@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .app import PlatformApp
 
 CHANNELS = ("train", "validation", "model")
+CHANNEL_ALIASES = {"training": "train"}  # the JumpStart LLM notebooks call fit({"training": ...})
 DEFAULT_MAX_RUNTIME = 86400
 LOG_ROUTE = "/_streamhost/training-jobs/"
 _DESCRIBE_ECHO = ("AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig", "ResourceConfig",
@@ -90,12 +91,12 @@ class TrainingJobs:
     def _channels(self, p: dict[str, Any]) -> dict[str, str]:
         channels: dict[str, str] = {}
         for channel in p.get("InputDataConfig") or []:
-            name = channel["ChannelName"]
+            name = CHANNEL_ALIASES.get(channel["ChannelName"], channel["ChannelName"])
             if name in channels:
                 raise ApiError("ValidationException", f"Channel {name!r} is given more than once")
             if name not in CHANNELS:
                 raise ApiError("ValidationException",
-                               f"Unknown channel {name!r}: this trainer reads 'train' (required), 'validation' and 'model'")  # fmt: skip
+                               f"Unknown channel {name!r}: this trainer reads 'train' (or 'training'; required), 'validation' and 'model'")  # fmt: skip
             source = (channel.get("DataSource") or {}).get("S3DataSource") or {}
             uri = source.get("S3Uri")
             if not uri:
