@@ -325,3 +325,30 @@ def test_gated_base_model_needs_accept_eula(platform, tmp_path):
         wait_done(sm, name)
     described = sm.describe_training_job(TrainingJobName=name)
     assert described["TrainingJobStatus"] == "Failed" and "meta-llama/Llama-2-7b-chat-hf" in described["FailureReason"]
+
+
+def test_sagemaker_sdk_prints_the_job_log(platform, tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """The SageMaker SDK's own log reader (CloudWatch Logs DescribeLogStreams/GetLogEvents) follows the job."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", platform.url)
+    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    import sagemaker
+
+    name = unique("sdklogs")
+    sm = platform.sagemaker()
+    create_job(sm, name, tiny_llama_dir, write_instructions(tmp_path / "data", count=12), tmp_path / "out", max_steps=3)
+    session = sagemaker.Session(boto_session=boto3.Session(aws_access_key_id="x", aws_secret_access_key="y",
+                                                           region_name="us-east-1"))  # fmt: skip
+    capsys.readouterr()
+    session.logs_for_job(name, wait=True, poll=1)
+    out = capsys.readouterr().out
+    assert "step 3/3 loss" in out and "completed:" in out
+    assert "Completed - Training job completed" in out  # the SDK's closing line, from DescribeTrainingJob
+    logs = platform.client("logs")
+    (stream,) = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{name}/")["logStreams"]
+    first = logs.get_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream["logStreamName"],
+                                startFromHead=True, limit=2)  # fmt: skip
+    rest = logs.get_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream["logStreamName"],
+                               nextToken=first["nextForwardToken"])  # fmt: skip
+    assert len(first["events"]) == 2 and rest["events"] and rest["events"][0]["timestamp"] > first["events"][-1]["timestamp"]

@@ -37,6 +37,7 @@ from .sts_iam import StsIamService
 from .supervisor import Supervisor
 from .training_jobs import LOG_ROUTE as TRAINING_LOG_ROUTE
 from .training_jobs import TrainingJobs
+from .training_logs import TARGET_PREFIX as LOGS_TARGET_PREFIX
 
 log = logging.getLogger("streamhost.platform")
 
@@ -258,6 +259,12 @@ class PlatformApp:
         except AuthError as exc:
             await respond_json(send, exc.status, {"__type": exc.code, "message": exc.message}, content_type=json_type)
             self.metrics.requests.labels(operation, str(exc.status)).inc()
+            return
+        if target and target.startswith(LOGS_TARGET_PREFIX):  # CloudWatch Logs: training-job logs (training_logs.py)
+            operation = target[len(LOGS_TARGET_PREFIX):]
+            status, payload = self.training.logs_call(operation, body)
+            await respond_json(send, status, payload, {"x-amzn-requestid": _request_id()}, content_type=json_type)
+            self.metrics.requests.labels(f"Logs.{operation}", str(status)).inc()
             return
         status, payload = await self.control.handle(target, body)
         if operation not in self.control.operations:
