@@ -305,12 +305,12 @@ def test_s3_channels_model_and_output_in_the_embedded_store(platform, tiny_llama
 def test_gated_base_model_needs_accept_eula(platform, tmp_path):
     sm = platform.sagemaker()
     data = write_instructions(tmp_path / "data", count=4)
-    request = dict(
-        RoleArn=ROLE, AlgorithmSpecification={"TrainingImage": TRAINING_IMAGE, "TrainingInputMode": "File"},
-        HyperParameters={"instruction_tuned": "true"},
-        InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}}],
-        OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()},
-    )  # fmt: skip
+    request = {
+        "RoleArn": ROLE, "AlgorithmSpecification": {"TrainingImage": TRAINING_IMAGE, "TrainingInputMode": "File"},
+        "HyperParameters": {"instruction_tuned": "true"},
+        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}}],
+        "OutputDataConfig": {"S3OutputPath": (tmp_path / "out").as_uri()},
+    }  # fmt: skip
     name = unique("gated")
     with pytest.raises(ClientError) as err:
         sm.create_training_job(TrainingJobName=name, Environment={"HF_MODEL_ID": "meta-textgeneration-llama-2-7b-f"}, **request)
