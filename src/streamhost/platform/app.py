@@ -22,17 +22,7 @@ from urllib.parse import unquote
 from streamhost.protocols import sagemaker as sm
 
 from .artifacts import ArtifactStore
-from .asgi import (
-    BodyTooLarge,
-    ClientGone,
-    Receive,
-    Scope,
-    Send,
-    header_map,
-    read_body,
-    respond,
-    respond_json,
-)
+from .asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, read_body, respond, respond_json
 from .auth import AuthError, SigV4Verifier, load_secrets
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
