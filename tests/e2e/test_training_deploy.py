@@ -128,6 +128,14 @@ def test_cli_train_deploy_and_evaluate(platform, tiny_llama_dir, tmp_path):
     assert "step 20/20 loss" in result.stdout and "Completed" in result.stderr
     listed = cli(platform, "jobs", "list", "--name-contains", job, "--json")
     assert [j["TrainingJobStatus"] for j in json.loads(listed.stdout)] == ["Completed"]
+    described = cli(platform, "jobs", "describe", job)
+    assert described.returncode == 0 and "Completed" in described.stdout and "model.tar.gz" in described.stdout
+    logs = cli(platform, "jobs", "logs", job, "-f")
+    assert logs.returncode == 0 and "step 20/20 loss" in logs.stdout and "completed:" in logs.stdout
+    stopped = cli(platform, "jobs", "stop", job)
+    assert stopped.returncode == 1 and "only an InProgress job can be stopped" in stopped.stderr
+    defaults = cli(platform, "jobs", "hyperparameters", "smollm2", "--json")
+    assert {r["name"]: r["default"] for r in json.loads(defaults.stdout)}["learning_rate"] == "0.0002"
     bad = cli(platform, "train", str(tiny_llama_dir), "--train", str(data), "--hp", "lora_dropout=2")
     assert bad.returncode == 1 and "lora_dropout" in bad.stderr and "<= 1" in bad.stderr
 
