@@ -121,8 +121,8 @@ def platform_run(data: Path, held_out: Path, steps: int, workdir: Path, examples
         metrics = {m["MetricName"]: m["Value"] for m in described["FinalMetricDataList"]}
         with tarfile.open(workdir / "out" / job / "output" / "model.tar.gz") as tar:
             history = json.load(tar.extractfile("training_metrics.json"))["history"]
-        phases = {t["Status"]: round(t["EndTime"] - t["StartTime"], 2) for t in described["SecondaryStatusTransitions"]
-                  if "EndTime" in t}  # fmt: skip
+        phases = {t["Status"]: round((t["EndTime"] - t["StartTime"]).total_seconds(), 2)  # boto3 gives datetimes
+                  for t in described["SecondaryStatusTransitions"] if "EndTime" in t}  # fmt: skip
         limits = {"MAX_TOTAL_TOKENS": "1024", "MAX_INPUT_TOKENS": "512"}
         base = fixtures.deploy(sm, fixtures.unique("bench-base"), env={"HF_MODEL_ID": "smollm2", **limits}, startup_timeout=600)
         tuned = fixtures.deploy(sm, fixtures.unique("bench-tuned"), env=limits, startup_timeout=600,
