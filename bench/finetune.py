@@ -173,7 +173,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     scores = result["platform"]["rouge_l"]
     rouge.bar(["base", "tuned"], [scores["base"], scores["tuned"]], color=["C7", "C2"])
     rouge.set(ylim=(0, 1), ylabel="ROUGE-L F1 (mean)", title=f"{result['held_out']} held-out examples")
-    fig.suptitle(f"fine-tune benchmark, {result['steps']} steps (shared machine: load {result['machine']['load_average_at_start']})",
+    fig.suptitle(f"fine-tune benchmark, {result['steps']} steps (shared machine, load average at start {' / '.join(f'{x:.1f}' for x in result['machine']['load_average_at_start'] or [])})",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
