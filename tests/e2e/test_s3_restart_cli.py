@@ -62,5 +62,16 @@ def test_aws_cli_and_restart_keep_every_object(tmp_path):
         assert s3.get_object(Bucket="cli-bucket", Key="docs/small.txt")["Body"].read() == small.read_bytes()
         aws(platform, "s3", "rm", "--recursive", "s3://cli-bucket/many/")
         assert len(aws(platform, "s3", "ls", "--recursive", "s3://cli-bucket/").splitlines()) == 3
+        tree = tmp_path / "tree"
+        for name in ("a.txt", "sub/b.txt", "sub/deeper/c with space.txt"):
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            (tree / name).write_text(name)
+        assert aws(platform, "s3", "sync", str(tree), "s3://cli-bucket/synced/").count("upload:") == 3
+        assert aws(platform, "s3", "sync", str(tree), "s3://cli-bucket/synced/").count("upload:") == 0  # up to date
+        back_tree = tmp_path / "back-tree"
+        aws(platform, "s3", "sync", "s3://cli-bucket/synced/", str(back_tree))
+        assert sorted(p.relative_to(back_tree).as_posix() for p in back_tree.rglob("*") if p.is_file()) == [
+            "a.txt", "sub/b.txt", "sub/deeper/c with space.txt"]  # fmt: skip
+        assert (back_tree / "sub/deeper/c with space.txt").read_text() == "sub/deeper/c with space.txt"
     finally:
         platform.stop()

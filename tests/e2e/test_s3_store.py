@@ -17,7 +17,7 @@ import botocore.exceptions
 import httpx
 import pytest
 from _platform_fixtures import PlatformProcess
-from _s3_helpers import aws_chunked, error_of, md5_hex, s3_request, send_truncated
+from _s3_helpers import aws_chunked, error_of, md5_hex, s3_request, send_truncated, signed_chunked_put
 from boto3.s3.transfer import TransferConfig
 
 MiB = 1024 * 1024
@@ -74,7 +74,15 @@ def test_bucket_lifecycle_and_errors(s3):
     name = "lifecycle-bucket"
     s3.create_bucket(Bucket=name)
     assert name in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    s3.create_bucket(Bucket="lifecycle-other")
+    pages = s3.get_paginator("list_buckets").paginate(Prefix="lifecycle-", PaginationConfig={"PageSize": 1})
+    assert [b["Name"] for page in pages for b in page["Buckets"]] == ["lifecycle-bucket", "lifecycle-other"]
+    s3.delete_bucket(Bucket="lifecycle-other")
     assert s3.head_bucket(Bucket=name)["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == "us-east-1"
+    s3.head_bucket(Bucket=name, ExpectedBucketOwner="123456789012")  # the SDK's default_bucket() probe
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        s3.head_bucket(Bucket=name, ExpectedBucketOwner="999999999999")
+    assert exc.value.response["Error"] == {"Code": "403", "Message": "Forbidden"}
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         s3.create_bucket(Bucket=name)
     assert error_of(exc) == ("BucketAlreadyOwnedByYou", 409)
@@ -181,6 +189,14 @@ def test_list_objects_v2_prefix_delimiter_pages(s3, bucket):
     assert s3.list_objects_v2(Bucket=bucket, Prefix="nothing-here").get("Contents") is None
     v1 = s3.list_objects(Bucket=bucket, Prefix="logs/", MaxKeys=3)
     assert v1["IsTruncated"] and len(v1["Contents"]) == 3
+    # Paged with a delimiter: every common prefix once, none of the keys under it
+    for operation in ("list_objects_v2", "list_objects"):
+        pages = list(
+            s3.get_paginator(operation).paginate(Bucket=bucket, Delimiter="/", PaginationConfig={"PageSize": 1})
+        )
+        found = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+        found += [o["Key"] for page in pages for o in page.get("Contents", [])]
+        assert sorted(found) == ["logs/", "other/", "with space+plus/", "z"], operation
 
 
 def test_multipart_through_the_transfer_manager(s3, bucket, tmp_path):
@@ -261,6 +277,26 @@ def test_wrong_checksums_are_refused_and_nothing_is_stored(platform, s3, bucket)
     assert keys_of(s3, bucket) == []
 
 
+@pytest.mark.parametrize("algorithm", ["SHA1", "SHA256", "SHA512", "CRC32"])
+def test_flexible_checksums_are_verified_and_returned(s3, bucket, algorithm):
+    data = os.urandom(20_000)
+    s3.put_object(Bucket=bucket, Key="summed", Body=data, ChecksumAlgorithm=algorithm)  # botocore computes it
+    got = s3.get_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
+    assert got["Body"].read() == data  # botocore verified the returned checksum while reading
+    assert got["ResponseMetadata"]["HTTPHeaders"][f"x-amz-checksum-{algorithm.lower()}"]
+    wrong = base64.b64encode(hashlib.new(algorithm.lower() if algorithm != "CRC32" else "md5", b"x").digest()).decode()
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="summed", Body=b"other", **{f"Checksum{algorithm}": wrong})
+    assert error_of(exc) == ("BadDigest", 400)
+    assert s3.get_object(Bucket=bucket, Key="summed")["Body"].read() == data  # the old object is untouched
+
+
+def test_checksums_we_cannot_compute_are_refused(platform, s3, bucket):
+    response = s3_request(platform.url, "PUT", f"/{bucket}/xx", b"data", {"x-amz-checksum-xxhash64": "AAAAAAAAAAA="})
+    assert response.status_code == 400 and "<Code>InvalidRequest</Code>" in response.text
+    assert keys_of(s3, bucket) == []
+
+
 def test_aws_chunked_upload_as_botocore_sends_it(platform, s3, bucket):
     """botocore sends aws-chunked bodies with a trailing CRC over TLS; make it do so here too."""
 
@@ -278,6 +314,16 @@ def test_aws_chunked_upload_as_botocore_sends_it(platform, s3, bucket):
                          "X-Amz-Decoded-Content-Length": str(len(data))}, trailer=True)  # fmt: skip
     assert signed.status_code == 200, signed.text
     assert s3.get_object(Bucket=bucket, Key="chunked2")["Body"].read() == data
+
+
+def test_signed_chunks_are_checked(platform, s3, bucket):
+    data = os.urandom(150_000)
+    good = signed_chunked_put(platform.url, f"/{bucket}/signed", data)
+    assert good.status_code == 200, good.text
+    assert s3.get_object(Bucket=bucket, Key="signed")["Body"].read() == data
+    forged = signed_chunked_put(platform.url, f"/{bucket}/forged", data, tamper=True)
+    assert forged.status_code == 403 and "<Code>SignatureDoesNotMatch</Code>" in forged.text
+    assert keys_of(s3, bucket) == ["signed"]
 
 
 def test_keys_never_escape_the_store(platform, s3, bucket):
@@ -320,3 +366,44 @@ def test_signatures_and_presigned_urls(platform, s3, bucket):
         wrong.put_object(Bucket=bucket, Key="forged", Body=b"x")
     assert error_of(exc) == ("SignatureDoesNotMatch", 403)
     assert keys_of(s3, bucket) == ["shared.txt"]
+
+
+@pytest.mark.parametrize(
+    "method,path,body,headers,code,status",
+    [
+        ("POST", "/{b}?delete", b"<Delete><Object></Object></Delete>", {}, "MalformedXML", 400),
+        ("POST", "/{b}?delete", b"not xml at all", {}, "MalformedXML", 400),
+        ("POST", "/{b}?delete", b"<Other/>", {}, "MalformedXML", 400),
+        ("GET", "/{b}?list-type=2&max-keys=many", b"", {}, "InvalidArgument", 400),
+        ("GET", "/{b}?list-type=2&continuation-token=%%%", b"", {}, "InvalidArgument", 400),
+        ("GET", "/{b}?list-type=2&encoding-type=base64", b"", {}, "InvalidArgument", 400),
+        ("PUT", "/{b}/k?partNumber=0&uploadId=x", b"x", {}, "InvalidArgument", 400),
+        ("PUT", "/{b}/k?partNumber=1&uploadId=nope", b"x", {}, "NoSuchUpload", 404),
+        ("POST", "/{b}/k?uploadId=nope", b"<CompleteMultipartUpload/>", {}, "NoSuchUpload", 404),
+        ("PUT", "/{b}/k", b"x", {"Content-MD5": "not-base64!"}, "InvalidDigest", 400),
+        ("PUT", "/{b}/k", b"x", {"x-amz-copy-source": "no-slash"}, "InvalidArgument", 400),
+        ("PUT", "/{b}/k", b"x", {"x-amz-copy-source": "/{b}/src", "x-amz-metadata-directive": "MOVE"}, "InvalidArgument", 400),
+        ("PUT", "/{b}/k?acl", b"x", {}, "NotImplemented", 501),
+        ("GET", "/{b}?policy", b"", {}, "NotImplemented", 501),
+        ("POST", "/{b}/k", b"x", {}, "MethodNotAllowed", 405),
+        ("PUT", "/{b}/k", b"x", {"Content-Encoding": "aws-chunked", "X-Amz-Trailer": "x-amz-checksum-md4"}, "InvalidRequest", 400),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_s3_errors_and_store_nothing(platform, s3, bucket, method, path, body, headers, code, status):
+    s3.put_object(Bucket=bucket, Key="src", Body=b"source")
+    headers = {k: v.replace("{b}", bucket) for k, v in headers.items()}
+    trailer = "aws-chunked" in headers.get("Content-Encoding", "")
+    response = s3_request(platform.url, method, path.replace("{b}", bucket), body, headers, trailer=trailer)
+    assert response.status_code == status, response.text
+    assert f"<Code>{code}</Code>" in response.text and "<RequestId>" in response.text
+    assert keys_of(s3, bucket) == ["src"]  # nothing stored, the store still answers
+
+
+def test_presigned_put_uploads(platform, s3, bucket):
+    v4 = platform.client("s3", signature_version="s3v4")
+    url = v4.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "via-url"}, ExpiresIn=60)
+    assert httpx.put(url, content=b"uploaded by url", timeout=10).status_code == 200
+    assert s3.get_object(Bucket=bucket, Key="via-url")["Body"].read() == b"uploaded by url"
+    forged = url.replace("via-url", "other")
+    assert httpx.put(forged, content=b"x", timeout=10).status_code == 403
+    assert keys_of(s3, bucket) == ["via-url"]

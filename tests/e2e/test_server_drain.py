@@ -65,7 +65,7 @@ def test_a_stream_outliving_the_drain_timeout_ends_with_an_error_event(tiny_llam
     with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=60) as response:
         events = response.iter_lines()
         first = next(events)
-        assert first.startswith("data:{")
+        assert first.startswith("data: {")
         server.proc.send_signal(signal.SIGTERM)
         rest = [line for line in events if line]
     assert len(rest) < 1400, "the stream was ended by the drain timeout"

@@ -130,7 +130,7 @@ def test_generation_failure_mid_stream_ends_with_the_dialect_error_event(scripte
         events = raw.split(b"\n\n")[:-1]
         assert len(events) == 3 and raw.endswith(b"\n\n")
         assert json.loads(events[0][5:])["token"]["text"] == " t0"
-        assert events[-1] == b'data:{"error":"Request failed during generation: the device fell over","error_type":"generation"}'
+        assert events[-1] == b'data: {"error":"Request failed during generation: the device fell over","error_type":"generation"}'
     elif scripted.state.settings.properties.output_formatter == "sse":
         response = _post(scripted.url, "/invocations", body)
         assert response.headers["content-type"].startswith("text/event-stream")

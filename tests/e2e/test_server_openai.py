@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-SSE_EVENT = re.compile(rb"data:(\{.*\}|\[DONE\])\n\n")
+SSE_EVENT = re.compile(rb"data: (\{.*\}|\[DONE\])\n\n")
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello in French."}]
 
 
@@ -19,11 +19,11 @@ def client(tgi_url: str) -> openai.OpenAI:
 
 
 def sse_chunks(body: bytes) -> list[bytes]:
-    assert body.endswith(b"data:[DONE]\n\n")
+    assert body.endswith(b"data: [DONE]\n\n")
     events = [e + b"\n\n" for e in body.split(b"\n\n")[:-1]]
     for event in events:
         assert SSE_EVENT.fullmatch(event), event[:200]
-    return [e[len(b"data:"):-2] for e in events]
+    return [e[len(b"data: "):-2] for e in events]
 
 
 def test_openai_client_streams_a_chat_answer(client: openai.OpenAI) -> None:

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-SSE_EVENT = re.compile(rb"data:\{.*\}\n\n")
+SSE_EVENT = re.compile(rb"data: \{.*\}\n\n")
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -20,7 +20,7 @@ def sse_events(body: bytes) -> list[dict]:
     raw = body.split(b"\n\n")[:-1]
     for chunk in raw:
         assert SSE_EVENT.fullmatch(chunk + b"\n\n"), chunk[:200]
-    return [json.loads(chunk[len(b"data:"):]) for chunk in raw]
+    return [json.loads(chunk[len(b"data: "):]) for chunk in raw]
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

@@ -133,7 +133,10 @@ def test_chat_uses_the_servers_chat_template_for_tokenizer_models():
     body = plan.body(history)
     assert body["messages"] == history and body["stream"] is True
     assert body["max_tokens"] == 32 and "max_new_tokens" not in body
-    assert body["temperature"] == 0.2  # the catalog's recommendation fills what flags leave out
+    assert body["temperature"] == 0  # the catalog's recommendation (greedy) fills what flags leave out
+    # Greedy in a generate body is TGI's do_sample=false (temperature 0 is refused there).
+    chatml = plan_chat(parse("chat", "ep", "--template", "chatml"), {"HF_MODEL_ID": "smollm2"}).body(history)
+    assert chatml["parameters"]["do_sample"] is False and "temperature" not in chatml["parameters"]
 
 
 def test_chat_renders_catalog_templates_client_side_with_their_stops():

@@ -19,15 +19,18 @@ def _dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def tgi_sse(pieces: list[str], eos: str = "</s>") -> bytes:
-    """TGI /generate_stream framing: data:<json>\\n\\n, EOS as a special token, then generated_text."""
+def tgi_sse(pieces: list[str], eos: str = "</s>", prefix: bytes = b"data: ") -> bytes:
+    """TGI /generate_stream framing: data: <json>\\n\\n, EOS as a special token, then generated_text.
+
+    TGI 2.1+ writes ``data: `` (a space); the 0.8-1.x images in the posts wrote ``data:``.
+    """
     out = []
     for i, text in enumerate(pieces):
         token = {"id": i, "text": text, "logprob": -0.5, "special": False}
         out.append({"index": i + 1, "token": token, "generated_text": None, "details": None})
     final = {"id": 2, "text": eos, "logprob": -0.1, "special": True}
     out.append({"index": len(pieces) + 1, "token": final, "generated_text": "".join(pieces), "details": None})
-    return b"".join(b"data:" + _dumps(e).encode() + b"\n\n" for e in out)
+    return b"".join(prefix + _dumps(e).encode() + b"\n\n" for e in out)
 
 
 def lmi_jsonlines(pieces: list[str]) -> bytes:
@@ -46,7 +49,7 @@ def lmi_sse(pieces: list[str]) -> bytes:
     return "".join(f"data: {line}\n\n" for line in body).encode()
 
 
-def openai_chat(pieces: list[str]) -> bytes:
+def openai_chat(pieces: list[str], prefix: bytes = b"data: ") -> bytes:
     def chunk(delta, finish=None, choices=True):
         c = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []
         return {"object": "chat.completion.chunk", "id": "x", "created": 1, "model": "m", "choices": c}
@@ -55,7 +58,7 @@ def openai_chat(pieces: list[str]) -> bytes:
     events += [chunk({"role": "assistant", "content": t}) for t in pieces]
     events.append(chunk({}, finish="stop"))
     events.append(chunk({}, choices=False) | {"usage": {"prompt_tokens": 3, "completion_tokens": len(pieces)}})
-    return b"".join(b"data:" + _dumps(e).encode() + b"\n\n" for e in events) + b"data:[DONE]\n\n"
+    return b"".join(prefix + _dumps(e).encode() + b"\n\n" for e in events) + prefix + b"[DONE]\n\n"
 
 
 def openai_completion(pieces: list[str]) -> bytes:
@@ -65,10 +68,12 @@ def openai_completion(pieces: list[str]) -> bytes:
 
 FORMATS = {
     "tgi_sse": tgi_sse,
+    "tgi_sse_no_space": lambda pieces: tgi_sse(pieces, prefix=b"data:"),
     "lmi_jsonlines": lmi_jsonlines,
     "lmi_old": lmi_old,
     "lmi_sse": lmi_sse,
     "openai_chat": openai_chat,
+    "openai_chat_no_space": lambda pieces: openai_chat(pieces, prefix=b"data:"),
     "openai_completion": openai_completion,
 }
 

@@ -130,7 +130,7 @@ def test_completion_request_mapping_and_rejections():
 def test_chat_chunk_exact_bytes():
     s = oa.ChatStream(model="m", created=1700000000, id="chatcmpl-1", system_fingerprint="3.0.0-native")
     assert s.chunk(_tok(0, "Hi")) == (
-        b'data:{"object":"chat.completion.chunk","id":"chatcmpl-1","created":1700000000,"model":"m",'
+        b'data: {"object":"chat.completion.chunk","id":"chatcmpl-1","created":1700000000,"model":"m",'
         b'"system_fingerprint":"3.0.0-native","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},'
         b'"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
     )
@@ -140,13 +140,13 @@ def test_chat_final_chunk_usage_and_done():
     s = oa.ChatStream(model="m", created=1, include_usage=True)
     out = s.chunk(_final())
     assert out == (
-        b'data:{"object":"chat.completion.chunk","id":"","created":1,"model":"m","system_fingerprint":"",'
+        b'data: {"object":"chat.completion.chunk","id":"","created":1,"model":"m","system_fingerprint":"",'
         b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":"stop"}],'
         b'"usage":null}\n\n'
-        b'data:{"object":"chat.completion.chunk","id":"","created":1,"model":"m","system_fingerprint":"",'
+        b'data: {"object":"chat.completion.chunk","id":"","created":1,"model":"m","system_fingerprint":"",'
         b'"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}\n\n'
     )
-    assert s.done() == b"data:[DONE]\n\n"
+    assert s.done() == b"data: [DONE]\n\n"
 
 
 def test_chat_stream_parses_with_openai_types():
@@ -179,7 +179,7 @@ def test_stream_error_is_raised_by_openai_client():
     err = engine_errors.GenerationError("out of memory")
     blob = s.chunk(_tok(0, "Hi")) + s.error(err) + s.done()
     assert s.error(err) == (
-        b'data:{"error":{"message":"Request failed during generation: out of memory","http_status_code":424}}\n\n'
+        b'data: {"error":{"message":"Request failed during generation: out of memory","http_status_code":424}}\n\n'
     )
     client = _client(lambda request: _sse_response(blob))
     stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
@@ -233,7 +233,7 @@ def test_completion_stream_and_object_parse_with_openai_types():
     s = oa.CompletionStream(model="m", created=2, id="cmpl", system_fingerprint="fp", echo="Say:")
     first = s.chunk(_tok(0, " hi"))
     assert first == (
-        b'data:{"object":"text_completion","id":"cmpl","created":2,"choices":[{"index":0,"text":"Say: hi",'
+        b'data: {"object":"text_completion","id":"cmpl","created":2,"choices":[{"index":0,"text":"Say: hi",'
         b'"logprobs":null,"finish_reason":null}],"model":"m","system_fingerprint":"fp"}\n\n'
     )
     blob = first + s.chunk(_tok(1, "!")) + s.chunk(_final()) + s.done()

@@ -146,14 +146,14 @@ def test_content_type_and_invocation_kind():
 def test_token_event_exact_bytes():
     ev = TokenEvent(index=0, token_id=22557, text=" Hello", logprob=-0.3400000035762787, special=False)
     assert tgi.sse_token_event(ev, details=False) == (
-        b'data:{"index":1,"token":{"id":22557,"text":" Hello","logprob":-0.34,"special":false},'
+        b'data: {"index":1,"token":{"id":22557,"text":" Hello","logprob":-0.34,"special":false},'
         b'"generated_text":null,"details":null}\n\n'
     )
 
 
 def test_final_event_with_details():
     assert tgi.sse_token_event(_final(), details=True) == (
-        b'data:{"index":3,"token":{"id":2,"text":"</s>","logprob":-0.25,"special":true},'
+        b'data: {"index":3,"token":{"id":2,"text":"</s>","logprob":-0.25,"special":true},'
         b'"generated_text":"Hello world",'
         b'"details":{"finish_reason":"eos_token","generated_tokens":3,"seed":null,"input_length":5}}\n\n'
     )
@@ -162,7 +162,7 @@ def test_final_event_with_details():
 def test_final_event_without_details_has_null_details_and_prompt_prefix():
     ev = _final(text=" world", special=False, reason=FinishReason.LENGTH)
     assert tgi.sse_token_event(ev, details=False, index=7, prefix="Say: ") == (
-        b'data:{"index":7,"token":{"id":2,"text":" world","logprob":-0.25,"special":false},'
+        b'data: {"index":7,"token":{"id":2,"text":" world","logprob":-0.25,"special":false},'
         b'"generated_text":"Say: Hello world","details":null}\n\n'
     )
 
@@ -171,7 +171,7 @@ def test_top_tokens_only_when_present():
     tops = [TopToken(id=5, text="a", logprob=-0.5, special=False), TopToken(id=6, text="b", logprob=-1.5, special=False)]
     ev = TokenEvent(index=0, token_id=5, text="a", logprob=-0.5, special=False, top_tokens=tops)
     assert tgi.sse_token_event(ev, details=False) == (
-        b'data:{"index":1,"token":{"id":5,"text":"a","logprob":-0.5,"special":false},'
+        b'data: {"index":1,"token":{"id":5,"text":"a","logprob":-0.5,"special":false},'
         b'"top_tokens":[{"id":5,"text":"a","logprob":-0.5,"special":false},'
         b'{"id":6,"text":"b","logprob":-1.5,"special":false}],"generated_text":null,"details":null}\n\n'
     )
@@ -180,7 +180,7 @@ def test_top_tokens_only_when_present():
 def test_text_escaping_matches_serde_json():
     ev = TokenEvent(index=0, token_id=1, text='é"\\\n\t\x01😀', logprob=float("-inf"), special=False)
     line = tgi.sse_token_event(ev, details=False)
-    assert line.startswith('data:{"index":1,"token":{"id":1,"text":"é\\"\\\\\\n\\t\\u0001😀","logprob":null'.encode())
+    assert line.startswith('data: {"index":1,"token":{"id":1,"text":"é\\"\\\\\\n\\t\\u0001😀","logprob":null'.encode())
     assert json.loads(line[5:])["token"]["text"] == ev.text
 
 
@@ -192,14 +192,14 @@ def test_stream_writer_counts_and_details_seed():
     last = _final()
     last.details.seed = 42
     final = writer.event(last)
-    assert first.startswith(b'data:{"index":1,')
-    assert final.startswith(b'data:{"index":2,')
+    assert first.startswith(b'data: {"index":1,')
+    assert final.startswith(b'data: {"index":2,')
     assert b'"generated_text":"Q: Hello world"' in final and b'"seed":42,' in final
 
 
 def test_sse_error_bytes():
     assert tgi.sse_error("Request failed during generation: boom", "generation") == (
-        b'data:{"error":"Request failed during generation: boom","error_type":"generation"}\n\n'
+        b'data: {"error":"Request failed during generation: boom","error_type":"generation"}\n\n'
     )
 
 

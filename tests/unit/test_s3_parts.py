@@ -9,7 +9,9 @@ import zlib
 import pytest
 from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
 
+from streamhost.platform.auth import SigV4Verifier
 from streamhost.platform.s3.checksums import Crc32c, Crc64Nvme, checksum_factory
+from streamhost.platform.s3.chunk_signing import ChunkSignatureChecker
 from streamhost.platform.s3.chunked import AwsChunkedDecoder
 from streamhost.platform.s3.errors import S3Error
 from streamhost.platform.s3.routing import classify, signing_service
@@ -50,6 +52,35 @@ def test_decoder_refuses_malformed_bodies(body):
     with pytest.raises(S3Error) as exc:
         AwsChunkedDecoder().feed(body)
     assert exc.value.code == "InvalidRequest" and exc.value.status == 400
+
+
+def _aws_example_checker():
+    """AWS's published chunked-upload example (SigV4 docs: "Transferring Payload in Multiple Chunks")."""
+    verifier = SigV4Verifier({"AKIAIOSFODNN7EXAMPLE": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"})
+    key = verifier.signing_key("AKIAIOSFODNN7EXAMPLE", "20130524", "us-east-1", "s3")
+    seed = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
+    return ChunkSignatureChecker(key, "20130524T000000Z", "20130524/us-east-1/s3/aws4_request", seed)
+
+
+_AWS_EXAMPLE_BODY = (
+    b"10000;chunk-signature=ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648\r\n" + b"a" * 65536
+    + b"\r\n400;chunk-signature=0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497\r\n" + b"a" * 1024
+    + b"\r\n0;chunk-signature=b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9\r\n\r\n"
+)  # fmt: skip
+
+
+def test_chunk_signatures_match_aws_example():
+    decoder = AwsChunkedDecoder(_aws_example_checker().chunk)
+    out = b"".join(decoder.feed(_AWS_EXAMPLE_BODY[i : i + 999]) for i in range(0, len(_AWS_EXAMPLE_BODY), 999))
+    assert out == b"a" * 66560 and decoder.done
+
+
+def test_a_changed_byte_breaks_the_chunk_signature():
+    tampered = _AWS_EXAMPLE_BODY.replace(b"a" * 10, b"a" * 9 + b"b", 1)
+    decoder = AwsChunkedDecoder(_aws_example_checker().chunk)
+    with pytest.raises(S3Error) as exc:
+        decoder.feed(tampered)
+    assert exc.value.code == "SignatureDoesNotMatch" and exc.value.status == 403
 
 
 def test_incomplete_body_is_not_done():

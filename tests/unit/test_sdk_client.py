@@ -358,3 +358,41 @@ def test_closing_a_stream_early_closes_the_connection():
     assert next(stream) == "a"
     stream.close()
     assert runtime.closed
+
+
+def _stub_model_lookup(session, endpoint: str, environment: dict) -> None:
+    session.stub.add_response("describe_endpoint", _describe(endpoint, "InService"), {"EndpointName": endpoint})
+    session.stub.add_response(
+        "describe_endpoint_config",
+        {"EndpointConfigName": endpoint, "EndpointConfigArn": f"{ARN}endpoint-config/{endpoint}", "CreationTime": NOW,
+         "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "m1"}]},
+        {"EndpointConfigName": endpoint},
+    )  # fmt: skip
+    session.stub.add_response(
+        "describe_model",
+        {"ModelName": "m1", "ModelArn": f"{ARN}model/m1", "CreationTime": NOW,
+         "PrimaryContainer": {"Image": "tgi", "Environment": environment}},
+        {"ModelName": "m1"},
+    )  # fmt: skip
+
+
+def test_chat_uses_the_server_chat_template_and_the_catalogs_parameters(session):
+    """The default model's catalog entry says 'tokenizer': the question goes as messages."""
+    _stub_model_lookup(session, "ep", {"HF_MODEL_ID": "smollm2"})
+    predictor = Predictor("ep", session=session)
+    body = predictor.chat_body("What is the capital of France?", stream=True, max_new_tokens=32)
+    assert body["messages"] == [{"role": "user", "content": "What is the capital of France?"}]
+    assert body["max_tokens"] == 32 and body["temperature"] == 0 and body["stream"] is True
+    # Looked up once: a second question makes no control-plane call.
+    again = predictor.chat_body([{"role": "user", "content": "Hi"}], system="Be brief.")
+    assert again["messages"][0] == {"role": "system", "content": "Be brief."} and "stream" not in again
+
+
+def test_chat_renders_a_catalog_template_as_a_generate_request(session):
+    _stub_model_lookup(session, "llama", {"HF_MODEL_ID": "meta-llama/Llama-2-7b-chat-hf", EULA_ENV: "true"})
+    with pytest.raises(EulaNotAcceptedError):
+        Predictor("llama", session=session).chat_body("Hello")
+    _stub_model_lookup(session, "llama", {"HF_MODEL_ID": "meta-llama/Llama-2-7b-chat-hf", EULA_ENV: "true"})
+    body = Predictor("llama", session=session, accept_eula=True).chat_body("Hello", stop=["###"])
+    assert body["inputs"] == "<s>[INST] Hello [/INST]"
+    assert body["parameters"]["return_full_text"] is False and body["parameters"]["stop"] == ["###", "</s>"]

@@ -27,6 +27,7 @@ CLIENT_COMMANDS = (
     ("streamhost.cli.bench", "add_parser"),
     ("streamhost.cli.train", "add_parser"),
     ("streamhost.cli.evaluate", "add_parser"),
+    ("streamhost.cli.sdk_env", "add_parser"),
 )
 
 

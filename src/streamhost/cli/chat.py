@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from streamhost.catalog.templates import TEMPLATES, render_prompt, template_stop_sequences
+from streamhost.catalog.templates import TEMPLATES
 from streamhost.cli.common import CliError, add_url_option, console, format_error, run, session_from
 from streamhost.cli.invoke import add_generation_options, build_parameters
+from streamhost.client.chat import MESSAGES_MODE, ChatPlan, endpoint_environment, plan_for
 from streamhost.client.iterators import StreamError
-from streamhost.client.sdk import EULA_ENV, Predictor, Session, open_catalog
+from streamhost.client.sdk import Predictor, open_catalog
+
+__all__ = ["MESSAGES_MODE", "ChatPlan", "add_parser", "chat", "plan_chat"]
 
 HELP = "commands: /reset (forget the conversation), /exit (leave); Ctrl-D also leaves"
-MESSAGES_MODE = "messages"
 
 
 def add_parser(sub: Any) -> None:
@@ -45,74 +46,10 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(_handler=lambda args: run(chat, args))
 
 
-@dataclass
-class ChatPlan:
-    """How to turn the conversation into request bodies."""
-
-    template: str  # MESSAGES_MODE or a name from TEMPLATES
-    parameters: dict[str, Any] = field(default_factory=dict)  # TGI names
-    eula_required: bool = False
-
-    def body(self, history: list[dict[str, str]]) -> dict[str, Any]:
-        """The streaming request for the conversation so far (ending with the user's turn)."""
-        if self.template == MESSAGES_MODE:
-            body: dict[str, Any] = {"messages": list(history), "stream": True}
-            for name, value in self.parameters.items():
-                body["max_tokens" if name == "max_new_tokens" else name] = value
-            return body
-        parameters = dict(self.parameters)
-        stops = list(parameters.get("stop") or [])
-        for stop in template_stop_sequences(self.template):
-            if stop not in stops:
-                stops.append(stop)
-        if stops:
-            parameters["stop"] = stops[:4]  # TGI's default MAX_STOP_SEQUENCES
-        parameters["return_full_text"] = False
-        return {"inputs": render_prompt(self.template, history), "parameters": parameters, "stream": True}
-
-
-_CHAT_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
-
-
-def endpoint_environment(session: Session, endpoint: str) -> dict[str, str]:
-    """The container environment of the endpoint's (first) model, or {} when it cannot be found.
-
-    An unknown endpoint is an error; a config or model deleted while the endpoint lives (AWS
-    allows both) only means the prompt format falls back to the server's chat template.
-    """
-    from streamhost.client.sdk import is_not_found
-
-    sm = session.sagemaker
-    config_name = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
-    try:
-        variants = sm.describe_endpoint_config(EndpointConfigName=config_name).get("ProductionVariants") or []
-        if not variants or not variants[0].get("ModelName"):
-            return {}
-        model = sm.describe_model(ModelName=variants[0]["ModelName"])
-    except Exception as exc:
-        if is_not_found(exc):
-            return {}
-        raise
-    container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
-    return dict(container.get("Environment") or {})
-
-
 def plan_chat(args: argparse.Namespace, environment: dict[str, str]) -> ChatPlan:
     """Pick the prompt format and default parameters from the catalog entry of the served model."""
-    entry = None
-    model_id = environment.get("HF_MODEL_ID")
-    if model_id:
-        entry = open_catalog(getattr(args, "state_dir", None)).find(model_id)
-    parameters = {k: v for k, v in (entry.recommended_parameters if entry else {}).items() if k in _CHAT_PARAMETERS}
-    parameters.update(build_parameters(args))
-    if args.template != "auto":
-        template = args.template
-    elif entry is not None and entry.prompt_template != "tokenizer":
-        template = entry.prompt_template
-    else:
-        template = MESSAGES_MODE
-    eula = environment.get(EULA_ENV, "").lower() == "true" or bool(entry and entry.eula_required)
-    return ChatPlan(template=template, parameters=parameters, eula_required=eula)
+    catalog = open_catalog(getattr(args, "state_dir", None)) if environment.get("HF_MODEL_ID") else None
+    return plan_for(environment, catalog, getattr(args, "template", "auto"), build_parameters(args))
 
 
 def _read_line(stdin: TextIO, prompt: str) -> str | None:
@@ -128,7 +65,7 @@ def _read_line(stdin: TextIO, prompt: str) -> str | None:
 
 def chat(args: argparse.Namespace) -> int:
     session = session_from(args)
-    plan = plan_chat(args, endpoint_environment(session, args.endpoint))
+    plan = plan_chat(args, endpoint_environment(session.sagemaker, args.endpoint))
     if plan.eula_required and not args.accept_eula:
         raise CliError(f"the model behind {args.endpoint!r} requires accepting its licence: add --accept-eula")
     predictor = Predictor(args.endpoint, session=session, accept_eula=args.accept_eula)

@@ -1,7 +1,10 @@
 """``streamhost invoke ENDPOINT [PROMPT]``: one request, streamed live with ``--stream``.
 
 Generation parameters come as flags (--max-new-tokens, --temperature, ...) or as a JSON object
-(--params); flags win over the JSON. The body is TGI's ``{"inputs", "parameters"}``.
+(--params); flags win over the JSON. Without ``--chat`` the body is TGI's ``{"inputs",
+"parameters"}`` and the prompt is raw text, which the model continues. With ``--chat`` the prompt
+is a question put in the model's chat format (the catalog's template or the tokenizer's, as
+``streamhost chat`` does), with the catalog's recommended parameters under the flags.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 from typing import Any, TextIO
 
 from streamhost.cli.common import CliError, add_json_option, add_url_option, print_json, run, session_from
-from streamhost.client.sdk import Predictor, generated_text
+from streamhost.client.sdk import EulaNotAcceptedError, Predictor, generated_text
 
 # flag attribute -> TGI parameter name
 PARAMETER_FLAGS = {
@@ -47,6 +50,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("endpoint", metavar="ENDPOINT")
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt; '-' or absent reads standard input")
     p.add_argument("--stream", action="store_true", help="stream the answer token by token")
+    p.add_argument("--chat", action="store_true",
+                   help="ask PROMPT as a question in the model's chat format (without it, PROMPT is raw text to continue)")
+    p.add_argument("--system", metavar="TEXT", help="with --chat: a system prompt before the question")
     p.add_argument("--full-text", action="store_true", help="print the prompt before the answer (return_full_text)")
     add_generation_options(p)
     add_json_option(p)
@@ -97,8 +103,18 @@ def read_prompt(prompt: str | None, stdin: TextIO) -> str:
 
 def invoke(args: argparse.Namespace) -> int:
     prompt = read_prompt(args.prompt, sys.stdin)
-    body = invoke_body(prompt, build_parameters(args), full_text=args.full_text)
     predictor = Predictor(args.endpoint, session=session_from(args), accept_eula=args.accept_eula)
+    if args.chat:
+        if args.full_text:
+            raise CliError("--full-text repeats a raw prompt; it does not apply to --chat")
+        try:
+            body = predictor.chat_body(prompt, system=args.system, stream=args.stream, **build_parameters(args))
+        except EulaNotAcceptedError:
+            raise CliError(f"the model behind {args.endpoint!r} requires accepting its licence: add --accept-eula") from None
+    else:
+        if args.system:
+            raise CliError("--system needs --chat (a raw prompt has no roles)")
+        body = invoke_body(prompt, build_parameters(args), full_text=args.full_text)
     if args.stream:
         if args.json:  # one event per line, as the server sent them
             for event in predictor.stream_events(body):

@@ -7,9 +7,11 @@ inside a multi-byte UTF-8 character, so everything here works on bytes until a l
 
 - ``LineIterator`` yields complete lines (bytes, without the ``\\n``), including a last line that
   lacks its newline.
-- ``iter_events`` yields the JSON object of each line, understanding TGI SSE (``data:{..}``), LMI
-  jsonlines (old ``{"outputs": [..]}`` and new ``{"token": {..}}``), LMI SSE (``data: {..}``) and
-  OpenAI chat/completion chunks; it skips blank lines, SSE comments and fields, and ``[DONE]``.
+- ``iter_events`` yields the JSON object of each line, understanding TGI and OpenAI SSE with or
+  without a space after the colon (``data: {..}`` as TGI 2.1+, vLLM and OpenAI write it,
+  ``data:{..}`` as older TGI images did), LMI jsonlines (old ``{"outputs": [..]}`` and new
+  ``{"token": {..}}``), LMI SSE (``data: {..}``) and OpenAI chat/completion chunks; it skips blank
+  lines, SSE comments and fields, and ``[DONE]`` in either form.
 - ``TokenIterator`` yields the generated text pieces (``str``) only.
 
 An error event inside the stream (TGI ``{"error": ..}``, OpenAI ``{"error": {"message": ..}}``,

@@ -8,7 +8,7 @@ InvokeEndpointWithResponseStream. Errors from the platform stay botocore ``Clien
 
     >>> from streamhost.client import CatalogModel
     >>> predictor = CatalogModel("smollm2").deploy()
-    >>> for text in predictor.stream("Tell me a joke"):
+    >>> for text in predictor.chat("Tell me a joke", stream=True):
     ...     print(text, end="", flush=True)
     >>> predictor.delete_endpoint(); predictor.delete_model()
 """
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamhost.catalog.specs import (
     ACCEPT_EULA_ATTRIBUTE,
@@ -33,6 +33,9 @@ from streamhost.catalog.specs import (
 from streamhost.catalog.specs import CatalogModel as CatalogEntry
 
 from .iterators import TokenIterator, iter_events
+
+if TYPE_CHECKING:
+    from .chat import ChatPlan
 
 __all__ = [
     "ACCEPT_EULA",
@@ -298,6 +301,7 @@ class Predictor:
         self.accept_eula = accept_eula
         self._config_name: str | None = None
         self._model_names: list[str] | None = None
+        self._chat_plans: dict[str, ChatPlan] = {}
 
     def __repr__(self) -> str:
         return f"Predictor(endpoint_name={self.endpoint_name!r})"
@@ -370,6 +374,76 @@ class Predictor:
     ) -> Iterator[dict[str, Any]]:
         """Each streamed event as parsed JSON (TGI token events, OpenAI chunks, LMI lines)."""
         return _closing(self._open_stream(payload, custom_attributes, target_variant), iter_events)
+
+    # ------------------------------------------------------------------ chat
+
+    def chat_plan(self, template: str = "auto", state_dir: Path | str | None = None) -> ChatPlan:
+        """How this endpoint's model wants a conversation: its catalog template, else the server's chat template.
+
+        Looked up once per template (DescribeEndpoint, DescribeEndpointConfig, DescribeModel and the catalog).
+        """
+        from .chat import endpoint_environment, plan_for
+
+        if template not in self._chat_plans:
+            environment = endpoint_environment(self.session.sagemaker, self.endpoint_name)
+            catalog = open_catalog(state_dir) if environment.get("HF_MODEL_ID") else None
+            self._chat_plans[template] = plan_for(environment, catalog, template)
+        return self._chat_plans[template]
+
+    def chat_body(
+        self,
+        question: str | list[Mapping[str, str]],
+        *,
+        system: str | None = None,
+        stream: bool = False,
+        template: str = "auto",
+        **parameters: Any,
+    ) -> dict[str, Any]:
+        """The request ``chat`` sends: the question (or messages) in the model's chat format.
+
+        ``parameters`` are TGI's names (max_new_tokens, temperature, top_p, top_k, seed, stop) and
+        override the catalog's recommended ones.
+        """
+        from .chat import ChatPlan, as_messages
+
+        plan = self.chat_plan(template)
+        if plan.eula_required and not self.accept_eula:
+            raise EulaNotAcceptedError(
+                f"the model behind {self.endpoint_name!r} requires accepting its licence: Predictor(..., accept_eula=True)"
+            )
+        if parameters:
+            plan = ChatPlan(plan.template, {**plan.parameters, **parameters}, plan.eula_required)
+        return plan.body(as_messages(question, system), stream=stream)
+
+    def chat(
+        self,
+        question: str | list[Mapping[str, str]],
+        *,
+        system: str | None = None,
+        stream: bool = False,
+        template: str = "auto",
+        custom_attributes: str | None = None,
+        target_variant: str | None = None,
+        **parameters: Any,
+    ) -> Any:
+        """Ask a question (or continue a conversation) with the model's chat template applied.
+
+        ``predict``/``stream`` send raw ``inputs`` as TGI defines them (the model continues the
+        text); ``chat`` formats the question as the model was trained to answer it, with the
+        catalog's template or the tokenizer's own (as ``streamhost chat`` does). Returns the
+        answer (``str``), or with ``stream=True`` an iterator of its text pieces.
+
+            >>> predictor.chat("What is the capital of France?")
+            'The capital of France is Paris.'
+        """
+        body = self.chat_body(question, system=system, stream=stream, template=template, **parameters)
+        if stream:
+            return self.stream(body, custom_attributes=custom_attributes, target_variant=target_variant)
+        answer = self.predict(body, custom_attributes=custom_attributes, target_variant=target_variant)
+        text = generated_text(answer)
+        if text is None:
+            raise StreamhostError(f"the endpoint answered without generated text: {json.dumps(answer)[:300]}")
+        return text
 
     def describe(self) -> dict[str, Any]:
         """DescribeEndpoint's answer (status, variants, instance counts)."""

@@ -10,6 +10,7 @@ Routes:
 - S3 (path-style), STS and IAM: picked by the service in the request's SigV4 credential scope
   (``.../<region>/s3/aws4_request``), so one ``AWS_ENDPOINT_URL`` serves every client; an
   unsigned request that matches no route above goes to S3 too (anonymous: refused when auth is on).
+- CloudWatch Logs (scope ``logs``): DescribeLogStreams/GetLogEvents over endpoint and training logs.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from streamhost.protocols import sagemaker as sm
 from .artifacts import ArtifactStore
 from .asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, read_body, respond, respond_json
 from .auth import AuthError, SigV4Verifier, load_secrets
+from .cloudwatch_logs import EndpointLogs, LogsService, TrainingJobLogs
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
-from .metrics import PlatformMetrics
+from .jumpstart import CatalogArtifacts, publish_to_store
+from .metrics import CLIENT_CLOSED_REQUEST, PlatformMetrics
 from .s3.access import EmbeddedAccess, ExternalAccess, ObjectAccess, ObjectAccessError
 from .s3.routing import signing_service
 from .s3.service import S3Service
@@ -37,7 +40,6 @@ from .sts_iam import StsIamService
 from .supervisor import Supervisor
 from .training_jobs import LOG_ROUTE as TRAINING_LOG_ROUTE
 from .training_jobs import TrainingJobs
-from .training_logs import TARGET_PREFIX as LOGS_TARGET_PREFIX
 
 log = logging.getLogger("streamhost.platform")
 
@@ -87,7 +89,7 @@ class PlatformApp:
         )  # fmt: skip
         self.artifacts = ArtifactStore(
             settings.artifacts_dir, s3_endpoint_url=settings.s3_endpoint_url, objects=self.object_access,
-            allowed_roots=settings.artifact_roots,
+            allowed_roots=settings.artifact_roots, references=CatalogArtifacts(settings.state_dir, settings.region),
         )  # fmt: skip
         self.supervisor = Supervisor(self.store, settings, self.artifacts, self.metrics)
         self.control = ControlPlane(
@@ -114,6 +116,9 @@ class PlatformApp:
         self.s3 = S3Service(self.objects, region=settings.region, account=settings.account, verifier=self.verifier,
                             external_url=settings.s3_endpoint_url)  # fmt: skip
         self.sts_iam = StsIamService(settings.account, self.verifier)
+        # training jobs write <state>/training/<job>/training.log (platform.training_runner)
+        self.logs = LogsService([EndpointLogs(settings.logs_dir), TrainingJobLogs(settings.state_dir / "training")],
+                                self.verifier)  # fmt: skip
         self.started_callbacks: list[Any] = []
         self.ready = False
 
@@ -151,6 +156,9 @@ class PlatformApp:
             return
         if service in ("sts", "iam"):
             self._count(*await self.sts_iam(scope, receive, send, service))
+            return
+        if service == "logs":
+            self._count(*await self.logs(scope, receive, send))
             return
         if method == "GET" and path == "/ping":
             await respond(send, 200 if self.ready else 503, b"", {"content-type": "text/plain"})
@@ -192,6 +200,7 @@ class PlatformApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self._ensure_default_bucket()
+                    await self._publish_jumpstart_metadata()
                     await self.supervisor.recover()
                     self.training.recover()
                     self.ready = True
@@ -224,6 +233,20 @@ class PlatformApp:
         except ObjectAccessError as exc:  # an unreachable external store must not keep the platform down
             log.warning("could not create the default bucket %s: %s", self.settings.default_bucket, exc)
 
+    async def _publish_jumpstart_metadata(self) -> None:
+        """The JumpStart bucket the SDK reads (manifests, specs), generated from the catalog."""
+        import asyncio
+
+        from streamhost.catalog.specs import CatalogError, load_catalog
+
+        settings = self.settings
+        try:
+            catalog = load_catalog(settings.state_dir)
+            await asyncio.to_thread(publish_to_store, self.object_access, catalog, region=settings.region,
+                                    account=settings.account)  # fmt: skip
+        except (CatalogError, ObjectAccessError) as exc:  # JumpStart is one feature: the platform still serves
+            log.warning("could not publish the JumpStart metadata: %s", exc)
+
     # ------------------------------------------------------------------ auth
 
     def _authenticate(self, scope: Scope, headers: dict[str, str], body: bytes) -> None:
@@ -248,29 +271,24 @@ class PlatformApp:
         try:
             body = await read_body(receive, _CONTROL_BODY_LIMIT)
         except ClientGone:
+            self.metrics.count_request(operation, CLIENT_CLOSED_REQUEST)
             return
         except BodyTooLarge:
             await respond_json(send, 413, {"__type": "ValidationException", "message": "Request body is larger than 1 MiB"},
                                content_type=json_type)  # fmt: skip
-            self.metrics.requests.labels(operation, "413").inc()
+            self.metrics.count_request(operation, 413)
             return
         try:
             self._authenticate(scope, headers, body)
         except AuthError as exc:
             await respond_json(send, exc.status, {"__type": exc.code, "message": exc.message}, content_type=json_type)
-            self.metrics.requests.labels(operation, str(exc.status)).inc()
-            return
-        if target and target.startswith(LOGS_TARGET_PREFIX):  # CloudWatch Logs: training-job logs (training_logs.py)
-            operation = target[len(LOGS_TARGET_PREFIX):]
-            status, payload = self.training.logs_call(operation, body)
-            await respond_json(send, status, payload, {"x-amzn-requestid": _request_id()}, content_type=json_type)
-            self.metrics.requests.labels(f"Logs.{operation}", str(status)).inc()
+            self.metrics.count_request(operation, exc.status)
             return
         status, payload = await self.control.handle(target, body)
         if operation not in self.control.operations:
             operation = "Unknown"
         await respond_json(send, status, payload, {"x-amzn-requestid": _request_id()}, content_type=json_type)
-        self.metrics.requests.labels(operation, str(status)).inc()
+        self.metrics.count_request(operation, status)
 
     # ------------------------------------------------------------------ runtime
 
@@ -285,21 +303,22 @@ class PlatformApp:
         try:
             body = await read_body(receive, sm.MAX_BODY_BYTES)
         except ClientGone:
+            self.metrics.count_request(operation, CLIENT_CLOSED_REQUEST)
             return
         except BodyTooLarge:
             status, hdrs, payload = sm.runtime_error("ValidationError", "The request body is larger than 6 MiB (6291456 bytes).")
             await respond(send, status, payload, hdrs)
-            self.metrics.requests.labels(operation, str(status)).inc()
+            self.metrics.count_request(operation, status)
             return
         try:
             self._authenticate(scope, headers, body)
         except AuthError as exc:
             payload = json.dumps({"message": exc.message}).encode()
             await respond(send, exc.status, payload, {sm.ERROR_TYPE: exc.code, "content-type": sm.JSON_CONTENT_TYPE})
-            self.metrics.requests.labels(operation, str(exc.status)).inc()
+            self.metrics.count_request(operation, exc.status)
             return
         status = await self.gateway.invoke(receive, send, name, body, headers, stream)
-        self.metrics.requests.labels(operation, str(status)).inc()
+        self.metrics.count_request(operation, status)
 
     # ------------------------------------------------------------------ operator view
 

@@ -30,7 +30,6 @@ from streamhost.archive import DEFAULT_MAX_UNPACKED_BYTES, UnsafeArchiveError, u
 
 from .s3.access import ExternalAccess, ObjectAccess, ObjectAccessError
 
-_CHUNK = 1024 * 1024
 
 
 class ArtifactError(Exception):
@@ -44,6 +43,7 @@ class ModelData:
     url: str
     compressed: bool | None = None
     prefix: bool = False  # S3Prefix: every object under the key prefix
+    accept_eula: bool | None = None  # S3DataSource.ModelAccessConfig.AcceptEula (gated model data)
 
 
 def model_data_of(container: dict[str, Any]) -> ModelData | None:
@@ -57,6 +57,7 @@ def model_data_of(container: dict[str, Any]) -> ModelData | None:
             str(source["S3Uri"]),
             compressed=compression == "Gzip",
             prefix=source.get("S3DataType", "S3Object") == "S3Prefix",
+            accept_eula=(source.get("ModelAccessConfig") or {}).get("AcceptEula"),
         )
     return None
 
@@ -83,6 +84,7 @@ class ArtifactStore:
         objects: ObjectAccess | None = None,
         allowed_roots: list[Path] | None = None,
         max_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+        references: Any = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -91,11 +93,15 @@ class ArtifactStore:
         self.objects: ObjectAccess = objects or ExternalAccess(self.s3_endpoint_url)
         self.allowed_roots = [p.resolve() for p in allowed_roots] if allowed_roots is not None else None
         self.max_bytes = max_bytes
+        # Resolves URLs that name catalog models rather than stored objects (platform.jumpstart.CatalogArtifacts).
+        self.references = references
 
     # ------------------------------------------------------------------ validation at CreateModel
 
     def check(self, data: ModelData) -> None:
         """Cheap checks at CreateModel time: the scheme is known and a local source exists and is allowed."""
+        if self.references is not None and self.references.owns(data.url):
+            return self.references.check(data)
         scheme = urlsplit(data.url).scheme.lower()
         if scheme == "s3":
             bucket, _key = self._split_s3(data.url)
@@ -123,6 +129,8 @@ class ArtifactStore:
     def fetch(self, data: ModelData, deadline: float | None = None) -> Path:
         """A local folder holding the model data (blocking)."""
         scheme = urlsplit(data.url).scheme.lower()
+        if self.references is not None and self.references.owns(data.url):
+            return self.references.fetch(data)
         try:
             if scheme == "s3":
                 return self._fetch_s3(data, deadline)

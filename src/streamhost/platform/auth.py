@@ -150,6 +150,16 @@ class SigV4Verifier:
                               service, match["sig"], body or b"")  # fmt: skip
         return access_key
 
+    def signing_key(self, access_key: str, scope_date: str, region: str, service: str) -> bytes:
+        """SigV4's derived key (what signs the request, and each chunk of a signed streaming upload)."""
+        secret = self.secrets.get(access_key)
+        if secret is None:
+            raise AuthError("UnrecognizedClientException", "The security token included in the request is invalid.")
+        key = f"AWS4{secret}".encode()
+        for part in (scope_date, region, service, "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        return key
+
     def verify_presigned(self, method: str, raw_path: str, query: str, headers: dict[str, str]) -> str:
         """Check a presigned URL (``X-Amz-Credential``, ``X-Amz-Signature``... in the query)."""
         from urllib.parse import parse_qsl

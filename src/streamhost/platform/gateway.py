@@ -26,7 +26,7 @@ from streamhost.protocols.eventstream import model_stream_error, payload_part
 
 from .asgi import Receive, Send, race_disconnect, respond, start_stream, wait_disconnect
 from .instances import Instance
-from .metrics import PlatformMetrics
+from .metrics import CLIENT_CLOSED_REQUEST, PlatformMetrics
 from .settings import PlatformSettings
 from .store import Store
 from .supervisor import Deployment, NoInstance, Supervisor, Variant
@@ -155,10 +155,13 @@ class Gateway:
         request_id = str(uuid.uuid4())
         operation = INVOKE_STREAM if stream else INVOKE
         label = "-"  # only endpoints that exist get their own metric series
+        in_flight = None
         try:
             self._check(name, body, headers)
             deployment = self._deployment(name)
             label = deployment.endpoint
+            in_flight = self.metrics.in_flight_requests.labels(label)
+            in_flight.inc()
             variant = self._variant(deployment, headers)
             self._check_eula(variant, headers)
             if stream:
@@ -170,6 +173,8 @@ class Gateway:
             self.metrics.invocations.labels(label, "-", exc.outcome).inc()
             return status
         finally:
+            if in_flight is not None:
+                in_flight.dec()
             self.metrics.latency.labels(label, operation).observe(time.perf_counter() - started)
 
     async def _acquire(self, variant: Variant, tried: set[int]) -> Instance:
@@ -231,7 +236,7 @@ class Gateway:
                 instance.in_flight -= 1
             if gone:
                 self.metrics.invocations.labels(deployment.endpoint, variant.name, "client_disconnected").inc()
-                return 499
+                return CLIENT_CLOSED_REQUEST
             upstream, content = result
             instance.served += 1
             if not 200 <= upstream.status_code < 300:
@@ -293,7 +298,7 @@ class Gateway:
         gone, opened = await race_disconnect(receive, self._open_stream(deployment, variant, body, headers))
         if gone:
             self.metrics.invocations.labels(endpoint, variant.name, "client_disconnected").inc()
-            return 499
+            return CLIENT_CLOSED_REQUEST
         instance, upstream, chunks, first = opened
         out = self._response_headers(variant, upstream, request_id)
         out["content-type"] = sm.EVENT_STREAM_CONTENT_TYPE
@@ -318,7 +323,7 @@ class Gateway:
             await upstream.aclose()  # unfinished: the connection closes, the container stops generating
             await chunks.aclose()
             self.metrics.invocations.labels(endpoint, variant.name, outcome).inc()
-        return 200
+        return CLIENT_CLOSED_REQUEST if outcome == "client_disconnected" else 200
 
     async def _pump(self, receive: Receive, send: Send, instance: Instance, variant: Variant, chunks: Any) -> str:
         """Relay chunks as PayloadPart events until the end, a failure, or the client leaving."""

@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--credentials-file", type=Path, help="AWS-style credentials file with the accepted keys")
     parser.add_argument(
-        "--s3-endpoint", "--s3-endpoint-url", dest="s3_endpoint_url",
+        "--s3-endpoint", "--s3-endpoint-url", dest="s3_endpoint_url", metavar="URL",
         default=os.environ.get("STREAMHOST_S3_ENDPOINT") or None,
-        help="use this external S3-compatible store for s3:// model data, the default bucket and uploads instead of "
+        help="use this external S3-compatible store (or $STREAMHOST_S3_ENDPOINT) for s3:// model data, the default bucket and uploads instead of "
         "the embedded one (keys: $STREAMHOST_S3_ACCESS_KEY_ID/$STREAMHOST_S3_SECRET_ACCESS_KEY, --s3-profile, or "
         "the standard AWS variables); the platform then serves no S3 API itself",
     )  # fmt: skip

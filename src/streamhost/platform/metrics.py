@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+# nginx's status for "the client closed the connection before the answer ended": never a 5xx.
+CLIENT_CLOSED_REQUEST = 499
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -39,6 +41,18 @@ class PlatformMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.disconnects = Counter(
+            "streamhost_client_disconnects",
+            "Requests whose client went away before the answer ended (recorded as status 499, never 5xx).",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.in_flight_requests = Gauge(
+            "streamhost_endpoint_in_flight_requests",
+            "Invocations (streaming or not) being answered per endpoint; 0 when the endpoint is idle.",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "streamhost_endpoint_in_flight_streams",
             "Streaming invocations in progress per endpoint.",
@@ -63,6 +77,12 @@ class PlatformMetrics:
             ["endpoint", "variant"],
             registry=self.registry,
         )
+
+    def count_request(self, operation: str, status: int) -> None:
+        """One answered API request; 499 (the client left before the end) also counts a disconnect."""
+        self.requests.labels(operation, str(status)).inc()
+        if status == CLIENT_CLOSED_REQUEST:
+            self.disconnects.labels(operation).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

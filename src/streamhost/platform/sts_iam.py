@@ -11,6 +11,7 @@ protocol: a form-encoded POST in, XML out, errors as ``<ErrorResponse><Error>``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -24,7 +25,6 @@ from .auth import AuthError, SigV4Verifier
 STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
 DEFAULT_ROLE = "StreamhostExecutionRole"
-_ROLE_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
 _CREATED = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 _ASSUME_POLICY = {
     "Version": "2012-10-17",
@@ -36,6 +36,17 @@ class QueryError(Exception):
     def __init__(self, code: str, message: str, status: int = 400, sender: bool = True) -> None:
         super().__init__(message)
         self.code, self.message, self.status, self.sender = code, message, status, sender
+
+
+@functools.cache
+def _role_name_rule() -> tuple[re.Pattern[str], int, int, str]:
+    """IAM's RoleName constraints, read from botocore's IAM service model (pattern, min, max)."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("iam")
+    shape = model.operation_model("GetRole").input_shape.members["RoleName"]
+    pattern = shape.metadata.get("pattern", ".*")
+    return re.compile(pattern), shape.metadata.get("min", 1), shape.metadata.get("max", 64), pattern
 
 
 def _unique_id(prefix: str, seed: str) -> str:
@@ -115,10 +126,11 @@ class StsIamService:
 
     def _get_role(self, params: dict[str, str], headers: dict[str, str]) -> str:
         name = params.get("RoleName", "")
-        if not _ROLE_NAME.match(name):
+        pattern, low, high, text = _role_name_rule()
+        if not (low <= len(name) <= high and pattern.fullmatch(name)):
             raise QueryError("ValidationError", f"1 validation error detected: Value '{name}' at 'roleName' failed to "
-                             r"satisfy constraint: Member must satisfy regular expression pattern: [\w+=,.@-]+ and "
-                             "have length between 1 and 64")  # fmt: skip
+                             f"satisfy constraint: Member must satisfy regular expression pattern: {text} and "
+                             f"have length between {low} and {high}")  # fmt: skip
         created = _CREATED.strftime("%Y-%m-%dT%H:%M:%SZ")
         policy = quote(json.dumps(_ASSUME_POLICY, separators=(",", ":")), safe="")
         return (

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from .artifacts import ArtifactError, ArtifactStore, model_data_of
+from .lmi_packaging import prepare_model_data
 from .control_plane import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, container_of
 from .images import classify_image
 from .instances import INSTANCE_MARKER, READY, STOPPED, STOPPING, UNHEALTHY, Instance, LaunchSpec, StartupFailure, kill_orphan
@@ -173,20 +174,22 @@ class Deployment:
             else:
                 model_dir = None
                 data = model_data_of(container)
+                environment = dict(container.get("Environment") or {})
+                argv = [*sup.settings.container_command, "--port", "{port}", "--host", "{host}"]
+                if image.dialect:
+                    argv += ["--dialect", image.dialect]
                 if data is not None:
                     self.status = "Creating"
                     try:
                         model_dir = await sup.artifacts.fetch_async(data, variant.download_timeout)
+                        environment = _map_model_path(environment, model_dir)
+                        prepared = await prepare_model_data(
+                            sup.artifacts, model_dir, data.url, environment, variant.download_timeout)
                     except ArtifactError as exc:
                         raise StartupFailure(f"Failed to prepare model data for variant {variant.name}: {exc}") from None
-                argv = [*sup.settings.container_command, "--port", "{port}", "--host", "{host}"]
-                if image.dialect:
-                    argv += ["--dialect", image.dialect]
-                if model_dir is not None:
-                    argv += ["--model-dir", str(model_dir)]
-                environment = dict(container.get("Environment") or {})
-                if model_dir is not None:
-                    environment = _map_model_path(environment, model_dir)
+                    argv += ["--model-dir", str(prepared.model_dir)]
+                    if prepared.model_id:  # weights downloaded here for option.model_id (s3:// or hub)
+                        argv += ["--model-id", prepared.model_id]
                 env = sup.instance_env(environment, total)
                 spec_for = lambda _i, argv=argv, env=env: LaunchSpec(argv=argv, env=env)  # noqa: E731
             # Per config: during a blue/green update old and new instances must not share a log.

@@ -31,7 +31,6 @@ from streamhost.training.outputs import model_artifact_uri
 
 from .artifacts import ArtifactError
 from .control_plane import ApiError, _epoch
-from .training_logs import TrainingLogs
 from .training_runner import ACTIVE, LOG_FILE, TrainingGauges, TrainingRunner
 from .training_store import TrainingJobRecord, TrainingJobStore
 
@@ -61,19 +60,6 @@ class TrainingJobs:
         self.runner = TrainingRunner(self.store, settings, TrainingGauges(app.metrics.registry))
         for name in ("CreateTrainingJob", "DescribeTrainingJob", "ListTrainingJobs", "StopTrainingJob"):
             self.control.register(name, getattr(self, _snake(name)))
-        self.logs = TrainingLogs(self)
-
-    def logs_call(self, operation: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        """A CloudWatch Logs call (the SDK's ``fit(logs=...)`` reader): ``(status, JSON body)``."""
-        import json
-
-        try:
-            params = json.loads(body or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return 400, {"__type": "SerializationException", "message": "Request body is not valid JSON"}
-        if not isinstance(params, dict):
-            return 400, {"__type": "SerializationException", "message": "Request body must be a JSON object"}
-        return self.logs.handle(operation, params)
 
     # ------------------------------------------------------------------ helpers
 

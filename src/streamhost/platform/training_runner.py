@@ -77,7 +77,11 @@ class TrainingRunner:
         self._stop_reason: dict[str, str] = {}
 
     def job_dir(self, name: str) -> Path:
-        return self.root / name.lower()
+        """``<state>/training/<job>``, named exactly as the job (the SDK finds its log stream by that name).
+
+        Callers pass the stored name: names are unique regardless of case, so no two jobs share a folder.
+        """
+        return self.root / name
 
     # ------------------------------------------------------------------ status bookkeeping
 

@@ -1,7 +1,8 @@
 """The OpenAI chat/completions API, the way TGI serves it (``/v1/chat/completions``, ``/v1/completions``).
 
 Wire shapes follow TGI's router (``ChatCompletionChunk`` with ``object`` first, every delta carrying
-``role: assistant``, ``data:<compact JSON>\\n\\n`` events ending in ``data:[DONE]``) with three
+``role: assistant``, ``data: <compact JSON>\\n\\n`` events ending in ``data: [DONE]``: with the space,
+which huggingface_hub's ``chat_completion(stream=True)`` matches byte for byte) with three
 deliberate differences, so that the ``openai`` client's own types validate every object:
 
 - ``finish_reason`` is ``stop`` for both EOS and a stop sequence (TGI sends ``stop_sequence``);
@@ -9,7 +10,7 @@ deliberate differences, so that the ``openai`` client's own types validate every
 - a special token (EOS) contributes ``""`` to completion text as it does to chat content.
 
 Errors before a stream keep TGI's body ``{"error", "error_type"}`` (what TGI answers on these routes);
-an error inside a stream is ``data:{"error":{"message":..,"http_status_code":..}}``, which the
+an error inside a stream is ``data: {"error":{"message":..,"http_status_code":..}}``, which the
 openai client raises as ``APIError``.
 """
 
@@ -26,7 +27,7 @@ from streamhost.engine.types import FinishReason, GenerationParameters, Generati
 from streamhost.protocols.errors import ProtocolError, parse_body
 from streamhost.protocols.tgi import U32_MAX, U64_MAX, engine_error, f32_json, f32_value
 
-DONE = b"data:[DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
 
 # --------------------------------------------------------------------------- requests
 
@@ -203,7 +204,7 @@ def error_response(err: EngineError) -> tuple[int, dict[str, str]]:
 
 def sse_error(message: str, status: int = 422) -> bytes:
     """An error inside a stream, as TGI writes it; the openai client raises ``APIError(message)``."""
-    return ('data:{"error":{"message":%s,"http_status_code":%d}}\n\n' % (_json_str(message), status)).encode(
+    return ('data: {"error":{"message":%s,"http_status_code":%d}}\n\n' % (_json_str(message), status)).encode(
         "utf-8", "replace"
     )
 
@@ -271,7 +272,7 @@ def _head(obj: str, id: str, created: int, model: str, fingerprint: str) -> str:
 
 
 class _SseEnd:
-    """How every OpenAI stream ends: an error event, or ``data:[DONE]``."""
+    """How every OpenAI stream ends: an error event, or ``data: [DONE]``."""
 
     @staticmethod
     def error(err: EngineError) -> bytes:
@@ -300,7 +301,7 @@ class ChatStream(_SseEnd):
         logprobs: bool = False,
         include_usage: bool = False,
     ) -> None:
-        self._head = "data:" + _head("chat.completion.chunk", id, created, model, system_fingerprint)
+        self._head = "data: " + _head("chat.completion.chunk", id, created, model, system_fingerprint)
         self._open = self._head + ',"choices":[{"index":0,"delta":{"role":"assistant","content":'
         self._logprobs = logprobs
         self._include_usage = include_usage
@@ -360,12 +361,12 @@ class CompletionStream(_SseEnd):
     __slots__ = ("_chunk_head", "_final_head", "_tail", "_echo")
 
     def __init__(self, *, model: str, created: int, id: str = "", system_fingerprint: str = "", echo: str = "") -> None:
-        self._chunk_head = 'data:{"object":"text_completion","id":%s,"created":%d,"choices":[{"index":0,"text":' % (
+        self._chunk_head = 'data: {"object":"text_completion","id":%s,"created":%d,"choices":[{"index":0,"text":' % (
             _json_str(id),
             created,
         )
         self._tail = ',"model":%s,"system_fingerprint":%s}\n\n' % (_json_str(model), _json_str(system_fingerprint))
-        self._final_head = "data:" + _head("text_completion", id, created, model, system_fingerprint)
+        self._final_head = "data: " + _head("text_completion", id, created, model, system_fingerprint)
         self._echo = echo  # the prompt, sent in front of the first chunk's text when echo is on
 
     def chunk(self, ev: TokenEvent) -> bytes:

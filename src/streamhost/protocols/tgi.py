@@ -1,8 +1,10 @@
 """Hugging Face TGI's HTTP API: request parsing and byte-exact response framing.
 
 Shapes follow TGI's router (``router/src/lib.rs``, ``server.rs``, ``validation.rs``): the
-``{inputs, parameters, stream}`` request, the ``data:<compact JSON>\\n\\n`` stream events, the
-``{"error", "error_type"}`` error body and its status codes. JSON is written the way serde_json
+``{inputs, parameters, stream}`` request, the ``data: <compact JSON>\\n\\n`` stream events (with the
+space current TGI, vLLM and OpenAI write; TGI before 2.1 wrote none, and strict clients such as
+huggingface_hub compare ``data: [DONE]`` byte for byte), the ``{"error", "error_type"}`` error body
+and its status codes. JSON is written the way serde_json
 writes it (compact, UTF-8 unescaped, f32 logprobs in shortest form) so that clients which parse
 bytes by hand, such as the SageMaker TokenIterator samples, see what they would see from TGI.
 
@@ -311,7 +313,7 @@ def _top_tokens_json(tops: list[TopToken]) -> str:
 def sse_token_event(ev: TokenEvent, details: bool, *, index: int | None = None, prefix: str = "") -> bytes:
     """One ``/generate_stream`` event, byte-exact with TGI::
 
-        data:{"index":1,"token":{"id":..,"text":..,"logprob":..,"special":false},"generated_text":null,"details":null}\\n\\n
+        data: {"index":1,"token":{"id":..,"text":..,"logprob":..,"special":false},"generated_text":null,"details":null}\\n\\n
 
     ``index`` is TGI's 1-based position (default ``ev.index + 1``). ``top_tokens`` appears only when
     the event has some. On the final event ``generated_text`` is ``prefix`` (the prompt, when
@@ -322,14 +324,14 @@ def sse_token_event(ev: TokenEvent, details: bool, *, index: int | None = None, 
     token = _token_json(ev.token_id, ev.text, ev.logprob, ev.special)
     tops = ',"top_tokens":' + _top_tokens_json(ev.top_tokens) if ev.top_tokens else ""
     if ev.details is None:
-        return b'data:{"index":%d,"token":%s%s,"generated_text":null,"details":null}\n\n' % (
+        return b'data: {"index":%d,"token":%s%s,"generated_text":null,"details":null}\n\n' % (
             position,
             token.encode("utf-8", "replace"),
             tops.encode("utf-8", "replace"),
         )
     text = _json_str(prefix + (ev.generated_text or ""))
     det = _stream_details_json(ev) if details else "null"
-    line = 'data:{"index":%d,"token":%s%s,"generated_text":%s,"details":%s}\n\n' % (position, token, tops, text, det)
+    line = 'data: {"index":%d,"token":%s%s,"generated_text":%s,"details":%s}\n\n' % (position, token, tops, text, det)
     return line.encode("utf-8", "replace")
 
 
@@ -346,7 +348,7 @@ def _stream_details_json(ev: TokenEvent) -> str:
 
 def sse_error(message: str, error_type: str) -> bytes:
     """The event TGI sends when generation fails after the stream started; the stream then ends."""
-    return ('data:{"error":%s,"error_type":%s}\n\n' % (_json_str(message), _json_str(error_type))).encode(
+    return ('data: {"error":%s,"error_type":%s}\n\n' % (_json_str(message), _json_str(error_type))).encode(
         "utf-8", "replace"
     )
 

@@ -31,6 +31,7 @@ from streamhost.protocols.errors import ProtocolError
 from streamhost.server import invocations, openai_routes, tgi_routes
 from streamhost.server.bodies import json_answer, protocol_error_answer
 from streamhost.server.config import ServerSettings
+from streamhost.server.metrics import CLIENT_CLOSED_REQUEST
 from streamhost.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streamhost.server.state import ServerState
 
@@ -135,7 +136,12 @@ async def _metrics(request: Request) -> Response:
 
 
 class CountRequests:
-    """Counts answers by route and status code (raw ASGI: adds one call per sent message)."""
+    """Counts answers by route and status code (raw ASGI: adds one call per message).
+
+    A request whose client went away before the last byte of the answer is counted as ``499``
+    (nginx's "client closed request") and in ``streamhost_client_disconnects_total``, whatever
+    status line had already gone out: nothing failed on our side, and operators alert on 5xx.
+    """
 
     def __init__(self, app: Any, state: ServerState) -> None:
         self.app = app
@@ -146,17 +152,33 @@ class CountRequests:
             await self.app(scope, receive, send)
             return
         status = 0
+        answered = False  # the last body message was handed to the server
+        client_gone = False
+
+        async def watching_receive() -> dict:
+            nonlocal client_gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                client_gone = True
+            return message
 
         async def counting_send(message: dict) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
             await send(message)
 
         try:
-            await self.app(scope, receive, counting_send)
+            await self.app(scope, watching_receive, counting_send)
         finally:
-            self.state.metrics.count_request(scope.get("path", ""), status or 500)
+            metrics = self.state.metrics
+            if client_gone:
+                metrics.disconnects.inc()
+                metrics.count_request(scope.get("path", ""), CLIENT_CLOSED_REQUEST)
+            else:
+                metrics.count_request(scope.get("path", ""), status or 500)
 
 
 def create_app(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from streamhost.engine.limits import parse_dtype
 from streamhost.protocols.lmi import ServingProperties, ServingPropertiesError
+from streamhost.server.model_folder import ModelFolderError, model_root, served_model
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"  # docs/architecture.md: bind locally unless told otherwise (containers pass --host 0.0.0.0)
@@ -128,6 +129,8 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     model_dir_path = Path(model_dir).expanduser() if model_dir else None
     if model_dir_path is not None and not model_dir_path.exists():
         raise SettingsError(f"--model-dir {model_dir} does not exist")
+    if model_dir_path is not None:
+        model_dir_path = model_root(model_dir_path)  # DJL: model.tar.gz holding one folder (mymodel/)
     props_file = model_dir_path / SERVING_PROPERTIES if model_dir_path is not None and model_dir_path.is_dir() else None
     has_props = props_file is not None and props_file.is_file()
 
@@ -146,6 +149,13 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
             raise SettingsError(str(exc)) from None
 
     model_id = _flag(args, "model_id")
+    if not model_id and has_props and model_dir_path is not None and properties is not None:
+        source = properties.sources.get("option.model_id", SERVING_PROPERTIES)
+        origin = str(props_file) if source == SERVING_PROPERTIES else f"the environment variable {source}"
+        try:
+            model_id = served_model(model_dir_path, properties.model_id, origin)
+        except ModelFolderError as exc:
+            raise SettingsError(str(exc)) from None
     if not model_id and properties is not None and properties.model_id:
         model_id = properties.model_id
     if not model_id:

@@ -17,6 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# nginx's status for "the client closed the connection before the answer ended": never a 5xx.
+CLIENT_CLOSED_REQUEST = 499
 
 # Latency buckets in seconds: per-token times are milliseconds, whole requests seconds to minutes.
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -31,6 +33,22 @@ KNOWN_ROUTES = frozenset({
 })
 
 
+def _live_load(engine: Any) -> tuple[int, int, int]:
+    """``(waiting, running, last step's batch)`` as the scheduler holds them at scrape time.
+
+    The engine's step counters are written when a step is scheduled, so after the last request
+    finished they would keep its batch size; the scheduler's own queues are what is true now, and
+    an idle engine reports 0 everywhere.
+    """
+    stats = getattr(engine, "stats", None)
+    scheduler = getattr(engine, "scheduler", None)
+    if scheduler is None:
+        return getattr(stats, "waiting", 0), getattr(stats, "running", 0), getattr(stats, "last_batch_size", 0)
+    waiting = len(scheduler.waiting)
+    running = len(scheduler.running) + len(scheduler.prefilling)
+    return waiting, running, getattr(stats, "last_batch_size", 0) if running else 0
+
+
 class _EngineCollector(Collector):
     """Reads the engine's live counters when Prometheus scrapes."""
 
@@ -42,13 +60,12 @@ class _EngineCollector(Collector):
         engine = self._engine_of()
         stats = getattr(engine, "stats", None)
         yield GaugeMetricFamily("streamhost_ready", "1 when the model is loaded and requests are admitted", value=1 if self._ready_of() else 0)
-        waiting = getattr(stats, "waiting", 0)
-        running = getattr(stats, "running", 0)
+        waiting, running, last_batch = _live_load(engine)
         yield GaugeMetricFamily("streamhost_queue_size", "requests waiting for a batch slot", value=waiting)
         yield GaugeMetricFamily("tgi_queue_size", "requests waiting for a batch slot (TGI's name)", value=waiting)
         yield GaugeMetricFamily("streamhost_batch_size", "sequences in the running batch", value=running)
         yield GaugeMetricFamily("tgi_batch_current_size", "sequences in the running batch (TGI's name)", value=running)
-        yield GaugeMetricFamily("streamhost_last_step_batch_size", "sequences sampled in the last engine step", value=getattr(stats, "last_batch_size", 0))
+        yield GaugeMetricFamily("streamhost_last_step_batch_size", "sequences sampled in the last engine step (0 when idle)", value=last_batch)
         yield GaugeMetricFamily("streamhost_engine_in_flight", "requests inside the engine", value=getattr(engine, "in_flight", 0) if engine is not None else 0)
         yield CounterMetricFamily("streamhost_prompt_tokens", "prompt tokens prefilled", value=getattr(stats, "prompt_tokens", 0))
         yield CounterMetricFamily("streamhost_generated_tokens", "tokens generated", value=getattr(stats, "generated_tokens", 0))

@@ -100,8 +100,7 @@ class GuardedResponse:
         try:
             await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
             if not work.done() and not self.completed:
-                metrics.disconnects.inc()
-                work.cancel()
+                work.cancel()  # the client left: counted as 499 by the app's CountRequests
             try:
                 await work
             except asyncio.CancelledError:
@@ -128,7 +127,7 @@ class TokenStream(GuardedResponse):
     """A streamed generation: headers after the first token, then one flushed chunk per event.
 
     ``frame(event) -> bytes`` is the protocol's per-token framing (``b""`` sends nothing);
-    ``tail`` follows the final event (``data:[DONE]``); ``early_error`` gives the status and
+    ``tail`` follows the final event (``data: [DONE]``); ``early_error`` gives the status and
     JSON body for an engine error before the first byte, ``stream_error`` the in-stream event.
     """
 

@@ -17,6 +17,8 @@ from starlette.routing import Route
 from streamhost.protocols import tgi
 from streamhost.server.bodies import SSE_HEADERS, json_answer, json_request_body, now, server_state
 from streamhost.server.generation import collect_many, logprob_sum, request_id
+from streamhost.server.lmi_report import serving_properties_report
+from streamhost.server.model_folder import SERVING_PROPERTIES
 from streamhost.server.state import ServerState
 from streamhost.server.streaming import Observer, TokenStream, WholeAnswer, dumps, encode_headers
 
@@ -137,7 +139,7 @@ async def info(request: Request) -> Response:
         return json_answer(tgi.unhealthy_body(), 503)
     limits = engine.limits
     described = engine.info()
-    return json_answer(tgi.info_response(
+    answer = tgi.info_response(
         model_id=state.model_id,
         model_sha=state.settings.revision,
         model_dtype=f"torch.{described.get('dtype', 'float32')}",
@@ -151,7 +153,13 @@ async def info(request: Request) -> Response:
         router="streamhost",
         version=state.version,
         docker_label=None,
-    ))
+    )
+    settings = state.settings
+    if settings.properties is not None:  # LMI: which serving.properties keys did what (ours, beyond TGI's fields)
+        props_file = settings.model_dir / SERVING_PROPERTIES if settings.model_dir is not None else None
+        source = props_file if props_file is not None and props_file.is_file() else None
+        answer["serving_properties"] = serving_properties_report(settings.properties, source)
+    return json_answer(answer)
 
 
 ROUTES = [

@@ -125,13 +125,11 @@ class ExternalAccess:
             from botocore.config import Config
 
             session = boto3.session.Session(profile_name=self._profile) if self._profile else boto3
-            self._client = session.client(
-                "s3",
-                config=Config(
-                    s3={"addressing_style": "path"}, connect_timeout=10, retries={"max_attempts": 3, "mode": "standard"}
-                ),
-                **self._client_args,
-            )
+            # A self-hosted endpoint (SeaweedFS, MinIO, another streamhost) is addressed path-style;
+            # AWS itself (no endpoint given) by botocore's own choice.
+            s3_style = {"addressing_style": "path"} if self.endpoint_url else {}
+            config = Config(s3=s3_style, connect_timeout=10, retries={"max_attempts": 3, "mode": "standard"})
+            self._client = session.client("s3", config=config, **self._client_args)
         return self._client
 
     @staticmethod

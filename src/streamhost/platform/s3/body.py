@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..asgi import ClientGone, Receive
 from .checksums import BodyDigests, content_md5, declared_checksums, trailer_algorithm
+from .chunk_signing import ChunkSignatureChecker
 from .chunked import AwsChunkedDecoder
 from .errors import S3Error
 
@@ -65,8 +66,12 @@ def _expected_size(headers: dict[str, str], chunked: bool) -> int | None:
     return size
 
 
-async def receive_body(receive: Receive, headers: dict[str, str], target: Path) -> ReceivedBody:
-    """Stream the body into ``target``; raises S3Error (or ClientGone) after removing it."""
+async def receive_body(receive: Receive, headers: dict[str, str], target: Path,
+                       signatures: ChunkSignatureChecker | None = None) -> ReceivedBody:  # fmt: skip
+    """Stream the body into ``target``; raises S3Error (or ClientGone) after removing it.
+
+    ``signatures``: check the chunk signatures of a signed streaming (aws-chunked) upload.
+    """
     chunked = _is_aws_chunked(headers)
     expected = _expected_size(headers, chunked)
     if not chunked and expected is None and "transfer-encoding" not in headers:
@@ -79,12 +84,13 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
     trailer = trailer_algorithm(headers) if chunked else None
     md5 = content_md5(headers)
     digests = BodyDigests(sha256=check_sha, algorithms=[*declared, *([trailer] if trailer else [])])
-    decoder = AwsChunkedDecoder() if chunked else None
+    decoder = AwsChunkedDecoder(signatures.chunk if signatures else None) if chunked else None
     try:
         await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
         out = await asyncio.to_thread(open, target, "wb")
         try:
-            pending = bytearray()
+            pending: list[bytes] = []  # handed to a worker thread as is (joining or growing a buffer copies)
+            pending_size = 0
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -93,20 +99,23 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
                 if decoder is not None:
                     data = decoder.feed(data)
                 if data:
-                    pending += data
-                    if digests.size + len(pending) > MAX_OBJECT_BYTES:
+                    pending.append(data)
+                    pending_size += len(data)
+                    if digests.size + pending_size > MAX_OBJECT_BYTES:
                         raise S3Error("EntityTooLarge", MaxSizeAllowed=str(MAX_OBJECT_BYTES))
-                    if len(pending) >= _FLUSH_BYTES:
-                        await asyncio.to_thread(_consume, bytes(pending), out, digests)
-                        pending.clear()
+                    if pending_size >= _FLUSH_BYTES:
+                        await asyncio.to_thread(_consume, pending, out, digests)
+                        pending, pending_size = [], 0
                 if not message.get("more_body", False):
                     break
             if pending:
-                await asyncio.to_thread(_consume, bytes(pending), out, digests)
+                await asyncio.to_thread(_consume, pending, out, digests)
         finally:
             out.close()
         if decoder is not None and not decoder.done:
             raise S3Error("IncompleteBody", "The aws-chunked body ended before its final chunk")
+        if decoder is not None and signatures is not None and payload_hash.endswith("-TRAILER"):
+            signatures.trailer(decoder.trailers.get("x-amz-trailer-signature"), decoder.trailer_lines)
         if expected is not None and digests.size != expected:
             raise S3Error("IncompleteBody", f"Expected {expected} bytes, received {digests.size}")
         if check_sha and digests.sha256 is not None and digests.sha256.hexdigest() != payload_hash:
@@ -126,7 +135,8 @@ async def receive_body(receive: Receive, headers: dict[str, str], target: Path) 
     return ReceivedBody(target, digests.size, digests.md5.hexdigest(), verified)
 
 
-def _consume(data: bytes, out, digests: BodyDigests) -> None:
-    """Write and hash one buffered piece (in a worker thread: hashlib and file writes release the GIL)."""
-    out.write(data)
-    digests.update(data)
+def _consume(pieces: list[bytes], out, digests: BodyDigests) -> None:
+    """Write and hash buffered pieces (in a worker thread: hashlib and file writes release the GIL)."""
+    for piece in pieces:
+        out.write(piece)
+        digests.update(piece)

@@ -9,20 +9,30 @@ from xml.sax.saxutils import escape
 
 from .context import Context
 from .errors import S3Error
-from .store import check_bucket_name
+from .store import check_bucket_name, past_prefix
 from .xml import document, element, iso8601, parse_location
 
 MAX_KEYS = 1000
 
 
 async def list_buckets(ctx: Context) -> None:
+    """ListBuckets, with the newer ``prefix``, ``max-buckets`` and ``continuation-token`` parameters."""
+    prefix = ctx.query.get("prefix", "")
+    after = ctx.query.get("continuation-token", "")
+    raw_max = ctx.query.get("max-buckets", "10000")
+    if not raw_max.isdigit() or not 1 <= int(raw_max) <= 10000:
+        raise S3Error("InvalidArgument", "max-buckets must be an integer from 1 to 10000", ArgumentName="max-buckets")
+    chosen = [(n, c) for n, c in ctx.store.list_buckets() if n.startswith(prefix) and n > after]
+    page, more = chosen[: int(raw_max)], len(chosen) > int(raw_max)
     buckets = "".join(
         f"<Bucket>{element('Name', name)}{element('CreationDate', iso8601(created))}"
         f"{element('BucketRegion', ctx.region)}</Bucket>"
-        for name, created in ctx.store.list_buckets()
+        for name, created in page
     )
     owner = f"<Owner>{element('ID', ctx.account)}{element('DisplayName', 'streamhost')}</Owner>"
-    await ctx.reply(200, document("ListAllMyBucketsResult", f"{owner}<Buckets>{buckets}</Buckets>"))
+    extra = element("ContinuationToken", page[-1][0]) if more else ""
+    extra += element("Prefix", prefix) if "prefix" in ctx.query else ""
+    await ctx.reply(200, document("ListAllMyBucketsResult", f"{owner}<Buckets>{buckets}</Buckets>{extra}"))
 
 
 async def create_bucket(ctx: Context) -> None:
@@ -61,30 +71,50 @@ def _max_keys(ctx: Context) -> int:
     return min(value, MAX_KEYS)
 
 
-def _scan(ctx: Context, prefix: str, delimiter: str, after: str, limit: int) -> tuple[list, list[str], bool, str]:
-    """Objects and common prefixes after ``after``, at most ``limit`` together: (objects, prefixes, truncated, last)."""
+def _is_common_prefix(key: str, prefix: str, delimiter: str) -> bool:
+    """Whether ``key`` is a CommonPrefix of this listing (it ends at its first delimiter after ``prefix``)."""
+    if not delimiter or not key.startswith(prefix):
+        return False
+    cut = key.find(delimiter, len(prefix))
+    return cut >= 0 and cut == len(key) - len(delimiter)
+
+
+def _scan(ctx: Context, prefix: str, delimiter: str, after: str, limit: int,
+          resume: bool = False) -> tuple[list, list[str], bool, str]:  # fmt: skip
+    """Objects and common prefixes after ``after``, at most ``limit`` together: (objects, prefixes, truncated, last).
+
+    A common prefix is reported once: the scan then jumps past every key under it (one query, however
+    many keys it holds). ``resume``: ``after`` came from a continuation token or marker, so if it is a
+    common prefix the keys under it were already reported as that prefix.
+    """
     objects: list = []
     prefixes: list[str] = []
     last = ""
-    skip_prefix: str | None = None
     if limit == 0:
         return objects, prefixes, False, last
-    for info in ctx.store.iter_keys(ctx.bucket, prefix, after):
-        if skip_prefix is not None and info.key.startswith(skip_prefix):
-            continue
-        if len(objects) + len(prefixes) == limit:
-            return objects, prefixes, True, last
-        if delimiter:
-            cut = info.key.find(delimiter, len(prefix))
+    skip: str | None = after if resume and _is_common_prefix(after, prefix, delimiter) else None
+    start_at = past_prefix(skip) if skip else None
+    while True:
+        jumped = False
+        for info in ctx.store.iter_keys(ctx.bucket, prefix, after, start_at):
+            if skip is not None and info.key.startswith(skip):
+                continue  # only when the prefix could not be jumped past (it ends in U+10FFFF)
+            if len(objects) + len(prefixes) == limit:
+                return objects, prefixes, True, last
+            cut = info.key.find(delimiter, len(prefix)) if delimiter else -1
             if cut >= 0:
                 common = info.key[: cut + len(delimiter)]
                 prefixes.append(common)
-                skip_prefix = common
-                last = common
+                last = skip = common
+                start_at = past_prefix(common)
+                jumped = start_at is not None
+                if jumped:
+                    break
                 continue
-        objects.append(info)
-        last = info.key
-    return objects, prefixes, False, last
+            objects.append(info)
+            last = info.key
+        if not jumped:
+            return objects, prefixes, False, last
 
 
 def _contents(objects: list, encode) -> str:
@@ -116,11 +146,11 @@ async def list_objects_v2(ctx: Context) -> None:
     after = start_after
     if token is not None:
         try:
-            after = base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+            after = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
                           ArgumentName="continuation-token") from None  # fmt: skip
-    objects, prefixes, truncated, last = _scan(ctx, prefix, delimiter, after, limit)
+    objects, prefixes, truncated, last = _scan(ctx, prefix, delimiter, after, limit, resume=token is not None)
     parts = [element("Name", ctx.bucket), element("Prefix", encode(prefix))]
     if delimiter:
         parts.append(element("Delimiter", encode(delimiter)))
@@ -145,7 +175,7 @@ async def list_objects(ctx: Context) -> None:
     prefix, delimiter = ctx.query.get("prefix", ""), ctx.query.get("delimiter", "")
     marker = ctx.query.get("marker", "")
     limit = _max_keys(ctx)
-    objects, prefixes, truncated, last = _scan(ctx, prefix, delimiter, marker, limit)
+    objects, prefixes, truncated, last = _scan(ctx, prefix, delimiter, marker, limit, resume=True)
     parts = [element("Name", ctx.bucket), element("Prefix", encode(prefix)), element("Marker", encode(marker))]
     if delimiter:
         parts.append(element("Delimiter", encode(delimiter)))

@@ -2,13 +2,16 @@
 
 CRC32, SHA-1 and SHA-256 use botocore's own checksum classes (zlib, hashlib), and so do CRC32C
 and CRC64NVME when botocore has its CRT extra; without it they fall back to table-driven pure
-Python here (correct but slow: only clients that themselves have the CRT send them).
+Python here (correct but slow: only clients that themselves have the CRT send them). MD5 and
+SHA-512 come from hashlib. The algorithm names are those of the ``ChecksumAlgorithm`` enum in
+botocore's S3 service model; one we cannot compute (the XXHASH family) is refused, never skipped.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
@@ -17,7 +20,17 @@ from botocore import httpchecksum
 
 from .errors import S3Error
 
-ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+
+@functools.cache
+def model_algorithms() -> tuple[str, ...]:
+    """The checksum algorithms S3 defines, lower case, from botocore's S3 model (``ChecksumAlgorithm``)."""
+    import botocore.session
+
+    enum = botocore.session.get_session().get_service_model("s3").shape_for("ChecksumAlgorithm").enum
+    return tuple(name.lower() for name in enum)
+
+
+ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256", "sha512", "md5")  # those computed here
 
 
 class Checksum(Protocol):
@@ -72,15 +85,37 @@ class Crc64Nvme(_TableCrc):
     _table: ClassVar[list[int]] = []
 
 
+class _HashlibChecksum:
+    """A hashlib digest with botocore's checksum interface (``update``, ``b64digest``)."""
+
+    NAME = "md5"
+
+    def __init__(self) -> None:
+        self._hash = hashlib.new(self.NAME)
+
+    def update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+
+    def b64digest(self) -> str:
+        return base64.b64encode(self._hash.digest()).decode()
+
+
+class Md5Checksum(_HashlibChecksum):
+    NAME = "md5"
+
+
+class Sha512Checksum(_HashlibChecksum):
+    NAME = "sha512"
+
+
 def checksum_factory(algorithm: str) -> Callable[[], Any]:
     algorithm = algorithm.lower()
     cls = getattr(httpchecksum, "_CHECKSUM_CLS", {}).get(algorithm)
     if cls is not None:
         return cls
-    if algorithm == "crc32c":
-        return Crc32c
-    if algorithm == "crc64nvme":
-        return Crc64Nvme
+    fallback = {"crc32c": Crc32c, "crc64nvme": Crc64Nvme, "md5": Md5Checksum, "sha512": Sha512Checksum}
+    if algorithm in fallback:
+        return fallback[algorithm]
     raise S3Error(
         "InvalidRequest", f"Checksum algorithm {algorithm!r} is not supported; use one of {', '.join(ALGORITHMS)}"
     )
@@ -89,9 +124,10 @@ def checksum_factory(algorithm: str) -> Callable[[], Any]:
 def declared_checksums(headers: dict[str, str]) -> dict[str, str]:
     """``{algorithm: base64 value}`` from ``x-amz-checksum-*`` headers (the trailer is named, not given)."""
     out = {}
-    for algorithm in ALGORITHMS:
+    for algorithm in model_algorithms():
         value = headers.get(f"x-amz-checksum-{algorithm}")
         if value:
+            checksum_factory(algorithm)  # one we cannot compute is refused, not stored unchecked
             out[algorithm] = value.strip()
     return out
 
@@ -101,9 +137,11 @@ def trailer_algorithm(headers: dict[str, str]) -> str | None:
     trailer = headers.get("x-amz-trailer", "").strip().lower()
     if not trailer:
         return None
-    if not trailer.startswith("x-amz-checksum-") or trailer[len("x-amz-checksum-") :] not in ALGORITHMS:
+    algorithm = trailer.removeprefix("x-amz-checksum-")
+    if not trailer.startswith("x-amz-checksum-") or algorithm not in model_algorithms():
         raise S3Error("InvalidRequest", f"Unsupported x-amz-trailer {trailer!r}")
-    return trailer[len("x-amz-checksum-") :]
+    checksum_factory(algorithm)
+    return algorithm
 
 
 def content_md5(headers: dict[str, str]) -> bytes | None:

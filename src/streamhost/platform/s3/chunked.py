@@ -8,11 +8,14 @@ framing, on top of whatever HTTP transfer encoding carries them::
 
 The trailers carry the checksum (``x-amz-checksum-crc32:<base64>``) computed while sending.
 ``AwsChunkedDecoder`` is fed the raw bytes in whatever pieces they arrive and returns the
-decoded bytes; once ``done`` it holds the trailers. Chunk signatures are not verified here: the
-request's own SigV4 signature (seed) is, and the trailing checksum covers the bytes.
+decoded bytes; once ``done`` it holds the trailers. Given ``on_chunk``, it hashes each chunk and
+reports it with its ``chunk-signature`` (``chunk_signing.py`` checks those).
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
 
 from .errors import S3Error
 
@@ -20,13 +23,20 @@ _MAX_LINE = 4096
 _MAX_TRAILERS = 16
 
 
+ChunkCallback = Callable[[str | None, str], None]  # (chunk-signature or None, SHA-256 hex of the chunk's bytes)
+
+
 class AwsChunkedDecoder:
-    def __init__(self) -> None:
+    def __init__(self, on_chunk: ChunkCallback | None = None) -> None:
         self._buffer = bytearray()
         self._remaining = 0  # bytes of chunk data still to come
         self._state = "size"  # size -> data -> crlf -> size ... -> trailers -> done
         self.trailers: dict[str, str] = {}
+        self.trailer_lines = ""  # the trailer lines as sent (``name:value\n`` each), signature excluded
         self.decoded_bytes = 0
+        self._on_chunk = on_chunk  # given: every chunk is hashed and reported with its signature
+        self._signature: str | None = None
+        self._hash = hashlib.sha256() if on_chunk else None
 
     @property
     def done(self) -> bool:
@@ -43,7 +53,10 @@ class AwsChunkedDecoder:
         while self._buffer:
             if self._state == "data":
                 take = min(self._remaining, len(self._buffer))
-                out += self._buffer[:take]
+                piece = self._buffer[:take]
+                out += piece
+                if self._hash is not None:
+                    self._hash.update(piece)
                 del self._buffer[:take]
                 self._remaining -= take
                 if self._remaining == 0:
@@ -56,6 +69,7 @@ class AwsChunkedDecoder:
                     raise S3Error("InvalidRequest", "aws-chunked body: a chunk is longer than its declared size")
                 del self._buffer[:2]
                 self._state = "size"
+                self._chunk_done()
                 continue
             line = self._line()
             if line is None:
@@ -81,8 +95,19 @@ class AwsChunkedDecoder:
         del self._buffer[: end + 2]
         return line
 
+    def _chunk_done(self) -> None:
+        if self._on_chunk is not None and self._hash is not None:
+            self._on_chunk(self._signature, self._hash.hexdigest())
+            self._hash = hashlib.sha256()
+
     def _start_chunk(self, line: str) -> None:
-        size_text = line.split(";", 1)[0].strip()
+        size_text, _, extensions = line.partition(";")
+        size_text = size_text.strip()
+        self._signature = None
+        for extension in extensions.split(";"):
+            name, _, value = extension.partition("=")
+            if name.strip() == "chunk-signature":
+                self._signature = value.strip()
         try:
             size = int(size_text, 16)
         except ValueError:
@@ -91,6 +116,7 @@ class AwsChunkedDecoder:
             raise S3Error("InvalidRequest", "aws-chunked body: negative chunk size")
         if size == 0:
             self._state = "trailers"
+            self._chunk_done()  # the final chunk is signed too (over no bytes)
         else:
             self._remaining = size
             self._state = "data"
@@ -103,3 +129,5 @@ class AwsChunkedDecoder:
         if not sep or len(self.trailers) >= _MAX_TRAILERS:
             raise S3Error("InvalidRequest", f"aws-chunked body: bad trailer line {line[:40]!r}")
         self.trailers[name.strip().lower()] = value.strip()
+        if name.strip().lower() != "x-amz-trailer-signature":
+            self.trailer_lines += f"{name.strip()}:{value.strip()}\n"

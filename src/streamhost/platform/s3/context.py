@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..asgi import Receive, Send, start_stream
+from .chunk_signing import ChunkSignatureChecker
 from .routing import S3Request
 from .store import ObjectStore
 
@@ -23,6 +24,7 @@ class Context:
     account: str
     request_id: str
     body: bytes | None = None  # read up front for the operations whose body is a small XML document
+    signatures: ChunkSignatureChecker | None = None  # a signed streaming upload's chunk signatures
 
     @property
     def bucket(self) -> str:

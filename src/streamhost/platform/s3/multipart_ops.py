@@ -37,9 +37,9 @@ async def create_multipart_upload(ctx: Context) -> None:
 async def upload_part(ctx: Context) -> None:
     number = _part_number(ctx)
     upload = _upload(ctx)
-    body = await receive_body(ctx.receive, ctx.headers, ctx.store.new_temp())
+    body = await receive_body(ctx.receive, ctx.headers, ctx.store.new_temp(), ctx.signatures)
     blob = await asyncio.to_thread(ctx.store.adopt, body.path)
-    ctx.store.put_part(upload, number, blob, body.size, body.md5_hex)
+    await asyncio.to_thread(ctx.store.put_part, upload, number, blob, body.size, body.md5_hex)
     checksums = {f"x-amz-checksum-{name}": value for name, value in body.checksums.items()}
     await ctx.reply(200, headers={"etag": f'"{body.md5_hex}"', **checksums})
 

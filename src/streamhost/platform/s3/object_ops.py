@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 from urllib.parse import unquote
 
 from .body import receive_body, stored_content_encoding
@@ -43,10 +44,12 @@ def _checksum_headers(checksums: dict[str, str]) -> dict[str, str]:
 async def put_object(ctx: Context) -> None:
     check_key(ctx.key)
     ctx.store.require_bucket(ctx.bucket)
-    body = await receive_body(ctx.receive, ctx.headers, ctx.store.new_temp())
+    body = await receive_body(ctx.receive, ctx.headers, ctx.store.new_temp(), ctx.signatures)
     blob = await asyncio.to_thread(ctx.store.adopt, body.path)
     etag = f'"{body.md5_hex}"'
-    ctx.store.put(ctx.bucket, ctx.key, blob, body.size, etag, object_headers(ctx.headers), body.checksums)
+    # The commit waits for an fsync (synchronous=FULL): off the event loop, like the body's writes.
+    await asyncio.to_thread(ctx.store.put, ctx.bucket, ctx.key, blob, body.size, etag, object_headers(ctx.headers),
+                            body.checksums)  # fmt: skip
     await ctx.reply(200, headers={"etag": etag, **_checksum_headers(body.checksums)})
 
 
@@ -96,13 +99,35 @@ def _response_headers(ctx: Context, info: ObjectInfo) -> dict[str, str]:
     return headers
 
 
+async def _open_current(ctx: Context) -> tuple[ObjectInfo, Any]:
+    """The object's record and an open handle on its blob.
+
+    Blobs are immutable, but an overwrite or delete can unlink one between the lookup and the
+    open; then the lookup is repeated, so the answer describes exactly the bytes it sends.
+    """
+    for _ in range(3):
+        info = ctx.store.get(ctx.bucket, ctx.key)
+        try:
+            return info, await asyncio.to_thread(open, ctx.store.blob_path(info.blob), "rb")
+        except FileNotFoundError:
+            continue
+    raise S3Error("InternalError", "The object kept changing while it was being read; retry")
+
+
 async def get_object(ctx: Context) -> None:
-    info = ctx.store.get(ctx.bucket, ctx.key)
+    info, handle = await _open_current(ctx)
+    try:
+        await _send_object(ctx, info, handle)
+    finally:
+        handle.close()
+
+
+async def _send_object(ctx: Context, info: ObjectInfo, handle: Any) -> None:
     headers = _response_headers(ctx, info)
     condition = _conditional(ctx, info)
     if condition is not None:
         if condition == 412:
-            raise S3Error("PreconditionFailed", "At least one of the preconditions you specified did not hold", 412)
+            raise S3Error("PreconditionFailed", status=412)
         await ctx.reply(304, headers={"etag": info.etag, "last-modified": headers["last-modified"]})
         return
     span = _range(ctx.headers.get("range"), info.size)
@@ -119,21 +144,17 @@ async def get_object(ctx: Context) -> None:
     if ctx.scope["method"] == "HEAD":
         await ctx.reply(status, headers=headers, content_type=None)
         return
-    handle = await asyncio.to_thread(open, ctx.store.blob_path(info.blob), "rb")
-    try:
-        await ctx.start(status, headers)
-        await asyncio.to_thread(handle.seek, first)
-        left = length
-        while left > 0:
-            chunk = await asyncio.to_thread(handle.read, min(_READ_CHUNK, left))
-            if not chunk:
-                break  # the blob shrank under us: cannot happen (blobs are immutable); end the body
-            left -= len(chunk)
-            await ctx.send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
-        if length == 0 or left > 0:
-            await ctx.send({"type": "http.response.body", "body": b""})
-    finally:
-        handle.close()
+    await ctx.start(status, headers)
+    await asyncio.to_thread(handle.seek, first)
+    left = length
+    while left > 0:
+        chunk = await asyncio.to_thread(handle.read, min(_READ_CHUNK, left))
+        if not chunk:
+            break  # cannot happen (blobs never change once written); end the body rather than hang
+        left -= len(chunk)
+        await ctx.send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+    if length == 0 or left > 0:
+        await ctx.send({"type": "http.response.body", "body": b""})
 
 
 async def delete_object(ctx: Context) -> None:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
 from ..asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, read_body
 from ..auth import AuthError, SigV4Verifier
 from . import bucket_ops, multipart_ops, object_ops
+from .chunk_signing import SIGNED_STREAMING, ChunkSignatureChecker
 from .context import Context
 from .errors import S3Error
 from .routing import S3Request, classify, query_params
 from .store import ObjectStore
 
 log = logging.getLogger("streamhost.s3")
+_SEED = re.compile(
+    r"Credential=(?P<key>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/,\s]+)/(?P<service>[^/,\s]+)/aws4_request"
+    r".*Signature=(?P<signature>[0-9a-f]+)"
+)
 
 Handler = Callable[[Context], Awaitable[None]]
 OPERATIONS: dict[str, Handler] = {
@@ -82,6 +88,11 @@ class S3Service:
                 except BodyTooLarge:
                     raise S3Error("MalformedXML", f"The request body is larger than {limit} bytes") from None
             self._authenticate(scope["method"], raw_path, query_string, headers, ctx.body)
+            ctx.signatures = self._chunk_signatures(headers)
+            owner = headers.get("x-amz-expected-bucket-owner")
+            if owner is not None and owner != self.account and ctx.request.bucket is not None:
+                # The SageMaker SDK probes its default bucket this way against bucket squatting.
+                raise S3Error("AccessDenied", f"The bucket is owned by account {self.account}, not {owner}")
             await OPERATIONS[ctx.request.operation](ctx)
             return f"S3.{ctx.request.operation}", 200
         except ClientGone:
@@ -106,6 +117,17 @@ class S3Service:
         except AuthError as exc:
             code = _AUTH_CODES.get(exc.code, exc.code)
             raise S3Error(code, exc.message, 400 if code == "AuthorizationHeaderMalformed" else 403) from None
+
+    def _chunk_signatures(self, headers: dict[str, str]) -> ChunkSignatureChecker | None:
+        """A checker for a signed streaming upload's chunks (when signatures are verified at all)."""
+        if self.verifier is None or headers.get("x-amz-content-sha256") not in SIGNED_STREAMING:
+            return None
+        match = _SEED.search(headers.get("authorization", ""))
+        if match is None:
+            raise S3Error("AccessDenied", "A signed streaming upload needs an Authorization header")
+        key = self.verifier.signing_key(match["key"], match["date"], match["region"], match["service"])
+        scope = f"{match['date']}/{match['region']}/{match['service']}/aws4_request"
+        return ChunkSignatureChecker(key, headers.get("x-amz-date", ""), scope, match["signature"])
 
     @staticmethod
     async def _error(ctx: Context, exc: S3Error) -> None:

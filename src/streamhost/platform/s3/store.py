@@ -92,6 +92,16 @@ def check_key(key: str) -> None:
         raise S3Error("InvalidArgument", "Object keys must not hold NUL or other characters XML 1.0 cannot carry")
 
 
+def past_prefix(prefix: str) -> str | None:
+    """The least string that sorts after every string starting with ``prefix`` (None if there is none
+    we can write: the prefix ends in U+10FFFF)."""
+    last = ord(prefix[-1])
+    if last == 0x10FFFF:
+        return None
+    bumped = 0xE000 if last == 0xD7FF else last + 1  # never a lone surrogate (not UTF-8)
+    return prefix[:-1] + chr(bumped)
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     bucket: str
@@ -154,7 +164,17 @@ class ObjectStore:
         return self.blobs / blob[:2] / blob
 
     def adopt(self, temp: Path) -> str:
-        """Move a fully received temporary file into the blob folder; returns its new id."""
+        """Move a fully received temporary file into the blob folder; returns its new id.
+
+        The bytes are flushed to disk first (blocking: call from a worker thread), so the row that
+        will name the blob is never durable before the blob is, as with the rest of the platform's
+        state (``synchronous=FULL``): an answered PUT survives a power cut, not only a crash.
+        """
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         blob = uuid.uuid4().hex
         target = self.blob_path(blob)
         target.parent.mkdir(exist_ok=True)
@@ -269,17 +289,19 @@ class ObjectStore:
             shutil.copyfile(self.blob_path(blob), target)
         return new
 
-    def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[ObjectInfo]:
-        """Objects whose key starts with ``prefix`` and sorts after ``after``, in UTF-8 byte order."""
+    def iter_keys(self, bucket: str, prefix: str, after: str, at_least: str | None = None) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, sorts after ``after`` and not before ``at_least``,
+        in UTF-8 byte order (S3's)."""
         cursor = after
+        lower = max(prefix, at_least) if at_least is not None else prefix
         # Keys with the prefix sort between the prefix itself and the prefix with its last character bumped.
-        upper = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF)) if prefix else None
+        upper = past_prefix(prefix) if prefix else None
         while True:
             with self._lock:
                 rows = self._db.execute(
                     "SELECT * FROM s3_objects WHERE bucket = ? AND key > ? AND key >= ? AND (? IS NULL OR key <= ?)"
                     " AND substr(key, 1, ?) = ? ORDER BY key LIMIT 500",
-                    (bucket, cursor, prefix, upper, upper, len(prefix), prefix),
+                    (bucket, cursor, lower, upper, upper, len(prefix), prefix),
                 ).fetchall()
             if not rows:
                 return

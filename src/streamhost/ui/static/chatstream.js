@@ -1,7 +1,8 @@
 // Turns the container's own stream (the PayloadPart bytes) into chat events.
 //
-// The bytes are server-sent events, `data:{chat.completion.chunk}\n\n` ... `data:[DONE]\n\n`
-// (docs/protocols.md §3). PayloadPart boundaries fall anywhere, even inside a multi-byte UTF-8
+// The bytes are server-sent events, `data: {chat.completion.chunk}\n\n` ... `data: [DONE]\n\n`
+// (docs/protocols.md §3; older TGI images wrote `data:` without the space, read alike). PayloadPart
+// boundaries fall anywhere, even inside a multi-byte UTF-8
 // character, so text is decoded with TextDecoder's stream mode and only complete lines are parsed.
 // Also read: TGI token events (`{"token": {...}}`) and bare JSON lines (jsonlines), so an endpoint
 // that answers in those shapes still streams.
