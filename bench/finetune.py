@@ -145,6 +145,42 @@ def platform_run(data: Path, held_out: Path, steps: int, workdir: Path, examples
         platform.stop()
 
 
+# --------------------------------------------------------------------------- interleaved overhead check
+
+
+def overhead_pairs(data: Path, steps: int, pairs: int, workdir: Path) -> dict[str, Any]:
+    """Alternate a platform job and a plain run ``pairs`` times (same steps), so drifting machine load
+    hits both sides alike; the overhead is taken from the median of each side."""
+    sys.path.insert(0, str(REPO / "tests" / "e2e"))
+    os.environ.update({"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET})
+    import _platform_fixtures as fixtures
+
+    fixtures.ACCESS_KEY, fixtures.SECRET_KEY = KEY, SECRET
+    platform = fixtures.PlatformProcess(workdir / "ab-state", container_command=fixtures.REAL_COMMAND,
+                                        env={"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}).start()  # fmt: skip
+    ours: list[float] = []
+    plain: list[float] = []
+    try:
+        sm = platform.sagemaker()
+        for pair in range(pairs):
+            job = fixtures.unique("ab")
+            sm.create_training_job(
+                TrainingJobName=job, RoleArn="arn:aws:iam::123456789012:role/bench", HyperParameters=hyperparameters(steps),
+                AlgorithmSpecification={"TrainingImage": "streamhost/trainer", "TrainingInputMode": "File"},
+                InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}}],
+                OutputDataConfig={"S3OutputPath": (workdir / "ab-out").as_uri()}, Environment={"HF_MODEL_ID": "smollm2"},
+            )  # fmt: skip
+            sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 7200})
+            metrics = {m["MetricName"]: m["Value"] for m in sm.describe_training_job(TrainingJobName=job)["FinalMetricDataList"]}
+            ours.append(metrics["train_tokens_per_second"])
+            plain.append(run_plain(data, steps)["tokens_per_second"])
+            print(f"  pair {pair + 1}: platform {ours[-1]:.1f} tokens/s, plain {plain[-1]:.1f} tokens/s", flush=True)
+    finally:
+        platform.stop()
+    overhead = (1 - statistics.median(ours) / statistics.median(plain)) * 100
+    return {"steps": steps, "platform_tokens_per_second": ours, "plain_tokens_per_second": plain, "overhead_percent": overhead}
+
+
 # --------------------------------------------------------------------------- plot
 
 
@@ -180,12 +216,33 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_overhead(check: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = range(1, len(check["platform_tokens_per_second"]) + 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.38
+    ax.bar([p - width / 2 for p in pairs], check["platform_tokens_per_second"], width, label="streamhost job")
+    ax.bar([p + width / 2 for p in pairs], check["plain_tokens_per_second"], width, label="plain Trainer + peft", color="C7")
+    ax.set(xlabel="pair (run in this order)", ylabel="training tokens/s", xticks=list(pairs),
+           title=f"{check['steps']} steps each; overhead of medians {check['overhead_percent']:+.1f}%")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--held-out", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2, help="plain Trainer runs (half before, half after the platform run)")
+    parser.add_argument("--overhead-pairs", type=int, default=0, metavar="N",
+                        help="only the overhead check: N alternating platform / plain runs of --steps steps")
     parser.add_argument("--plain-only", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--plain-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,6 +255,17 @@ def main() -> int:
     from streamhost.training.samples import instruction_set, write_jsonl
 
     info = machine_info()
+    if args.overhead_pairs:
+        with tempfile.TemporaryDirectory(prefix="bench-finetune-") as scratch:
+            train, _held = instruction_set(args.examples, args.held_out, seed=0)
+            data = write_jsonl(train, Path(scratch) / "data" / "train.jsonl").parent
+            check = overhead_pairs(data, args.steps, args.overhead_pairs, Path(scratch))
+        path = write_results({"benchmark": "finetune-overhead", "model": "SmolLM2-135M-Instruct", "machine": info,
+                              "note": "shared 2-core machine; pairs alternate so load drift hits both sides", **check},
+                             "finetune-overhead")  # fmt: skip
+        plot_overhead(check, plot_path(path))
+        print(json.dumps({**check, "results": str(path)}, indent=1))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as scratch:
         work = Path(scratch)
         train, held = instruction_set(args.examples, args.held_out, seed=0)
