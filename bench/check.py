@@ -79,6 +79,11 @@ GOALS: dict[str, list[Goal]] = {
         Goal("#3", "16 streams: TTFT p99 / baseline", _serve_at(16, "ttft_p99_ratio"), 1.0, False),
         Goal("#3", "1 stream: HTTP cost against the in-process engine", _serve_http_cost, 0.05, False),
     ],
+    "ray_placement": [
+        Goal("#18", "tok/s lost on Ray vs local", lambda d: -d["load"]["ray_vs_local"]["tok_s_change"], 0.03, False),
+        Goal("#18", "TTFT p50 added on Ray vs local", lambda d: d["load"]["ray_vs_local"]["ttft_p50_change"], 0.03, False),
+        Goal("#18", "TTFT p99 added on Ray vs local", lambda d: d["load"]["ray_vs_local"]["ttft_p99_change"], 0.03, False),
+    ],
 }
 
 
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="results files (default: the newest of each benchmark)")
     args = parser.parse_args(argv)
-    files = args.files or [p for p in (latest_result_path(name) for name in ("engine", "serve", "gateway")) if p]
+    files = args.files or [p for p in (latest_result_path(name) for name in ("engine", "serve", "gateway", "ray_placement")) if p]
     missed = False
     for path in files:
         data = json.loads(path.read_text())

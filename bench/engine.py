@@ -7,7 +7,9 @@ makes exactly ``--new-tokens`` tokens):
                          then one forward per token with the model's KV cache, argmax);
 * ``transformers_cb`` -- transformers' own continuous batching (``init_continuous_batching``,
                          the manager behind ``generate_batch``) with a small paged KV cache;
-* ``engine``          -- ``streamhost.engine.Engine``, N concurrent ``generate()`` streams.
+* ``engine``          -- ``streamhost.engine.Engine``, N concurrent ``generate()`` streams;
+* ``engine_peer``     -- with ``--peer-src``: the same engine measurement run on another checkout's
+                         ``src/`` (e.g. the previous main), for a before/after in one run.
 
 Each configuration gets a warm-up run, then ``--repeats`` measured runs; the figures are medians.
 Results go to bench/results/engine-<timestamp>.json and the plot beside it (same stem, .png);
@@ -15,6 +17,8 @@ Results go to bench/results/engine-<timestamp>.json and the plot beside it (same
 
     .venv/bin/python bench/engine.py                 # full run (~10 min on 2 cores)
     .venv/bin/python bench/engine.py --quick         # smoke run (streams 1,4; 32 tokens; 1 repeat)
+    git archive <rev> src | tar -x -C /tmp/prev       # a previous version's source tree, then:
+    .venv/bin/python bench/engine.py --skip-baselines --peer-src /tmp/prev/src --streams 1,16
 """
 
 from __future__ import annotations
@@ -51,23 +55,53 @@ from rich.table import Table  # noqa: E402
 
 console = Console(width=max(Console().width, 100))  # a table, even when piped
 
-SYSTEM_KEYS = {"hand": "hand_loop", "cb": "transformers_cb", "engine": "engine"}
+SYSTEM_KEYS = {"hand": "hand_loop", "cb": "transformers_cb", "engine": "engine", "peer": "engine_peer"}
 
 
-def run_systems_in_subprocesses(argv: list[str], systems: list[str]) -> dict[str, Any]:
-    """Measure each system in a fresh interpreter and merge their results (see ``--in-process``)."""
+def run_systems_in_subprocesses(argv: list[str], systems: list[str], peer_src: str | None = None,
+                                rounds: int = 1) -> dict[str, Any]:
+    """Measure each system in a fresh interpreter and merge their results (see ``--in-process``).
+
+    The ``peer`` system imports streamhost from ``peer_src`` instead of this checkout. With several
+    ``rounds`` the systems take turns (the order flips every round), so a change in the machine's
+    load during the run falls on all of them alike; each system's runs are pooled before the medians.
+    """
     import subprocess
     import tempfile
 
     merged: dict[str, Any] = {}
-    for system in systems:
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
-            out = Path(tmp.name)
-        console.print(f"[bold]measuring {system} in a fresh process[/]")
-        subprocess.run([sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True)
-        merged.update(json.loads(out.read_text()))
-        out.unlink()
+    for round_index in range(rounds):
+        order = systems if round_index % 2 == 0 else list(reversed(systems))
+        for system in order:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+                out = Path(tmp.name)
+            console.print(f"[bold]measuring {system} in a fresh process (round {round_index + 1}/{rounds})[/]")
+            env = dict(os.environ)
+            if system == "peer" and peer_src:
+                env["PYTHONPATH"] = os.pathsep.join([str(Path(peer_src).resolve()), *[p for p in [env.get("PYTHONPATH")] if p]])
+            subprocess.run([sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True, env=env)
+            part = json.loads(out.read_text())
+            out.unlink()
+            _pool_runs(merged, part)
     return merged
+
+
+def _pool_runs(merged: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add one child's results to ``merged``: a system seen before gets its runs appended, medians redone."""
+    for key, value in part.items():
+        earlier = merged.get(key)
+        if isinstance(earlier, dict) and "runs" in earlier and "runs" in value:  # the hand loop: one entry
+            earlier["runs"].extend(value["runs"])
+            earlier["median"] = median_runs(earlier["runs"])
+            continue
+        if not isinstance(earlier, dict) or "by_streams" not in earlier or "by_streams" not in value:
+            merged[key] = value
+            continue
+        for n, entry in value["by_streams"].items():
+            into = earlier["by_streams"].setdefault(n, entry)
+            if into is not entry:
+                into["runs"].extend(entry["runs"])
+                into["median"] = median_runs(into["runs"])
 
 
 def measure_one(system: str, model_dir: Path, args, progress) -> dict[str, Any]:
@@ -76,11 +110,15 @@ def measure_one(system: str, model_dir: Path, args, progress) -> dict[str, Any]:
 
     prompts = chat_prompts(AutoTokenizer.from_pretrained(model_dir), max(args.stream_counts))
     runs = (1 + args.repeats) * (1 if system == "hand" else len(args.stream_counts))
-    task = progress.add_task({"hand": "hand loop", "cb": "transformers CB", "engine": "streamhost engine"}[system],
+    task = progress.add_task({"hand": "hand loop", "cb": "transformers CB", "engine": "streamhost engine",
+                              "peer": "streamhost engine (peer src)"}[system],
                              total=runs)
     part: dict[str, Any] = {"prompt_lengths": [len(p) for p in prompts]}
-    if system == "engine":
-        part["engine"] = bench_engine(model_dir, prompts, args, progress, task)
+    if system in ("engine", "peer"):
+        import streamhost
+
+        part[SYSTEM_KEYS[system]] = bench_engine(model_dir, prompts, args, progress, task)
+        part[SYSTEM_KEYS[system]]["source"] = str(Path(streamhost.__path__[0]).resolve().parent)
         return part
     model, tokenizer = load_hf_model(model_dir)
     if system == "hand":
@@ -123,6 +161,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure every system in this one process (default: each in a fresh process, because "
         "OpenMP thread pools left by one system slow the next one's model thread by ~35%%)",
     )
+    parser.add_argument(
+        "--peer-src", default=None,
+        help="another checkout's src/ folder (e.g. the previous main): its engine is measured too, in its own "
+        "process, and compared stream count by stream count",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure the systems this many times in turns (order flipped each round) and pool their runs",
+    )
     parser.add_argument("--only", choices=list(SYSTEM_KEYS), help=argparse.SUPPRESS)
     parser.add_argument("--partial-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -137,6 +184,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.new_tokens < 2 or args.repeats < 1:
         parser.error("--new-tokens must be >= 2 and --repeats >= 1")
     args.warmup_tokens = max(2, min(args.warmup_tokens, args.new_tokens))
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.rounds > 1 and args.in_process:
+        parser.error("--rounds measures in separate processes; drop --in-process")
+    if args.peer_src and args.in_process:
+        parser.error("--peer-src measures in separate processes; drop --in-process")
+    if args.peer_src and not (Path(args.peer_src) / "streamhost").is_dir():
+        parser.error(f"--peer-src {args.peer_src}: no streamhost package there")
     return args
 
 
@@ -397,11 +452,19 @@ def ratios(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str, 
     if top != 16:
         for row in rows:
             row["note"] = "issue targets are stated for 1 and 16 streams"
+    peer = results.get("engine_peer")
+    if peer:
+        for n in stream_counts:
+            mine, theirs = _get(ours, n), _get(peer, n)
+            rows.append({"name": f"total tok/s: ours x{n} / peer x{n}",
+                         "value": ratio(mine and mine["total_tok_s"], theirs and theirs["total_tok_s"])})
+            rows.append({"name": f"TTFT p50: ours x{n} / peer x{n}",
+                         "value": ratio(mine and mine["ttft_median_s"], theirs and theirs["ttft_median_s"])})
     return rows
 
 
 def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
-    table = Table(title=f"SmolLM2-135M bf16, {results['new_tokens']} new tokens, medians of {results['repeats']} runs")
+    table = Table(title=f"SmolLM2-135M bf16, {results['new_tokens']} new tokens, medians of {results['repeats'] * results.get('rounds', 1)} runs")
     for col in ("system", "streams", "tok/s total", "tok/s/stream", "TTFT p50 ms", "TTFT max ms"):
         table.add_column(col, justify="right" if col != "system" else "left")
 
@@ -418,12 +481,15 @@ def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
 
     if results.get("hand_loop"):
         row("hand loop" + (" (prev)" if results.get("baselines_from") else ""), 1, results["hand_loop"]["median"])
-    for key, label in (("transformers_cb", "hf CB"), ("engine", "streamhost")):
+    for key, label in (("transformers_cb", "hf CB"), ("engine_peer", "streamhost (peer src)"), ("engine", "streamhost")):
         if key == "transformers_cb" and results.get("baselines_from"):
             label += " (prev)"
         for n in stream_counts:
             row(label, n, _get(results.get(key), n))
     console.print(table)
+    for r in results.get("ratios", []):
+        if "peer" in r["name"] and r["value"] is not None:
+            console.print(f"  {r['name']}: {r['value']:.3f}")
 
     console.print("goals (bench/check.py):")
     for verdict in verdicts(results, "engine"):
@@ -460,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": args.new_tokens,
         "warmup_tokens": args.warmup_tokens,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "streams": args.stream_counts,
         "quick": args.quick,
         "greedy": True,
@@ -496,12 +563,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 console.print("[yellow]no previous baselines with the same --new-tokens; ratios will be n/a[/]")
         wanted = ([] if args.skip_baselines else ["hand", "cb"]) + ([] if why_no_engine else ["engine"])
+        if args.peer_src:
+            wanted.insert(len(wanted) - 1 if "engine" in wanted else len(wanted), "peer")  # peer, then ours
         if args.in_process:
             for system in wanted:
                 results.update(measure_one(system, model_dir, args, progress))
         else:
             progress.stop()
-            results.update(run_systems_in_subprocesses(list(argv if argv is not None else sys.argv[1:]), wanted))
+            results.update(run_systems_in_subprocesses(list(argv if argv is not None else sys.argv[1:]), wanted,
+                                                       args.peer_src, args.rounds))
     results["elapsed_s"] = time.perf_counter() - started
     # The cores are shared: a high load average here means the figures are noisy.
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -513,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     hand_tokens = results.get("hand_loop", {}).get("tokens0")
     if hand_tokens:
         agreement = {}
-        for key in ("transformers_cb", "engine"):
+        for key in ("transformers_cb", "engine", "engine_peer"):
             for n, entry in (results.get(key) or {}).get("by_streams", {}).items():
                 agreement[f"{key} x{n}"] = f"{common_prefix(hand_tokens, entry['tokens0'])}/{len(hand_tokens)}"
         results["greedy_agreement"] = agreement
@@ -521,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"] = ratios(results, args.stream_counts)
     stamped = write_results(results, "engine")
     series = {}
-    for key, label in (("engine", "streamhost engine"), ("transformers_cb", "transformers CB")):
+    for key, label in (("engine", "streamhost engine"), ("engine_peer", "streamhost engine (peer src)"),
+                       ("transformers_cb", "transformers CB")):
         if results.get(key):
             series[label] = {int(n): e["median"] for n, e in results[key]["by_streams"].items()}
     plot = plot_throughput_and_ttft(

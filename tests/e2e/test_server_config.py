@@ -16,7 +16,6 @@ from streamhost.server.config import (
     DEFAULT_MODEL,
     SettingsError,
     add_arguments,
-    export_serving_properties,
     load_settings,
 )
 
@@ -55,9 +54,8 @@ def test_serving_properties_selects_lmi_and_wins_over_option_variables(tmp_path)
     s = load_settings(parse("--model-dir", str(tmp_path)), env)
     assert (s.dialect, s.model_id, s.dtype) == ("lmi", "org/from-file", "bfloat16")
     assert s.properties is not None and s.properties.response_format(stream=False) == "jsonlines-legacy"
-    exported = dict(env)
-    export_serving_properties(s, exported)
-    assert exported["OPTION_MAX_ROLLING_BATCH_SIZE"] == "8", "the file wins over OPTION_* for the engine's limits"
+    limits = s.engine.limit_settings.resolve()
+    assert limits.max_batch_size == 8, "the file wins over OPTION_* for the engine's limits"
 
 
 def test_option_variables_alone_select_lmi_and_the_model_dir_is_the_default_model(tmp_path) -> None:
@@ -90,3 +88,28 @@ def test_a_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "int3" in result.stderr
+
+
+def test_engine_config_is_resolved_once_flags_then_tgi_names_then_the_file_then_option_variables(tmp_path) -> None:
+    (tmp_path / "serving.properties").write_text(
+        "option.model_id=org/model\noption.max_rolling_batch_size=8\noption.dtype=fp16\noption.tensor_parallel_degree=2\n")
+    env = {"MAX_BATCH_SIZE": "3", "OPTION_MAX_ROLLING_BATCH_SIZE": "2", "OPTION_N_POSITIONS": "1024", "DTYPE": "bf16",
+           "SM_NUM_GPUS": "4", "HF_TOKEN": "secret", "STREAMHOST_BATCH_INVARIANT": "1", "UNRELATED": "x"}
+    engine = load_settings(parse("--model-dir", str(tmp_path)), env).engine
+    limits = engine.limit_settings.resolve(model_max_positions=2048)
+    assert limits.max_batch_size == 3, "TGI's name wins over the file"
+    assert limits.max_total_tokens == 1024, "an OPTION_* variable counts where the file is silent"
+    assert (engine.dtype, engine.tensor_parallel_degree) == ("float16", 2), "the file wins over DTYPE / SM_NUM_GPUS"
+    assert engine.batch_invariant and engine.hub_token == "secret" and "secret" not in repr(engine)
+    assert "UNRELATED" not in engine.limit_settings.names and "HF_TOKEN" not in engine.limit_settings.names
+    assert load_settings(parse("--model-dir", str(tmp_path), "--dtype", "fp32"), env).engine.dtype == "float32"
+    plain = load_settings(parse(), {"DTYPE": "bf16"}).engine
+    assert (plain.dtype, plain.tensor_parallel_degree, plain.batch_invariant) == ("bfloat16", None, False)
+    assert plain.limit_settings.resolve(model_max_positions=512).max_total_tokens == 512
+
+
+def test_a_bad_limit_fails_at_settings_time_naming_it() -> None:
+    with pytest.raises(SettingsError, match="MAX_BATCH_SIZE"):
+        load_settings(parse(), {"MAX_BATCH_SIZE": "lots"})
+    with pytest.raises(SettingsError, match=r"MAX_INPUT_TOKENS \(600\) must be < MAX_TOTAL_TOKENS \(500\)"):
+        load_settings(parse(), {"MAX_INPUT_TOKENS": "600", "MAX_TOTAL_TOKENS": "500"})

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from streamhost.engine import Engine, EngineConfig, GenerationParameters
-from streamhost.engine.errors import GenerationError, OverloadedError, ValidationError
+from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError, ValidationError
 from streamhost.engine.executor import TorchExecutor
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.types import FinishReason
@@ -288,3 +288,97 @@ def test_failed_step_fails_only_its_requests(executor, monkeypatch):
         return await collect(engine, PROMPTS[0], GenerationParameters(max_new_tokens=4))
 
     assert len(run(executor, body)) == 4
+
+
+def test_open_stream_keeps_receiving_tokens_while_a_burst_of_long_prompts_is_tokenized(executor):
+    """Tokenization runs in a worker pool: an open stream advances while every tokenization is held.
+
+    Each burst prompt's tokenization is held at a gate until the open stream has received five more
+    tokens. Were prompts tokenized on the event loop, the gate would block the loop itself, the
+    stream could not advance and the gate would time out.
+    """
+    import threading
+
+    burst = [" ".join(f"w{i}x{j}" for j in range(150)) for i in range(4)]  # ~850 tokens each
+    gate = threading.Event()
+    started: list[str] = []
+
+    async def body(engine):
+        real_tokenize = engine.tokenize
+
+        def gated_tokenize(text: str) -> list[int]:
+            if text in burst:
+                started.append(text)
+                if not gate.wait(30):
+                    raise TimeoutError("the gate never opened: the open stream did not advance")
+            return real_tokenize(text)
+
+        engine.tokenize = gated_tokenize
+        received: list[int] = []
+
+        async def open_stream():
+            async for event in engine.generate(PROMPTS[0], GenerationParameters(max_new_tokens=400)):
+                received.append(event.index)
+
+        stream = asyncio.create_task(open_stream())
+        while len(received) < 2:
+            await asyncio.sleep(0.001)
+        burst_tasks = [asyncio.create_task(collect(engine, p, GenerationParameters(max_new_tokens=2))) for p in burst]
+        while not started:
+            await asyncio.sleep(0.001)
+        at_hold = len(received)
+        while len(received) < at_hold + 5 and not stream.done():
+            await asyncio.sleep(0.001)
+        progress = len(received) - at_hold
+        burst_done_while_held = sum(t.done() for t in burst_tasks)
+        gate.set()
+        burst_events = await asyncio.gather(*burst_tasks)
+        await stream
+        return progress, burst_done_while_held, burst_events, received
+
+    progress, burst_done_while_held, burst_events, received = run(executor, body)
+    assert progress >= 5, "the open stream got tokens while the burst's tokenization was held"
+    assert burst_done_while_held == 0
+    assert all(events[-1].details.input_length > 300 for events in burst_events)
+    assert received == list(range(400))
+
+
+def test_engine_limits_come_from_its_config_not_the_environment(executor, monkeypatch):
+    from streamhost.engine import LimitSettings
+
+    monkeypatch.setenv("MAX_BATCH_SIZE", "1")  # ignored: the engine reads only its config
+
+    async def main():
+        engine = Engine(executor, EngineConfig(limit_settings=LimitSettings({"MAX_BATCH_SIZE": "3", "MAX_TOTAL_TOKENS": "900"})))
+        return engine.limits
+
+    limits = asyncio.run(main())
+    assert (limits.max_batch_size, limits.max_total_tokens, limits.max_input_tokens) == (3, 900, 899)
+    assert Engine(executor, EngineConfig()).limits.max_batch_size == 32
+
+
+def test_a_request_still_being_tokenized_when_the_engine_stops_is_refused_not_left_hanging(executor):
+    import threading
+
+    gate = threading.Event()
+
+    async def main():
+        engine = Engine(executor, EngineConfig(limits=make_limits()))
+        await engine.start()
+        real_tokenize = engine.tokenize
+
+        def gated_tokenize(text: str) -> list[int]:
+            gate.wait(30)
+            return real_tokenize(text)
+
+        engine.tokenize = gated_tokenize
+        pending = asyncio.create_task(collect(engine, PROMPTS[0], GenerationParameters(max_new_tokens=3)))
+        while engine.in_flight == 0:
+            await asyncio.sleep(0.001)
+        await engine.stop()
+        gate.set()
+        with pytest.raises(EngineNotReadyError, match="shutting down"):
+            await asyncio.wait_for(pending, 30)
+        return engine.in_flight
+
+    assert asyncio.run(main()) == 0

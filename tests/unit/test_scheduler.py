@@ -5,13 +5,11 @@ from __future__ import annotations
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.scheduler import Scheduler, StepWork
 from streamhost.engine.sequence import Sequence
-from streamhost.engine.types import GenerationParameters
 
 
 def make_seq(name: str, prompt_len: int, max_new_tokens: int = 8) -> Sequence:
-    # The scheduler reads only lengths and status; sampler/detokenizer/sink stay unused here.
-    return Sequence(request_id=name, prompt_ids=list(range(prompt_len)), params=GenerationParameters(),
-                    max_new_tokens=max_new_tokens, sampler=None, detokenizer=None, stops=None, sink=None)
+    # The scheduler reads only lengths and status; the sampler stays unused here.
+    return Sequence(request_id=name, prompt_ids=list(range(prompt_len)), max_new_tokens=max_new_tokens, sampler=None)
 
 
 def limits(**overrides) -> EngineLimits:

@@ -110,8 +110,9 @@ def list_endpoints(args: argparse.Namespace) -> int:
 def describe_endpoint(args: argparse.Namespace) -> int:
     session = session_from(args)
     description = strip_metadata(session.sagemaker.describe_endpoint(EndpointName=args.name))
+    instances = _instances_view(session, args.name)
     if args.json:
-        print_json(description)
+        print_json({**description, "Instances": instances})
         return 0
     out = console()
     out.print(f"[bold]{description['EndpointName']}[/bold]  {status_style(description.get('EndpointStatus', ''))}")
@@ -136,7 +137,35 @@ def describe_endpoint(args: argparse.Namespace) -> int:
         )
     if rows:
         print_table("Variants", ["Variant", "Model", "Instances", "Weight", "Status"], rows)
+    placed = [(v["name"], i) for v in (instances or {}).get("variants", []) for i in v.get("instances", [])]
+    if placed:
+        where = (instances or {}).get("placement", {}).get("kind", "local")
+        print_table(
+            f"Instances ({where})", ["Instance", "State", "Node", "Address", "In flight", "Restarts"],
+            [(i["name"], i["state"], i.get("node") or "", i.get("address") or "", i.get("in_flight", ""),
+              i.get("restarts", "")) for _, i in placed],
+        )  # fmt: skip
     return 0
+
+
+def _instances_view(session: Session, name: str) -> dict[str, Any] | None:
+    """Where the endpoint's instances run (the platform's operator view, signed like boto3 signs), or None."""
+    import boto3
+    import httpx
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    boto_session = getattr(session, "_boto_session", None) or boto3.session.Session()
+    credentials = boto_session.get_credentials() or Credentials("streamhost", "streamhost")
+    url = f"{session.endpoint_url.rstrip('/')}/_streamhost/endpoints/{name}"
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(credentials.get_frozen_credentials(), "sagemaker", session.region).add_auth(request)
+    try:
+        response = httpx.get(url, headers=dict(request.headers.items()), timeout=10)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
 
 
 def _variant_models(session: Session, config_name: str | None) -> dict[str, str]:

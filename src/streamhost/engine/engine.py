@@ -1,10 +1,14 @@
 """The asyncio-facing engine: submit a request, get its tokens as they are made.
 
-The model runs in one dedicated thread that loops ``schedule -> forward -> sample -> emit``; the
-event loop never blocks on it. Events cross threads once per step per request batch through
-``loop.call_soon_threadsafe``. Cancellation lives in one place: when the consumer of
-``generate()`` stops iterating (client gone, task cancelled), the generator's ``finally`` marks
-the request aborted and the engine thread frees its row before the next step.
+The model runs in one dedicated thread whose step reads ``schedule -> forward -> sample -> process
+outputs``: the scheduler picks the work (scheduler.py), the executor runs one packed forward
+(executor.py), the sampler picks each request's token (sampling.py) and the output processor turns
+the tokens into the client's events and decides which requests are finished (output.py). The event
+loop never blocks on it: prompts are tokenized in a small thread pool, and events cross threads
+once per step per request batch through ``loop.call_soon_threadsafe``. Cancellation lives in one
+place: when the consumer of ``generate()`` stops iterating (client gone, task cancelled), the
+generator's ``finally`` marks the request aborted and the engine thread frees its row before the
+next step.
 """
 
 from __future__ import annotations
@@ -16,32 +20,27 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence as Seq
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
 from streamhost.engine.beam import beam_search
-from streamhost.engine.detokenizer import IncrementalDetokenizer, token_text
+from streamhost.engine.config import EngineConfig, LimitSettings
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError, ValidationError
 from streamhost.engine.executor import TorchExecutor, dtype_name
+from streamhost.engine.executor_api import Executor
 from streamhost.engine.kv_cache import Segment
-from streamhost.engine.limits import EngineLimits
+from streamhost.engine.output import OutputProcessor, RequestOutput, gather_result
 from streamhost.engine.sampling import RequestSampler, sample_batch
 from streamhost.engine.scheduler import Scheduler, StepWork
 from streamhost.engine.sequence import Sequence, Status
-from streamhost.engine.stops import StopSequenceMatcher
-from streamhost.engine.types import (
-    FinishReason,
-    GenerationDetails,
-    GenerationParameters,
-    GenerationResult,
-    PrefillToken,
-    TokenEvent,
-    TopToken,
-)
+from streamhost.engine.types import FinishReason, GenerationParameters, GenerationResult, TokenEvent
 from streamhost.engine.validation import ValidatedRequest, validate_request
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "LimitSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +52,7 @@ log = logging.getLogger(__name__)
 CPU_PREFILL_TOKENS_PER_STEP = 1024
 GPU_PREFILL_TOKENS_PER_STEP = 2048  # not measured here (no GPU was lent); vLLM's chunked-prefill default
 
-
-@dataclass
-class EngineConfig:
-    """How to run the model; ``None`` fields are chosen from the hardware and environment."""
-
-    dtype: str | None = None  # bf16 | fp16 | fp32 | auto
-    device: str | None = None  # cpu | cuda | cuda:N | auto
-    trust_remote_code: bool = False
-    revision: str | None = None
-    limits: EngineLimits | None = None
-    prefill_chunk: int | None = None  # prompt tokens per step, all sequences together (CPU 1024, GPU 2048)
-    idle_kv_bytes: int = 512 * 1024**2  # KV cache kept allocated while idle; a larger one is released
-    model_id: str | None = None  # the name reported by /info (defaults to the reference given to load)
+EventSink = Callable[[list], None]
 
 
 @dataclass
@@ -83,22 +70,30 @@ class EngineStats:
     last_batch_size: int = 0
 
 
+@dataclass(eq=False)
+class _Client:
+    """Where a sequence's output goes: its output state and the sink that hands events to its queue."""
+
+    output: RequestOutput
+    sink: EventSink
+
+
 class Engine:
     """A continuous-batching text-generation engine over one model."""
 
-    def __init__(self, executor: TorchExecutor, config: EngineConfig | None = None) -> None:
+    def __init__(self, executor: Executor, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
         self.executor = executor
         self.tokenizer = executor.tokenizer
-        self.limits = self.config.limits or EngineLimits.from_env(model_max_positions=executor.max_positions)
+        self.limits = self.config.limits or self.config.limit_settings.resolve(executor.max_positions)
         chunk = self.config.prefill_chunk or (
             GPU_PREFILL_TOKENS_PER_STEP if executor.device.type == "cuda" else CPU_PREFILL_TOKENS_PER_STEP)
         self.scheduler = Scheduler(self.limits, prefill_chunk=chunk)
+        self.output = OutputProcessor(self.tokenizer, executor.eos_token_ids())
         self.stats = EngineStats()
         self.model_id = self.config.model_id or str(executor.model_path)
-        self._eos_ids = frozenset(executor.eos_token_ids())
-        self._special_ids = frozenset(getattr(self.tokenizer, "all_special_ids", []) or [])
-        self._inbox: list[Sequence] = []
+        self._inbox: list[tuple[Sequence, _Client]] = []
+        self._clients: dict[Sequence, _Client] = {}  # engine thread only
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -106,23 +101,23 @@ class Engine:
         self._in_flight = 0
         self._ids = itertools.count()
         self._beam_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamhost-beam")
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=max(1, self.config.tokenizer_workers),
+                                                 thread_name_prefix="streamhost-tokenize")
         self._by_id: dict[str, Sequence] = {}
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def load(cls, model: str, config: EngineConfig | None = None) -> "Engine":
         """Resolve ``model`` (``smollm2``, a folder, .gguf, model.tar.gz or hub id) and load it."""
-        from streamhost.engine.limits import ExecutionOptions
         from streamhost.engine.loader import resolve_model
 
         config = config or EngineConfig()
-        options = ExecutionOptions.from_env()
-        if (options.tensor_parallel_degree or 1) > 1:
+        if (config.tensor_parallel_degree or 1) > 1:
             log.warning("tensor parallel degree %s requested: this executor runs the model on one device",
-                        options.tensor_parallel_degree)
-        path = resolve_model(model, revision=config.revision)
-        executor = TorchExecutor(path, dtype=config.dtype or options.dtype, device=config.device,
-                                 trust_remote_code=config.trust_remote_code)
+                        config.tensor_parallel_degree)
+        path = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
+        executor = TorchExecutor(path, dtype=config.dtype, device=config.device,
+                                 trust_remote_code=config.trust_remote_code, batch_invariant=config.batch_invariant)
         if config.model_id is None:
             config = replace(config, model_id=str(model))
         return cls(executor, config)
@@ -158,6 +153,8 @@ class Engine:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
         self._beam_pool.shutdown(wait=False, cancel_futures=True)
+        # Tokenizations already queued finish (they are short) and their requests are refused below.
+        self._tokenize_pool.shutdown(wait=False)
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -176,17 +173,27 @@ class Engine:
         }
 
     def tokenize(self, text: str) -> list[int]:
+        """Prompt ids (blocking: long prompts take a while; ``generate`` calls it in a worker thread)."""
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def prepare(self, prompt: str | Seq[int], params: GenerationParameters, *, stream: bool) -> ValidatedRequest:
-        """Tokenize and validate (TGI's rules); raises ValidationError with the limit and what was asked."""
+    async def prepare(self, prompt: str | Seq[int], params: GenerationParameters, *, stream: bool) -> ValidatedRequest:
+        """Tokenize (in the tokenizer pool, so open streams keep flowing) and validate (TGI's rules).
+
+        Raises ValidationError with the limit and what was asked.
+        """
+        if isinstance(prompt, str) and prompt:
+            loop = asyncio.get_running_loop()
+            ids = await loop.run_in_executor(self._tokenize_pool, self.tokenize, prompt)
+        else:
+            ids = self._prompt_ids(prompt)
+        return validate_request(ids, params, self.limits, stream=stream)
+
+    def _prompt_ids(self, prompt: str | Seq[int]) -> list[int]:
         if isinstance(prompt, str):
             if not prompt:
                 raise ValidationError("`inputs` cannot be empty")
-            ids = self.tokenize(prompt)
-        else:
-            ids = [int(t) for t in prompt]
-        return validate_request(ids, params, self.limits, stream=stream)
+            return self.tokenize(prompt)
+        return [int(t) for t in prompt]
 
     def _check_capacity(self) -> None:
         if not self.ready:
@@ -195,7 +202,7 @@ class Engine:
             raise OverloadedError()
 
     async def generate(self, prompt: str | Seq[int], params: GenerationParameters | None = None,
-                       request_id: str | None = None, *, stream: bool = True) -> AsyncIterator[TokenEvent]:
+                       request_id: str | None = None, *, stream: bool = True) -> AsyncGenerator[TokenEvent, None]:
         """Yield one TokenEvent per generated token; the last one carries generated_text and details.
 
         Raises OverloadedError (before validation, as TGI), ValidationError, or GenerationError.
@@ -203,48 +210,49 @@ class Engine:
         """
         params = params or GenerationParameters()
         self._check_capacity()
-        request = self.prepare(prompt, params, stream=stream)
-        if (request.params.num_beams or 1) > 1:
-            async for event in self._beam_events(request):
-                yield event
-            return
-        queue: asyncio.Queue = asyncio.Queue()
-        seq = self._new_sequence(request, request_id, queue)
-        self._in_flight += 1
+        self._in_flight += 1  # counted from the start: a request being tokenized is in flight
+        seq: Sequence | None = None
         finished = False
         try:
+            request = await self.prepare(prompt, params, stream=stream)
+            if (request.params.num_beams or 1) > 1:
+                async for event in self._beam_events(request, request_id):
+                    yield event
+                return
+            if self._stopping:  # stopped while this prompt was being tokenized: nobody would answer
+                raise EngineNotReadyError("the engine is shutting down")
+            queue: asyncio.Queue = asyncio.Queue()
+            seq, client = self._new_request(request, request_id, queue)
             with self._cv:
-                self._inbox.append(seq)
+                self._inbox.append((seq, client))
                 self._cv.notify()
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
-                yield item
                 if item.details is not None:
                     finished = True
+                    yield item
                     return
+                yield item
         finally:
             self._in_flight -= 1
-            self._by_id.pop(seq.request_id, None)
-            if not finished:
-                seq.aborted = True
-                with self._cv:
-                    self._cv.notify()
+            if seq is not None:
+                self._by_id.pop(seq.request_id, None)
+                if not finished:
+                    seq.aborted = True
+                    with self._cv:
+                        self._cv.notify()
 
     async def generate_full(self, prompt: str | Seq[int], params: GenerationParameters | None = None,
                             request_id: str | None = None) -> GenerationResult:
         """A whole answer (non-streaming); also the path for beam search."""
-        started = time.monotonic()
-        events: list[TokenEvent] = []
-        async for event in self.generate(prompt, params, request_id, stream=False):
-            events.append(event)
-        final = events[-1]
-        assert final.details is not None and final.generated_text is not None
-        total = time.monotonic() - started
-        return GenerationResult(final.generated_text, events, final.details, queue_time=final.details.queue_time,
-                                inference_time=max(0.0, total - final.details.queue_time))
+        events = self.generate(prompt, params, request_id, stream=False)
+        try:
+            return await gather_result(events)
+        finally:
+            await events.aclose()
 
     def abort(self, request_id: str) -> bool:
         """Abort a request by id; its slot and KV memory are freed before the next step."""
@@ -257,73 +265,33 @@ class Engine:
         return True
 
     # -- request setup ---------------------------------------------------------------------------
-    def _new_sequence(self, request: ValidatedRequest, request_id: str | None, queue: asyncio.Queue) -> Sequence:
+    def _new_request(self, request: ValidatedRequest, request_id: str | None,
+                     queue: asyncio.Queue) -> tuple[Sequence, _Client]:
         params = request.params
         loop = self._loop
 
         def sink(items: list) -> None:
             loop.call_soon_threadsafe(_put_all, queue, items)
 
-        seq = Sequence(
-            request_id=request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}",
-            prompt_ids=list(request.input_ids),
-            params=params,
-            max_new_tokens=request.max_new_tokens,
-            sampler=RequestSampler(params, request.input_ids, device="cpu"),
-            detokenizer=IncrementalDetokenizer(self.tokenizer, request.input_ids, skip_special_tokens=True),
-            stops=StopSequenceMatcher(params.stop) if params.stop else None,
-            sink=sink,
-        )
-        self._by_id[seq.request_id] = seq
-        return seq
+        rid = request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        sampler = RequestSampler(params, request.input_ids, device="cpu")
+        seq = Sequence(request_id=rid, prompt_ids=list(request.input_ids), max_new_tokens=request.max_new_tokens,
+                       sampler=sampler, prompt_logprobs=bool(params.decoder_input_details))
+        output = self.output.new_request(rid, request.input_ids, params, request.max_new_tokens, seed=sampler.seed)
+        self._by_id[rid] = seq
+        return seq, _Client(output, sink)
 
-    async def _beam_events(self, request: ValidatedRequest) -> AsyncIterator[TokenEvent]:
+    async def _beam_events(self, request: ValidatedRequest, request_id: str | None) -> AsyncIterator[TokenEvent]:
         """Beam search runs beside the batch (its own thread) and returns all tokens at once."""
-        self._in_flight += 1
-        try:
-            loop = asyncio.get_running_loop()
-            ids = await loop.run_in_executor(self._beam_pool, beam_search, self.executor, request, self._eos_ids)
-        finally:
-            self._in_flight -= 1
-        detok = IncrementalDetokenizer(self.tokenizer, request.input_ids, skip_special_tokens=True)
-        stops = StopSequenceMatcher(request.params.stop) if request.params.stop else None
-        events: list[TokenEvent] = []
-        finish = FinishReason.LENGTH
-        texts: list[str] = []
-        for index, tok in enumerate(ids):
-            piece = detok.add(tok)
-            stopped = False
-            if stops is not None:
-                piece, stopped = stops.push(piece)
-            special = tok in self._special_ids
-            events.append(TokenEvent(index, tok, token_text(self.tokenizer, tok) if special else piece, 0.0, special))
-            if not special:
-                texts.append(piece)
-            if stopped:
-                finish = FinishReason.STOP_SEQUENCE
-                break
-            if tok in self._eos_ids and not request.params.ignore_eos:
-                finish = FinishReason.EOS_TOKEN
-                break
-        if finish is not FinishReason.STOP_SEQUENCE:
-            tail = detok.flush()
-            if stops is not None:
-                tail, _ = stops.push(tail)
-                tail += stops.flush()
-            if tail and events:
-                events[-1].text += tail if not events[-1].special else ""
-                texts.append(tail)
-        generated = "".join(texts)
-        final = events[-1] if events else TokenEvent(0, 0, "", 0.0, True)
-        final.generated_text = self._full_text(request.input_ids, generated, request.params)
-        final.details = GenerationDetails(finish, len(events), len(request.input_ids), None)
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._beam_pool, beam_search, self.executor, request, self.output.eos_ids)
+        state = self.output.new_request(request_id or "beam", request.input_ids, request.params, request.max_new_tokens)
+        events = self.output.process(state, ids, [0.0] * len(ids))
+        final = self.output.finish(state, FinishReason.LENGTH, events[-1] if events else None)
+        if final is not None:
+            events.append(final)
         for event in events:
             yield event
-
-    def _full_text(self, prompt_ids: list[int], generated: str, params: GenerationParameters) -> str:
-        if not params.return_full_text:
-            return generated
-        return self.tokenizer.decode(prompt_ids, skip_special_tokens=False) + generated
 
     # -- the engine thread -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -335,22 +303,120 @@ class Engine:
                     self._cv.wait()
                 incoming, self._inbox = self._inbox, []
                 stopping = self._stopping
-            for seq in incoming:
+            for seq, client in incoming:
+                self._clients[seq] = client
                 sched.add(seq)
             if stopping:
                 self._fail_all(EngineNotReadyError("the engine is shutting down"))
                 return
             self._reap_aborted()
-            if not sched.has_work() and self.executor.store.live_rows == 0:
+            if not sched.has_work() and self.executor.live_rows == 0:
                 # Idle: keep a modest cache for the next request (reallocating costs its TTFT),
                 # give a large one back.
-                if self.executor.store.nbytes() > self.config.idle_kv_bytes:
-                    self.executor.store.reset()
+                self.executor.release_idle_memory(self.config.idle_kv_bytes)
                 continue
             work = sched.schedule()
             self.stats.waiting, self.stats.running = len(sched.waiting), len(sched.running) + len(sched.prefilling)
             if work:
                 self._step(work)
+
+    def _step(self, work: StepWork) -> None:
+        """One step: schedule (done by the caller) -> forward -> sample -> process outputs."""
+        outbox: dict[EventSink, list] = {}
+        segments = self._segments(work)
+        try:
+            logits = self.executor.forward(segments)
+        except Exception as exc:  # a failed forward fails only the requests it carried
+            log.exception("forward failed for %d sequences", len(segments))
+            error = GenerationError(f"generation failed: {type(exc).__name__}: {exc}")
+            for seq in work.decode + [item.seq for item in work.prefill]:
+                self._fail(seq, error, outbox)
+            _deliver(outbox)
+            return
+        to_sample, rows = self._record_prefill(work, logits)
+        if to_sample:
+            picks = self._sample(to_sample, torch.stack(rows), outbox)
+            self._process_outputs(picks, outbox)
+        self.stats.steps += 1
+        self.stats.last_batch_size = len(to_sample)
+        _deliver(outbox)
+
+    def _segments(self, work: StepWork) -> list[Segment]:
+        """The step's batch for the executor: one decode token per running sequence, then prompt chunks."""
+        now = time.monotonic()
+        segments: list[Segment] = []
+        work.decode.sort(key=_kv_row)  # consecutive rows share one attention call
+        for seq in work.decode:
+            segments.append(Segment(_kv_row(seq), [seq.generated[-1]], seq.cached_tokens))
+        newcomers = [item.seq for item in work.prefill if item.seq.row is None]
+        top_row = -1
+        for seq in newcomers:
+            seq.row = row = self.executor.alloc_row()
+            top_row = max(top_row, row)
+            seq.admitted_at = now
+            self._clients[seq].output.queue_time = max(0.0, now - seq.arrival)
+        if newcomers:
+            # Room for the newcomers' whole prompts now, in one allocation: growing the store copies
+            # every layer's buffers, so once per step rather than once per newcomer or per chunk.
+            self.executor.reserve(top_row + 1, max(len(s.prompt_ids) for s in newcomers) + 1)
+        for item in work.prefill:
+            seq = item.seq
+            mode = "all" if seq.prompt_logprobs else ("last" if item.completes_prompt else "none")
+            segments.append(Segment(_kv_row(seq), seq.prompt_ids[item.start:item.start + item.length], item.start, mode))
+        return segments
+
+    def _record_prefill(self, work: StepWork, logits: list[torch.Tensor | None]) -> tuple[list[Sequence], list[torch.Tensor]]:
+        """Prefill progress; the sequences to sample (decoders, prompts just completed) and their logits."""
+        to_sample: list[Sequence] = list(work.decode)
+        rows: list[torch.Tensor] = list(logits[: len(work.decode)])  # type: ignore[arg-type]
+        for item, out in zip(work.prefill, logits[len(work.decode):]):
+            seq = item.seq
+            seq.prefilled = item.start + item.length
+            self.stats.prompt_tokens += item.length
+            if seq.prompt_logprobs and out is not None:
+                values = _prompt_logprobs(seq.prompt_ids, item.start, out)
+                self.output.add_prompt_logprobs(self._clients[seq].output, item.start, values)
+            if item.completes_prompt:
+                assert out is not None, "a chunk that completes its prompt asks for logits"
+                self.scheduler.promote(seq)
+                to_sample.append(seq)
+                rows.append(out[-1] if out.dim() == 2 else out)
+        return to_sample, rows
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor, outbox: dict) -> list[tuple]:
+        """One token per sequence: ``(seq, token id, logprob, top tokens or None)``."""
+        try:
+            out = sample_batch(logits, [s.sampler for s in seqs])
+            tops: list[Any] = out.top_tokens or [None] * len(seqs)
+            return list(zip(seqs, out.token_ids, out.logprobs, tops))
+        except Exception:
+            # One request's processors failed: sample row by row so only that request fails.
+            picks = []
+            for i, seq in enumerate(seqs):
+                try:
+                    one = sample_batch(logits[i:i + 1], [seq.sampler])
+                    picks.append((seq, one.token_ids[0], one.logprobs[0], one.top_tokens[0] if one.top_tokens else None))
+                except Exception as exc:
+                    self._fail(seq, GenerationError(f"sampling failed: {type(exc).__name__}: {exc}"), outbox)
+            return picks
+
+    def _process_outputs(self, picks: list[tuple], outbox: dict) -> None:
+        """Hand each new token to the output processor; free the sequences it finished."""
+        process = self.output.process
+        finished = self.stats.finished
+        for seq, tok, logprob, top in picks:
+            if seq.aborted:
+                continue
+            seq.sampler.append(tok)
+            seq.generated.append(tok)
+            self.stats.generated_tokens += 1
+            client = self._clients[seq]
+            events = process(client.output, (tok,), (logprob,), (top,))
+            outbox.setdefault(client.sink, []).extend(events)
+            reason = client.output.finish_reason
+            if reason is not None:
+                finished[reason.value] = finished.get(reason.value, 0) + 1
+                self._finish(seq)
 
     def _reap_aborted(self) -> None:
         sched = self.scheduler
@@ -366,11 +432,14 @@ class Engine:
             self.executor.free_row(seq.row)
             seq.row = None
         seq.status = Status.FINISHED
+        self._clients.pop(seq, None)
 
     def _fail(self, seq: Sequence, error: BaseException, outbox: dict) -> None:
+        client = self._clients.get(seq)
         self._finish(seq)
         self.stats.failed += 1
-        outbox.setdefault(seq.sink, []).append(error)
+        if client is not None:
+            outbox.setdefault(client.sink, []).append(error)
 
     def _fail_all(self, error: BaseException) -> None:
         outbox: dict = {}
@@ -379,137 +448,21 @@ class Engine:
             self._fail(seq, error, outbox)
         _deliver(outbox)
 
-    def _step(self, work: StepWork) -> None:
-        now = time.monotonic()
-        segments: list[Segment] = []
-        work.decode.sort(key=lambda seq: seq.row)  # consecutive rows share one attention call
-        for seq in work.decode:
-            segments.append(Segment(seq.row, [seq.generated[-1]], seq.cached_tokens))
-        newcomers = [item.seq for item in work.prefill if item.seq.row is None]
-        for seq in newcomers:
-            seq.row = self.executor.alloc_row()
-            seq.admitted_at = now
-        if newcomers:
-            # Room for the newcomers' whole prompts now, in one allocation: growing the store copies
-            # every layer's buffers, so once per step rather than once per newcomer or per chunk.
-            self.executor.store.reserve(max(s.row for s in newcomers) + 1,
-                                        max(len(s.prompt_ids) for s in newcomers) + 1)
-        for item in work.prefill:
-            seq = item.seq
-            wants_all = seq.wants_prefill_details
-            mode = "all" if wants_all else ("last" if item.completes_prompt else "none")
-            segments.append(Segment(seq.row, seq.prompt_ids[item.start:item.start + item.length], item.start, mode))
-        outbox: dict = {}
-        try:
-            logits = self.executor.forward(segments)
-        except Exception as exc:  # a failed forward fails only the requests it carried
-            log.exception("forward failed for %d sequences", len(segments))
-            error = GenerationError(f"generation failed: {type(exc).__name__}: {exc}")
-            for seq in work.decode + [item.seq for item in work.prefill]:
-                self._fail(seq, error, outbox)
-            _deliver(outbox)
-            return
-        to_sample: list[Sequence] = list(work.decode)
-        rows: list[torch.Tensor] = list(logits[: len(work.decode)])
-        for item, out in zip(work.prefill, logits[len(work.decode):]):
-            seq = item.seq
-            seq.prefilled = item.start + item.length
-            self.stats.prompt_tokens += item.length
-            if seq.wants_prefill_details and out is not None:
-                self._record_prefill_logprobs(seq, item.start, out)
-            if item.completes_prompt:
-                self.scheduler.promote(seq)
-                to_sample.append(seq)
-                rows.append(out[-1] if out.dim() == 2 else out)
-        if to_sample:
-            self._sample_and_emit(to_sample, torch.stack(rows), outbox)
-        self.stats.steps += 1
-        self.stats.last_batch_size = len(to_sample)
-        _deliver(outbox)
 
-    def _record_prefill_logprobs(self, seq: Sequence, start: int, logits: torch.Tensor) -> None:
-        ids = seq.prompt_ids
-        if start == 0:
-            seq.prefill_tokens.append(PrefillToken(ids[0], token_text(self.tokenizer, ids[0]), None))
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        n = logits.shape[0]
-        for i in range(n):
-            target = start + i + 1
-            if target >= len(ids):
-                break
-            tok = ids[target]
-            seq.prefill_tokens.append(PrefillToken(tok, token_text(self.tokenizer, tok), float(logprobs[i, tok])))
+def _kv_row(seq: Sequence) -> int:
+    """The KV row of an admitted sequence."""
+    assert seq.row is not None, "only admitted sequences hold a KV row"
+    return seq.row
 
-    def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor, outbox: dict) -> None:
-        try:
-            out = sample_batch(logits, [s.sampler for s in seqs])
-            picks = list(zip(seqs, out.token_ids, out.logprobs, out.top_tokens or [None] * len(seqs)))
-        except Exception:
-            # One request's processors failed: sample row by row so only that request fails.
-            picks = []
-            for i, seq in enumerate(seqs):
-                try:
-                    one = sample_batch(logits[i:i + 1], [seq.sampler])
-                    picks.append((seq, one.token_ids[0], one.logprobs[0], (one.top_tokens or [None])[0]))
-                except Exception as exc:
-                    self._fail(seq, GenerationError(f"sampling failed: {type(exc).__name__}: {exc}"), outbox)
-        now = time.monotonic()
-        for seq, tok, logprob, top in picks:
-            if seq.aborted:
-                continue
-            event = self._advance(seq, tok, logprob, top, now)
-            outbox.setdefault(seq.sink, []).append(event)
 
-    def _advance(self, seq: Sequence, tok: int, logprob: float, top, now: float) -> TokenEvent:
-        """Record one token; decide whether the request is finished; build its event."""
-        seq.sampler.append(tok)
-        seq.generated.append(tok)
-        self.stats.generated_tokens += 1
-        if seq.first_token_at is None:
-            seq.first_token_at = now
-        special = tok in self._special_ids
-        piece = seq.detokenizer.add(tok)
-        stopped = False
-        if seq.stops is not None and piece:
-            piece, stopped = seq.stops.push(piece)
-        finish: FinishReason | None = None
-        if stopped:
-            finish = FinishReason.STOP_SEQUENCE
-        elif tok in self._eos_ids and not seq.params.ignore_eos:
-            finish = FinishReason.EOS_TOKEN
-        elif len(seq.generated) >= seq.max_new_tokens:
-            finish = FinishReason.LENGTH
-        if finish is not None and finish is not FinishReason.STOP_SEQUENCE:
-            piece += self._drain_pending(seq)
-        if special and not piece:
-            text = token_text(self.tokenizer, tok)
-        else:
-            special = special and not piece  # held-back text released on EOS rides on its event
-            text = piece
-        if not special and text:
-            seq.texts.append(text)
-        top_tokens = None
-        if top is not None:
-            top_tokens = [TopToken(t, token_text(self.tokenizer, t), lp, t in self._special_ids) for t, lp in top]
-        event = TokenEvent(len(seq.generated) - 1, tok, text, float(logprob), special, top_tokens)
-        if finish is not None:
-            generated = "".join(seq.texts)
-            event.generated_text = self._full_text(seq.prompt_ids, generated, seq.params)
-            event.details = GenerationDetails(
-                finish_reason=finish, generated_tokens=len(seq.generated), input_length=seq.input_length,
-                seed=seq.sampler.seed, prefill=seq.prefill_tokens,
-                queue_time=max(0.0, (seq.admitted_at or seq.arrival) - seq.arrival),
-            )
-            self.stats.finished[finish.value] = self.stats.finished.get(finish.value, 0) + 1
-            self._finish(seq)
-        return event
-
-    def _drain_pending(self, seq: Sequence) -> str:
-        tail = seq.detokenizer.flush()
-        if seq.stops is None:
-            return tail
-        held, stopped = seq.stops.push(tail) if tail else ("", False)
-        return held if stopped else held + seq.stops.flush()
+def _prompt_logprobs(prompt_ids: list[int], start: int, logits: torch.Tensor) -> list[float]:
+    """Log-probabilities of prompt tokens ``start + 1 ...`` from a chunk's logits ``[n, V]``."""
+    n = min(logits.shape[0], len(prompt_ids) - start - 1)
+    if n <= 0:
+        return []
+    logprobs = torch.log_softmax(logits[:n].float(), dim=-1)
+    targets = torch.tensor(prompt_ids[start + 1:start + 1 + n], dtype=torch.long, device=logprobs.device)
+    return logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
 
 
 def _put_all(queue: asyncio.Queue, items: list) -> None:

@@ -2,8 +2,11 @@
 
 The executor knows nothing about requests. Its one verb, ``forward(segments)``, runs a packed step
 (decode tokens and prompt chunks together, see kv_cache.py) and returns the logits each segment
-asked for. CPU or CUDA is chosen automatically; the dtype defaults to bf16 where the hardware runs
-it fast.
+asked for; the engine samples from them. Around it, the engine asks the executor for KV rows
+(``alloc_row``/``free_row``/``reserve``/``live_rows``/``release_idle_memory``), the tokenizer and
+the model's EOS ids. That is the whole seam another executor (llama.cpp) has to fill; see
+:class:`streamhost.engine.executor_api.Executor`. CPU or CUDA is chosen automatically; the dtype
+defaults to bf16 where the hardware runs it fast.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class TorchExecutor:
     """Owns the model weights, the tokenizer and the KV store."""
 
     def __init__(self, model_path: str | os.PathLike, dtype: str | None = None, device: str | None = None,
-                 trust_remote_code: bool = False, max_rows: int = 1024, max_positions: int | None = None) -> None:
+                 trust_remote_code: bool = False, max_rows: int = 1024, max_positions: int | None = None,
+                 batch_invariant: bool = False) -> None:
         self.model_path = Path(model_path)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -75,7 +79,7 @@ class TorchExecutor:
         self.num_layers = int(getattr(self.config, "num_hidden_layers", 0) or len(self._decoder_layers()))
         self.max_positions = max_positions or self.model_max_positions() or 4096
         self.store = KVStore(max_rows=max_rows, max_positions=self.max_positions)
-        self.batch_invariant = os.environ.get("STREAMHOST_BATCH_INVARIANT", "").lower() in ("1", "true", "yes")
+        self.batch_invariant = batch_invariant  # kv_cache.py: group decode rows by length bucket only
 
     def _decoder_layers(self):
         base = getattr(self.model, self.model.base_model_prefix, self.model)
@@ -99,10 +103,6 @@ class TorchExecutor:
         if self.tokenizer.eos_token_id is not None:
             ids.add(int(self.tokenizer.eos_token_id))
         return ids
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
 
     @torch.inference_mode()
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
@@ -145,11 +145,25 @@ class TorchExecutor:
                 results.append(None)
         return results
 
+    # -- KV rows ---------------------------------------------------------------------------------
     def alloc_row(self) -> int:
         return self.store.alloc_row()
 
     def free_row(self, row: int) -> None:
         self.store.free_row(row)
+
+    def reserve(self, rows: int, positions: int) -> None:
+        """Make room for ``rows`` rows of ``positions`` tokens now (one allocation for a step's newcomers)."""
+        self.store.reserve(rows, positions)
+
+    @property
+    def live_rows(self) -> int:
+        return self.store.live_rows
+
+    def release_idle_memory(self, keep_bytes: int) -> None:
+        """With no live rows: drop the KV buffers if they hold more than ``keep_bytes``."""
+        if self.store.live_rows == 0 and self.store.nbytes() > keep_bytes:
+            self.store.reset()
 
 
 def _round_up_bucket(n: int) -> int:

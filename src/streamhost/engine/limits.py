@@ -1,4 +1,7 @@
-"""Engine limits and execution options, read from the environment like TGI's launcher and LMI.
+"""Engine limits and execution options, from TGI's and LMI's setting names like TGI's launcher.
+
+The names arrive as a mapping built by the model server (``server/config.py``); this module never
+reads the process environment itself.
 
 One place decides how long a prompt may be, how many tokens a request may hold, how much work a
 batch may take and how many requests may wait, so the scheduler, the validator and ``/info``
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +70,11 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "max_waiting_tokens": ("MAX_WAITING_TOKENS",),
     "payload_limit": ("PAYLOAD_LIMIT",),
 }
+# Every name the limits are read from (what the server passes down, and nothing else).
+SETTING_NAMES: frozenset[str] = frozenset(
+    {name for names in _ENV_NAMES.values() for name in names}
+    | {"MAX_INPUT_TOKENS", "MAX_INPUT_LENGTH", "OPTION_MAX_INPUT_LEN", "OPTION_MAX_OUTPUT_LEN"}
+)
 # Settings that may be 0 (everything else must be strictly positive).
 _MAY_BE_ZERO = {"max_stop_sequences", "max_top_n_tokens", "max_waiting_tokens", "waiting_served_ratio"}
 
@@ -126,19 +133,19 @@ class EngineLimits:
     @classmethod
     def from_env(
         cls,
-        environ: Mapping[str, str] | None = None,
+        environ: Mapping[str, str],
         *,
         model_max_positions: int | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> "EngineLimits":
-        """Read the limits from ``environ`` (default ``os.environ``).
+        """Read the limits from ``environ``, a mapping of TGI/LMI setting names to values.
 
         ``model_max_positions`` is the model's context length (``max_position_embeddings``); it
         only shapes the defaults, as in TGI. ``overrides`` holds field names (``max_batch_size``,
         ...) that win over the environment, e.g. from ``serving.properties`` or the command line;
         a ``None`` value there means "not set".
         """
-        env = os.environ if environ is None else environ
+        env = environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         field_names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - field_names)
@@ -188,21 +195,6 @@ class EngineLimits:
                 model_max_positions,
             )
         return cls(**values)
-
-    def as_info(self) -> dict[str, Any]:
-        """The limits under the names TGI's ``/info`` uses."""
-        return {
-            "max_concurrent_requests": self.max_concurrent_requests,
-            "max_best_of": self.max_best_of,
-            "max_stop_sequences": self.max_stop_sequences,
-            "max_input_tokens": self.max_input_tokens,
-            "max_total_tokens": self.max_total_tokens,
-            "max_batch_total_tokens": self.max_batch_total_tokens,
-            "max_batch_size": self.max_batch_size,
-            "max_client_batch_size": self.max_client_batch_size,
-            "waiting_served_ratio": self.waiting_served_ratio,
-            "max_waiting_tokens": self.max_waiting_tokens,
-        }
 
 
 def _max_input_tokens(env: Mapping[str, str], overrides: Mapping[str, Any]) -> int | None:
@@ -283,12 +275,12 @@ class ExecutionOptions:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, device_count: int | None = None
+        cls, environ: Mapping[str, str], *, device_count: int | None = None
     ) -> "ExecutionOptions":
         """Read ``OPTION_DTYPE`` (or TGI's ``DTYPE``) and ``OPTION_TENSOR_PARALLEL_DEGREE``
         (or ``SM_NUM_GPUS`` / ``NUM_SHARD``). ``max`` means every visible device:
         ``device_count`` if given, else ``torch.cuda.device_count()`` (at least 1)."""
-        env = os.environ if environ is None else environ
+        env = environ
         dtype = None
         for name in ("OPTION_DTYPE", "DTYPE"):
             raw = env.get(name)

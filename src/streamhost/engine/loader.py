@@ -39,10 +39,18 @@ class ModelNotFoundError(Exception):
     """The model reference names nothing we can load."""
 
 
-def cache_root() -> Path:
-    """Where converted and downloaded models are kept (STREAMHOST_CACHE, else ~/.cache/streamhost)."""
-    root = os.environ.get("STREAMHOST_CACHE") or os.path.join(Path.home(), ".cache", "streamhost")
-    return Path(root)
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "streamhost"
+
+
+def cache_root(cache: Path | None = None) -> Path:
+    """Where converted and downloaded models are kept: ``cache`` when given (the model server always
+    passes its configured folder); for library callers (tests, benchmarks, the CLI) STREAMHOST_CACHE,
+    else ~/.cache/streamhost."""
+    if cache is not None:
+        return Path(cache)
+    root = os.environ.get("STREAMHOST_CACHE")
+    return Path(root) if root else default_cache_dir()
 
 
 def _progress(message: str) -> None:
@@ -84,14 +92,14 @@ def _publish(tmp: Path, target: Path) -> Path:
     return target
 
 
-def convert_gguf(gguf_path: Path, dtype: str = "bfloat16", name: str | None = None) -> Path:
+def convert_gguf(gguf_path: Path, dtype: str = "bfloat16", name: str | None = None, cache: Path | None = None) -> Path:
     """Dequantise a GGUF file once into a cached safetensors folder and return that folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
     label = name or gguf_path.stem
-    target = cache_root() / "models" / f"{label}-{dtype}-{_fingerprint(gguf_path)}"
+    target = cache_root(cache) / "models" / f"{label}-{dtype}-{_fingerprint(gguf_path)}"
     if _is_complete(target):
         return target
     _progress(f"converting {gguf_path.name} to {dtype} safetensors (once; ~20 s)...")
@@ -120,16 +128,16 @@ def convert_gguf(gguf_path: Path, dtype: str = "bfloat16", name: str | None = No
     return path
 
 
-def ensure_default_model() -> Path:
+def ensure_default_model(cache: Path | None = None) -> Path:
     """The embedded default model as a ready bf16 folder (converted on first use)."""
-    return convert_gguf(default_gguf_path(), "bfloat16", name=DEFAULT_MODEL_NAME)
+    return convert_gguf(default_gguf_path(), "bfloat16", name=DEFAULT_MODEL_NAME, cache=cache)
 
 
-def download_from_hub(model_id: str, revision: str | None = None, token: str | None = None) -> Path:
-    """Fetch weights and tokenizer (only) of a hub model; the token comes from HF_TOKEN if unset."""
+def download_from_hub(model_id: str, revision: str | None = None, token: str | None = None,
+                      cache: Path | None = None) -> Path:
+    """Fetch weights and tokenizer (only) of a hub model; without ``token``, huggingface_hub's own."""
     from huggingface_hub import snapshot_download
 
-    token = token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     _progress(f"downloading {model_id}{'@' + revision if revision else ''} from the hub")
     try:
         folder = snapshot_download(
@@ -137,7 +145,7 @@ def download_from_hub(model_id: str, revision: str | None = None, token: str | N
             revision=revision,
             token=token,
             allow_patterns=HUB_ALLOW_PATTERNS,
-            cache_dir=str(cache_root() / "hub"),
+            cache_dir=str(cache_root(cache) / "hub"),
         )
     except Exception as exc:  # network, auth, unknown repo: one clear message
         raise ModelNotFoundError(f"could not download {model_id!r} from the Hugging Face hub: {exc}") from exc
@@ -192,7 +200,8 @@ def _find_gguf(folder: Path) -> Path | None:
     return ggufs[0] if ggufs else None
 
 
-def resolve_model(reference: str | os.PathLike, revision: str | None = None, token: str | None = None) -> Path:
+def resolve_model(reference: str | os.PathLike, revision: str | None = None, token: str | None = None,
+                  cache: Path | None = None) -> Path:
     """Turn any model reference into a local Hugging Face folder.
 
     ``reference`` is ``smollm2`` (the embedded default), a folder, a ``.gguf`` file, a
@@ -200,7 +209,7 @@ def resolve_model(reference: str | os.PathLike, revision: str | None = None, tok
     """
     ref = str(reference)
     if ref in (DEFAULT_MODEL_ALIAS, "default", f"HuggingFaceTB/{DEFAULT_MODEL_NAME}") and not Path(ref).exists():
-        return ensure_default_model()
+        return ensure_default_model(cache)
     path = Path(ref).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -209,16 +218,16 @@ def resolve_model(reference: str | os.PathLike, revision: str | None = None, tok
             return merge_adapter(path)
         gguf = _find_gguf(path)
         if gguf is not None:
-            return convert_gguf(gguf)
+            return convert_gguf(gguf, cache=cache)
         # A folder holding serving.properties may name the model inside it.
         raise ModelNotFoundError(f"{path} holds no config.json or .gguf file")
     if path.is_file():
         if path.suffix == ".gguf":
-            return convert_gguf(path)
+            return convert_gguf(path, cache=cache)
         if path.name.endswith((".tar.gz", ".tgz", ".tar")):
             from streamhost.archive import unpack_model_archive
 
-            target = cache_root() / "unpacked" / f"{path.name.split('.')[0]}-{_fingerprint(path)}"
+            target = cache_root(cache) / "unpacked" / f"{path.name.split('.')[0]}-{_fingerprint(path)}"
             if not _is_complete(target):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
@@ -228,8 +237,8 @@ def resolve_model(reference: str | os.PathLike, revision: str | None = None, tok
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
                 _publish(tmp, target)
-            return resolve_model(target)
+            return resolve_model(target, cache=cache)
         raise ModelNotFoundError(f"{path} is not a model folder, .gguf file or model.tar.gz")
     if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
         raise ModelNotFoundError(f"no such model path: {ref}")
-    return download_from_hub(ref, revision=revision, token=token)
+    return download_from_hub(ref, revision=revision, token=token, cache=cache)

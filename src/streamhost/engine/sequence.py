@@ -1,18 +1,16 @@
-"""One request's life inside the engine: its prompt, its row in the KV store, its output so far."""
+"""One request's scheduling state inside the engine: its prompt, its row in the KV store, its token ids.
+
+What the client sees (text, stop strings, finish) is the output processor's (``output.py``); a
+``Sequence`` holds only what the scheduler, the executor and the sampler need.
+"""
 
 from __future__ import annotations
 
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
-from streamhost.engine.detokenizer import IncrementalDetokenizer
 from streamhost.engine.sampling import RequestSampler
-from streamhost.engine.stops import StopSequenceMatcher
-from streamhost.engine.types import GenerationParameters, PrefillToken
-
-EventSink = Callable[[list], None]
 
 
 class Status(enum.Enum):
@@ -28,26 +26,16 @@ class Sequence:
 
     request_id: str
     prompt_ids: list[int]
-    params: GenerationParameters
     max_new_tokens: int
     sampler: RequestSampler
-    detokenizer: IncrementalDetokenizer
-    stops: StopSequenceMatcher | None
-    sink: EventSink
+    prompt_logprobs: bool = False  # decoder_input_details: the prompt's logits are kept for the output
     arrival: float = field(default_factory=time.monotonic)
     status: Status = Status.WAITING
     row: int | None = None
     prefilled: int = 0  # prompt tokens already written to the KV store
     generated: list[int] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)  # emitted non-special text pieces
-    prefill_tokens: list[PrefillToken] = field(default_factory=list)
     aborted: bool = False
-    first_token_at: float | None = None
     admitted_at: float | None = None
-
-    @property
-    def input_length(self) -> int:
-        return len(self.prompt_ids)
 
     @property
     def reserved_tokens(self) -> int:
@@ -62,7 +50,3 @@ class Sequence:
     def cached_tokens(self) -> int:
         """Tokens already in the KV store: the prompt plus every generated token but the last."""
         return self.prefilled + max(len(self.generated) - 1, 0)
-
-    @property
-    def wants_prefill_details(self) -> bool:
-        return bool(self.params.decoder_input_details)

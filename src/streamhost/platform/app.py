@@ -6,7 +6,8 @@ Routes:
 - ``POST /`` with ``X-Amz-Target: SageMaker.<Op>``: the control plane (JSON 1.1).
 - ``POST /endpoints/{name}/invocations[-response-stream]``: the runtime gateway (rest-json).
 - ``GET /_streamhost/endpoints/{name}``: an operator's view of an endpoint's instances
-  (state, pid, port, in-flight and served counts, restarts, log path).
+  (state, node, address, pid, in-flight and served counts, restarts, log path).
+- ``GET /_streamhost/artifacts/{id}``: model data for instances on Ray nodes (token-guarded).
 - S3 (path-style), STS and IAM: picked by the service in the request's SigV4 credential scope
   (``.../<region>/s3/aws4_request``), so one ``AWS_ENDPOINT_URL`` serves every client; an
   unsigned request that matches no route above goes to S3 too (anonymous: refused when auth is on).
@@ -22,9 +23,11 @@ from urllib.parse import unquote
 
 from streamhost.protocols import sagemaker as sm
 
+from .artifact_exports import ROUTE_PREFIX as ARTIFACTS_ROUTE
 from .artifacts import ArtifactStore
 from .asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header_map, read_body, respond, respond_json
 from .auth import AuthError, SigV4Verifier, load_secrets
+from .capacity import register as register_capacity
 from .cloudwatch_logs import EndpointLogs, LogsService, TrainingJobLogs
 from .control_plane import ControlPlane
 from .gateway import INVOKE, INVOKE_STREAM, Gateway
@@ -102,6 +105,7 @@ class PlatformApp:
             eula_lookup=catalog_eula_lookup(settings.state_dir),
         )
         self.training = TrainingJobs(self)
+        register_capacity(self.control, self.supervisor)
         self.gateway = Gateway(self.supervisor, self.store, self.metrics, settings)
         self.verifier: SigV4Verifier | None = None
         if settings.auth:
@@ -177,6 +181,10 @@ class PlatformApp:
             return
         if method == "GET" and path.startswith(TRAINING_LOG_ROUTE):
             await self._training_log(scope, receive, send, path[len(TRAINING_LOG_ROUTE):].removesuffix("/log"))
+            return
+        exports = getattr(self.supervisor.placement, "exports", None)  # model data for Ray nodes
+        if method == "GET" and path.startswith(ARTIFACTS_ROUTE) and exports is not None:
+            await exports.serve(scope, receive, send)
             return
         if method == "GET" and path.startswith("/_streamhost/endpoints/"):
             await self._instances(scope, receive, send, path.rsplit("/", 1)[-1])

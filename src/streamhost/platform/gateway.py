@@ -25,7 +25,7 @@ from streamhost.protocols import sagemaker as sm
 from streamhost.protocols.eventstream import model_stream_error, payload_part
 
 from .asgi import Receive, Send, race_disconnect, respond, start_stream, wait_disconnect
-from .instances import Instance
+from .instances import InstanceHandle
 from .metrics import CLIENT_CLOSED_REQUEST, PlatformMetrics
 from .settings import PlatformSettings
 from .store import Store
@@ -177,7 +177,7 @@ class Gateway:
                 in_flight.dec()
             self.metrics.latency.labels(label, operation).observe(time.perf_counter() - started)
 
-    async def _acquire(self, variant: Variant, tried: set[int]) -> Instance:
+    async def _acquire(self, variant: Variant, tried: set[int]) -> InstanceHandle:
         try:
             return await variant.acquire(tried, self.settings.ready_wait)
         except NoInstance:
@@ -190,7 +190,7 @@ class Gateway:
                 "no_instance",
             ) from None
 
-    def _post(self, instance: Instance, body: bytes, headers: dict[str, str], stream: bool):
+    def _post(self, instance: InstanceHandle, body: bytes, headers: dict[str, str], stream: bool):
         return self.client.post(f"{instance.url}/invocations", self._upstream_headers(headers, stream), body)
 
     def _response_headers(self, variant: Variant, upstream: UpstreamResponse, request_id: str) -> dict[str, str]:
@@ -209,7 +209,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ InvokeEndpoint
 
-    async def _call(self, instance: Instance, body: bytes, headers: dict[str, str]) -> tuple[UpstreamResponse, bytes]:
+    async def _call(self, instance: InstanceHandle, body: bytes, headers: dict[str, str]) -> tuple[UpstreamResponse, bytes]:
         upstream = await self._post(instance, body, headers, False)
         try:
             return upstream, await upstream.read()
@@ -254,7 +254,7 @@ class Gateway:
 
     async def _open_stream(
         self, deployment: Deployment, variant: Variant, body: bytes, headers: dict[str, str]
-    ) -> tuple[Instance, UpstreamResponse, Any, bytes | None]:
+    ) -> tuple[InstanceHandle, UpstreamResponse, Any, bytes | None]:
         """Connect to an instance and read its first chunk, retrying elsewhere if it fails before that.
 
         Returns ``(instance, response, chunk iterator, first chunk or None at end of stream)``;
@@ -325,7 +325,7 @@ class Gateway:
             self.metrics.invocations.labels(endpoint, variant.name, outcome).inc()
         return CLIENT_CLOSED_REQUEST if outcome == "client_disconnected" else 200
 
-    async def _pump(self, receive: Receive, send: Send, instance: Instance, variant: Variant, chunks: Any) -> str:
+    async def _pump(self, receive: Receive, send: Send, instance: InstanceHandle, variant: Variant, chunks: Any) -> str:
         """Relay chunks as PayloadPart events until the end, a failure, or the client leaving."""
 
         async def relay() -> str:

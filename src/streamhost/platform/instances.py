@@ -24,6 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 
@@ -62,6 +63,37 @@ class LaunchSpec:
     @property
     def external(self) -> bool:
         return self.url is not None
+
+
+class InstanceHandle(Protocol):
+    """What the supervisor and gateway use of an instance, wherever it was placed (``placement``)."""
+
+    endpoint: str
+    variant: str
+    index: int
+    spec: LaunchSpec
+    state: str
+    in_flight: int
+    served: int
+    restarts: int
+    node: str
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    def describe(self) -> dict[str, Any]: ...
+    async def launch(self) -> None: ...
+    async def wait_healthy(self, timeout: float, client: httpx.AsyncClient) -> None: ...
+    async def ping(self, client: httpx.AsyncClient, timeout: float = 5.0) -> tuple[bool, str]: ...
+    def suspect(self) -> None: ...
+    async def wait_exit_or_wake(self, timeout: float) -> bool: ...
+    async def recent_log(self) -> str: ...
+    async def kill(self) -> None: ...
+    async def stop(self, grace: float = 15.0) -> None: ...
+    def exited(self) -> None: ...
 
 
 _recent_ports: deque[int] = deque(maxlen=64)
@@ -113,6 +145,7 @@ class Instance:
         self.restarts = 0
         self.started_at = 0.0
         self.on_pid: list = []  # callbacks (pid, alive: bool) so the store can track live pids
+        self.node = "local"  # where it runs: this machine (a Ray placement names the cluster node)
         self._wake = asyncio.Event()
 
     @property
@@ -131,11 +164,17 @@ class Instance:
     def ready(self) -> bool:
         return self.state == READY
 
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
     def describe(self) -> dict:
         return {
             "name": self.name,
             "state": self.state,
             "url": self.url if (self.spec.external or self.port) else None,
+            "node": self.node,
+            "address": self.url if (self.spec.external or self.port) else None,
             "pid": self.pid,
             "in_flight": self.in_flight,
             "served": self.served,
@@ -207,6 +246,9 @@ class Instance:
 
     def log_tail(self) -> str:
         return read_tail(self.log_path)
+
+    async def recent_log(self) -> str:
+        return self.log_tail()
 
     # ------------------------------------------------------------------ health while serving
 

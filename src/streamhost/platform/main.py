@@ -50,6 +50,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instance-threads", type=int, help="OMP_NUM_THREADS for instances (default: cores / instances)")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds old instances get to finish requests")
     parser.add_argument("--health-interval", type=float, default=5.0, help="seconds between health checks of an instance")
+    ray = parser.add_argument_group("Ray cluster placement (pip install \"streamhost[ray]\")")
+    ray.add_argument(
+        "--ray",
+        metavar="auto|ADDRESS",
+        default=os.environ.get("STREAMHOST_RAY") or None,
+        help="place endpoint instances on a Ray cluster: 'auto' (the cluster this machine belongs to) or its "
+        "address (host:port); default: local processes (or $STREAMHOST_RAY)",
+    )
+    ray.add_argument(
+        "--ray-instance-type",
+        action="append",
+        default=[],
+        metavar="TYPE=CPU=n,GPU=n",
+        help="add or override an InstanceType's resources per instance (repeatable), e.g. ml.my.box=CPU=6,GPU=1",
+    )
+    ray.add_argument("--ray-cpu-scale", type=float, default=1.0, help="multiply every InstanceType's CPUs (small nodes: 0.25)")
+    ray.add_argument("--ray-instance-host", help="address instances bind on their node (default: the node's IP)")
+    ray.add_argument("--ray-platform-url", help="URL Ray nodes use to download model data from this platform")
+    ray.add_argument("--ray-cache-dir", help="per-node folder for model data and instance logs (default ~/.cache/streamhost/ray)")
     parser.add_argument("--deploy-default", action="store_true", help="create endpoint 'smollm2' with the embedded model")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -59,10 +78,20 @@ def run(args: argparse.Namespace) -> int:
 
     from .app import PlatformApp
     from .defaults import deploy_default
+    from .instance_types import DEFAULT_INSTANCE_TYPES, parse_instance_type_option
     from .settings import PlatformSettings, default_container_command
 
     if not (len(args.account_id) == 12 and args.account_id.isdigit()):
         print(f"streamhost serve: error: --account-id must be 12 digits, got {args.account_id!r}", file=sys.stderr)
+        return 2
+    instance_types = dict(DEFAULT_INSTANCE_TYPES)
+    try:
+        instance_types.update(parse_instance_type_option(text) for text in args.ray_instance_type)
+    except ValueError as exc:
+        print(f"streamhost serve: error: {exc}", file=sys.stderr)
+        return 2
+    if args.ray_cpu_scale <= 0:
+        print("streamhost serve: error: --ray-cpu-scale must be above 0", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
@@ -83,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
         threads_per_instance=args.instance_threads,
         drain_timeout=args.drain_timeout,
         health_interval=args.health_interval,
+        ray_address=args.ray,
+        ray_instance_types=instance_types,
+        ray_cpu_scale=args.ray_cpu_scale,
+        ray_instance_host=args.ray_instance_host,
+        ray_platform_url=args.ray_platform_url or f"http://{args.host}:{args.port}",
+        ray_cache_dir=args.ray_cache_dir,
     )
     app = PlatformApp(settings)
     if args.deploy_default:

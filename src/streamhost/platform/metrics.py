@@ -77,6 +77,12 @@ class PlatformMetrics:
             ["endpoint", "variant"],
             registry=self.registry,
         )
+        self.instance_info = Gauge(
+            "streamhost_instance_info",
+            "1 for each ready instance, labelled with where it runs: the node (local, or a Ray node id) and its address.",
+            ["endpoint", "variant", "instance", "node", "address"],
+            registry=self.registry,
+        )
 
     def count_request(self, operation: str, status: int) -> None:
         """One answered API request; 499 (the client left before the end) also counts a disconnect."""

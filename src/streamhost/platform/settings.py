@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .instance_types import DEFAULT_INSTANCE_TYPES, Resources
+
 
 def default_container_command() -> list[str]:
     """How an instance is started (``--port``, ``--host``, ``--dialect``, ``--model-dir`` are appended)."""
@@ -47,6 +49,13 @@ class PlatformSettings:
     ready_wait: float = 30.0  # how long an invocation waits for some instance to become ready
     max_instances: int = 16  # per endpoint
     threads_per_instance: int | None = None  # OMP_NUM_THREADS for instances; None: cores / instances
+    # Ray placement (streamhost serve --ray): None keeps instances as local processes.
+    ray_address: str | None = None  # "auto" or a cluster address (host:port, ray://...)
+    ray_instance_types: dict[str, Resources] = field(default_factory=lambda: dict(DEFAULT_INSTANCE_TYPES))
+    ray_cpu_scale: float = 1.0  # multiplies every CPU figure of the table (small nodes)
+    ray_instance_host: str | None = None  # where instances bind on their node; None: the node's IP
+    ray_platform_url: str | None = None  # how nodes reach this platform for model data; None: http://host:port
+    ray_cache_dir: str | None = None  # per-node model-data cache and instance logs; None: ~/.cache/streamhost/ray
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).expanduser()

@@ -21,20 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from .artifacts import ArtifactError, ArtifactStore, model_data_of
-from .lmi_packaging import prepare_model_data
-from .control_plane import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, container_of
-from .images import classify_image
-from .instances import INSTANCE_MARKER, READY, STOPPED, STOPPING, UNHEALTHY, Instance, LaunchSpec, StartupFailure, kill_orphan
+from .artifacts import ArtifactStore
+from .control_plane import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_STARTUP_TIMEOUT
+from .instances import (
+    INSTANCE_MARKER,
+    READY,
+    STOPPED,
+    STOPPING,
+    UNHEALTHY,
+    InstanceHandle,
+    LaunchSpec,
+    StartupFailure,
+    kill_orphan,
+)
 from .metrics import PlatformMetrics
+from .placement import Placement, make_placement
 from .settings import PlatformSettings
 from .store import Store
 
@@ -49,21 +60,6 @@ _NOT_INHERITED = {
     "WAITING_SERVED_RATIO", "STREAMHOST_DIALECT", "STREAMHOST_DRAIN_TIMEOUT", "STREAMHOST_STATE_DIR",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
 }
-
-
-SAGEMAKER_MODEL_PATH = "/opt/ml/model"
-
-
-def _map_model_path(environment: dict[str, str], model_dir) -> dict[str, str]:
-    """SageMaker unpacks model data at /opt/ml/model, and Environments say so (HF_MODEL_ID=/opt/ml/model):
-    point such values at where the platform unpacked it."""
-    out = {}
-    for key, value in environment.items():
-        text = str(value)
-        if text == SAGEMAKER_MODEL_PATH or text.startswith(SAGEMAKER_MODEL_PATH + "/"):
-            text = str(model_dir) + text[len(SAGEMAKER_MODEL_PATH) :]
-        out[key] = text
-    return out
 
 
 def _model_server_setting(name: str) -> bool:
@@ -86,15 +82,18 @@ class Variant:
         self.startup_timeout = float(config.get("ContainerStartupHealthCheckTimeoutInSeconds", DEFAULT_STARTUP_TIMEOUT))
         self.download_timeout = float(config.get("ModelDataDownloadTimeoutInSeconds", DEFAULT_DOWNLOAD_TIMEOUT))
         self.model_name: str = config["ModelName"]
+        self.instance_type: str | None = config.get("InstanceType")
+        self.spec_for: Callable[[int], LaunchSpec] = lambda _index: LaunchSpec()  # set by the placement
+        self.placement_state: Any = None  # what the placement keeps per variant (Ray: placement groups)
         self.model_spec: dict[str, Any] = model.get("spec", {})
         self.eula_required = bool(model.get("eula_required", False))
-        self.instances: list[Instance] = []
+        self.instances: list[InstanceHandle] = []
         self.changed = asyncio.Event()  # set whenever an instance becomes ready
 
-    def ready_instances(self) -> list[Instance]:
+    def ready_instances(self) -> list[InstanceHandle]:
         return [i for i in self.instances if i.state == READY]
 
-    def pick(self, exclude: set[int] = frozenset()) -> Instance | None:  # type: ignore[assignment]
+    def pick(self, exclude: set[int] = frozenset()) -> InstanceHandle | None:  # type: ignore[assignment]
         """LEAST_OUTSTANDING_REQUESTS (ties broken at random) or RANDOM over ready instances."""
         ready = [i for i in self.instances if i.state == READY and id(i) not in exclude]
         if not ready:
@@ -104,7 +103,7 @@ class Variant:
         fewest = min(i.in_flight for i in ready)
         return random.choice([i for i in ready if i.in_flight == fewest])
 
-    async def acquire(self, exclude: set[int], wait: float) -> Instance:
+    async def acquire(self, exclude: set[int], wait: float) -> InstanceHandle:
         """A ready instance with its in-flight count raised; waits up to ``wait`` seconds for one."""
         deadline = time.monotonic() + wait
         while True:
@@ -137,7 +136,8 @@ class Deployment:
         self._by_name = {v.name.lower(): v for v in self.variants}
         self.status = "Creating"  # the VariantStatus shown while starting
         self.active = False
-        self._watchers: list[asyncio.Task] = []
+        self._watchers: dict[int, asyncio.Task] = {}  # id(instance) -> its watcher
+        self._locations: dict[int, tuple[str, ...]] = {}  # id(instance) -> its instance_info labels
 
     # ------------------------------------------------------------------ routing
 
@@ -157,56 +157,36 @@ class Deployment:
     def in_flight(self) -> int:
         return sum(i.in_flight for v in self.variants for i in v.instances)
 
-    def instances(self) -> list[Instance]:
+    def instances(self) -> list[InstanceHandle]:
         return [i for v in self.variants for i in v.instances]
 
     # ------------------------------------------------------------------ start
 
     async def start(self) -> None:
-        """Fetch model data and start every instance; raises StartupFailure with the first reason."""
-        sup = self.supervisor
+        """Prepare model data, reserve room and start every instance; raises StartupFailure with the first reason."""
+        placement = self.supervisor.placement
         total = sum(v.desired for v in self.variants)
         for variant in self.variants:
-            container = container_of(variant.model_spec)
-            image = classify_image(container.get("Image"))
-            if image.kind == "external":
-                spec_for = lambda _i: LaunchSpec(url=image.url)  # noqa: E731
-            else:
-                model_dir = None
-                data = model_data_of(container)
-                environment = dict(container.get("Environment") or {})
-                argv = [*sup.settings.container_command, "--port", "{port}", "--host", "{host}"]
-                if image.dialect:
-                    argv += ["--dialect", image.dialect]
-                if data is not None:
-                    self.status = "Creating"
-                    try:
-                        model_dir = await sup.artifacts.fetch_async(data, variant.download_timeout)
-                        environment = _map_model_path(environment, model_dir)
-                        prepared = await prepare_model_data(
-                            sup.artifacts, model_dir, data.url, environment, variant.download_timeout)
-                    except ArtifactError as exc:
-                        raise StartupFailure(f"Failed to prepare model data for variant {variant.name}: {exc}") from None
-                    argv += ["--model-dir", str(prepared.model_dir)]
-                    if prepared.model_id:  # weights downloaded here for option.model_id (s3:// or hub)
-                        argv += ["--model-id", prepared.model_id]
-                env = sup.instance_env(environment, total)
-                spec_for = lambda _i, argv=argv, env=env: LaunchSpec(argv=argv, env=env)  # noqa: E731
-            # Per config: during a blue/green update old and new instances must not share a log.
-            log_dir = sup.settings.logs_dir / self.endpoint / self.config_name
-            for index in range(variant.desired):
-                instance = Instance(self.endpoint, variant.name, index, spec_for(index), log_dir, sup.settings.instance_host)
-                instance.on_pid.append(sup.track_pid)
-                variant.instances.append(instance)
+            self.status = "Creating"
+            variant.spec_for = await placement.launch_specs(self, variant, total)
+            indexes = list(range(variant.desired))
+            await placement.reserve(self, variant, indexes)
+            for index in indexes:
+                variant.instances.append(placement.new_instance(self, variant, index, variant.spec_for(index)))
+        await self._bring_up([(v, i) for v in self.variants for i in v.instances])
+        self._update_gauges()
 
-        async def bring_up(variant: Variant, instance: Instance) -> None:
+    async def _bring_up(self, pairs: list[tuple[Variant, InstanceHandle]]) -> None:
+        """Launch instances and wait until each is healthy; the first failure cancels the rest."""
+        sup = self.supervisor
+
+        async def bring_up(variant: Variant, instance: InstanceHandle) -> None:
             await instance.launch()
             await instance.wait_healthy(variant.startup_timeout, sup.client)
             variant.notify()
+            self._show_location(variant, instance)
 
-        jobs = [
-            asyncio.ensure_future(bring_up(v, i)) for v in self.variants for i in v.instances
-        ]
+        jobs = [asyncio.ensure_future(bring_up(v, i)) for v, i in pairs]
         try:
             for job in asyncio.as_completed(jobs):
                 await job
@@ -215,7 +195,6 @@ class Deployment:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
             raise
-        self._update_gauges()
 
     def activate(self) -> None:
         """Start watching instances (restarts, health) once the deployment serves."""
@@ -223,11 +202,60 @@ class Deployment:
         self.status = ""
         for variant in self.variants:
             for instance in variant.instances:
-                self._watchers.append(asyncio.ensure_future(self._watch(variant, instance)))
+                self._watchers[id(instance)] = asyncio.ensure_future(self._watch(variant, instance))
+
+    # ------------------------------------------------------------------ capacity
+
+    async def scale(self, variant: Variant, count: int) -> None:
+        """Run ``count`` instances of ``variant`` while it serves (UpdateEndpointWeightsAndCapacities).
+
+        New instances join the router once healthy; removed ones leave it first, finish what
+        they are streaming (up to the drain timeout), then stop. Raises StartupFailure when the
+        new instances cannot be placed or do not become healthy (those are stopped again).
+        """
+        sup = self.supervisor
+        current = len(variant.instances)
+        if count > current:
+            start = max((i.index for i in variant.instances), default=-1) + 1
+            indexes = list(range(start, start + count - current))
+            await sup.placement.reserve(self, variant, indexes)
+            added = [sup.placement.new_instance(self, variant, i, variant.spec_for(i)) for i in indexes]
+            try:
+                await self._bring_up([(variant, i) for i in added])
+            except BaseException:
+                await self._stop_instances(variant, added, drain=0.0)
+                raise
+            variant.instances.extend(added)
+            variant.desired = count
+            if self.active:
+                for instance in added:
+                    self._watchers[id(instance)] = asyncio.ensure_future(self._watch(variant, instance))
+        elif count < current:
+            # The newest go first: the oldest have warmed caches and a longer record of health.
+            removed = sorted(variant.instances, key=lambda i: i.index)[count:]
+            variant.instances = [i for i in variant.instances if i not in removed]  # the router stops here
+            variant.desired = count
+            await self._stop_instances(variant, removed, drain=sup.settings.drain_timeout)
+        self._update_gauges()
+
+    async def _stop_instances(self, variant: Variant, instances: list[InstanceHandle], drain: float) -> None:
+        """Stop watching ``instances``, let their requests finish (up to ``drain`` s), stop them, release their room."""
+        watchers = [self._watchers.pop(id(i)) for i in instances if id(i) in self._watchers]
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        deadline = time.monotonic() + drain
+        while any(i.in_flight for i in instances) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        grace = self.supervisor.settings.stop_grace
+        await asyncio.gather(*(i.stop(grace) for i in instances), return_exceptions=True)
+        for instance in instances:
+            self._hide_location(variant, instance)
+        await self.supervisor.placement.release(variant, instances)
 
     # ------------------------------------------------------------------ serving
 
-    async def _watch(self, variant: Variant, instance: Instance) -> None:
+    async def _watch(self, variant: Variant, instance: InstanceHandle) -> None:
         """Restart a crashed or hung instance; mark an external one unhealthy while it fails pings."""
         sup = self.supervisor
         settings = sup.settings
@@ -256,11 +284,11 @@ class Deployment:
             else:
                 log.warning(
                     "%s/%s exited with code %s; restarting it.\n%s",
-                    self.endpoint, instance.name, instance.process.returncode if instance.process else None,
-                    instance.log_tail(),
+                    self.endpoint, instance.name, instance.exit_code, await instance.recent_log(),
                 )  # fmt: skip
             instance.exited()
             instance.state = UNHEALTHY
+            self._hide_location(variant, instance)
             self._update_gauges()
             failures = 0
             # Restart with backoff until it is healthy again or the deployment stops.
@@ -279,12 +307,26 @@ class Deployment:
                     continue
                 backoff = 1.0
                 variant.notify()
+                self._show_location(variant, instance)
                 self._update_gauges()
                 break
 
     def _update_gauges(self) -> None:
         for variant in self.variants:
             self.supervisor.metrics.ready_instances.labels(self.endpoint, variant.name).set(len(variant.ready_instances()))
+
+    def _show_location(self, variant: Variant, instance: InstanceHandle) -> None:
+        """Publish where a ready instance runs (``streamhost_instance_info{node, address}``)."""
+        self._hide_location(variant, instance)
+        labels = (self.endpoint, variant.name, instance.name, str(instance.node), instance.url or "")
+        self.supervisor.metrics.instance_info.labels(*labels).set(1)
+        self._locations[id(instance)] = labels
+
+    def _hide_location(self, variant: Variant, instance: InstanceHandle) -> None:
+        labels = self._locations.pop(id(instance), None)
+        if labels is not None:
+            with contextlib.suppress(KeyError):
+                self.supervisor.metrics.instance_info.remove(*labels)
 
     # ------------------------------------------------------------------ stop
 
@@ -297,15 +339,20 @@ class Deployment:
     async def stop(self, drain: float = 0.0) -> None:
         """Drain in-flight requests for up to ``drain`` seconds, then stop every instance."""
         self.active = False
-        for watcher in self._watchers:
+        watchers = list(self._watchers.values())
+        for watcher in watchers:
             watcher.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await asyncio.gather(*watchers, return_exceptions=True)
         self._watchers.clear()
         if drain:
             await self.drain(drain)
         grace = self.supervisor.settings.stop_grace
         await asyncio.gather(*(i.stop(grace) for i in self.instances()), return_exceptions=True)
         for variant in self.variants:
+            for instance in variant.instances:
+                self._hide_location(variant, instance)
+            with contextlib.suppress(Exception):
+                await self.supervisor.placement.release(variant, list(variant.instances))
             self.supervisor.metrics.ready_instances.labels(self.endpoint, variant.name).set(0)
 
 
@@ -323,6 +370,7 @@ class Supervisor:
         self.current: dict[str, Deployment] = {}  # endpoint -> deployment being started or serving
         self._jobs: dict[str, asyncio.Task] = {}
         self.client = httpx.AsyncClient(timeout=5.0)
+        self.placement: Placement = make_placement(settings, artifacts)
         self._closing = False
 
     # ------------------------------------------------------------------ helpers
@@ -378,6 +426,10 @@ class Supervisor:
         live = self.live.pop(key, None)  # leaves the router now
         self._run(name, self._delete(name, previous, live))
 
+    def endpoint_capacity_changed(self, name: str, desired: dict[str, dict[str, Any]]) -> None:
+        """UpdateEndpointWeightsAndCapacities: ``{variant: {"count": n | None, "weight": w | None}}``."""
+        self._run(name, self._change_capacity(name, {k.lower(): v for k, v in desired.items()}))
+
     def runtime_view(self, name: str) -> dict[str, dict[str, Any]]:
         deployment = self.current.get(name.lower()) or self.live.get(name.lower())
         if deployment is None:
@@ -394,10 +446,13 @@ class Supervisor:
         return {
             "endpoint": deployment.endpoint,
             "config": deployment.config_name,
+            "placement": self.placement.describe(),
             "variants": [
                 {
                     "name": v.name,
                     "weight": v.weight,
+                    "desired": v.desired,
+                    "instance_type": v.instance_type,
                     "routing": v.strategy,
                     "instances": [i.describe() for i in v.instances],
                 }
@@ -476,6 +531,36 @@ class Supervisor:
         if old is not None:
             await old.stop(drain=self.settings.drain_timeout)
 
+    async def _change_capacity(self, name: str, desired: dict[str, dict[str, Any]]) -> None:
+        """Scale and reweight the live deployment's variants, then record them and go back InService."""
+        record = self.store.get_endpoint(name)
+        deployment = self.live.get(name.lower())
+        if record is None or record.status != "Updating" or deployment is None:
+            return
+        failures = []
+        for variant in deployment.variants:
+            want = desired.get(variant.name.lower())
+            if not want:
+                continue
+            if want.get("weight") is not None:
+                variant.weight = float(want["weight"])
+            count = want.get("count")
+            if count is not None and count != len(variant.instances):
+                log.info("endpoint %s: variant %s goes from %d to %d instances", name, variant.name, len(variant.instances), count)
+                try:
+                    await deployment.scale(variant, int(count))
+                except StartupFailure as exc:
+                    failures.append(f"Could not scale variant {variant.name} to {count} instances: {exc}")
+        snapshot = copy.deepcopy(record.deployment)
+        for config in snapshot["config"]["ProductionVariants"]:
+            live = deployment.variant(config["VariantName"])
+            if live is not None:
+                config["InitialInstanceCount"] = live.desired
+                config["InitialVariantWeight"] = live.weight
+        self.store.transition(
+            name, ["Updating"], "InService", deployment=snapshot, failure_reason="; ".join(failures) or None
+        )
+
     async def _delete(self, name: str, previous: asyncio.Task | None, live: Deployment | None) -> None:
         key = name.lower()
         if previous is not None:
@@ -491,6 +576,7 @@ class Supervisor:
 
     async def recover(self) -> None:
         """Bring back what the store says should run (after a restart, clean or not)."""
+        await self.placement.open()
         owner = str(self.settings.state_dir.resolve())
         for pid in self.store.instance_pids():
             if kill_orphan(pid, owner):
@@ -525,6 +611,7 @@ class Supervisor:
         await asyncio.gather(*(d.stop(drain=min(5.0, self.settings.drain_timeout)) for d in deployments), return_exceptions=True)
         self.live.clear()
         self.current.clear()
+        await self.placement.close()
         await self.client.aclose()
 
     async def wait_idle(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -41,13 +42,14 @@ EngineLoader = Callable[[ServerSettings], Any]
 
 
 def load_engine(settings: ServerSettings) -> Any:
-    """Resolve and load the model (slow: runs in a worker thread)."""
-    from streamhost.engine import Engine, EngineConfig
+    """Resolve and load the model (slow: runs in a worker thread) with the settings' EngineConfig."""
+    from streamhost.engine import Engine
 
     if settings.quantize:
         log.warning("HF_MODEL_QUANTIZE=%s is not supported by this executor: serving unquantised weights", settings.quantize)
-    config = EngineConfig(dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
-                          revision=settings.revision, model_id=settings.model_id)
+    config = settings.engine
+    if config.model_id is None:
+        config = dataclasses.replace(config, model_id=settings.model_id)
     return Engine.load(settings.model_id, config)
 
 

@@ -8,12 +8,18 @@ setting fails at once with a message naming the setting and the value (never mid
 - the dialect: ``--dialect``, else ``lmi`` when the model folder holds ``serving.properties`` or an
   ``OPTION_*`` variable is set, else ``tgi``;
 - ``HF_MODEL_REVISION``, ``HF_MODEL_TRUST_REMOTE_CODE`` (or ``option.trust_remote_code``),
-  ``HF_MODEL_QUANTIZE`` (reported; this executor serves unquantised weights), ``SM_NUM_GPUS`` /
-  ``option.tensor_parallel_degree`` (read by the engine), ``HF_TOKEN`` /
-  ``HUGGING_FACE_HUB_TOKEN`` (read by the loader for hub downloads, never logged);
-- dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE``/``DTYPE`` (engine default: bf16 where fast);
-- the ``MAX_*`` limits are read by the engine (``EngineLimits.from_env``); ``serving.properties``
-  values reach it through :func:`export_serving_properties`, since the file wins over ``OPTION_*``.
+  ``HF_MODEL_QUANTIZE`` (reported; this executor serves unquantised weights),
+  ``option.tensor_parallel_degree`` > ``OPTION_TENSOR_PARALLEL_DEGREE`` > ``SM_NUM_GPUS`` >
+  ``NUM_SHARD``, ``HF_TOKEN`` / ``HUGGING_FACE_HUB_TOKEN`` (for hub downloads, never logged),
+  ``STREAMHOST_CACHE`` (converted models), ``STREAMHOST_BATCH_INVARIANT``;
+- dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
+- the limits: TGI's names (``MAX_TOTAL_TOKENS``, ...) > ``serving.properties`` > ``OPTION_*``
+  variables > LMI's plain names > defaults shaped by the model's context length. Within LMI the
+  file wins over its variables (DJL's rule); TGI's names win over LMI's (``engine/limits.py``).
+
+The result for the engine is one :class:`~streamhost.engine.config.EngineConfig`
+(``ServerSettings.engine``), passed to ``Engine.load``: nothing below the server reads the
+environment.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamhost.engine.limits import parse_dtype
+from streamhost.engine.config import EngineConfig, LimitSettings
+from streamhost.engine.limits import SETTING_NAMES, ExecutionOptions, parse_dtype
+from streamhost.engine.loader import default_cache_dir
 from streamhost.protocols.lmi import ServingProperties, ServingPropertiesError
 from streamhost.server.model_folder import ModelFolderError, model_root, served_model
 
@@ -61,7 +69,7 @@ class ServerSettings:
     payload_limit: int = 2_000_000
     compute_type: str | None = None  # TGI's x-compute-type header (default: the device)
     log_level: str = "info"
-    extra_env: dict[str, str] = field(default_factory=dict)  # what export_serving_properties will set
+    engine: EngineConfig = field(default_factory=EngineConfig)  # what the engine is told
 
     def describe(self) -> str:
         """One line for the log (no secrets)."""
@@ -171,11 +179,17 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     if model_dir_path is not None and not Path(model_id).is_absolute() and (model_dir_path / model_id).exists():
         model_id = str(model_dir_path / model_id)  # option.model_id relative to the model folder
 
+    # serving.properties options as their OPTION_* names, over the variables (the file wins in LMI).
+    lmi_env = {**env, **serving_properties_env(properties)} if properties is not None and has_props else env
+    try:
+        options = ExecutionOptions.from_env(lmi_env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     dtype_raw = _flag(args, "dtype")
     source = "--dtype"
     if dtype_raw is None and properties is not None and properties.dtype is not None:
         dtype_raw, source = properties.dtype, "option.dtype"
-    dtype = None
+    dtype = options.dtype
     if dtype_raw is not None:
         try:
             dtype = parse_dtype(dtype_raw, source=source)
@@ -201,16 +215,32 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     shards = _env_number(env, "SM_NUM_GPUS", int, 1)
     load_timeout = properties.model_loading_timeout if properties is not None else None
 
-    extra_env: dict[str, str] = {}
-    if properties is not None and has_props:
-        extra_env = serving_properties_env(properties)
+    limit_settings = LimitSettings({name: value for name, value in lmi_env.items() if name in SETTING_NAMES})
+    try:
+        limit_settings.resolve()  # fail now on a bad value; the model's context length only lowers defaults
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    revision = _flag(args, "revision") or env.get("HF_MODEL_REVISION") or None
+    batch_invariant = _env_bool(env, "STREAMHOST_BATCH_INVARIANT")
+    cache = env.get("STREAMHOST_CACHE") or None
+    engine = EngineConfig(
+        dtype=dtype,
+        trust_remote_code=bool(trust),
+        revision=revision,
+        limit_settings=limit_settings,
+        model_id=model_id,
+        tensor_parallel_degree=options.tensor_parallel_degree,
+        batch_invariant=bool(batch_invariant),
+        hub_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
+        cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
+    )
 
     return ServerSettings(
         model_id=model_id,
         dialect=dialect,
         host=_flag(args, "host") or DEFAULT_HOST,
         port=int(port),
-        revision=_flag(args, "revision") or env.get("HF_MODEL_REVISION") or None,
+        revision=revision,
         dtype=dtype,
         trust_remote_code=bool(trust),
         quantize=env.get("HF_MODEL_QUANTIZE") or None,
@@ -222,24 +252,14 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         payload_limit=int(payload_limit) if payload_limit is not None else 2_000_000,
         compute_type=env.get("COMPUTE_TYPE") or None,
         log_level=(_flag(args, "log_level") or env.get("LOG_LEVEL") or "info").lower(),
-        extra_env=extra_env,
+        engine=engine,
     )
 
 
 def serving_properties_env(properties: ServingProperties) -> dict[str, str]:
-    """``option.x_y`` -> ``OPTION_X_Y`` for every option the file set (the engine reads the environment)."""
+    """``option.x_y`` -> ``OPTION_X_Y`` for every option the file set, to merge over the variables."""
     out: dict[str, str] = {}
     for key, value in properties.values.items():
         if key.startswith("option.") and properties.sources.get(key) == "serving.properties":
             out["OPTION_" + key[len("option."):].upper()] = value
     return out
-
-
-def export_serving_properties(settings: ServerSettings, environ: dict[str, str] | None = None) -> None:
-    """Put serving.properties options into the process environment, where the engine's limits read them.
-
-    The file wins over ``OPTION_*`` variables (LMI's rule), so its values overwrite them.
-    """
-    target = os.environ if environ is None else environ
-    for name, value in settings.extra_env.items():
-        target[name] = value

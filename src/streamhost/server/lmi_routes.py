@@ -53,19 +53,16 @@ def lmi_answer(state: ServerState, body: bytes | dict, started: float) -> Any:
             content_type=framer.content_type, headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
             early_error=lmi.engine_error, stream_error=framer.error,
         )
-    streams = []
-    for text in req.inputs:
-        rid = request_id("lmi")
-        streams.append((engine.generate(text, engine_params, rid, stream=False), rid))
+    streams = [engine.generate(text, engine_params, request_id("lmi"), stream=False) for text in req.inputs]
 
     async def compute() -> tuple[int, list, bytes]:
-        done = await collect_many(engine, streams, state.metrics)
+        done = await collect_many(streams, state.metrics)
         if req.batched:
             prefix = params.return_full_text
-            texts = [(text if prefix else "") + c.result.generated_text for text, c in zip(req.inputs, done)]
+            texts = [(text if prefix else "") + result.generated_text for text, result in zip(req.inputs, done)]
             answer: Any = lmi.json_batch_response(texts)
         else:
-            answer = lmi.json_response(done[0].result, params, req.inputs[0])
+            answer = lmi.json_response(done[0], params, req.inputs[0])
         return 200, [(b"content-type", b"application/json")], lmi.dumps(answer)
 
-    return WholeAnswer(observer, compute, early_error=lmi.engine_error, closers=[s for s, _ in streams])
+    return WholeAnswer(observer, compute, early_error=lmi.engine_error, closers=streams)

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from streamhost.server.config import SettingsError, ServerSettings, add_arguments as _add_config_arguments
-from streamhost.server.config import export_serving_properties, load_settings
+from streamhost.server.config import load_settings
 
 log = logging.getLogger("streamhost.server")
 
@@ -126,5 +126,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamhost container: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _configure_logging(settings.log_level)
-    export_serving_properties(settings)
     return serve(settings)

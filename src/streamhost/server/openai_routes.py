@@ -75,8 +75,8 @@ def chat_answer(state: ServerState, body: bytes | dict, started: float) -> Any:
     events = engine.generate(prompt, params, rid, stream=False)
 
     async def compute() -> tuple[int, list, bytes]:
-        (done,) = await collect_many(engine, [(events, rid)], state.metrics)
-        answer = oa.chat_completion(done.result, model=state.model_id, created=created, id=ident,
+        (done,) = await collect_many([events], state.metrics)
+        answer = oa.chat_completion(done, model=state.model_id, created=created, id=ident,
                                     system_fingerprint=fingerprint, logprobs=req.logprobs)
         return 200, [(b"content-type", b"application/json")], dumps(answer)
 
@@ -104,8 +104,8 @@ def completion_answer(state: ServerState, body: bytes | dict, started: float) ->
     events = engine.generate(req.prompt, params, rid, stream=False)
 
     async def compute() -> tuple[int, list, bytes]:
-        (done,) = await collect_many(engine, [(events, rid)], state.metrics)
-        answer = oa.text_completion(done.result, model=state.model_id, created=created, id=ident,
+        (done,) = await collect_many([events], state.metrics)
+        answer = oa.text_completion(done, model=state.model_id, created=created, id=ident,
                                     system_fingerprint=fingerprint, echo=echo)
         return 200, [(b"content-type", b"application/json")], dumps(answer)
 

@@ -7,6 +7,7 @@ own ``inputs`` string, exactly as TGI does (the engine would decode the prompt t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -69,32 +70,29 @@ def generate_answer(
             stream_error=framer.error,
         )
     copies = max(1, params.best_of or 1)
-    streams = []
-    for _ in range(copies):
-        rid = request_id("gen")
-        streams.append((engine.generate(req.inputs, engine_params, rid, stream=False), rid))
+    streams = [engine.generate(req.inputs, engine_params, request_id("gen"), stream=False) for _ in range(copies)]
 
     async def compute() -> tuple[int, list, bytes]:
         submitted = now()
-        done = await collect_many(engine, streams, state.metrics)
-        best = max(done, key=lambda c: logprob_sum(c.result)) if len(done) > 1 else done[0]
-        answer = tgi.generate_response(best.result, params, req.inputs)
+        done = await collect_many(streams, state.metrics)
+        best = max(done, key=logprob_sum) if len(done) > 1 else done[0]
+        answer = tgi.generate_response(best, params, req.inputs)
         if len(done) > 1 and "details" in answer:
-            answer["details"]["best_of_sequences"] = [_best_of_sequence(c.result, params, req.inputs) for c in done if c is not best]
-        details = best.result.details
+            answer["details"]["best_of_sequences"] = [_best_of_sequence(r, params, req.inputs) for r in done if r is not best]
+        details = best.details
         headers = tgi.timing_headers(
             compute_type=compute_type,
             compute_characters=len(req.inputs),
             total_time=now() - started,
             validation_time=submitted - started,
-            queue_time=best.result.queue_time,
-            inference_time=best.result.inference_time,
+            queue_time=best.queue_time,
+            inference_time=best.inference_time,
             prompt_tokens=details.input_length,
             generated_tokens=details.generated_tokens,
         )
         return 200, encode_headers(headers, "application/json"), dumps([answer] if wrap else answer)
 
-    return WholeAnswer(observer, compute, early_error=tgi.engine_error, closers=[s for s, _ in streams])
+    return WholeAnswer(observer, compute, early_error=tgi.engine_error, closers=streams)
 
 
 def _best_of_sequence(result, params, inputs: str) -> dict[str, Any]:
@@ -115,20 +113,21 @@ def _best_of_sequence(result, params, inputs: str) -> dict[str, Any]:
 
 
 async def tokenize(request: Request) -> Response:
-    """POST ``/tokenize``: ``[{id, text, start, stop}]`` with UTF-8 byte offsets."""
+    """POST ``/tokenize``: ``[{id, text, start, stop}]`` with UTF-8 byte offsets (tokenized off the event loop)."""
     state = server_state(request)
     body = await json_request_body(request)
     req = tgi.parse_generate_request(body, stream=False)
     engine = state.require_engine()
-    tokenizer = engine.tokenizer
-    offsets = None
-    try:
-        encoded = tokenizer(req.inputs, add_special_tokens=True, return_offsets_mapping=True)
-        offsets = [tuple(o) for o in encoded["offset_mapping"]]
-    except (NotImplementedError, ValueError, KeyError):  # slow tokenizers have no offsets
-        encoded = tokenizer(req.inputs, add_special_tokens=True)
-    ids = list(encoded["input_ids"])
+    ids, offsets = await asyncio.to_thread(_encode_with_offsets, engine.tokenizer, req.inputs)
     return json_answer(tgi.tokenize_response(req.inputs, ids, offsets))
+
+
+def _encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
+    try:
+        encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
+    except (NotImplementedError, ValueError, KeyError):  # slow tokenizers have no offsets
+        return list(tokenizer(text, add_special_tokens=True)["input_ids"]), None
 
 
 async def info(request: Request) -> Response:

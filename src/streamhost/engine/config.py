@@ -1,0 +1,55 @@
+"""How to run one model: everything the engine is told, in one object passed to ``Engine``.
+
+The model server resolves it once (``server/config.py``: flags > SageMaker/TGI variables >
+serving.properties > LMI ``OPTION_*`` variables > defaults) and hands it down; nothing below the
+server reads the process environment, so a test builds an engine from an ``EngineConfig`` and
+patches nothing. This module
+imports no torch: the server builds the config before it loads the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamhost.engine.limits import EngineLimits
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """The limits as set by the operator, before the model's context length shapes the defaults.
+
+    ``names`` holds TGI/LMI setting names (``MAX_TOTAL_TOKENS``, ``OPTION_MAX_ROLLING_BATCH_SIZE``,
+    ...) and their values, already merged in precedence order by whoever built it; ``overrides``
+    holds ``EngineLimits`` field names that win over them. Resolving needs the model's context
+    length, which only exists once the weights are loaded.
+    """
+
+    names: Mapping[str, str] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve(self, model_max_positions: int | None = None) -> EngineLimits:
+        """The limits for a model with ``model_max_positions`` (ValueError names a bad setting)."""
+        return EngineLimits.from_env(self.names, model_max_positions=model_max_positions, overrides=self.overrides)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to run the model; ``None`` fields are chosen from the hardware (device, dtype, step budget)."""
+
+    dtype: str | None = None  # bf16 | fp16 | fp32 | auto
+    device: str | None = None  # cpu | cuda | cuda:N | auto
+    trust_remote_code: bool = False
+    revision: str | None = None
+    limits: EngineLimits | None = None  # explicit limits; otherwise ``limit_settings`` resolved at load
+    limit_settings: LimitSettings = field(default_factory=LimitSettings)
+    prefill_chunk: int | None = None  # prompt tokens per step, all sequences together (CPU 1024, GPU 2048)
+    idle_kv_bytes: int = 512 * 1024**2  # KV cache kept allocated while idle; a larger one is released
+    model_id: str | None = None  # the name reported by /info (defaults to the reference given to load)
+    tensor_parallel_degree: int | None = None  # asked for; this executor runs on one device and says so
+    batch_invariant: bool = False  # attention groups rows by length bucket only (kv_cache.py)
+    tokenizer_workers: int = 2  # threads that tokenize prompts off the event loop
+    hub_token: str | None = field(default=None, repr=False)  # for hub downloads; never logged
+    cache_dir: Path | None = None  # converted/downloaded models (the server always sets it)
