@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,3 @@ def read_events(job_dir: Path, offset: int = 0) -> tuple[list[dict[str, Any]], i
         except json.JSONDecodeError:
             continue
     return events, offset + end + 1
-
-
-def iter_all(job_dir: Path) -> Iterator[dict[str, Any]]:
-    events, _ = read_events(job_dir)
-    yield from events

@@ -16,9 +16,6 @@ from urllib.parse import urlsplit
 from streamhost.platform.artifacts import ArtifactStore, ModelData
 from streamhost.platform.s3.access import ExternalAccess
 
-MODEL_CHANNEL = "model"
-
-
 def is_uri(reference: str) -> bool:
     return urlsplit(reference).scheme.lower() in ("s3", "file")
 
