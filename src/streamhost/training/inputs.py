@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from streamhost.platform.artifacts import ArtifactStore, ModelData
 from streamhost.platform.s3.access import ExternalAccess
 
+
 def is_uri(reference: str) -> bool:
     return urlsplit(reference).scheme.lower() in ("s3", "file")
 
