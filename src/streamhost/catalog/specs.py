@@ -84,6 +84,7 @@ class CatalogModel:
     prompt_template: str = "tokenizer"
     default_env: dict[str, str] = field(default_factory=dict)
     recommended_parameters: dict[str, Any] = field(default_factory=dict)
+    training_defaults: dict[str, str] = field(default_factory=dict)  # fine-tuning hyperparameter defaults
     min_resources: str = ""
     description: str = ""
 
@@ -106,7 +107,7 @@ class CatalogModel:
         for name in ("eula_required", "default"):
             if name in data and not isinstance(data[name], bool):
                 raise CatalogError(f"catalog entry {label!r}: {name} must be true or false")
-        for name in ("default_env", "recommended_parameters"):
+        for name in ("default_env", "recommended_parameters", "training_defaults"):
             if name in data and not isinstance(data[name], Mapping):
                 raise CatalogError(f"catalog entry {label!r}: {name} must be an object")
         if data.get("source", "hub") not in _SOURCES:
@@ -121,6 +122,7 @@ class CatalogModel:
         values = dict(data)
         values["default_env"] = {str(k): str(v) for k, v in dict(data.get("default_env", {})).items()}
         values["recommended_parameters"] = dict(data.get("recommended_parameters", {}))
+        values["training_defaults"] = {str(k): str(v) for k, v in dict(data.get("training_defaults", {})).items()}
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

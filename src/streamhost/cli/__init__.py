@@ -25,6 +25,8 @@ CLIENT_COMMANDS = (
     ("streamhost.cli.resources", "add_parsers"),
     ("streamhost.cli.catalog", "add_parser"),
     ("streamhost.cli.bench", "add_parser"),
+    ("streamhost.cli.train", "add_parser"),
+    ("streamhost.cli.evaluate", "add_parser"),
     ("streamhost.cli.sdk_env", "add_parser"),
 )
 

@@ -18,7 +18,8 @@ def add_parser(sub: Any) -> None:
         description="Deploy MODEL (a catalog id such as smollm2, a Hugging Face hub id, or a local model folder) "
         "as an endpoint: CreateModel, CreateEndpointConfig, CreateEndpoint, then wait for InService.",
     )
-    p.add_argument("model", metavar="MODEL", help="catalog id, hub id (org/name) or local model folder")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="catalog id, hub id (org/name) or local model folder")
+    p.add_argument("--training-job", metavar="JOB", help="deploy the model a training job produced (instead of MODEL)")
     p.add_argument("--name", help="endpoint name (default: derived from the model, with a timestamp)")
     p.add_argument("--instance-count", type=_positive_int, default=1, help="model-server instances (default 1)")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="container environment (repeatable)")
@@ -68,7 +69,15 @@ def resolve_model(reference: str, session: Session, env: dict[str, str], image: 
 def deploy(args: argparse.Namespace) -> int:
     session = session_from(args)
     env = parse_env(args.env)
-    target, label = resolve_model(args.model, session, env, args.image, args.name, args.state_dir)
+    if bool(args.model) == bool(args.training_job):
+        raise CliError("give either MODEL or --training-job JOB")
+    if args.training_job:
+        from streamhost.client.training import model_for_training_job
+
+        target = model_for_training_job(session, args.training_job, name=name_from_base(args.name) if args.name else None, env=env)
+        label = f"training job {args.training_job}"
+    else:
+        target, label = resolve_model(args.model, session, env, args.image, args.name, args.state_dir)
     err = console(stderr=True)
     started = time.monotonic()
     seen: list[str] = []

@@ -16,10 +16,12 @@ from .sdk import (
     StreamhostError,
     list_models,
 )
+from .training import Estimator, TrainingJobError
 
 __all__ = [
     "CatalogModel",
     "DeploymentError",
+    "Estimator",
     "EulaNotAcceptedError",
     "LineIterator",
     "Model",
@@ -28,6 +30,7 @@ __all__ = [
     "StreamError",
     "StreamhostError",
     "TokenIterator",
+    "TrainingJobError",
     "event_texts",
     "iter_events",
     "list_models",

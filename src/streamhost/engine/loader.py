@@ -152,6 +152,49 @@ def download_from_hub(model_id: str, revision: str | None = None, token: str | N
     return Path(folder)
 
 
+ADAPTER_BASE_FILE = "streamhost_base.json"  # written by the trainer beside an unmerged LoRA adapter
+
+
+def merge_adapter(folder: Path) -> Path:
+    """A LoRA adapter folder (a training job's ``merge_weights=false`` output) merged into its base, once.
+
+    The base comes from ``streamhost_base.json`` (the reference the job trained from: ``smollm2``,
+    a hub id or a folder), else the adapter's own ``base_model_name_or_path``. The merged folder is
+    cached like a converted GGUF, so later loads take seconds.
+    """
+    import json
+
+    folder = Path(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    base_file = folder / ADAPTER_BASE_FILE
+    base_ref = json.loads(base_file.read_text())["model"] if base_file.is_file() else config.get("base_model_name_or_path")
+    if not base_ref:
+        raise ModelNotFoundError(f"{folder} holds a LoRA adapter that names no base model")
+    stamp = hashlib.sha256(
+        "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(folder.iterdir()) if p.is_file()).encode()
+    ).hexdigest()[:16]
+    target = cache_root() / "merged" / f"{folder.name}-{stamp}"
+    if _is_complete(target):
+        return target
+    base = resolve_model(base_ref)
+    _progress(f"merging the LoRA adapter in {folder} into {base_ref} (once)")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=target.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base)
+        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+        model.save_pretrained(tmp)
+        tokenizer_source = folder if (folder / "tokenizer_config.json").is_file() else base
+        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, target)
+
+
 def _find_gguf(folder: Path) -> Path | None:
     ggufs = sorted(folder.glob("*.gguf"))
     return ggufs[0] if ggufs else None
@@ -171,6 +214,8 @@ def resolve_model(reference: str | os.PathLike, revision: str | None = None, tok
     if path.is_dir():
         if (path / "config.json").is_file():
             return path
+        if (path / "adapter_config.json").is_file():
+            return merge_adapter(path)
         gguf = _find_gguf(path)
         if gguf is not None:
             return convert_gguf(gguf, cache=cache)

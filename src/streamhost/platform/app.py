@@ -41,6 +41,8 @@ from .settings import PlatformSettings
 from .store import Store
 from .sts_iam import StsIamService
 from .supervisor import Supervisor
+from .training_jobs import LOG_ROUTE as TRAINING_LOG_ROUTE
+from .training_jobs import TrainingJobs
 
 log = logging.getLogger("streamhost.platform")
 
@@ -102,6 +104,7 @@ class PlatformApp:
             max_instances=settings.max_instances,
             eula_lookup=catalog_eula_lookup(settings.state_dir),
         )
+        self.training = TrainingJobs(self)
         register_capacity(self.control, self.supervisor)
         self.gateway = Gateway(self.supervisor, self.store, self.metrics, settings)
         self.verifier: SigV4Verifier | None = None
@@ -176,6 +179,9 @@ class PlatformApp:
                 return
             await self._invoke(scope, receive, send)
             return
+        if method == "GET" and path.startswith(TRAINING_LOG_ROUTE):
+            await self._training_log(scope, receive, send, path[len(TRAINING_LOG_ROUTE):].removesuffix("/log"))
+            return
         exports = getattr(self.supervisor.placement, "exports", None)  # model data for Ray nodes
         if method == "GET" and path.startswith(ARTIFACTS_ROUTE) and exports is not None:
             await exports.serve(scope, receive, send)
@@ -204,6 +210,7 @@ class PlatformApp:
                     await self._ensure_default_bucket()
                     await self._publish_jumpstart_metadata()
                     await self.supervisor.recover()
+                    self.training.recover()
                     self.ready = True
                     for callback in self.started_callbacks:
                         await callback(self)
@@ -215,6 +222,7 @@ class PlatformApp:
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False
                 try:
+                    await self.training.shutdown()
                     await self.supervisor.shutdown()
                     await self.gateway.close()
                 finally:
@@ -321,6 +329,17 @@ class PlatformApp:
         self.metrics.count_request(operation, status)
 
     # ------------------------------------------------------------------ operator view
+
+    async def _training_log(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        try:
+            self._authenticate(scope, header_map(scope), await read_body(receive, 1024))
+        except (ClientGone, BodyTooLarge):
+            return
+        except AuthError as exc:
+            await respond_json(send, exc.status, {"__type": exc.code, "message": exc.message})
+            return
+        status, body, headers = self.training.read_log(name, scope.get("query_string", b"").decode("latin-1"))
+        await respond(send, status, body, headers or {"content-type": "text/plain"})
 
     async def _instances(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         headers = header_map(scope)

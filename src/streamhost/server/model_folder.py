@@ -41,8 +41,9 @@ class ModelLocation:
 
 
 def holds_weights(folder: Path) -> bool:
-    """A Hugging Face model folder (``config.json``) or a folder with a ``.gguf`` file."""
-    return (folder / "config.json").is_file() or any(folder.glob("*.gguf"))
+    """A Hugging Face model folder (``config.json``), a folder with a ``.gguf`` file, or a training job's
+    LoRA adapter (``adapter_config.json``; the loader merges it into the base it names)."""
+    return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file() or any(folder.glob("*.gguf"))
 
 
 def _visible_entries(folder: Path) -> list[Path]:

@@ -24,6 +24,9 @@ ASSETS: dict[str, str] = {
     "chatstream.js": "text/javascript; charset=utf-8",
     "eventstream.js": "text/javascript; charset=utf-8",
     "markdown.js": "text/javascript; charset=utf-8",
+    "compare.html": "text/html; charset=utf-8",  # two endpoints side by side (base vs tuned)
+    "compare.css": "text/css; charset=utf-8",
+    "compare.js": "text/javascript; charset=utf-8",
 }
 
 CONTENT_SECURITY_POLICY = (
