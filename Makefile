@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 LLAMA_CPP_VERSION := 0.3.36
 
-.PHONY: run test test-cluster install bench-engine clean
+.PHONY: run test test-cluster lint install bench-engine clean
 
 $(STAMP): pyproject.toml scripts/install-llama-cpp.sh
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/streamhost serve --deploy-default
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -m "not cluster"
+
+# ruff (lint + format check) and mypy on src/, configured in pyproject.toml; part of `make test`.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
 
 # Ray placement on a real 3-node Ray cluster the tests start on this machine (about 4 minutes on 2 cores).
 test-cluster: $(STAMP)

@@ -154,3 +154,12 @@ def test_rouge_l_and_the_markdown_table(tmp_path):
     report = Report("base", "tuned", [EvalRow("in | put", "ref", "b", "ref", 0.0, 1.0)])
     markdown = to_markdown(report)
     assert "base **0.000**, tuned **1.000**" in markdown and "in \\| put" in markdown
+
+
+def test_json_encoded_hyperparameters_from_the_sagemaker_sdk_are_decoded() -> None:
+    """JumpStartEstimator sends every value JSON-encoded ('"1"'); the training toolkit decodes them."""
+    from streamhost.training.hyperparameters import parse
+
+    values = parse({"epoch": '"2"', "learning_rate": '"0.001"', "instruction_tuned": '"true"', "lr_scheduler_type": '"cosine"'})
+    assert (values["epoch"], values["learning_rate"], values["instruction_tuned"]) == (2, 0.001, True)
+    assert values["lr_scheduler_type"] == "cosine"

@@ -30,7 +30,7 @@ from streamhost.training import hyperparameters as hps
 from streamhost.training.outputs import model_artifact_uri
 
 from .artifacts import ArtifactError
-from .control_plane import ApiError, _epoch
+from .control_plane import ApiError
 from .training_runner import ACTIVE, LOG_FILE, TrainingGauges, TrainingRunner
 from .training_store import TrainingJobRecord, TrainingJobStore
 
@@ -233,10 +233,10 @@ class TrainingJobs:
         if p.get("StatusEquals"):
             items = [i for i in items if i["TrainingJobStatus"] == p["StatusEquals"]]
         if "LastModifiedTimeBefore" in p:
-            bound = _epoch(p["LastModifiedTimeBefore"], "LastModifiedTimeBefore")
+            bound = float(p["LastModifiedTimeBefore"])  # the validator gives epoch seconds
             items = [i for i in items if i["LastModifiedTime"] < bound]
         if "LastModifiedTimeAfter" in p:
-            bound = _epoch(p["LastModifiedTimeAfter"], "LastModifiedTimeAfter")
+            bound = float(p["LastModifiedTimeAfter"])
             items = [i for i in items if i["LastModifiedTime"] > bound]
         page, token = self.control._paginate(
             p, items, "TrainingJobName",

@@ -12,6 +12,7 @@ smaller learning rate); unknown keys there are a catalog error, not a silent no-
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,10 +148,25 @@ def parse(given: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) 
             if key.startswith(("sagemaker_", "_")):  # the SageMaker SDK adds its own bookkeeping keys
                 continue
             raise HyperparameterError(key, f"unknown hyperparameter {key!r}; known: {', '.join(SPECS)}")
-        values[key] = spec.convert(raw)
+        values[key] = spec.convert(_unquote(raw))
     if values["lora_r"] == 0 and not values["merge_weights"]:
         raise HyperparameterError("merge_weights", "merge_weights=false needs LoRA (lora_r > 0): full fine-tuning has no adapter")
     return values
+
+
+def _unquote(raw: Any) -> Any:
+    """A JSON-encoded string value (``'"1"'``) as the string it encodes.
+
+    The SageMaker SDK's JumpStart estimators send every hyperparameter JSON-encoded; SageMaker's
+    training toolkit decodes them before a script sees them, so we do too. Anything else is kept.
+    """
+    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            decoded = json.loads(raw)
+        except ValueError:
+            return raw
+        return decoded if isinstance(decoded, str) else raw
+    return raw
 
 
 def to_strings(values: Mapping[str, Any]) -> dict[str, str]:
