@@ -8,14 +8,15 @@ metrics are computed one way for all of them and the comparison is apples to app
 from __future__ import annotations
 
 import json
-import re
 import os
 import platform
+import re
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -219,18 +220,14 @@ def plot_throughput_and_ttft(
         if not xs:
             continue
         ax_tp.plot(xs, [by_streams[x]["total_tok_s"] for x in xs], marker=markers[i % 4], label=label)
-        ax_ttft.plot(
-            xs, [by_streams[x]["ttft_median_s"] * 1000 for x in xs], marker=markers[i % 4], label=label
-        )
+        ax_ttft.plot(xs, [by_streams[x]["ttft_median_s"] * 1000 for x in xs], marker=markers[i % 4], label=label)
     ticks = sorted({x for by_streams in series.values() for x in by_streams})
     if ticks:
         ax_tp.set_xticks(ticks)
         ax_ttft.set_xticks(ticks)
     if reference:
         ax_tp.axhline(reference["total_tok_s"], linestyle="--", color="grey", label=reference_label)
-        ax_ttft.axhline(
-            reference["ttft_median_s"] * 1000, linestyle="--", color="grey", label=reference_label
-        )
+        ax_ttft.axhline(reference["ttft_median_s"] * 1000, linestyle="--", color="grey", label=reference_label)
     ax_tp.set_xlabel("concurrent streams")
     ax_tp.set_ylabel("total tokens / s")
     ax_tp.set_title("Throughput")

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, latest_result_path  # noqa: E402
+from _common import RESULTS_DIR, latest_result_path
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,13 @@ class Goal:
             value = None
         met = None if value is None else (value >= self.threshold if self.at_least else value <= self.threshold)
         sign = ">=" if self.at_least else "<="
-        return {"issue": self.issue, "name": self.name, "value": value, "goal": f"{sign} {self.threshold:g}", "met": met}
+        return {
+            "issue": self.issue,
+            "name": self.name,
+            "value": value,
+            "goal": f"{sign} {self.threshold:g}",
+            "met": met,
+        }
 
 
 def _engine_ratio(index: int) -> Callable[[dict[str, Any]], float | None]:
@@ -81,8 +87,12 @@ GOALS: dict[str, list[Goal]] = {
     ],
     "ray_placement": [
         Goal("#18", "tok/s lost on Ray vs local", lambda d: -d["load"]["ray_vs_local"]["tok_s_change"], 0.03, False),
-        Goal("#18", "TTFT p50 added on Ray vs local", lambda d: d["load"]["ray_vs_local"]["ttft_p50_change"], 0.03, False),
-        Goal("#18", "TTFT p99 added on Ray vs local", lambda d: d["load"]["ray_vs_local"]["ttft_p99_change"], 0.03, False),
+        Goal(
+            "#18", "TTFT p50 added on Ray vs local", lambda d: d["load"]["ray_vs_local"]["ttft_p50_change"], 0.03, False
+        ),
+        Goal(
+            "#18", "TTFT p99 added on Ray vs local", lambda d: d["load"]["ray_vs_local"]["ttft_p99_change"], 0.03, False
+        ),
     ],
 }
 
@@ -91,7 +101,9 @@ def gateway_goals(data: dict[str, Any]) -> list[Goal]:
     """Per measured level: added TTFT p50 <= 5 ms and tok/s loss <= 3% through the gateway."""
     goals = []
     for level in data.get("overhead", {}):
-        goals.append(Goal("#4", f"{level} streams: TTFT p50 added (ms)", _gateway(level, "ttft_p50_added_ms"), 5.0, False))
+        goals.append(
+            Goal("#4", f"{level} streams: TTFT p50 added (ms)", _gateway(level, "ttft_p50_added_ms"), 5.0, False)
+        )
         goals.append(Goal("#4", f"{level} streams: tok/s loss", _gateway(level, "tok_s_change", -1.0), 0.03, False))
     return goals
 
@@ -117,11 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="results files (default: the newest of each benchmark)")
     args = parser.parse_args(argv)
-    files = args.files or [p for p in (latest_result_path(name) for name in ("engine", "serve", "gateway", "ray_placement")) if p]
+    files = args.files or [
+        p for p in (latest_result_path(name) for name in ("engine", "serve", "gateway", "ray_placement")) if p
+    ]
     missed = False
     for path in files:
         data = json.loads(path.read_text())
-        print(f"{path.relative_to(RESULTS_DIR.parent.parent) if path.is_relative_to(RESULTS_DIR.parent.parent) else path}:")
+        print(
+            f"{path.relative_to(RESULTS_DIR.parent.parent) if path.is_relative_to(RESULTS_DIR.parent.parent) else path}:"
+        )
         for v in verdicts(data, benchmark_of(data, path)):
             print("  " + format_verdict(v))
             missed = missed or v["met"] is False

@@ -30,14 +30,19 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    _jsonable,
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from _common import (
     StreamRecord,
+    _jsonable,
     chat_prompts,
     common_prefix,
     load_latest,
@@ -48,18 +53,16 @@ from _common import (  # noqa: E402
     run_metrics,
     write_results,
 )
-from check import format_verdict, verdicts  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
-from rich.table import Table  # noqa: E402
+from check import format_verdict, verdicts
 
 console = Console(width=max(Console().width, 100))  # a table, even when piped
 
 SYSTEM_KEYS = {"hand": "hand_loop", "cb": "transformers_cb", "engine": "engine", "peer": "engine_peer"}
 
 
-def run_systems_in_subprocesses(argv: list[str], systems: list[str], peer_src: str | None = None,
-                                rounds: int = 1) -> dict[str, Any]:
+def run_systems_in_subprocesses(
+    argv: list[str], systems: list[str], peer_src: str | None = None, rounds: int = 1
+) -> dict[str, Any]:
     """Measure each system in a fresh interpreter and merge their results (see ``--in-process``).
 
     The ``peer`` system imports streamhost from ``peer_src`` instead of this checkout. With several
@@ -78,8 +81,12 @@ def run_systems_in_subprocesses(argv: list[str], systems: list[str], peer_src: s
             console.print(f"[bold]measuring {system} in a fresh process (round {round_index + 1}/{rounds})[/]")
             env = dict(os.environ)
             if system == "peer" and peer_src:
-                env["PYTHONPATH"] = os.pathsep.join([str(Path(peer_src).resolve()), *[p for p in [env.get("PYTHONPATH")] if p]])
-            subprocess.run([sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True, env=env)
+                env["PYTHONPATH"] = os.pathsep.join(
+                    [str(Path(peer_src).resolve()), *[p for p in [env.get("PYTHONPATH")] if p]]
+                )
+            subprocess.run(
+                [sys.executable, __file__, *argv, "--only", system, "--partial-out", str(out)], check=True, env=env
+            )
             part = json.loads(out.read_text())
             out.unlink()
             _pool_runs(merged, part)
@@ -110,9 +117,15 @@ def measure_one(system: str, model_dir: Path, args, progress) -> dict[str, Any]:
 
     prompts = chat_prompts(AutoTokenizer.from_pretrained(model_dir), max(args.stream_counts))
     runs = (1 + args.repeats) * (1 if system == "hand" else len(args.stream_counts))
-    task = progress.add_task({"hand": "hand loop", "cb": "transformers CB", "engine": "streamhost engine",
-                              "peer": "streamhost engine (peer src)"}[system],
-                             total=runs)
+    task = progress.add_task(
+        {
+            "hand": "hand loop",
+            "cb": "transformers CB",
+            "engine": "streamhost engine",
+            "peer": "streamhost engine (peer src)",
+        }[system],
+        total=runs,
+    )
     part: dict[str, Any] = {"prompt_lengths": [len(p) for p in prompts]}
     if system in ("engine", "peer"):
         import streamhost
@@ -157,17 +170,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cb-page-size", type=int, default=32, help="transformers CB: tokens per block")
     parser.add_argument("--cb-max-batch-tokens", type=int, default=1024, help="transformers CB: tokens per step")
     parser.add_argument(
-        "--in-process", action="store_true",
+        "--in-process",
+        action="store_true",
         help="measure every system in this one process (default: each in a fresh process, because "
         "OpenMP thread pools left by one system slow the next one's model thread by ~35%%)",
     )
     parser.add_argument(
-        "--peer-src", default=None,
+        "--peer-src",
+        default=None,
         help="another checkout's src/ folder (e.g. the previous main): its engine is measured too, in its own "
         "process, and compared stream count by stream count",
     )
     parser.add_argument(
-        "--rounds", type=int, default=1,
+        "--rounds",
+        type=int,
+        default=1,
         help="measure the systems this many times in turns (order flipped each round) and pool their runs",
     )
     parser.add_argument("--only", choices=list(SYSTEM_KEYS), help=argparse.SUPPRESS)
@@ -438,7 +455,9 @@ def ratios(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str, 
     rows = [
         {
             "name": f"decode tok/s: ours x{one} / hand loop",
-            "value": ratio(ours_one and ours_one["decode_tok_s_per_stream"], hand_m and hand_m["decode_tok_s_per_stream"]),
+            "value": ratio(
+                ours_one and ours_one["decode_tok_s_per_stream"], hand_m and hand_m["decode_tok_s_per_stream"]
+            ),
         },
         {
             "name": f"total tok/s: ours x{top} / hf CB x{top}",
@@ -456,15 +475,25 @@ def ratios(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str, 
     if peer:
         for n in stream_counts:
             mine, theirs = _get(ours, n), _get(peer, n)
-            rows.append({"name": f"total tok/s: ours x{n} / peer x{n}",
-                         "value": ratio(mine and mine["total_tok_s"], theirs and theirs["total_tok_s"])})
-            rows.append({"name": f"TTFT p50: ours x{n} / peer x{n}",
-                         "value": ratio(mine and mine["ttft_median_s"], theirs and theirs["ttft_median_s"])})
+            rows.append(
+                {
+                    "name": f"total tok/s: ours x{n} / peer x{n}",
+                    "value": ratio(mine and mine["total_tok_s"], theirs and theirs["total_tok_s"]),
+                }
+            )
+            rows.append(
+                {
+                    "name": f"TTFT p50: ours x{n} / peer x{n}",
+                    "value": ratio(mine and mine["ttft_median_s"], theirs and theirs["ttft_median_s"]),
+                }
+            )
     return rows
 
 
 def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
-    table = Table(title=f"SmolLM2-135M bf16, {results['new_tokens']} new tokens, medians of {results['repeats'] * results.get('rounds', 1)} runs")
+    table = Table(
+        title=f"SmolLM2-135M bf16, {results['new_tokens']} new tokens, medians of {results['repeats'] * results.get('rounds', 1)} runs"
+    )
     for col in ("system", "streams", "tok/s total", "tok/s/stream", "TTFT p50 ms", "TTFT max ms"):
         table.add_column(col, justify="right" if col != "system" else "left")
 
@@ -481,7 +510,11 @@ def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
 
     if results.get("hand_loop"):
         row("hand loop" + (" (prev)" if results.get("baselines_from") else ""), 1, results["hand_loop"]["median"])
-    for key, label in (("transformers_cb", "hf CB"), ("engine_peer", "streamhost (peer src)"), ("engine", "streamhost")):
+    for key, label in (
+        ("transformers_cb", "hf CB"),
+        ("engine_peer", "streamhost (peer src)"),
+        ("engine", "streamhost"),
+    ):
         if key == "transformers_cb" and results.get("baselines_from"):
             label += " (prev)"
         for n in stream_counts:
@@ -547,11 +580,16 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     with Progress(
-        TextColumn("{task.description:<32}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("{task.description:<32}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} runs"),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         if args.only is not None:  # a child: one system, results to --partial-out
-            Path(args.partial_out).write_text(json.dumps(measure_one(args.only, model_dir, args, progress), default=_jsonable))
+            Path(args.partial_out).write_text(
+                json.dumps(measure_one(args.only, model_dir, args, progress), default=_jsonable)
+            )
             return 0
         if args.skip_baselines:
             previous = load_latest("engine")
@@ -570,8 +608,11 @@ def main(argv: list[str] | None = None) -> int:
                 results.update(measure_one(system, model_dir, args, progress))
         else:
             progress.stop()
-            results.update(run_systems_in_subprocesses(list(argv if argv is not None else sys.argv[1:]), wanted,
-                                                       args.peer_src, args.rounds))
+            results.update(
+                run_systems_in_subprocesses(
+                    list(argv if argv is not None else sys.argv[1:]), wanted, args.peer_src, args.rounds
+                )
+            )
     results["elapsed_s"] = time.perf_counter() - started
     # The cores are shared: a high load average here means the figures are noisy.
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -591,8 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"] = ratios(results, args.stream_counts)
     stamped = write_results(results, "engine")
     series = {}
-    for key, label in (("engine", "streamhost engine"), ("engine_peer", "streamhost engine (peer src)"),
-                       ("transformers_cb", "transformers CB")):
+    for key, label in (
+        ("engine", "streamhost engine"),
+        ("engine_peer", "streamhost engine (peer src)"),
+        ("transformers_cb", "transformers CB"),
+    ):
         if results.get(key):
             series[label] = {int(n): e["median"] for n, e in results[key]["by_streams"].items()}
     plot = plot_throughput_and_ttft(

@@ -69,7 +69,10 @@ def plain_trainer(data: Path, steps: int, out: Path) -> dict[str, Any]:
                                              target_modules="all-linear", task_type="CAUSAL_LM"))  # fmt: skip
     examples = td.load_examples(td.channel_file(data, "train"), True)
     train, held = td.split(examples, hp["validation_split_ratio"], hp["train_data_split_seed"])
-    train_rows, eval_rows = td.tokenize(train, tokenizer, hp["max_input_length"]), td.tokenize(held, tokenizer, hp["max_input_length"])
+    train_rows, eval_rows = (
+        td.tokenize(train, tokenizer, hp["max_input_length"]),
+        td.tokenize(held, tokenizer, hp["max_input_length"]),
+    )
     total = plan_steps(hp, len(train_rows))
     trainer = Trainer(model=model, args=training_arguments(hp, out, total, bool(eval_rows)), train_dataset=train_rows,
                       eval_dataset=eval_rows, data_collator=collate(tokenizer.pad_token_id))  # fmt: skip
@@ -77,7 +80,12 @@ def plain_trainer(data: Path, steps: int, out: Path) -> dict[str, Any]:
     trainer.train()
     seconds = time.monotonic() - started
     tokens = int(trainer.state.num_input_tokens_seen)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "steps": trainer.state.global_step}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "steps": trainer.state.global_step,
+    }
 
 
 def run_plain(data: Path, steps: int) -> dict[str, Any]:
@@ -113,7 +121,9 @@ def platform_run(data: Path, held_out: Path, steps: int, workdir: Path, examples
             InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}}],
             OutputDataConfig={"S3OutputPath": (workdir / "out").as_uri()}, Environment={"HF_MODEL_ID": "smollm2"},
         )  # fmt: skip
-        sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 7200})
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 7200}
+        )
         wall = time.monotonic() - started
         described = sm.describe_training_job(TrainingJobName=job)
         if described["TrainingJobStatus"] != "Completed":
@@ -124,7 +134,9 @@ def platform_run(data: Path, held_out: Path, steps: int, workdir: Path, examples
         phases = {t["Status"]: round((t["EndTime"] - t["StartTime"]).total_seconds(), 2)  # boto3 gives datetimes
                   for t in described["SecondaryStatusTransitions"] if "EndTime" in t}  # fmt: skip
         limits = {"MAX_TOTAL_TOKENS": "1024", "MAX_INPUT_TOKENS": "512"}
-        base = fixtures.deploy(sm, fixtures.unique("bench-base"), env={"HF_MODEL_ID": "smollm2", **limits}, startup_timeout=600)
+        base = fixtures.deploy(
+            sm, fixtures.unique("bench-base"), env={"HF_MODEL_ID": "smollm2", **limits}, startup_timeout=600
+        )
         tuned = fixtures.deploy(sm, fixtures.unique("bench-tuned"), env=limits, startup_timeout=600,
                                 model_data=described["ModelArtifacts"]["S3ModelArtifacts"])  # fmt: skip
         session = Session(endpoint_url=platform.url)
@@ -170,15 +182,25 @@ def overhead_pairs(data: Path, steps: int, pairs: int, workdir: Path) -> dict[st
                 InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}}],
                 OutputDataConfig={"S3OutputPath": (workdir / "ab-out").as_uri()}, Environment={"HF_MODEL_ID": "smollm2"},
             )  # fmt: skip
-            sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 7200})
-            metrics = {m["MetricName"]: m["Value"] for m in sm.describe_training_job(TrainingJobName=job)["FinalMetricDataList"]}
+            sm.get_waiter("training_job_completed_or_stopped").wait(
+                TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 7200}
+            )
+            metrics = {
+                m["MetricName"]: m["Value"]
+                for m in sm.describe_training_job(TrainingJobName=job)["FinalMetricDataList"]
+            }
             ours.append(metrics["train_tokens_per_second"])
             plain.append(run_plain(data, steps)["tokens_per_second"])
             print(f"  pair {pair + 1}: platform {ours[-1]:.1f} tokens/s, plain {plain[-1]:.1f} tokens/s", flush=True)
     finally:
         platform.stop()
     overhead = (1 - statistics.median(ours) / statistics.median(plain)) * 100
-    return {"steps": steps, "platform_tokens_per_second": ours, "plain_tokens_per_second": plain, "overhead_percent": overhead}
+    return {
+        "steps": steps,
+        "platform_tokens_per_second": ours,
+        "plain_tokens_per_second": plain,
+        "overhead_percent": overhead,
+    }
 
 
 # --------------------------------------------------------------------------- plot
@@ -226,7 +248,13 @@ def plot_overhead(check: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.38
     ax.bar([p - width / 2 for p in pairs], check["platform_tokens_per_second"], width, label="streamhost job")
-    ax.bar([p + width / 2 for p in pairs], check["plain_tokens_per_second"], width, label="plain Trainer + peft", color="C7")
+    ax.bar(
+        [p + width / 2 for p in pairs],
+        check["plain_tokens_per_second"],
+        width,
+        label="plain Trainer + peft",
+        color="C7",
+    )
     ax.set(xlabel="pair (run in this order)", ylabel="training tokens/s", xticks=list(pairs),
            title=f"{check['steps']} steps each; overhead of medians {check['overhead_percent']:+.1f}%")  # fmt: skip
     ax.legend()
@@ -240,9 +268,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--held-out", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=2, help="plain Trainer runs (half before, half after the platform run)")
-    parser.add_argument("--overhead-pairs", type=int, default=0, metavar="N",
-                        help="only the overhead check: N alternating platform / plain runs of --steps steps")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="plain Trainer runs (half before, half after the platform run)"
+    )
+    parser.add_argument(
+        "--overhead-pairs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the overhead check: N alternating platform / plain runs of --steps steps",
+    )
     parser.add_argument("--plain-only", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--plain-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -279,7 +314,10 @@ def main() -> int:
             print(f"  {plain_runs[-1]['tokens_per_second']:.1f} tokens/s", flush=True)
         print("the platform: CreateTrainingJob -> Completed, then base vs tuned ...", flush=True)
         ours = platform_run(data, held_out, args.steps, work, args.examples)
-        print(f"  {ours['metrics']['train_tokens_per_second']:.1f} tokens/s, wall {ours['wall_seconds']:.0f} s", flush=True)
+        print(
+            f"  {ours['metrics']['train_tokens_per_second']:.1f} tokens/s, wall {ours['wall_seconds']:.0f} s",
+            flush=True,
+        )
         for i in range(args.repeats // 2):
             print(f"plain Trainer + peft, run {before + i + 1} ...", flush=True)
             plain_runs.append(run_plain(data, args.steps))

@@ -34,7 +34,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import (  # noqa: E402
+from _common import (
     QUESTIONS,
     StreamRecord,
     common_prefix,
@@ -45,11 +45,9 @@ from _common import (  # noqa: E402
     run_metrics,
     write_results,
 )
-
-from check import format_verdict, verdicts  # noqa: E402
-
-from streamhost.launcher import ServerProcess, free_port  # noqa: E402
-from streamhost.protocols.eventstream import EventStreamDecoder  # noqa: E402
+from check import format_verdict, verdicts
+from streamhost.launcher import ServerProcess, free_port
+from streamhost.protocols.eventstream import EventStreamDecoder
 
 ENDPOINT = "gateway-bench"
 
@@ -86,7 +84,9 @@ class Platform:
 
     def _deploy(self) -> None:
         env = {"HF_MODEL_ID": self.args.model, "MAX_CONCURRENT_REQUESTS": "64"}
-        self._call("CreateModel", {"ModelName": ENDPOINT, "PrimaryContainer": {"Image": "streamhost", "Environment": env}})
+        self._call(
+            "CreateModel", {"ModelName": ENDPOINT, "PrimaryContainer": {"Image": "streamhost", "Environment": env}}
+        )
         self._call("CreateEndpointConfig", {"EndpointConfigName": ENDPOINT, "ProductionVariants": [
             {"VariantName": "AllTraffic", "ModelName": ENDPOINT, "InitialInstanceCount": 1,
              "ContainerStartupHealthCheckTimeoutInSeconds": 900}]})  # fmt: skip
@@ -176,8 +176,13 @@ PROMPTS: list[str] = []
 
 async def run_once(client: httpx.AsyncClient, url: str, framed: bool, streams: int, tokens: int) -> list[StreamRecord]:
     bodies = [
-        json.dumps({"inputs": PROMPTS[i % len(PROMPTS)], "stream": True,
-                    "parameters": {"max_new_tokens": tokens, "do_sample": False}}).encode()  # fmt: skip
+        json.dumps(
+            {
+                "inputs": PROMPTS[i % len(PROMPTS)],
+                "stream": True,
+                "parameters": {"max_new_tokens": tokens, "do_sample": False},
+            }
+        ).encode()  # fmt: skip
         for i in range(streams)
     ]
     start = time.perf_counter()
@@ -194,7 +199,7 @@ async def bench(platform: Platform, args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, dict[int, list[int]]] = {t: {} for t in targets}
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         for streams in args.streams:  # warm-up: connections, kernels, the engine's buckets
-            for name, (url, framed) in targets.items():
+            for url, framed in targets.values():
                 await run_once(client, url, framed, streams, min(8, args.new_tokens))
         for rep in range(args.repeats):
             for streams in args.streams:
@@ -245,7 +250,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info()
-    print(f"gateway bench: streams {args.streams}, {args.new_tokens} tokens, {args.repeats} repeats, model {args.model}")
+    print(
+        f"gateway bench: streams {args.streams}, {args.new_tokens} tokens, {args.repeats} repeats, model {args.model}"
+    )
     PROMPTS[:] = chat_texts(args.model)
     with Platform(args) as platform:
         measured = asyncio.run(bench(platform, args))
@@ -253,14 +260,22 @@ def main(argv: list[str] | None = None) -> int:
     machine["load_average_at_end"] = list(os.getloadavg())
     data = {
         "benchmark": "gateway",
-        "config": {"streams": args.streams, "new_tokens": args.new_tokens, "repeats": args.repeats, "model": args.model,
-                   "instance_threads": args.instance_threads},  # fmt: skip
+        "config": {
+            "streams": args.streams,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "model": args.model,
+            "instance_threads": args.instance_threads,
+        },  # fmt: skip
         "machine": machine,
         **summary,
         "runs": measured["runs"],
     }
     stamped = write_results(data, "gateway")
-    series = {"direct to model server": summary["medians"]["direct"], "through the gateway": summary["medians"]["gateway"]}
+    series = {
+        "direct to model server": summary["medians"]["direct"],
+        "through the gateway": summary["medians"]["gateway"],
+    }
     plot_throughput_and_ttft(plot_path(stamped), f"Gateway overhead ({args.model}, {args.new_tokens} tokens)", series)
     print(f"\nresults: {stamped}  plot: {plot_path(stamped)}")
     for s, o in summary["overhead"].items():

@@ -87,8 +87,13 @@ def raw_decode(gguf: str, threads: int, prompts: list[list[int]], new_tokens: in
     weights = int(llama.llama_model_size(model))
     llama.llama_free(ctx)
     llama.llama_model_free(model)
-    return {"decode_tok_s_per_prompt": rates, "decode_tok_s_median": statistics.median(rates),
-            "ttft_median_s": statistics.median(ttfts), "weights_bytes": weights, "threads": threads}
+    return {
+        "decode_tok_s_per_prompt": rates,
+        "decode_tok_s_median": statistics.median(rates),
+        "ttft_median_s": statistics.median(ttfts),
+        "weights_bytes": weights,
+        "threads": threads,
+    }
 
 
 def read_bandwidth(threads: int) -> float:
@@ -108,16 +113,31 @@ def read_bandwidth(threads: int) -> float:
 def serve_one_stream(threads: int, requests: int) -> dict[str, Any]:
     """Our server on llama.cpp at one stream, through bench/serve.py (OpenAI streaming API)."""
     name = "llamacpp-1stream"
-    cmd = [sys.executable, str(Path(__file__).with_name("serve.py")), "--launch", "streamhost,executor=llamacpp",
-           "--concurrency", "1", "--requests-per-level", str(requests), "--name", name]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("serve.py")),
+        "--launch",
+        "streamhost,executor=llamacpp",
+        "--concurrency",
+        "1",
+        "--requests-per-level",
+        str(requests),
+        "--name",
+        name,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run(cmd, check=True, env=env)
     data = load_latest(name)
     assert data is not None, f"bench/serve.py wrote no {name} results"
     level = data["targets"]["streamhost-llamacpp"]["levels"]["1"]
-    return {"tpot_p50_s": level["tpot_p50_s"], "decode_tok_s": 1 / level["tpot_p50_s"],
-            "ttft_p50_s": level["ttft_p50_s"], "output_tok_s": level["output_tok_s"],
-            "requests": level["ok"], "results_file": data.get("_file")}
+    return {
+        "tpot_p50_s": level["tpot_p50_s"],
+        "decode_tok_s": 1 / level["tpot_p50_s"],
+        "ttft_p50_s": level["ttft_p50_s"],
+        "output_tok_s": level["output_tok_s"],
+        "requests": level["ok"],
+        "results_file": data.get("_file"),
+    }
 
 
 async def _greedy(engine, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -145,20 +165,35 @@ def quality(model_dir: Path, threads: int, new_tokens: int) -> dict[str, Any]:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     questions = (QUESTIONS + EXTRA_QUESTIONS)[:20]
-    prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                                  tokenize=True, return_dict=True)["input_ids"]) for q in questions]
+    prompts = [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        for q in questions
+    ]
     q8 = gguf_for(model_dir, "q8_0", threads=threads)
-    bf16 = asyncio.run(_greedy(Engine(TorchExecutor(model_dir, dtype="bf16", device="cpu"), EngineConfig()),
-                               prompts, new_tokens))
-    ours = asyncio.run(_greedy(Engine(LlamaCppExecutor(q8, tokenizer, threads=threads), EngineConfig()),
-                               prompts, new_tokens))
+    bf16 = asyncio.run(
+        _greedy(Engine(TorchExecutor(model_dir, dtype="bf16", device="cpu"), EngineConfig()), prompts, new_tokens)
+    )
+    ours = asyncio.run(
+        _greedy(Engine(LlamaCppExecutor(q8, tokenizer, threads=threads), EngineConfig()), prompts, new_tokens)
+    )
     per_prompt = [common_prefix(a, b) / max(1, len(a)) for a, b in zip(bf16, ours)]
     pooled = sum(common_prefix(a, b) for a, b in zip(bf16, ours)) / sum(len(a) for a in bf16)
-    return {"prompts": len(prompts), "new_tokens": new_tokens, "gguf": str(q8),
-            "agreement_pooled": pooled, "agreement_per_prompt": per_prompt,
-            "identical_answers": sum(a == b for a, b in zip(bf16, ours)),
-            "examples": [{"question": q, "bf16": tokenizer.decode(a), "q8_0": tokenizer.decode(b)}
-                         for q, a, b in list(zip(questions, bf16, ours))[:3]]}
+    return {
+        "prompts": len(prompts),
+        "new_tokens": new_tokens,
+        "gguf": str(q8),
+        "agreement_pooled": pooled,
+        "agreement_per_prompt": per_prompt,
+        "identical_answers": sum(a == b for a, b in zip(bf16, ours)),
+        "examples": [
+            {"question": q, "bf16": tokenizer.decode(a), "q8_0": tokenizer.decode(b)}
+            for q, a, b in list(zip(questions, bf16, ours))[:3]
+        ],
+    }
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -171,15 +206,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     raw, ours = results.get("raw"), results.get("ours")
     if raw and ours:
         ax = axes[0]
-        ax.bar(["raw llama-cpp-python", "streamhost llama.cpp\n(OpenAI stream)"],
-               [raw["decode_tok_s_median"], ours["decode_tok_s"]], color=["#888", "#2a7"])
+        ax.bar(
+            ["raw llama-cpp-python", "streamhost llama.cpp\n(OpenAI stream)"],
+            [raw["decode_tok_s_median"], ours["decode_tok_s"]],
+            color=["#888", "#2a7"],
+        )
         ax.set_ylabel("single-stream decode tok/s")
         ax.set_title(f"1 stream: ours = {results['ratio_ours_vs_raw']:.0%} of raw (target 95%)")
     bw = results.get("bandwidth")
     if bw:
         ax = axes[1]
-        ax.bar(["weights read\nby decode", "measured read\nbandwidth"], [bw["decode_gb_s"], bw["machine_gb_s"]],
-               color=["#2a7", "#888"])
+        ax.bar(
+            ["weights read\nby decode", "measured read\nbandwidth"],
+            [bw["decode_gb_s"], bw["machine_gb_s"]],
+            color=["#2a7", "#888"],
+        )
         ax.set_ylabel("GB/s")
         ax.set_title(f"decode reads {bw['fraction']:.0%} of measured bandwidth")
     q = results.get("quality")
@@ -210,25 +251,43 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from serve import build_prompts, template_prompts
-
     from streamhost.engine.loader import default_gguf_path, ensure_default_model
 
     model_dir = ensure_default_model()
     gguf = default_gguf_path()
     prompts = build_prompts(0)[:8]
     template_prompts(prompts, model_dir)
-    results: dict[str, Any] = {"benchmark": "llamacpp", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "command": " ".join([Path(sys.executable).name, *sys.argv]), "gguf": str(gguf),
-                               "threads": args.threads, "new_tokens": args.new_tokens, "machine": machine_info()}
+    results: dict[str, Any] = {
+        "benchmark": "llamacpp",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "gguf": str(gguf),
+        "threads": args.threads,
+        "new_tokens": args.new_tokens,
+        "machine": machine_info(),
+    }
     if "raw" not in args.skip:
         spec = RESULTS_DIR / ".llamacpp-prompts.json"
         spec.write_text(json.dumps([p.token_ids for p in prompts]))
         # OMP_WAIT_POLICY=PASSIVE as bench/serve.py gives the servers it launches (like for like; on a
         # shared machine spinning OpenMP barriers collapse: 2 tok/s instead of 17 measured here).
-        out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--new-tokens",
-                              str(args.new_tokens), "--raw-worker", str(gguf), str(spec)],
-                             check=True, capture_output=True, text=True,
-                             env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--threads",
+                str(args.threads),
+                "--new-tokens",
+                str(args.new_tokens),
+                "--raw-worker",
+                str(gguf),
+                str(spec),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        ).stdout
         spec.unlink()
         results["raw"] = json.loads(out.strip().splitlines()[-1])
         print(f"raw llama-cpp-python: {results['raw']['decode_tok_s_median']:.1f} tok/s decode", flush=True)
@@ -244,10 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         if results.get("ours"):
             rates["ours"] = results["ours"]["decode_tok_s"]
         best = max(rates.values())
-        results["bandwidth"] = {"weights_bytes_per_token": weights, "machine_read_bytes_s": machine,
-                                "machine_gb_s": machine / 1e9, "decode_gb_s": weights * best / 1e9,
-                                "fraction": weights * best / machine, "decode_rates": rates,
-                                "note": "weights only (KV reads at these lengths are < 1% of them)"}
+        results["bandwidth"] = {
+            "weights_bytes_per_token": weights,
+            "machine_read_bytes_s": machine,
+            "machine_gb_s": machine / 1e9,
+            "decode_gb_s": weights * best / 1e9,
+            "fraction": weights * best / machine,
+            "decode_rates": rates,
+            "note": "weights only (KV reads at these lengths are < 1% of them)",
+        }
     if "quality" not in args.skip:
         results["quality"] = quality(model_dir, args.threads, 64)
         print(f"Q8_0 vs bf16 greedy agreement: {results['quality']['agreement_pooled']:.1%}", flush=True)

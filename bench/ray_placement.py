@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _common import QUESTIONS, machine_info, median_runs, plot_path, run_metrics, write_results
 from check import format_verdict, verdicts
 from gateway import one_stream
-
 from streamhost.launcher import ServerProcess, free_port, streamhost_command
 from streamhost.testing_ray import RayCluster
 
@@ -172,7 +171,10 @@ def kill_and_replace(cluster: RayCluster, platform: Platform, kills: int) -> lis
                 replaced = time.monotonic() - killed
                 break
             time.sleep(0.1)
-        print(f"  kill {number + 1}: unrouted after {noticed:.1f} s, replacement serving after {replaced:.1f} s", flush=True)
+        print(
+            f"  kill {number + 1}: unrouted after {noticed:.1f} s, replacement serving after {replaced:.1f} s",
+            flush=True,
+        )
         results.append({"unrouted_s": noticed, "replacement_ready_s": replaced})
         cluster.add_worker(f"node_spare{number + 1}", 1)
         cluster.wait_nodes(3)
@@ -191,8 +193,12 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     axes[0].set_title(f"output tok/s ({result['config']['streams']} streams x {result['config']['new_tokens']} tokens)")
     width = 0.38
     xs = range(len(labels))
-    axes[1].bar([x - width / 2 for x in xs], [result["load"][k]["ttft_p50_s"] * 1000 for k in labels], width, label="p50")
-    axes[1].bar([x + width / 2 for x in xs], [result["load"][k]["ttft_p99_s"] * 1000 for k in labels], width, label="p99")
+    axes[1].bar(
+        [x - width / 2 for x in xs], [result["load"][k]["ttft_p50_s"] * 1000 for k in labels], width, label="p50"
+    )
+    axes[1].bar(
+        [x + width / 2 for x in xs], [result["load"][k]["ttft_p99_s"] * 1000 for k in labels], width, label="p99"
+    )
     axes[1].set_xticks(list(xs), labels)
     axes[1].set_title("TTFT (ms)")
     axes[1].legend()
@@ -264,7 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "ray_placement",
         "config": {
-            "streams": args.streams, "new_tokens": args.new_tokens, "repeats": args.repeats, "model": args.model,
+            "streams": args.streams,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "model": args.model,
             "cluster": "3 nodes on this machine, 1 CPU each; instances: 1 CPU, 1 thread",
         },
         "machine": machine_info(),

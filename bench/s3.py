@@ -34,10 +34,9 @@ from botocore.config import Config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import plot_path, write_results  # noqa: E402
-
-from streamhost.launcher import ServerProcess, free_port, streamhost_command  # noqa: E402
-from streamhost.testing_seaweedfs import SeaweedFS  # noqa: E402
+from _common import plot_path, write_results
+from streamhost.launcher import ServerProcess, free_port, streamhost_command
+from streamhost.testing_seaweedfs import SeaweedFS
 
 BUCKET = "bench-bucket"
 MB = 1_000_000
@@ -106,7 +105,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
             top = max(r[f"{direction}_mb_s"] for r in results["systems"][system]["runs"])
             ax.annotate(f"{value:.0f}", (x, top), xytext=(0, 4), textcoords="offset points", ha="center",
                         va="bottom", fontsize=9, fontweight="bold")  # fmt: skip
-    highest = max(r[k] for v in results["systems"].values() for r in v["runs"] for k in ("upload_mb_s", "download_mb_s"))
+    highest = max(
+        r[k] for v in results["systems"].values() for r in v["runs"] for k in ("upload_mb_s", "download_mb_s")
+    )
     ax.set_ylim(0, highest * 1.15)
     ax.set_xticks(range(len(systems)), systems)
     ax.set_ylabel("MB/s")
@@ -160,7 +161,8 @@ def main() -> int:
         platform.stop()
         shutil.rmtree(work, ignore_errors=True)
     systems = {
-        name: {"runs": rs, "median": {k: statistics.median(r[k] for r in rs) for k in rs[0]}} for name, rs in runs.items()
+        name: {"runs": rs, "median": {k: statistics.median(r[k] for r in rs) for k in rs[0]}}
+        for name, rs in runs.items()
     }
     embedded, seaweed = systems["streamhost embedded"]["median"], systems["SeaweedFS"]["median"]
     results = {

@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests" / "e2e" / "notebooks"))
 
-from _common import machine_info, plot_path, write_results  # noqa: E402
 from notebook_runner import notebook_env, run_notebook  # noqa: E402
 
+from _common import machine_info, plot_path, write_results  # noqa: E402
 from streamhost.cli.sdk_env import build_sdk_environment  # noqa: E402
 from streamhost.launcher import ServerProcess, free_port, streamhost_command  # noqa: E402
 
@@ -58,7 +58,7 @@ class InServiceWatcher(threading.Thread):
                 for item in self.client.list_endpoints()["Endpoints"]:
                     if item["EndpointStatus"] == "InService":
                         self.in_service.setdefault(item["EndpointName"], time.time())
-            except Exception:  # noqa: BLE001 - the platform may be busy; try again
+            except Exception:
                 pass
             self.stop.wait(0.1)
 
@@ -85,9 +85,13 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="HF_MODEL_ID for the notebook (default: the bundled model)")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="HF_MODEL_ID for the notebook (default: the bundled model)"
+    )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--poll", type=int, default=None, help="shorten the SDK waiter's 30 s poll (default: unchanged)")
+    parser.add_argument(
+        "--poll", type=int, default=None, help="shorten the SDK waiter's 30 s poll (default: unchanged)"
+    )
     parser.add_argument("--tokens", type=int, default=32, help="max_new_tokens of the notebook's requests")
     args = parser.parse_args()
 
@@ -107,7 +111,11 @@ def main() -> int:
             env = notebook_env(sdk.env, NOTEBOOK_MODEL=args.model, NOTEBOOK_TOKENS=str(args.tokens),
                                OMP_WAIT_POLICY="PASSIVE")  # fmt: skip
             for i in range(args.repeats):
-                print(f"run {i + 1}/{args.repeats}: deploying {args.model} through the SDK ...", file=sys.stderr, flush=True)
+                print(
+                    f"run {i + 1}/{args.repeats}: deploying {args.model} through the SDK ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 run = run_notebook("hf_tgi", env, poll=args.poll, timeout=900)
                 r = run.result
                 ready_at = watcher.in_service.get(r["endpoint"])

@@ -32,21 +32,22 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx  # noqa: E402
-from _common import QUESTIONS as ENGINE_QUESTIONS  # noqa: E402
-from _common import RESULTS_DIR, machine_info, plot_path, write_results  # noqa: E402
-from check import format_verdict, verdicts  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
-from rich.table import Table  # noqa: E402
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from streamhost.launcher import ServerProcess, free_port  # noqa: E402
+from _common import QUESTIONS as ENGINE_QUESTIONS
+from _common import RESULTS_DIR, machine_info, plot_path, write_results
+from check import format_verdict, verdicts
+from streamhost.launcher import ServerProcess, free_port
 
 console = Console(width=max(Console().width, 130))  # whole tables, even when piped
 
@@ -182,9 +183,7 @@ def build_prompts(seed: int, prompt_set: str = "mixed") -> list[Prompt]:
     """The fixed prompt pool. ``mixed``: short/medium/long chat prompts, seeded; ``engine``: the
     16 questions of bench/engine.py (same as its in-process figures), for the 1-stream check."""
     if prompt_set == "engine":
-        return [
-            Prompt(i, "engine", [{"role": "user", "content": q}]) for i, q in enumerate(ENGINE_QUESTIONS)
-        ]
+        return [Prompt(i, "engine", [{"role": "user", "content": q}]) for i, q in enumerate(ENGINE_QUESTIONS)]
     rng = random.Random(seed)
     half = len(QUESTIONS) // 2
     shuffled = QUESTIONS[:]
@@ -239,7 +238,7 @@ class Target:
     api: str  # tgi | openai | inprocess
     model: str | None = None
     force: str = "ignore_eos"
-    launch: "LaunchSpec | None" = None
+    launch: LaunchSpec | None = None
     engine: Any = None  # api=inprocess: a started streamhost Engine in this process
 
 
@@ -305,8 +304,17 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
         if executor not in (None, "torch", "llamacpp"):
             raise ValueError(f"--launch {spec!r}: executor must be torch or llamacpp")
         command = [
-            sys.executable, "-m", "streamhost.cli", "container", *model_args,
-            "--host", "127.0.0.1", "--port", str(port), "--dtype", "bf16",
+            sys.executable,
+            "-m",
+            "streamhost.cli",
+            "container",
+            *model_args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "bf16",
             *(["--executor", executor] if executor else []),
         ]
         name = "streamhost" if api == "openai" else "streamhost-tgi"
@@ -317,9 +325,20 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
         exe = Path(sys.executable).with_name("transformers")
         exe_s = str(exe) if exe.exists() else (shutil.which("transformers") or "transformers")
         command = [
-            exe_s, "serve", str(model_dir), "--continuous-batching",
-            "--cb-num-blocks", str(args.tf_cb_num_blocks), "--dtype", "bfloat16", "--device", "cpu",
-            "--host", "127.0.0.1", "--port", str(port),
+            exe_s,
+            "serve",
+            str(model_dir),
+            "--continuous-batching",
+            "--cb-num-blocks",
+            str(args.tf_cb_num_blocks),
+            "--dtype",
+            "bfloat16",
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
         ]
         launch = LaunchSpec("transformers", command, "/health", env, port)
         if force == "ignore_eos":
@@ -384,13 +403,18 @@ class RequestRecord:
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "prompt": self.prompt_index, "kind": self.prompt_kind, "prompt_tokens": self.prompt_tokens,
+            "prompt": self.prompt_index,
+            "kind": self.prompt_kind,
+            "prompt_tokens": self.prompt_tokens,
             "e2e_s": round(self.end - self.start, 4),
         }
         if self.ok:
             out.update(
-                ttft_s=round(self.ttft, 4), tpot_s=None if math.isnan(self.tpot) else round(self.tpot, 5),
-                tokens=self.tokens, events=len(self.token_times), finish_reason=self.finish_reason,
+                ttft_s=round(self.ttft, 4),
+                tpot_s=None if math.isnan(self.tpot) else round(self.tpot, 5),
+                tokens=self.tokens,
+                events=len(self.token_times),
+                finish_reason=self.finish_reason,
             )
         if self.error:
             out["error"] = self.error
@@ -663,8 +687,12 @@ async def warm_up(
 
 
 async def measure_level(
-    client: httpx.AsyncClient, target: Target, prompts: list[Prompt], level: int,
-    args: argparse.Namespace, progress: Progress,
+    client: httpx.AsyncClient,
+    target: Target,
+    prompts: list[Prompt],
+    level: int,
+    args: argparse.Namespace,
+    progress: Progress,
 ) -> dict[str, Any]:
     n_req = args.plan[level]
     task = progress.add_task(f"{target.name} x{level}", total=n_req)
@@ -697,7 +725,11 @@ class TargetRun:
     def __init__(self, target: Target, args: argparse.Namespace) -> None:
         self.target = target
         self.info: dict[str, Any] = {
-            "url": target.url, "api": target.api, "force": target.force, "model": target.model, "levels": {},
+            "url": target.url,
+            "api": target.api,
+            "force": target.force,
+            "model": target.model,
+            "levels": {},
         }
         self.server = Server(target.launch, args.log_dir, target.name) if target.launch else None
         limits = httpx.Limits(max_connections=max(args.levels) + 8, max_keepalive_connections=max(args.levels) + 8)
@@ -726,7 +758,11 @@ class TargetRun:
                 spec = self.server.spec
                 self.info["launched"] = {
                     "command": spec.command,
-                    "env": {k: spec.env[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HF_HUB_OFFLINE") if k in spec.env},
+                    "env": {
+                        k: spec.env[k]
+                        for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HF_HUB_OFFLINE")
+                        if k in spec.env
+                    },
                     "startup_s": self.server.startup_s,
                     "log": str(self.server.log_path),
                 }
@@ -745,7 +781,9 @@ class TargetRun:
         if self.failed:
             return
         try:
-            self.info["levels"][str(level)] = await measure_level(self.client, self.target, prompts, level, args, progress)
+            self.info["levels"][str(level)] = await measure_level(
+                self.client, self.target, prompts, level, args, progress
+            )
             if self.server and self.server.proc and self.server.proc.poll() is not None:
                 raise RuntimeError("server exited during the level")
         except Exception as exc:
@@ -835,6 +873,7 @@ def pick_engine_result(omp_wait_policy: str | None, new_tokens: int) -> dict | N
         if "1" in by:
             data["_file"] = path.name
             candidates.append(data)
+
     def same_omp(data: dict) -> bool:
         return (data.get("machine") or {}).get("omp_wait_policy") == omp_wait_policy
 
@@ -900,11 +939,11 @@ def compare_engine(results: dict, candidate: str | None, args: argparse.Namespac
         "serve_omp_wait_policy": serve_omp,
     }
     same_len = (
-        ref["tokens_per_request"] is not None and level1["tokens_per_request_mean"] is not None
+        ref["tokens_per_request"] is not None
+        and level1["tokens_per_request_mean"] is not None
         and abs(ref["tokens_per_request"] - level1["tokens_per_request_mean"]) <= 0.02 * ref["tokens_per_request"]
     )
-    comparable = (ref["same_prompts"] and ref["same_new_tokens"] and same_len
-                  and ref["omp_wait_policy"] == serve_omp)
+    comparable = ref["same_prompts"] and ref["same_new_tokens"] and same_len and ref["omp_wait_policy"] == serve_omp
     out["comparable"] = comparable
     if not comparable:
         out["note"] = (
@@ -922,20 +961,34 @@ def _ms(v: float | None) -> str:
 
 
 def print_report(results: dict) -> None:
-    table = Table(
-        title=f"{results['config']['max_new_tokens']} new tokens, prompts: {results['config']['prompts']}"
-    )
-    cols = ["target", "streams", "out tok/s", "req/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
-            "TPOT p50", "tok/req", "full", "errors"]
+    table = Table(title=f"{results['config']['max_new_tokens']} new tokens, prompts: {results['config']['prompts']}")
+    cols = [
+        "target",
+        "streams",
+        "out tok/s",
+        "req/s",
+        "TTFT p50",
+        "TTFT p99",
+        "ITL p50",
+        "ITL p99",
+        "TPOT p50",
+        "tok/req",
+        "full",
+        "errors",
+    ]
     for col in cols:
         table.add_column(col, justify="left" if col == "target" else "right")
     for name, info in results["targets"].items():
         for n, m in info.get("levels", {}).items():
             table.add_row(
-                name, n,
+                name,
+                n,
                 "-" if m["output_tok_s"] is None else f"{m['output_tok_s']:.1f}",
                 "-" if m["requests_per_s"] is None else f"{m['requests_per_s']:.2f}",
-                _ms(m["ttft_p50_s"]), _ms(m["ttft_p99_s"]), _ms(m["itl_p50_s"]), _ms(m["itl_p99_s"]),
+                _ms(m["ttft_p50_s"]),
+                _ms(m["ttft_p99_s"]),
+                _ms(m["itl_p50_s"]),
+                _ms(m["itl_p99_s"]),
                 _ms(m["tpot_p50_s"]),
                 "-" if m["tokens_per_request_mean"] is None else f"{m['tokens_per_request_mean']:.0f}",
                 "-" if m["full_length_fraction"] is None else f"{m['full_length_fraction']:.0%}",
@@ -945,7 +998,11 @@ def print_report(results: dict) -> None:
     console.print("times in ms; 'full': share of requests that generated all --max-new-tokens tokens")
     for name, info in results["targets"].items():
         launched = info.get("launched", {})
-        how = f"launched, OMP_WAIT_POLICY={launched.get('env', {}).get('OMP_WAIT_POLICY', 'unset')}" if launched else info["url"]
+        how = (
+            f"launched, OMP_WAIT_POLICY={launched.get('env', {}).get('OMP_WAIT_POLICY', 'unset')}"
+            if launched
+            else info["url"]
+        )
         console.print(f"  {name}: api={info['api']}, force={info['force']} ({how})")
     for name, info in results["targets"].items():
         if info.get("failed"):
@@ -959,8 +1016,11 @@ def print_report(results: dict) -> None:
         for n, row in cmp_["by_level"].items():
             tpr = row["tokens_per_request"]
             t.add_row(
-                n, *(f"{row[k]:.2f}" if row[k] is not None else "-"
-                     for k in ("output_tok_s_ratio", "ttft_p50_ratio", "ttft_p99_ratio")),
+                n,
+                *(
+                    f"{row[k]:.2f}" if row[k] is not None else "-"
+                    for k in ("output_tok_s_ratio", "ttft_p50_ratio", "ttft_p99_ratio")
+                ),
                 ", ".join("-" if v is None else f"{v:.0f}" for v in tpr),
             )
         console.print(t)
@@ -1006,10 +1066,15 @@ def plot(results: dict, path: Path) -> Path:
         ticks.update(xs)
         c = colors[i % len(colors)]
         ax_tp.plot(xs, [levels[x]["output_tok_s"] for x in xs], marker="o", color=c, label=name)
-        ax_ttft.plot(xs, [(levels[x]["ttft_p50_s"] or 0) * 1000 for x in xs], marker="o", color=c,
-                     label=f"{name} p50")
-        ax_ttft.plot(xs, [(levels[x]["ttft_p99_s"] or 0) * 1000 for x in xs], marker="s", linestyle="--",
-                     color=c, label=f"{name} p99")
+        ax_ttft.plot(xs, [(levels[x]["ttft_p50_s"] or 0) * 1000 for x in xs], marker="o", color=c, label=f"{name} p50")
+        ax_ttft.plot(
+            xs,
+            [(levels[x]["ttft_p99_s"] or 0) * 1000 for x in xs],
+            marker="s",
+            linestyle="--",
+            color=c,
+            label=f"{name} p99",
+        )
     for ax in (ax_tp, ax_ttft):
         ax.set_xscale("log", base=2)
         if ticks:
@@ -1043,24 +1108,35 @@ def plot(results: dict, path: Path) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="By default every level is measured for every target in turn (--order interleaved).",
     )
     parser.add_argument(
-        "--target", action="append", default=[], metavar="NAME=URL[,api=tgi|openai][,model=M][,force=F]",
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME=URL[,api=tgi|openai][,model=M][,force=F]",
         help="a running server to measure (repeatable). api: openai (default; POST /v1/chat/completions) or "
         "tgi (POST /generate_stream with the chat-templated prompt). force: how to ask for full-length "
         "generations: ignore_eos (default), generation_config (transformers serve), none",
     )
     parser.add_argument(
-        "--launch", action="append", default=[],
+        "--launch",
+        action="append",
+        default=[],
         metavar="streamhost[,api=openai|tgi][,force=F][,executor=torch|llamacpp]|transformers[,force=F]",
         help="start this server, measure it, stop it (repeatable): streamhost = `python -m streamhost.cli "
         "container --model-id smollm2 --dtype bf16`; transformers = `transformers serve <model folder> "
         "--continuous-batching --cb-num-blocks 64 --dtype bfloat16`",
     )
     parser.add_argument(
-        "--inprocess", nargs="?", const="ignore_eos", default=None, choices=FORCE_MODES, metavar="FORCE",
+        "--inprocess",
+        nargs="?",
+        const="ignore_eos",
+        default=None,
+        choices=FORCE_MODES,
+        metavar="FORCE",
         help="also measure our engine inside this process (target 'engine-inprocess'; same prompts, "
         "levels and closed loop, no HTTP): the reference for the HTTP layer's cost. FORCE as for "
         "--target (default ignore_eos; 'none' to stop at EOS like a server that ignores ignore_eos)",
@@ -1070,31 +1146,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--duration", type=float, default=None, help="seconds per level to keep starting requests")
     group.add_argument(
-        "--requests-per-level", default=None,
+        "--requests-per-level",
+        default=None,
         help="requests per level: N, or Kx for K times the concurrency (default: max(8, 2x))",
     )
-    parser.add_argument("--order", choices=["interleaved", "sequential"], default="interleaved",
-                        help="interleaved (default): all servers up, each level measured for every target in "
-                        "turn (A B, B A, ...); sequential: one target after another, one server up at a time")
-    parser.add_argument("--prompts", choices=["mixed", "engine"], default="mixed",
-                        help="mixed: seeded short/medium/long chat prompts (default); engine: bench/engine.py's "
-                        "16 short questions, for the 1-stream comparison with the in-process engine")
+    parser.add_argument(
+        "--order",
+        choices=["interleaved", "sequential"],
+        default="interleaved",
+        help="interleaved (default): all servers up, each level measured for every target in "
+        "turn (A B, B A, ...); sequential: one target after another, one server up at a time",
+    )
+    parser.add_argument(
+        "--prompts",
+        choices=["mixed", "engine"],
+        default="mixed",
+        help="mixed: seeded short/medium/long chat prompts (default); engine: bench/engine.py's "
+        "16 short questions, for the 1-stream comparison with the in-process engine",
+    )
     parser.add_argument("--seed", type=int, default=0, help="prompt set seed (default 0)")
     parser.add_argument("--warmup-tokens", type=int, default=16, help="tokens per warm-up request")
     parser.add_argument("--quick", action="store_true", help="smoke run: streams 1,4; 32 tokens; 1x requests")
     parser.add_argument("--model", default=None, help="model folder (default: the converted smollm2 bf16 folder)")
-    parser.add_argument("--omp-wait-policy", choices=["passive", "active", "inherit"], default="passive",
-                        help="OMP_WAIT_POLICY for launched servers (default passive; see bench/README.md)")
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=["passive", "active", "inherit"],
+        default="passive",
+        help="OMP_WAIT_POLICY for launched servers (default passive; see bench/README.md)",
+    )
     parser.add_argument("--server-threads", type=int, default=None, help="OMP_NUM_THREADS for launched servers")
-    parser.add_argument("--tf-cb-num-blocks", type=int, default=64,
-                        help="transformers serve --cb-num-blocks (default 64 blocks of 256 tokens)")
+    parser.add_argument(
+        "--tf-cb-num-blocks",
+        type=int,
+        default=64,
+        help="transformers serve --cb-num-blocks (default 64 blocks of 256 tokens)",
+    )
     parser.add_argument("--launch-timeout", type=float, default=600, help="seconds to wait for a launched server")
     parser.add_argument("--request-timeout", type=float, default=600, help="read timeout per request (s)")
-    parser.add_argument("--candidate", default=None, help="target compared against the baseline "
-                        "(default: the first named streamhost*)")
+    parser.add_argument(
+        "--candidate", default=None, help="target compared against the baseline (default: the first named streamhost*)"
+    )
     parser.add_argument("--baseline", default=None, help="baseline target (default: the first named transformers*)")
     parser.add_argument("--name", default="serve", help="results file stem under bench/results (default serve)")
-    parser.add_argument("--log-dir", type=Path, default=None, help="where launched servers' logs go (default: a temp dir)")
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="where launched servers' logs go (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
 
     if args.quick:
@@ -1182,8 +1278,10 @@ def main(argv: list[str] | None = None) -> int:
             "requests_per_level": {str(n): c for n, c in args.plan.items()} if args.duration is None else None,
             "prompts": args.prompts,
             "seed": args.seed,
-            "prompt_pool": {k: {"count": len(v), "tokens_min": min(v), "tokens_mean": sum(v) / len(v),
-                                "tokens_max": max(v)} for k, v in kinds.items()},
+            "prompt_pool": {
+                k: {"count": len(v), "tokens_min": min(v), "tokens_mean": sum(v) / len(v), "tokens_max": max(v)}
+                for k, v in kinds.items()
+            },
             "prompt_order": [p.kind for p in prompts],
             "warmup_tokens": args.warmup_tokens,
             "greedy": True,
@@ -1205,8 +1303,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.perf_counter()
     with Progress(
-        TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("{task.description:<44}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         results["targets"] = asyncio.run(run_targets(targets, prompts, args, progress))
     results["elapsed_s"] = time.perf_counter() - started

@@ -123,9 +123,10 @@ class ShapeStrategies:
                 return st.sampled_from(names).flatmap(one_member)
             required = {n: self._value(members[n], depth + 1, n) for n in shape.required_members if n in members}
             optional = [n for n in members if n not in required]
-            picked = (st.lists(st.sampled_from(optional), max_size=3, unique=True) if optional else st.just([]))
-            extra = picked.flatmap(lambda names: st.fixed_dictionaries(
-                {n: self._value(members[n], depth + 1, n) for n in names}))
+            picked = st.lists(st.sampled_from(optional), max_size=3, unique=True) if optional else st.just([])
+            extra = picked.flatmap(
+                lambda names: st.fixed_dictionaries({n: self._value(members[n], depth + 1, n) for n in names})
+            )
             return st.tuples(st.fixed_dictionaries(required), extra).map(lambda pair: {**pair[0], **pair[1]})
         if kind == "list":
             low = min(md.get("min", 0), 2)
@@ -201,7 +202,9 @@ def mutations(valid: st.SearchStrategy[dict[str, Any]], schema: dict[str, Any]) 
     paths = _property_paths(schema)
     if not paths:
         return valid
-    edits = st.lists(st.tuples(st.sampled_from(paths), st.one_of(ANY_JSON, NASTY_STRINGS, st.just(_DELETE))), max_size=2)
+    edits = st.lists(
+        st.tuples(st.sampled_from(paths), st.one_of(ANY_JSON, NASTY_STRINGS, st.just(_DELETE))), max_size=2
+    )
     return st.tuples(valid, edits).map(lambda pair: _apply(copy.deepcopy(pair[0]), pair[1]))
 
 

@@ -83,7 +83,9 @@ class ServerProcess:
         with httpx.Client(timeout=2, trust_env=False) as client:
             while time.perf_counter() - started < timeout:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"{' '.join(self.command)} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"{' '.join(self.command)} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    )
                 try:
                     if client.get(url).status_code == 200:
                         self.startup_s = time.perf_counter() - started

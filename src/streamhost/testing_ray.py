@@ -83,14 +83,19 @@ class RayCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="shray")  # short: Ray's socket paths have a length limit
         self.port = free_port()
         self.nodes: list[Node] = []
-        self.env = {**os.environ, **FAST_FAILURE_DETECTION, "OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {
+            **os.environ,
+            **FAST_FAILURE_DETECTION,
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def _start(self, name: str, args: list[str], cpus: float) -> Node:
-        log = open(self.log_dir / f"ray-{name}.log", "ab")  # noqa: SIM115 - the node process owns it
+        log = open(self.log_dir / f"ray-{name}.log", "ab")
         argv = [RAY, "start", "--block", "--disable-usage-stats", f"--num-cpus={cpus:g}", "--num-gpus=0",
                 f"--object-store-memory={OBJECT_STORE_BYTES}", f"--resources={json.dumps({name: 1})}", *args]  # fmt: skip
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
@@ -117,7 +122,9 @@ class RayCluster:
             f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
             "print('NODES=' + json.dumps(ray.nodes()))"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60, check=False
+        )
         if out.returncode != 0:
             raise RuntimeError(f"ray.nodes() failed: {out.stderr[-2000:]}")
         line = next(x for x in out.stdout.splitlines() if x.startswith("NODES="))

@@ -75,7 +75,7 @@ class SeaweedFS:
             client.delete_object(Bucket="streamhost-probe", Key="probe")
             client.delete_bucket(Bucket="streamhost-probe")
             return True
-        except Exception:  # noqa: BLE001 - not ready yet
+        except Exception:
             return False
 
     def client(self):
@@ -93,7 +93,7 @@ class SeaweedFS:
         if self.server is not None:
             self.server.stop(grace=15)
 
-    def __enter__(self) -> SeaweedFS:  # noqa: PYI034 - start() returns the same object
+    def __enter__(self) -> SeaweedFS:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -70,7 +70,7 @@ class AlongsideStream:
         while not self._stop.is_set():
             try:
                 self.results.append(self.run())
-            except BaseException as exc:  # noqa: BLE001 - reported by check()
+            except BaseException as exc:
                 self.errors.append(exc)
                 return
             self._stop.wait(self.pause)

@@ -99,7 +99,9 @@ class PlatformProcess:
         """A raw request signed like botocore signs (for bodies boto3 would refuse to send)."""
         request = AWSRequest(method=method, url=f"{self.url}{path}", data=body, headers=headers or {})
         SigV4Auth(Credentials(ACCESS_KEY, secret), "sagemaker", REGION).add_auth(request)
-        return httpx.request(method, f"{self.url}{path}", content=body, headers=dict(request.headers.items()), timeout=30)
+        return httpx.request(
+            method, f"{self.url}{path}", content=body, headers=dict(request.headers.items()), timeout=30
+        )
 
     def control(self, operation: str, params: Any, raw: bytes | None = None) -> httpx.Response:
         body = raw if raw is not None else json.dumps(params).encode()
@@ -145,4 +147,6 @@ def stub_stats(url: str) -> dict[str, Any]:
 
 
 def tgi_body(tokens: int = 8, stream: bool = False, **parameters: Any) -> bytes:
-    return json.dumps({"inputs": "Hello", "parameters": {"max_new_tokens": tokens, **parameters}, "stream": stream}).encode()
+    return json.dumps(
+        {"inputs": "Hello", "parameters": {"max_new_tokens": tokens, **parameters}, "stream": stream}
+    ).encode()

@@ -47,7 +47,9 @@ def make_app(args: argparse.Namespace) -> Starlette:
                 "dialect": args.dialect,
                 "model_dir": args.model_dir,
                 "model_files": sorted(os.listdir(args.model_dir)) if args.model_dir else [],
-                "env": {k: os.environ.get(k) for k in ("HF_MODEL_ID", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "STUB_NAME")},
+                "env": {
+                    k: os.environ.get(k) for k in ("HF_MODEL_ID", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "STUB_NAME")
+                },
             }
         )
 
@@ -59,7 +61,9 @@ def make_app(args: argparse.Namespace) -> Starlette:
             return JSONResponse({"error": "Failed to parse the request body as JSON", "error_type": "validation"}, 400)
         params = body.get("parameters") or {}
         if "status" in params:
-            return JSONResponse({"error": f"stub error {params['status']}", "error_type": "validation"}, params["status"])
+            return JSONResponse(
+                {"error": f"stub error {params['status']}", "error_type": "validation"}, params["status"]
+            )
         count = int(params.get("max_new_tokens", 8))
         delay = float(params.get("delay", token_delay))
         crash_after = params.get("crash_after")
@@ -71,8 +75,13 @@ def make_app(args: argparse.Namespace) -> Starlette:
             await asyncio.sleep(delay * count)
             if crash_after is not None:
                 os._exit(1)
-            answer = {"generated_text": "".join(texts), "instance": name, "custom_attributes": custom,
-                      "accept": request.headers.get("accept"), "content_type": request.headers.get("content-type")}
+            answer = {
+                "generated_text": "".join(texts),
+                "instance": name,
+                "custom_attributes": custom,
+                "accept": request.headers.get("accept"),
+                "content_type": request.headers.get("content-type"),
+            }
             return JSONResponse([answer], headers=headers)
 
         async def events():

@@ -31,12 +31,14 @@ Container = ServerProcess
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPTION_", "MAX_", "HF_MODEL"))}
-    env.update({
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -44,7 +46,9 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def start_container(args: list[str], log_path: Path, env: dict[str, str] | None = None, wait: bool = True,
                     timeout: float = 180) -> Container:  # fmt: skip
     port = free_port()
-    container = ServerProcess(streamhost_command("container", "--port", str(port), *args), port, log_path, server_env(env))
+    container = ServerProcess(
+        streamhost_command("container", "--port", str(port), *args), port, log_path, server_env(env)
+    )
     container.spawn()
     if wait:
         container.wait_ready(timeout)

@@ -39,7 +39,9 @@ def test_base_and_tuned_stream_side_by_side(platform, page, tiny_llama_dir, tmp_
         InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}}],
         OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()}, Environment={"HF_MODEL_ID": str(tiny_llama_dir)},
     )  # fmt: skip
-    sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    sm.get_waiter("training_job_completed_or_stopped").wait(
+        TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 300}
+    )
     artifact = sm.describe_training_job(TrainingJobName=job)["ModelArtifacts"]["S3ModelArtifacts"]
     base = deploy(sm, unique("a-base"), env={"HF_MODEL_ID": str(tiny_llama_dir), **LIMITS})
     tuned = deploy(sm, unique("b-tuned"), env=LIMITS, model_data=artifact)

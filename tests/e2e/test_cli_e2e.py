@@ -36,7 +36,9 @@ def platform(tmp_path_factory) -> Iterator[dict[str, str]]:
         proc.stop()
 
 
-def streamhost(platform: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+def streamhost(
+    platform: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "STREAMHOST_URL": platform["url"],
@@ -64,33 +66,55 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def test_deploy_invoke_stream_chat_delete(platform, tiny_llama_dir):
     # deploy a local folder; --json reports the endpoint once it is InService
     deployed = json.loads(
-        ok(streamhost(platform, "deploy", str(tiny_llama_dir), "--name", ENDPOINT, "--env", "MAX_TOTAL_TOKENS=512",
-                      "--timeout", "150", "--json")).stdout
+        ok(
+            streamhost(
+                platform,
+                "deploy",
+                str(tiny_llama_dir),
+                "--name",
+                ENDPOINT,
+                "--env",
+                "MAX_TOTAL_TOKENS=512",
+                "--timeout",
+                "150",
+                "--json",
+            )
+        ).stdout
     )
     assert deployed["EndpointName"] == ENDPOINT and deployed["EndpointStatus"] == "InService"
     model_name = deployed["ModelName"]
 
     listed = json.loads(ok(streamhost(platform, "endpoints", "list", "--json")).stdout)
     assert [(e["EndpointName"], e["EndpointStatus"]) for e in listed] == [(ENDPOINT, "InService")]
-    assert json.loads(ok(streamhost(platform, "endpoints", "describe", ENDPOINT, "--json")).stdout)["EndpointName"] == ENDPOINT
-    assert model_name in [m["ModelName"] for m in json.loads(ok(streamhost(platform, "models", "list", "--json")).stdout)]
+    assert (
+        json.loads(ok(streamhost(platform, "endpoints", "describe", ENDPOINT, "--json")).stdout)["EndpointName"]
+        == ENDPOINT
+    )
+    assert model_name in [
+        m["ModelName"] for m in json.loads(ok(streamhost(platform, "models", "list", "--json")).stdout)
+    ]
 
     # the instance's log, read from the platform's state directory
     logs = ok(streamhost(platform, "endpoints", "logs", ENDPOINT, "--tail", "0")).stdout
     assert f"starting {ENDPOINT}/" in logs
 
     # greedy decoding: the streamed tokens add up to the non-streamed answer
-    streamed = ok(streamhost(platform, "invoke", ENDPOINT, "The capital of France is", "--stream",
-                             "--max-new-tokens", "8")).stdout
-    whole = json.loads(ok(streamhost(platform, "invoke", ENDPOINT, "The capital of France is",
-                                     "--max-new-tokens", "8", "--json")).stdout)
+    streamed = ok(
+        streamhost(platform, "invoke", ENDPOINT, "The capital of France is", "--stream", "--max-new-tokens", "8")
+    ).stdout
+    whole = json.loads(
+        ok(
+            streamhost(platform, "invoke", ENDPOINT, "The capital of France is", "--max-new-tokens", "8", "--json")
+        ).stdout
+    )
     text = whole[0]["generated_text"] if isinstance(whole, list) else whole["generated_text"]
     assert text.strip(), "the model generated nothing"
     assert streamed == text + ("" if text.endswith("\n") else "\n")
 
     # the prompt from standard input, parameters as JSON
-    piped = ok(streamhost(platform, "invoke", ENDPOINT, "--params", '{"max_new_tokens": 8}',
-                          stdin="The capital of France is"))
+    piped = ok(
+        streamhost(platform, "invoke", ENDPOINT, "--params", '{"max_new_tokens": 8}', stdin="The capital of France is")
+    )
     assert piped.stdout.rstrip("\n") == text.rstrip("\n")
 
     # a bad parameter: the model server's validation error, on one line, non-zero exit
@@ -102,17 +126,26 @@ def test_deploy_invoke_stream_chat_delete(platform, tiny_llama_dir):
     chat = ok(streamhost(platform, "chat", ENDPOINT, "--max-new-tokens", "6", stdin="Hello\nAnd again\n/exit\n"))
     assert chat.stdout.count("\n") >= 2 and "error" not in chat.stderr
     # a named template is rendered client-side: the answer is the one a generate request for that prompt gets
-    templated = ok(streamhost(platform, "chat", ENDPOINT, "--template", "chatml", "--max-new-tokens", "4", stdin="Hi\n"))
+    templated = ok(
+        streamhost(platform, "chat", ENDPOINT, "--template", "chatml", "--max-new-tokens", "4", stdin="Hi\n")
+    )
     rendered = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    direct = json.loads(ok(streamhost(platform, "invoke", ENDPOINT, rendered, "--max-new-tokens", "4", "--stop",
-                                      "<|im_end|>", "--json")).stdout)
+    direct = json.loads(
+        ok(
+            streamhost(
+                platform, "invoke", ENDPOINT, rendered, "--max-new-tokens", "4", "--stop", "<|im_end|>", "--json"
+            )
+        ).stdout
+    )
     direct_text = direct[0]["generated_text"] if isinstance(direct, list) else direct["generated_text"]
     assert templated.stdout == direct_text + "\n"
 
     # delete: the endpoint, its config and its model are gone
     ok(streamhost(platform, "endpoints", "delete", ENDPOINT, "--delete-model"))
     assert json.loads(ok(streamhost(platform, "endpoints", "list", "--json")).stdout) == []
-    assert model_name not in [m["ModelName"] for m in json.loads(ok(streamhost(platform, "models", "list", "--json")).stdout)]
+    assert model_name not in [
+        m["ModelName"] for m in json.loads(ok(streamhost(platform, "models", "list", "--json")).stdout)
+    ]
 
     missing = streamhost(platform, "invoke", ENDPOINT, "hi")
     assert missing.returncode == 1 and missing.stderr.startswith("error: ValidationError: ")

@@ -43,7 +43,9 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    client = boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+    )
     client.create_bucket(Bucket=BUCKET)
     yield url, client
     server.stop()
@@ -116,10 +118,17 @@ def test_the_posts_package_serves_and_streams(platform, s3_server, tiny_llama_di
     content_type, lines = stream_lines(platform, name)
     assert content_type == "application/jsonlines"
     assert len(lines) == 8 and all(set(line["token"]) >= {"id", "text", "log_prob"} for line in lines)
-    assert lines[-1]["generated_text"] == "".join(line["token"]["text"] for line in lines if not line["token"].get("special_token"))
+    assert lines[-1]["generated_text"] == "".join(
+        line["token"]["text"] for line in lines if not line["token"].get("special_token")
+    )
     report = instance_info(platform, name)["serving_properties"]
     assert report["file"].endswith("mymodel/serving.properties")
-    assert set(report["honoured"]) == {"option.model_id", "option.rolling_batch", "option.output_formatter", "option.enable_streaming"}
+    assert set(report["honoured"]) == {
+        "option.model_id",
+        "option.rolling_batch",
+        "option.output_formatter",
+        "option.enable_streaming",
+    }
     assert report["honoured"]["option.model_id"]["value"] == "tiny-llama"
 
 
@@ -136,7 +145,9 @@ def test_model_id_as_an_s3_prefix_and_recorded_keys(platform, s3_server, tiny_ll
         "option.max_rolling_batch_size=4\n"
         "option.rolling_batch=lmi-dist\n"
     )
-    subprocess.run(["tar", "czvf", "../model.tar.gz", "serving.properties"], cwd=tmp_path / "pkg", check=True, capture_output=True)
+    subprocess.run(
+        ["tar", "czvf", "../model.tar.gz", "serving.properties"], cwd=tmp_path / "pkg", check=True, capture_output=True
+    )
     name = create_endpoint(platform, upload(s3_server, tmp_path / "model.tar.gz", "s3pkg/model.tar.gz"))
     description = settled(platform, name)
     assert description["EndpointStatus"] == "InService", description.get("FailureReason")
@@ -144,7 +155,12 @@ def test_model_id_as_an_s3_prefix_and_recorded_keys(platform, s3_server, tiny_ll
     content_type, lines = stream_lines(platform, name, tokens=5, stream=True)
     assert content_type == "application/jsonlines" and len(lines) == 5 and "generated_text" in lines[-1]
     report = instance_info(platform, name)["serving_properties"]
-    assert set(report["recorded"]) == {"engine", "option.entryPoint", "option.tensor_parallel_degree", "option.paged_attention"}
+    assert set(report["recorded"]) == {
+        "engine",
+        "option.entryPoint",
+        "option.tensor_parallel_degree",
+        "option.paged_attention",
+    }
     assert report["recorded"]["option.paged_attention"]["value"] == "true"
     assert report["honoured"]["option.max_rolling_batch_size"]["sets"] == "MAX_BATCH_SIZE"
     assert report["honoured"]["option.model_id"]["value"] == f"s3://{BUCKET}/weights/tiny/"
@@ -153,17 +169,39 @@ def test_model_id_as_an_s3_prefix_and_recorded_keys(platform, s3_server, tiny_ll
 @pytest.mark.parametrize(
     ("layout", "says"),
     [
-        ({"mymodel/serving.properties": "option.model_id=./weights\noption.rolling_batch=auto\n", "mymodel/README": ""},
-         ["option.model_id='./weights'", "mymodel/serving.properties in s3://", "names nothing loadable", "mymodel/weights"]),
-        ({"mymodel/serving.properties": "option.model_id=TheBloke/Llama-2-7B-fp16\n"},
-         ["option.model_id='TheBloke/Llama-2-7B-fp16'", "looked for", "mymodel/TheBloke/Llama-2-7B-fp16",
-          "Hugging Face hub could not provide it"]),
-        ({"mymodel/serving.properties": "option.rolling_batch=auto\n", "mymodel/model.py": ""},
-         ["sets no option.model_id", "holds no config.json or .gguf file", "model.py"]),
-        ({"mymodel/README": "weights go here"},
-         ["holds no serving.properties, config.json or .gguf file", "looked in mymodel of s3://", "it holds README"]),
-        ({"mymodel/serving.properties": f"option.model_id=s3://{BUCKET}/nothing-here/\n"},
-         [f"option.model_id='s3://{BUCKET}/nothing-here/'", "no objects under this prefix"]),
+        (
+            {
+                "mymodel/serving.properties": "option.model_id=./weights\noption.rolling_batch=auto\n",
+                "mymodel/README": "",
+            },
+            [
+                "option.model_id='./weights'",
+                "mymodel/serving.properties in s3://",
+                "names nothing loadable",
+                "mymodel/weights",
+            ],
+        ),
+        (
+            {"mymodel/serving.properties": "option.model_id=TheBloke/Llama-2-7B-fp16\n"},
+            [
+                "option.model_id='TheBloke/Llama-2-7B-fp16'",
+                "looked for",
+                "mymodel/TheBloke/Llama-2-7B-fp16",
+                "Hugging Face hub could not provide it",
+            ],
+        ),
+        (
+            {"mymodel/serving.properties": "option.rolling_batch=auto\n", "mymodel/model.py": ""},
+            ["sets no option.model_id", "holds no config.json or .gguf file", "model.py"],
+        ),
+        (
+            {"mymodel/README": "weights go here"},
+            ["holds no serving.properties, config.json or .gguf file", "looked in mymodel of s3://", "it holds README"],
+        ),
+        (
+            {"mymodel/serving.properties": f"option.model_id=s3://{BUCKET}/nothing-here/\n"},
+            [f"option.model_id='s3://{BUCKET}/nothing-here/'", "no objects under this prefix"],
+        ),
     ],
     ids=["missing-path", "hub-offline", "no-model-id-no-weights", "no-properties-no-weights", "empty-s3-prefix"],
 )
@@ -171,7 +209,9 @@ def test_a_package_naming_nothing_loadable_fails_with_what_and_where(platform, s
     for relative, text in layout.items():
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(text)
-    name = create_endpoint(platform, upload(s3_server, tar_czvf(tmp_path, "mymodel/"), f"bad/{unique('pkg')}/model.tar.gz"))
+    name = create_endpoint(
+        platform, upload(s3_server, tar_czvf(tmp_path, "mymodel/"), f"bad/{unique('pkg')}/model.tar.gz")
+    )
     description = settled(platform, name)
     assert description["EndpointStatus"] == "Failed"
     reason = description["FailureReason"]

@@ -21,8 +21,9 @@ from _platform_fixtures import REAL_COMMAND, PlatformProcess, deploy, unique
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from conftest import start_container
 from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import start_container
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -45,7 +46,9 @@ def value(samples: list, name: str, **labels: str) -> float:
 
 
 def server_errors(samples: list, name: str, label: str, route: str) -> float:
-    return sum(v for n, lab, v in samples if n == name and lab.get(label) == route and lab.get("status", "").startswith("5"))
+    return sum(
+        v for n, lab, v in samples if n == name and lab.get(label) == route and lab.get("status", "").startswith("5")
+    )
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -61,7 +64,12 @@ def open_request(url: str, path: str, body: bytes, headers: dict[str, str] | Non
     """An HTTP/1.1 POST written to a raw socket, so the test decides when the client goes away."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
-    head = {"Host": parts.netloc, "Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+    head = {
+        "Host": parts.netloc,
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **(headers or {}),
+    }
     lines = [f"POST {path} HTTP/1.1", *(f"{k}: {v}" for k, v in head.items()), "", ""]
     sock.sendall("\r\n".join(lines).encode("latin-1") + body)
     return sock
@@ -93,7 +101,9 @@ def idle(url: str, gauges: tuple[str, ...]) -> Callable[[], bool]:
 
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
-    container = start_container(["--model-id", str(tiny_llama_dir)], tmp_path_factory.mktemp("metrics") / "server.log", LIMITS)
+    container = start_container(
+        ["--model-id", str(tiny_llama_dir)], tmp_path_factory.mktemp("metrics") / "server.log", LIMITS
+    )
     yield container
     container.stop()
 
@@ -104,7 +114,11 @@ def server(tiny_llama_dir, tmp_path_factory):
         ("/generate", {"inputs": "Hello", "parameters": LONG}, False),
         ("/generate_stream", {"inputs": "Hello", "parameters": LONG}, True),
         ("/invocations", {"inputs": "Hello", "parameters": LONG}, False),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2000, "stream": True}, True),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2000, "stream": True},
+            True,
+        ),
     ],
 )
 def test_abandoned_request_is_a_499_and_the_gauges_return_to_zero(server, path, body, streams):
@@ -121,17 +135,26 @@ def test_abandoned_request_is_a_499_and_the_gauges_return_to_zero(server, path, 
     wait_for(lambda: value(scrape(server.url), "streamhost_requests_total", **key) == value(before, "streamhost_requests_total", **key) + 1,
              f"{path} is counted as 499")  # fmt: skip
     after = scrape(server.url)
-    assert value(after, "streamhost_client_disconnects_total") == value(before, "streamhost_client_disconnects_total") + 1
-    assert server_errors(after, "streamhost_requests_total", "route", path) == server_errors(before, "streamhost_requests_total", "route", path)
+    assert (
+        value(after, "streamhost_client_disconnects_total") == value(before, "streamhost_client_disconnects_total") + 1
+    )
+    assert server_errors(after, "streamhost_requests_total", "route", path) == server_errors(
+        before, "streamhost_requests_total", "route", path
+    )
     wait_for(idle(server.url, SERVER_LOAD_GAUGES), "every load gauge of the model server is 0")
-    assert value(scrape(server.url), "streamhost_engine_aborted_total") >= value(before, "streamhost_engine_aborted_total") + 1
+    assert (
+        value(scrape(server.url), "streamhost_engine_aborted_total")
+        >= value(before, "streamhost_engine_aborted_total") + 1
+    )
 
 
 def test_gauges_read_zero_right_after_the_last_answer(server):
     """The batch-size gauges are read from the scheduler, not left at the last step's value."""
     for stream in (False, True):
         route = "/generate_stream" if stream else "/generate"
-        response = httpx.post(f"{server.url}{route}", json={"inputs": "Hi", "parameters": {"max_new_tokens": 5}}, timeout=60)
+        response = httpx.post(
+            f"{server.url}{route}", json={"inputs": "Hi", "parameters": {"max_new_tokens": 5}}, timeout=60
+        )
         assert response.status_code == 200
         samples = scrape(server.url)
         assert {name: value(samples, name) for name in SERVER_LOAD_GAUGES} == dict.fromkeys(SERVER_LOAD_GAUGES, 0.0)
@@ -150,7 +173,12 @@ def platform(tmp_path_factory):
 @pytest.fixture(scope="module")
 def endpoint(platform, tiny_llama_dir):
     name = unique("metrics")
-    deploy(platform.sagemaker(), name, image="huggingface-pytorch-tgi-inference:2.4.0", env={"HF_MODEL_ID": str(tiny_llama_dir), **LIMITS})
+    deploy(
+        platform.sagemaker(),
+        name,
+        image="huggingface-pytorch-tgi-inference:2.4.0",
+        env={"HF_MODEL_ID": str(tiny_llama_dir), **LIMITS},
+    )
     return name
 
 
@@ -160,7 +188,9 @@ def instance_url(platform: PlatformProcess, name: str) -> str:
 
 
 def signed_headers(platform: PlatformProcess, path: str, body: bytes) -> dict[str, str]:
-    request = AWSRequest(method="POST", url=f"{platform.url}{path}", data=body, headers={"Content-Type": "application/json"})
+    request = AWSRequest(
+        method="POST", url=f"{platform.url}{path}", data=body, headers={"Content-Type": "application/json"}
+    )
     SigV4Auth(Credentials("x", "y"), "sagemaker", "us-east-1").add_auth(request)
     return dict(request.headers.items())
 
@@ -180,7 +210,8 @@ def test_platform_counts_an_abandoned_invocation_as_499(platform, endpoint):
              == value(before, "streamhost_platform_requests_total", **key) + 1, "the platform counts a 499")  # fmt: skip
     after = scrape(platform.url)
     assert value(after, "streamhost_client_disconnects_total", operation="InvokeEndpoint") == (
-        value(before, "streamhost_client_disconnects_total", operation="InvokeEndpoint") + 1)
+        value(before, "streamhost_client_disconnects_total", operation="InvokeEndpoint") + 1
+    )
     assert server_errors(after, "streamhost_platform_requests_total", "operation", "InvokeEndpoint") == 0
     # The platform closed its upstream connection: the model server saw the same client leave.
     wait_for(lambda: value(scrape(model_server), "streamhost_requests_total", route="/invocations", status="499")
@@ -205,8 +236,11 @@ def test_platform_counts_a_closed_boto3_stream_as_499(platform, endpoint):
              == value(before, "streamhost_platform_requests_total", **key) + 1, "the platform counts a 499")  # fmt: skip
     after = scrape(platform.url)
     assert value(after, "streamhost_client_disconnects_total", operation="InvokeEndpointWithResponseStream") == (
-        value(before, "streamhost_client_disconnects_total", operation="InvokeEndpointWithResponseStream") + 1)
-    assert server_errors(after, "streamhost_platform_requests_total", "operation", "InvokeEndpointWithResponseStream") == 0
+        value(before, "streamhost_client_disconnects_total", operation="InvokeEndpointWithResponseStream") + 1
+    )
+    assert (
+        server_errors(after, "streamhost_platform_requests_total", "operation", "InvokeEndpointWithResponseStream") == 0
+    )
     wait_for(idle(platform.url, PLATFORM_LOAD_GAUGES), "the platform's in-flight gauges are 0")
     wait_for(idle(model_server, SERVER_LOAD_GAUGES), "the model server's load gauges are 0")
     # A stream read to its end is a 200, and the gauges are 0 at once.
@@ -215,5 +249,8 @@ def test_platform_counts_a_closed_boto3_stream_as_499(platform, endpoint):
         Body=json.dumps({"inputs": "Hello", "parameters": {"max_new_tokens": 4}, "stream": True}))  # fmt: skip
     assert len([event for event in done["Body"]]) >= 1
     samples = scrape(platform.url)
-    assert value(samples, "streamhost_platform_requests_total", operation="InvokeEndpointWithResponseStream", status="200") >= 1
+    assert (
+        value(samples, "streamhost_platform_requests_total", operation="InvokeEndpointWithResponseStream", status="200")
+        >= 1
+    )
     assert all(value(samples, name) == 0 for name in PLATFORM_LOAD_GAUGES)

@@ -75,7 +75,9 @@ def test_scale_1_to_3_to_1_under_traffic_loses_nothing(platform):
 def test_weights_change_and_the_cli_shows_where_instances_run(platform):
     sm = platform.sagemaker()
     name = unique("weights")
-    sm.create_model(ModelName=name, PrimaryContainer={"Image": "streamhost"}, ExecutionRoleArn="arn:aws:iam::123456789012:role/x")
+    sm.create_model(
+        ModelName=name, PrimaryContainer={"Image": "streamhost"}, ExecutionRoleArn="arn:aws:iam::123456789012:role/x"
+    )
     sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
         {"VariantName": "A", "ModelName": name, "InitialInstanceCount": 1, "InitialVariantWeight": 1.0},
         {"VariantName": "B", "ModelName": name, "InitialInstanceCount": 1, "InitialVariantWeight": 1.0},
@@ -86,11 +88,15 @@ def test_weights_change_and_the_cli_shows_where_instances_run(platform):
         EndpointName=name, DesiredWeightsAndCapacities=[{"VariantName": "B", "DesiredWeight": 0.0}]
     )
     wait_in_service(sm, name)
-    weights = {v["VariantName"]: v["CurrentWeight"] for v in sm.describe_endpoint(EndpointName=name)["ProductionVariants"]}
+    weights = {
+        v["VariantName"]: v["CurrentWeight"] for v in sm.describe_endpoint(EndpointName=name)["ProductionVariants"]
+    }
     assert weights == {"A": 1.0, "B": 0.0}
     rt = platform.runtime()
     invoked = {
-        rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=b'{"inputs": "x"}')["InvokedProductionVariant"]
+        rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=b'{"inputs": "x"}')[
+            "InvokedProductionVariant"
+        ]
         for _ in range(10)
     }
     assert invoked == {"A"}

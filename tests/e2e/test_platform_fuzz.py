@@ -66,7 +66,11 @@ from streamhost.protocols.eventstream import EventStreamDecoder
 pytestmark = pytest.mark.timeout(600)
 
 SMALL = {"MAX_TOTAL_TOKENS": "32", "MAX_INPUT_TOKENS": "24", "MAX_CONCURRENT_REQUESTS": "8"}
-GREEDY = {"inputs": "Fuzzing must not change this", "parameters": {"max_new_tokens": 12, "do_sample": False}, "stream": True}
+GREEDY = {
+    "inputs": "Fuzzing must not change this",
+    "parameters": {"max_new_tokens": 12, "do_sample": False},
+    "stream": True,
+}
 CONTROL_ERRORS = {"ValidationException", "SerializationException", "UnknownOperationException", "ResourceLimitExceeded",
                   "ResourceNotFound", "ResourceInUse", "ConflictException"}  # fmt: skip
 RUNTIME_ERRORS = {"ValidationError", "ModelError", "ModelNotReadyException"}
@@ -76,7 +80,9 @@ SIGNER = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "sagemaker", REGION)
 
 def pool(*names: str) -> st.SearchStrategy:
     """A name from ``names`` most of the time, junk otherwise."""
-    return st.one_of(st.sampled_from(names), st.sampled_from(names), st.sampled_from(names), JSON_SCALARS, NASTY_STRINGS)
+    return st.one_of(
+        st.sampled_from(names), st.sampled_from(names), st.sampled_from(names), JSON_SCALARS, NASTY_STRINGS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +107,17 @@ def streaming(platform, tiny_llama_dir) -> str:
 
 def greedy_stream(platform: PlatformProcess, endpoint: str) -> str:
     response = platform.runtime().invoke_endpoint_with_response_stream(
-        EndpointName=endpoint, Body=json.dumps(GREEDY), ContentType="application/json")
+        EndpointName=endpoint, Body=json.dumps(GREEDY), ContentType="application/json"
+    )
     return "".join(TokenIterator(response["Body"]))
 
 
 def signed_send(client: httpx.Client, method: str, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
     request = AWSRequest(method=method, url=url, data=body, headers=headers)
     SIGNER.add_auth(request)
-    return client.send(client.build_request(method, url, content=body, headers=dict(request.headers.items())), stream=True)
+    return client.send(
+        client.build_request(method, url, content=body, headers=dict(request.headers.items())), stream=True
+    )
 
 
 def all_logs(platform: PlatformProcess) -> list[Path]:
@@ -142,7 +151,9 @@ def control_requests(operations: list[str]) -> st.SearchStrategy:
                              st.sampled_from([f"Foo.{op}" for op in operations]))  # fmt: skip
     junk = st.one_of(
         st.tuples(st.sampled_from([f"SageMaker.{op}" for op in operations]), st.binary(max_size=40)),
-        st.tuples(st.sampled_from([f"SageMaker.{op}" for op in operations]), ANY_JSON.map(lambda b: json.dumps(b).encode())),
+        st.tuples(
+            st.sampled_from([f"SageMaker.{op}" for op in operations]), ANY_JSON.map(lambda b: json.dumps(b).encode())
+        ),
         st.tuples(junk_targets, st.just(b"{}")),
     )
     return st.one_of(*per_op, *per_op, *per_op, junk)
@@ -158,7 +169,9 @@ def check_control_answer(response: httpx.Response) -> None:
         assert isinstance(payload.get("message"), str) and payload["message"], payload
 
 
-def send_control(client: httpx.Client, platform: PlatformProcess, target: str | None, body: bytes) -> tuple[str | None, int]:
+def send_control(
+    client: httpx.Client, platform: PlatformProcess, target: str | None, body: bytes
+) -> tuple[str | None, int]:
     """One signed control-plane call (the example's calls run at once, racing each other's resources)."""
     headers = {"Content-Type": "application/x-amz-json-1.1"}
     if target is not None:
@@ -173,7 +186,9 @@ def send_control(client: httpx.Client, platform: PlatformProcess, target: str | 
 
 def test_control_plane_survives_generated_requests(platform, streaming) -> None:
     operations = supported_operations(platform)
-    assert {"CreateModel", "CreateEndpointConfig", "CreateEndpoint", "UpdateEndpoint", "DeleteEndpoint"} <= set(operations)
+    assert {"CreateModel", "CreateEndpointConfig", "CreateEndpoint", "UpdateEndpoint", "DeleteEndpoint"} <= set(
+        operations
+    )
     budget = Budget()
     batch = 5
 
@@ -213,15 +228,23 @@ def runtime_requests(endpoint: str, openapi: dict) -> st.SearchStrategy:
         for member in model.operation_model(op).input_shape.members.values()
         if member.serialization.get("location") == "header"
     })  # fmt: skip
-    kinds = {"ours": st.just(endpoint), "failed": st.just("fz-e1"), "text": st.text(max_size=70), "nasty": NASTY_STRINGS}
+    kinds = {
+        "ours": st.just(endpoint),
+        "failed": st.just("fz-e1"),
+        "text": st.text(max_size=70),
+        "nasty": NASTY_STRINGS,
+    }
     names = st.sampled_from(["ours"] * 7 + ["failed", "text", "nasty"]).flatmap(kinds.__getitem__)  # 70% ours
     suffix = st.sampled_from(["/invocations", "/invocations-response-stream"])
-    headers = st.one_of(st.just({}), st.just({}), st.dictionaries(st.sampled_from(header_names), header_values(), max_size=3))
+    headers = st.one_of(
+        st.just({}), st.just({}), st.dictionaries(st.sampled_from(header_names), header_values(), max_size=3)
+    )
     content_type = st.sampled_from(["application/json"] * 4 + ["text/plain", "application/octet-stream"])
     valid = openapi_bodies(openapi, "/invocations", shrink=SHRINK).map(lambda b: json.dumps(b).encode())
     bodies = st.one_of(valid, valid, valid, st.binary(max_size=64))
     return st.tuples(names, suffix, headers, content_type, bodies).map(
-        lambda t: (f"/endpoints/{_segment(t[0])}{t[1]}", {"Content-Type": t[3], **t[2]}, t[4]))
+        lambda t: (f"/endpoints/{_segment(t[0])}{t[1]}", {"Content-Type": t[3], **t[2]}, t[4])
+    )
 
 
 def _segment(name: str) -> str:
@@ -249,7 +272,9 @@ def check_runtime_answer(response: httpx.Response) -> None:
             assert message.message_type == "event", (message.headers, message.payload[:300])
 
 
-def send_runtime(client: httpx.Client, platform: PlatformProcess, path: str, headers: dict, body: bytes) -> tuple[str, int]:
+def send_runtime(
+    client: httpx.Client, platform: PlatformProcess, path: str, headers: dict, body: bytes
+) -> tuple[str, int]:
     """One signed invocation (the example's invocations run at once and meet in the engine's batches)."""
     response = signed_send(client, "POST", platform.url + path, body, headers)
     try:

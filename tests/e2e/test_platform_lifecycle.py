@@ -53,11 +53,17 @@ def test_full_lifecycle_as_the_sdk_does_it(platform, sm):
     assert described["EndpointStatus"] == "InService"
     assert described["EndpointArn"].endswith(f":endpoint/{name}")
     variant = described["ProductionVariants"][0]
-    assert (variant["VariantName"], variant["CurrentInstanceCount"], variant["DesiredInstanceCount"]) == ("AllTraffic", 1, 1)
+    assert (variant["VariantName"], variant["CurrentInstanceCount"], variant["DesiredInstanceCount"]) == (
+        "AllTraffic",
+        1,
+        1,
+    )
     assert name in [e["EndpointName"] for e in sm.list_endpoints(NameContains=name)["Endpoints"]]
     assert sm.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"][0]["ModelName"] == name
 
-    answer = json.loads(rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=tgi_body(3))["Body"].read())
+    answer = json.loads(
+        rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=tgi_body(3))["Body"].read()
+    )
     assert answer[0]["generated_text"] == "t0 t1 t2 "
 
     # The SageMaker Python SDK's delete_endpoint removes the config first, while the endpoint lives.
@@ -95,8 +101,10 @@ def test_unknown_operation(platform):
 def test_missing_fields_and_malformed_json(platform):
     response = platform.control("CreateEndpoint", {"EndpointName": "x"})
     assert (response.status_code, response.json()["__type"]) == (400, "ValidationException")
-    assert response.json()["message"] == ("1 validation error detected: Value null at 'endpointConfigName' "
-                                          "failed to satisfy constraint: Member must not be null")
+    assert response.json()["message"] == (
+        "1 validation error detected: Value null at 'endpointConfigName' "
+        "failed to satisfy constraint: Member must not be null"
+    )
     response = platform.control("CreateModel", None, raw=b'{"ModelName": "a",')
     assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
 
@@ -185,7 +193,9 @@ def test_health_check_timeout(platform):
     # AWS's floor for the timeout is 60 s, which botocore enforces client-side; turn that off.
     sm = platform.sagemaker(parameter_validation=False)
     name = unique("slow")
-    sm.create_model(ModelName=name, PrimaryContainer={"Image": "streamhost", "Environment": {"STUB_STARTUP_DELAY": "600"}})
+    sm.create_model(
+        ModelName=name, PrimaryContainer={"Image": "streamhost", "Environment": {"STUB_STARTUP_DELAY": "600"}}
+    )
     sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
         {"VariantName": "v", "ModelName": name, "InitialInstanceCount": 1,
          "ContainerStartupHealthCheckTimeoutInSeconds": 2}])  # fmt: skip
@@ -216,7 +226,7 @@ def test_delete_while_creating_stops_the_instance(platform, sm):
     while pid is None and time.monotonic() < deadline:
         try:
             pid = platform.instances(name)["variants"][0]["instances"][0]["pid"]
-        except Exception:  # noqa: BLE001 - not started yet
+        except Exception:
             time.sleep(0.1)
     assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
     sm.delete_endpoint(EndpointName=name)

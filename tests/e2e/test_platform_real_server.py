@@ -62,15 +62,21 @@ def endpoint(platform, tiny_llama_dir):
 
 def test_invoke_and_stream(platform, endpoint):
     rt = platform.runtime()
-    answer = json.loads(rt.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Body=body(4, False))["Body"].read())
+    answer = json.loads(
+        rt.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Body=body(4, False))["Body"].read()
+    )
     assert isinstance(answer, list) and answer[0]["generated_text"].startswith("Hello there")
-    response = rt.invoke_endpoint_with_response_stream(EndpointName=endpoint, ContentType="application/json", Body=body(6))
+    response = rt.invoke_endpoint_with_response_stream(
+        EndpointName=endpoint, ContentType="application/json", Body=body(6)
+    )
     assert response["ContentType"].startswith("text/event-stream")
     events = [json.loads(line[5:]) for line in LineIterator(response["Body"]) if line.startswith(b"data:")]
     assert len(events) == 6
     # /invocations returns the full text (prompt + generation), as TGI's SageMaker route does.
     assert events[-1]["generated_text"] == "Hello there" + "".join(e["token"]["text"] for e in events)
-    response = rt.invoke_endpoint_with_response_stream(EndpointName=endpoint, ContentType="application/json", Body=body(5))
+    response = rt.invoke_endpoint_with_response_stream(
+        EndpointName=endpoint, ContentType="application/json", Body=body(5)
+    )
     # Greedy decoding: the same prompt with fewer tokens streams a prefix of the same text.
     assert "".join(TokenIterator(response["Body"])) == "".join(e["token"]["text"] for e in events[:5])
 
@@ -82,9 +88,11 @@ def test_load_spreads_over_two_real_instances(platform, endpoint):
 
     def stream():
         try:
-            response = rt.invoke_endpoint_with_response_stream(EndpointName=endpoint, ContentType="application/json", Body=body(16))
+            response = rt.invoke_endpoint_with_response_stream(
+                EndpointName=endpoint, ContentType="application/json", Body=body(16)
+            )
             assert len([line for line in LineIterator(response["Body"]) if line.startswith(b"data:")]) == 16
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(repr(exc))
 
     threads = [threading.Thread(target=stream) for _ in range(6)]
@@ -105,10 +113,12 @@ def test_instance_killed_under_traffic(platform, endpoint):
     def traffic():
         while not stop.is_set():
             try:
-                response = rt.invoke_endpoint_with_response_stream(EndpointName=endpoint, ContentType="application/json", Body=body(4))
+                response = rt.invoke_endpoint_with_response_stream(
+                    EndpointName=endpoint, ContentType="application/json", Body=body(4)
+                )
                 list(LineIterator(response["Body"]))
                 done.append(1)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failures.append(repr(exc))
 
     threads = [threading.Thread(target=traffic) for _ in range(3)]
@@ -135,10 +145,12 @@ def test_update_under_traffic_then_restart_after_sigkill(platform, endpoint):
     def traffic():
         while not stop.is_set():
             try:
-                response = rt.invoke_endpoint_with_response_stream(EndpointName=endpoint, ContentType="application/json", Body=body(4))
+                response = rt.invoke_endpoint_with_response_stream(
+                    EndpointName=endpoint, ContentType="application/json", Body=body(4)
+                )
                 assert len([line for line in LineIterator(response["Body"]) if line.startswith(b"data:")]) == 4
                 done.append(1)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failures.append(repr(exc))
 
     threads = [threading.Thread(target=traffic) for _ in range(2)]
@@ -159,14 +171,18 @@ def test_update_under_traffic_then_restart_after_sigkill(platform, endpoint):
     platform.kill()
     platform.start()
     wait_in_service(sm, endpoint)
-    response = rt.invoke_endpoint_with_response_stream(EndpointName=endpoint, ContentType="application/json", Body=body(3))
+    response = rt.invoke_endpoint_with_response_stream(
+        EndpointName=endpoint, ContentType="application/json", Body=body(3)
+    )
     assert len([line for line in LineIterator(response["Body"]) if line.startswith(b"data:")]) == 3
     assert sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"] == f"{endpoint}-one"
 
 
 @pytest.mark.slow
 def test_deploy_default_serves_the_embedded_model(tmp_path, smollm2_dir):
-    platform = PlatformProcess(tmp_path / "state", container_command=REAL_COMMAND, extra_args=["--deploy-default"]).start()
+    platform = PlatformProcess(
+        tmp_path / "state", container_command=REAL_COMMAND, extra_args=["--deploy-default"]
+    ).start()
     try:
         sm, rt = platform.sagemaker(), platform.runtime()
         wait_in_service(sm, "smollm2")

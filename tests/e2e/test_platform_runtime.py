@@ -47,7 +47,7 @@ def pair(platform, sm):
 
 
 def sse_events(lines):
-    return [json.loads(line[len(b"data:"):]) for line in lines if line.startswith(b"data:")]
+    return [json.loads(line[len(b"data:") :]) for line in lines if line.startswith(b"data:")]
 
 
 def test_invoke_forwards_headers_and_body(rt, pair):
@@ -123,7 +123,7 @@ def test_container_error_becomes_model_error(rt, pair):
         assert error["ResponseMetadata"]["HTTPStatusCode"] == 424
         assert error["OriginalStatusCode"] == 422
         assert "stub error 422" in error["OriginalMessage"]
-        assert 'Received client error (422) from AllTraffic' in error["Error"]["Message"]
+        assert "Received client error (422) from AllTraffic" in error["Error"]["Message"]
 
 
 def test_client_disconnect_aborts_the_container_stream(platform, pair):
@@ -157,7 +157,9 @@ def _signed_stream_request(platform, endpoint, body):
 def test_target_variant_and_weights(platform, sm, rt):
     name = unique("variants")
     for suffix in ("a", "b"):
-        sm.create_model(ModelName=f"{name}-{suffix}", PrimaryContainer={"Image": "streamhost", "Environment": {"STUB_NAME": suffix}})
+        sm.create_model(
+            ModelName=f"{name}-{suffix}", PrimaryContainer={"Image": "streamhost", "Environment": {"STUB_NAME": suffix}}
+        )
     deploy_variants = [
         {"VariantName": "A", "ModelName": f"{name}-a", "InitialInstanceCount": 1, "InitialVariantWeight": 1.0},
         {"VariantName": "B", "ModelName": f"{name}-b", "InitialInstanceCount": 1, "InitialVariantWeight": 0.0,
@@ -171,7 +173,9 @@ def test_target_variant_and_weights(platform, sm, rt):
     for _ in range(5):
         response = rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=tgi_body(1))
         assert response["InvokedProductionVariant"] == "A"
-    response = rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=tgi_body(1), TargetVariant="B")
+    response = rt.invoke_endpoint(
+        EndpointName=name, ContentType="application/json", Body=tgi_body(1), TargetVariant="B"
+    )
     assert response["InvokedProductionVariant"] == "B"
     assert json.loads(response["Body"].read())[0]["instance"] == "b"
     with pytest.raises(botocore.exceptions.ClientError) as info:
@@ -187,7 +191,9 @@ def test_eula_gated_model_needs_accept_eula(sm, rt):
         rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=tgi_body(1))
     assert info.value.response["Error"]["Code"] == "ValidationError"
     assert "accept_eula=true" in info.value.response["Error"]["Message"]
-    response = rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=tgi_body(1), CustomAttributes="accept_eula=true")
+    response = rt.invoke_endpoint(
+        EndpointName=name, ContentType="application/json", Body=tgi_body(1), CustomAttributes="accept_eula=true"
+    )
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 200
     sm.delete_endpoint(EndpointName=name)
 
@@ -195,7 +201,9 @@ def test_eula_gated_model_needs_accept_eula(sm, rt):
 def test_lmi_image_runs_the_lmi_dialect(sm, rt):
     name = unique("lmi")
     deploy(sm, name, image="763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124")
-    response = rt.invoke_endpoint_with_response_stream(EndpointName=name, ContentType="application/json", Body=tgi_body(3, stream=True))
+    response = rt.invoke_endpoint_with_response_stream(
+        EndpointName=name, ContentType="application/json", Body=tgi_body(3, stream=True)
+    )
     assert response["ContentType"] == "application/jsonlines"
     lines = list(LineIterator(response["Body"]))
     assert [json.loads(line)["token"]["text"] for line in lines] == ["t0 ", "t1 ", "t2 "]
@@ -259,7 +267,7 @@ def test_instance_killed_under_traffic(platform, sm, rt, pair):
                 events = sse_events(list(LineIterator(response["Body"])))
                 assert len(events) == 3
                 done.append(1)
-            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            except Exception as exc:
                 failures.append(repr(exc))
 
     threads = [threading.Thread(target=traffic) for _ in range(4)]

@@ -46,7 +46,9 @@ class Traffic:
         while not self._stop.is_set():
             try:
                 response = self.rt.invoke_endpoint_with_response_stream(
-                    EndpointName=self.endpoint, ContentType="application/json", Body=tgi_body(4, stream=True, delay=0.02)
+                    EndpointName=self.endpoint,
+                    ContentType="application/json",
+                    Body=tgi_body(4, stream=True, delay=0.02),
                 )
                 lines = [line for line in LineIterator(response["Body"]) if line.startswith(b"data:")]
                 events = [json.loads(line[5:]) for line in lines]
@@ -54,7 +56,7 @@ class Traffic:
                     self.failures.append(f"short stream: {events}")
                 else:
                     self.ok.append(events[-1]["instance"])
-            except Exception as exc:  # noqa: BLE001 - recorded, asserted by the test
+            except Exception as exc:
                 self.failures.append(repr(exc))
 
     def __enter__(self) -> Traffic:
@@ -148,8 +150,12 @@ def test_platform_sigkill_and_restart_keeps_everything(tmp_path):
         old_pids = [i["pid"] for i in platform.instances(serving)["variants"][0]["instances"]]
         before = {
             "models": sorted(m["ModelName"] for m in sm.list_models(MaxResults=100)["Models"]),
-            "configs": sorted(c["EndpointConfigName"] for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]),
-            "endpoints": sorted((e["EndpointName"], e["EndpointStatus"]) for e in sm.list_endpoints(MaxResults=100)["Endpoints"]),
+            "configs": sorted(
+                c["EndpointConfigName"] for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]
+            ),
+            "endpoints": sorted(
+                (e["EndpointName"], e["EndpointStatus"]) for e in sm.list_endpoints(MaxResults=100)["Endpoints"]
+            ),
         }
 
         platform.kill()
@@ -162,8 +168,12 @@ def test_platform_sigkill_and_restart_keeps_everything(tmp_path):
         wait_in_service(sm, serving)
         after = {
             "models": sorted(m["ModelName"] for m in sm.list_models(MaxResults=100)["Models"]),
-            "configs": sorted(c["EndpointConfigName"] for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]),
-            "endpoints": sorted((e["EndpointName"], e["EndpointStatus"]) for e in sm.list_endpoints(MaxResults=100)["Endpoints"]),
+            "configs": sorted(
+                c["EndpointConfigName"] for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]
+            ),
+            "endpoints": sorted(
+                (e["EndpointName"], e["EndpointStatus"]) for e in sm.list_endpoints(MaxResults=100)["Endpoints"]
+            ),
         }
         assert after == before
         assert sm.describe_endpoint(EndpointName=failed)["FailureReason"]

@@ -171,13 +171,13 @@ def test_the_right_key_works_on_every_route(platform, endpoint) -> None:
 
 
 def test_wrong_secret_is_403_on_every_route(platform, endpoint) -> None:
-    for _client, op, call in calls(platform, endpoint, secret="not-the-secret"):
+    for _client, _op, call in calls(platform, endpoint, secret="not-the-secret"):
         assert_403(client_error(call), "InvalidSignatureException", "does not match the signature you provided")
 
 
 @pytest.mark.parametrize("skew", [dt.timedelta(minutes=-20), dt.timedelta(minutes=20)])
 def test_date_outside_the_window_is_403_on_every_route(platform, endpoint, skew) -> None:
-    for _client, op, call in calls(platform, endpoint):
+    for _client, _op, call in calls(platform, endpoint):
         with signer_at(dt.datetime.now(dt.timezone.utc) + skew):
             error = client_error(call)
         assert_403(error, "InvalidSignatureException", "Signature expired")

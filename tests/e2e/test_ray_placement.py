@@ -74,7 +74,9 @@ def tiny_in_s3(s3_url, tiny_llama_dir, tmp_path_factory) -> str:
     with tarfile.open(archive, "w:gz") as tar:
         for path in tiny_llama_dir.iterdir():
             tar.add(path, arcname=f"tiny/{path.name}")
-    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+    )
     s3.create_bucket(Bucket="models")
     s3.upload_file(str(archive), "models", "tiny/model.tar.gz")
     return "s3://models/tiny/model.tar.gz"
@@ -85,7 +87,9 @@ def _ready_instances(platform, name: str) -> list[dict]:
     return [i for v in view["variants"] for i in v["instances"] if i["state"] == "ready"]
 
 
-def _wait_instances(platform, name: str, count: int, timeout: float = 180, exclude_nodes: set[str] = frozenset()) -> list[dict]:
+def _wait_instances(
+    platform, name: str, count: int, timeout: float = 180, exclude_nodes: set[str] = frozenset()
+) -> list[dict]:
     deadline = time.monotonic() + timeout
     ready: list[dict] = []
     while time.monotonic() < deadline:
@@ -93,7 +97,9 @@ def _wait_instances(platform, name: str, count: int, timeout: float = 180, exclu
         if len(ready) == count:
             return ready
         time.sleep(0.5)
-    raise AssertionError(f"{name}: {len(ready)} of {count} instances ready after {timeout} s: {platform.instances(name)}")
+    raise AssertionError(
+        f"{name}: {len(ready)} of {count} instances ready after {timeout} s: {platform.instances(name)}"
+    )
 
 
 def _deploy_tiny(platform, model_data, name: str, count: int, instance_type: str = "ml.m5.xlarge", wait: bool = True):

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import boto3
 import httpx
@@ -57,7 +56,7 @@ def sse_content(output: str) -> str:
     text = ""
     for line in output.splitlines():
         if line.startswith("data: {"):
-            for choice in json.loads(line[len("data: "):]).get("choices", []):
+            for choice in json.loads(line[len("data: ") :]).get("choices", []):
                 text += choice.get("delta", {}).get("content") or ""
     assert "data: [DONE]" in output, output[-500:]
     return text
@@ -117,7 +116,9 @@ def test_every_tour_snippet_answers_sensibly(platform, tmp_path):
             assert proc.returncode == 0, f"README snippet {index} failed:\n{code}\n--- stderr:\n{err[-3000:]}"
             answer = sse_content(out) if "curl -N" in code else out
             for word in expected:
-                assert word.lower() in answer.lower(), f"README snippet {index} answered:\n{answer}\n(expected {word!r})\n{code}"
+                assert word.lower() in answer.lower(), (
+                    f"README snippet {index} answered:\n{answer}\n(expected {word!r})\n{code}"
+                )
             assert len(answer.split()) >= 5, answer
             if stdin:  # `invoke --chat` and `chat` both answered the question
                 assert answer.count("Paris") >= 2, answer
@@ -140,7 +141,16 @@ def test_raw_inputs_stay_raw_and_chat_answers(platform):
     """The difference the tour explains: raw text is continued, a question put in the chat format is answered."""
     url, state = platform
     env = {**os.environ, "STREAMHOST_URL": url, "STREAMHOST_STATE_DIR": str(state), "HF_HUB_OFFLINE": "1"}
-    cli = [sys.executable, "-m", "streamhost.cli", "invoke", "smollm2", "What is the capital of France?", "--max-new-tokens", "24"]
+    cli = [
+        sys.executable,
+        "-m",
+        "streamhost.cli",
+        "invoke",
+        "smollm2",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "24",
+    ]
     raw = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert raw.returncode == 0, raw.stderr
     assert isinstance(json.loads(raw.stdout), list)  # TGI's generate answer: [{"generated_text": ...}]
@@ -149,5 +159,7 @@ def test_raw_inputs_stay_raw_and_chat_answers(platform):
     completion = json.loads(chat.stdout)
     assert completion["object"] == "chat.completion"
     assert "Paris" in completion["choices"][0]["message"]["content"]
-    streamed = subprocess.run([*cli, "--chat", "--stream"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    streamed = subprocess.run(
+        [*cli, "--chat", "--stream"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert streamed.returncode == 0 and "Paris" in streamed.stdout, streamed.stderr

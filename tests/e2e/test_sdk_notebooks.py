@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 pytest.importorskip("sagemaker", minversion="2.250")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notebooks"))
-from notebook_runner import NotebookRun, notebook_env, run_notebook  # noqa: E402
+from notebook_runner import NotebookRun, notebook_env, run_notebook
 
 GATED_ID = "huggingface-textgeneration-tiny-gated"
 TUNABLE_ID = "huggingface-textgeneration-tiny"
@@ -163,7 +163,9 @@ def test_jumpstart_catalog_gated_deploy_and_listing(platform):
     # a filter on a spec field: the SDK reads every spec from the platform's JumpStart bucket
     objects = metadata_objects(load_catalog(proc.state_dir), region="us-east-1", account="123456789012")
     specs = [json.loads(objects[h["spec_key"]]) for h in json.loads(objects[MANIFEST_KEY])]
-    gpu = sorted([s["model_id"], s["version"]] for s in specs if s["default_inference_instance_type"] == "ml.g5.2xlarge")
+    gpu = sorted(
+        [s["model_id"], s["version"]] for s in specs if s["default_inference_instance_type"] == "ml.g5.2xlarge"
+    )
     assert gpu and sorted(result["gpu_defaults"]) == gpu
 
     # without accept_eula, CreateModel refuses the gated model data (as SageMaker does)

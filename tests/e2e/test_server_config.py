@@ -32,24 +32,40 @@ def test_defaults_serve_the_embedded_model_on_8080_in_the_tgi_dialect() -> None:
 
 
 def test_sagemaker_environment_names() -> None:
-    env = {"HF_MODEL_ID": "org/model", "HF_MODEL_REVISION": "abc", "HF_MODEL_TRUST_REMOTE_CODE": "true",
-           "HF_MODEL_QUANTIZE": "bitsandbytes", "SM_NUM_GPUS": "2", "PORT": "9000", "HF_TOKEN": "secret"}
+    env = {
+        "HF_MODEL_ID": "org/model",
+        "HF_MODEL_REVISION": "abc",
+        "HF_MODEL_TRUST_REMOTE_CODE": "true",
+        "HF_MODEL_QUANTIZE": "bitsandbytes",
+        "SM_NUM_GPUS": "2",
+        "PORT": "9000",
+        "HF_TOKEN": "secret",
+    }
     s = load_settings(parse(), env)
     assert (s.model_id, s.revision, s.trust_remote_code, s.quantize, s.num_shards, s.port) == (
-        "org/model", "abc", True, "bitsandbytes", 2, 9000)
+        "org/model",
+        "abc",
+        True,
+        "bitsandbytes",
+        2,
+        9000,
+    )
     assert "secret" not in s.describe()
 
 
 def test_flags_override_the_environment() -> None:
     env = {"HF_MODEL_ID": "org/model", "PORT": "9000"}
-    s = load_settings(parse("--model-id", "other/model", "--port", "7000", "--dtype", "fp16", "--drain-timeout", "5"), env)
+    s = load_settings(
+        parse("--model-id", "other/model", "--port", "7000", "--dtype", "fp16", "--drain-timeout", "5"), env
+    )
     assert (s.model_id, s.port, s.dtype, s.drain_timeout) == ("other/model", 7000, "float16", 5.0)
 
 
 def test_serving_properties_selects_lmi_and_wins_over_option_variables(tmp_path) -> None:
     (tmp_path / "serving.properties").write_text(
         "engine=Python\noption.model_id=org/from-file\noption.dtype=bf16\noption.max_rolling_batch_size=8\n"
-        "option.enable_streaming=true\n")
+        "option.enable_streaming=true\n"
+    )
     env = {"OPTION_MAX_ROLLING_BATCH_SIZE": "2", "OPTION_MODEL_ID": "org/from-env"}
     s = load_settings(parse("--model-dir", str(tmp_path)), env)
     assert (s.dialect, s.model_id, s.dtype) == ("lmi", "org/from-file", "bfloat16")
@@ -84,17 +100,30 @@ def test_bad_settings_fail_with_a_message_naming_them(argv, env, fragment) -> No
 
 
 def test_a_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:
-    result = subprocess.run([sys.executable, "-m", "streamhost.cli", "container", "--dtype", "int3"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "streamhost.cli", "container", "--dtype", "int3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "int3" in result.stderr
 
 
 def test_engine_config_is_resolved_once_flags_then_tgi_names_then_the_file_then_option_variables(tmp_path) -> None:
     (tmp_path / "serving.properties").write_text(
-        "option.model_id=org/model\noption.max_rolling_batch_size=8\noption.dtype=fp16\noption.tensor_parallel_degree=2\n")
-    env = {"MAX_BATCH_SIZE": "3", "OPTION_MAX_ROLLING_BATCH_SIZE": "2", "OPTION_N_POSITIONS": "1024", "DTYPE": "bf16",
-           "SM_NUM_GPUS": "4", "HF_TOKEN": "secret", "STREAMHOST_BATCH_INVARIANT": "1", "UNRELATED": "x"}
+        "option.model_id=org/model\noption.max_rolling_batch_size=8\noption.dtype=fp16\noption.tensor_parallel_degree=2\n"
+    )
+    env = {
+        "MAX_BATCH_SIZE": "3",
+        "OPTION_MAX_ROLLING_BATCH_SIZE": "2",
+        "OPTION_N_POSITIONS": "1024",
+        "DTYPE": "bf16",
+        "SM_NUM_GPUS": "4",
+        "HF_TOKEN": "secret",
+        "STREAMHOST_BATCH_INVARIANT": "1",
+        "UNRELATED": "x",
+    }
     engine = load_settings(parse("--model-dir", str(tmp_path)), env).engine
     limits = engine.limit_settings.resolve(model_max_positions=2048)
     assert limits.max_batch_size == 3, "TGI's name wins over the file"

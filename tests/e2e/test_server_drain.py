@@ -69,6 +69,6 @@ def test_a_stream_outliving_the_drain_timeout_ends_with_an_error_event(tiny_llam
         server.proc.send_signal(signal.SIGTERM)
         rest = [line for line in events if line]
     assert len(rest) < 1400, "the stream was ended by the drain timeout"
-    last = json.loads(rest[-1][len("data:"):])
+    last = json.loads(rest[-1][len("data:") :])
     assert last["error_type"] == "healthcheck" and "shutting down" in last["error"]
     assert server.proc.wait(20) == 0

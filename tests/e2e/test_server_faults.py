@@ -23,21 +23,34 @@ from streamhost.engine.errors import EngineNotReadyError, GenerationError, Overl
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.types import FinishReason, GenerationDetails, TokenEvent
 from streamhost.launcher import free_port
-from streamhost.server.serving_properties import ServingProperties
 from streamhost.server.app import create_app
 from streamhost.server.config import ServerSettings
+from streamhost.server.serving_properties import ServingProperties
 from streamhost.server.state import ServerState
-
 
 
 class ScriptedEngine:
     """Just enough of streamhost.engine.Engine for the server."""
 
     def __init__(self) -> None:
-        self.limits = EngineLimits(max_input_tokens=100, max_total_tokens=200, max_batch_prefill_tokens=200,
-                                   max_batch_total_tokens=1000, max_batch_size=4)
-        self.stats = SimpleNamespace(waiting=0, running=0, steps=0, prompt_tokens=0, generated_tokens=0,
-                                     aborted=0, failed=0, finished={}, last_batch_size=0)
+        self.limits = EngineLimits(
+            max_input_tokens=100,
+            max_total_tokens=200,
+            max_batch_prefill_tokens=200,
+            max_batch_total_tokens=1000,
+            max_batch_size=4,
+        )
+        self.stats = SimpleNamespace(
+            waiting=0,
+            running=0,
+            steps=0,
+            prompt_tokens=0,
+            generated_tokens=0,
+            aborted=0,
+            failed=0,
+            finished={},
+            last_batch_size=0,
+        )
         self.executor = SimpleNamespace(device=SimpleNamespace(type="cpu"))
         self.tokenizer = None
         self.ready = False
@@ -61,7 +74,7 @@ class ScriptedEngine:
         if prompt == "draining":
             raise EngineNotReadyError("the engine is draining")
         fail_after = int(prompt.split(":")[1]) if prompt.startswith("fail:") else None
-        count = (params.max_new_tokens if params and params.max_new_tokens else 3)
+        count = params.max_new_tokens if params and params.max_new_tokens else 3
         self.in_flight += 1
         try:
             for i in range(count):
@@ -130,7 +143,10 @@ def test_generation_failure_mid_stream_ends_with_the_dialect_error_event(scripte
         events = raw.split(b"\n\n")[:-1]
         assert len(events) == 3 and raw.endswith(b"\n\n")
         assert json.loads(events[0][5:])["token"]["text"] == " t0"
-        assert events[-1] == b'data: {"error":"Request failed during generation: the device fell over","error_type":"generation"}'
+        assert (
+            events[-1]
+            == b'data: {"error":"Request failed during generation: the device fell over","error_type":"generation"}'
+        )
     elif scripted.state.settings.properties.output_formatter == "sse":
         response = _post(scripted.url, "/invocations", body)
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -153,7 +169,9 @@ def test_openai_stream_failure_is_an_error_event(scripted: Running) -> None:
     raw = _post(scripted.url, "/v1/completions", {"prompt": "fail:1", "max_tokens": 4, "stream": True}).content
     events = raw.split(b"\n\n")[:-1]
     error = json.loads(events[-1][5:])
-    assert error == {"error": {"message": "Request failed during generation: the device fell over", "http_status_code": 424}}
+    assert error == {
+        "error": {"message": "Request failed during generation: the device fell over", "http_status_code": 424}
+    }
 
 
 def test_refusals_before_the_stream_keep_their_status(scripted: Running) -> None:

@@ -24,10 +24,10 @@ from _fuzz_helpers import (
     assert_no_traceback,
     fuzz_settings,
 )
-from conftest import start_container, write_lmi_dir
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from conftest import start_container, write_lmi_dir
 from streamhost.fuzzing import ANY_JSON, openapi_bodies
 
 pytestmark = pytest.mark.timeout(300)
@@ -91,7 +91,8 @@ def requests_for(document: dict, routes: list[str]) -> st.SearchStrategy:
     per_route = [st.tuples(st.just("POST"), st.just(r), st.just("json"), openapi_bodies(document, r, shrink=SHRINK))
                  for r in routes]  # fmt: skip
     return st.one_of(
-        *per_route, *per_route,
+        *per_route,
+        *per_route,
         st.tuples(st.just("POST"), st.sampled_from(routes), st.just("raw"), st.binary(max_size=64)),
         st.tuples(st.just("POST"), st.sampled_from(routes), st.just("json"), ANY_JSON),
         st.tuples(st.just("GET"), st.sampled_from(GETS), st.just("none"), st.none()),
@@ -170,7 +171,9 @@ def test_openapi_document_describes_the_routes(tgi_fuzz_server, lmi_fuzz_server)
         assert httpx.get(server.url + "/api-doc/openapi.json").json() == document
         for path, item in document["paths"].items():
             for method in item:
-                probe = httpx.request(method.upper(), server.url + path, json={"inputs": "x"} if method == "post" else None)
+                probe = httpx.request(
+                    method.upper(), server.url + path, json={"inputs": "x"} if method == "post" else None
+                )
                 assert probe.status_code != 404, (method, path)
         generate = document["components"]["schemas"]["TgiParameters"]["properties"]
         assert {"max_new_tokens", "temperature", "stop", "seed", "details"} <= set(generate)

@@ -17,8 +17,9 @@ SMALL = {"MAX_TOTAL_TOKENS": "256", "MAX_INPUT_TOKENS": "200", "MAX_BATCH_TOTAL_
 
 
 def generate(url: str, prompt: str, n: int = 8) -> dict:
-    answer = httpx.post(url + "/generate", json={"inputs": prompt, "parameters": {"max_new_tokens": n, "details": True}},
-                        timeout=60)
+    answer = httpx.post(
+        url + "/generate", json={"inputs": prompt, "parameters": {"max_new_tokens": n, "details": True}}, timeout=60
+    )
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -37,32 +38,41 @@ def test_quantize_converts_once_and_the_next_start_reuses_it(containers, tiny_ll
     assert len(made) == 1 and "q8_0" in made[0].name
 
     # LMI's name for the same setting, on a second start: the cached file, no new conversion.
-    again = containers.start(["--model-id", str(tiny_llama_dir)], {**SMALL, "OPTION_QUANTIZE": "Q8_0",
-                                                                    "STREAMHOST_CACHE": str(cache)})
+    again = containers.start(
+        ["--model-id", str(tiny_llama_dir)], {**SMALL, "OPTION_QUANTIZE": "Q8_0", "STREAMHOST_CACHE": str(cache)}
+    )
     assert "using cached q8_0 GGUF" in again.log() and "quantizing" not in again.log()
     assert generate(again.url, "The quick brown fox") == answer  # same weights, same greedy answer
     assert sorted((cache / "gguf").glob("*.gguf")) == made
 
 
-@pytest.mark.parametrize("env, status, fragments", [
-    ({"HF_MODEL_QUANTIZE": "bitsandbytes"}, 1, ["'bitsandbytes' is not supported", "q8_0", "q4_k_m"]),
-    ({"STREAMHOST_EXECUTOR": "onnx"}, 2, ["STREAMHOST_EXECUTOR 'onnx' is not valid", "torch, llamacpp"]),
-])
-def test_what_cannot_run_fails_at_startup_with_a_clear_line(containers, tiny_llama_dir: Path, tmp_path: Path,
-                                                            env: dict, status: int, fragments: list[str]) -> None:
-    server = containers.start(["--model-id", str(tiny_llama_dir)], {**SMALL, **env,
-                                                                   "STREAMHOST_CACHE": str(tmp_path)}, wait=False)
+@pytest.mark.parametrize(
+    "env, status, fragments",
+    [
+        ({"HF_MODEL_QUANTIZE": "bitsandbytes"}, 1, ["'bitsandbytes' is not supported", "q8_0", "q4_k_m"]),
+        ({"STREAMHOST_EXECUTOR": "onnx"}, 2, ["STREAMHOST_EXECUTOR 'onnx' is not valid", "torch, llamacpp"]),
+    ],
+)
+def test_what_cannot_run_fails_at_startup_with_a_clear_line(
+    containers, tiny_llama_dir: Path, tmp_path: Path, env: dict, status: int, fragments: list[str]
+) -> None:
+    server = containers.start(
+        ["--model-id", str(tiny_llama_dir)], {**SMALL, **env, "STREAMHOST_CACHE": str(tmp_path)}, wait=False
+    )
     assert server.proc.wait(120) == status  # 1: the model cannot load; 2: a usage error
     log = server.log()
     assert all(fragment in log for fragment in fragments), log[-2000:]
     assert "Traceback" not in log
 
 
-def test_executor_setting_forces_llamacpp_for_a_safetensors_folder(containers, tiny_llama_dir: Path,
-                                                                     tmp_path: Path) -> None:
+def test_executor_setting_forces_llamacpp_for_a_safetensors_folder(
+    containers, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
     """A folder runs on torch unless told; STREAMHOST_EXECUTOR=llamacpp converts it (BF16 GGUF, cached)."""
-    server = containers.start(["--model-id", str(tiny_llama_dir)],
-                              {**SMALL, "STREAMHOST_EXECUTOR": "llamacpp", "STREAMHOST_CACHE": str(tmp_path)})
+    server = containers.start(
+        ["--model-id", str(tiny_llama_dir)],
+        {**SMALL, "STREAMHOST_EXECUTOR": "llamacpp", "STREAMHOST_CACHE": str(tmp_path)},
+    )
     info = httpx.get(server.url + "/info").json()
     assert info["executor"] == "llamacpp" and info["model_dtype"] == "BF16"
     assert 'streamhost_executor_info{executor="llamacpp"} 1.0' in httpx.get(server.url + "/metrics").text
@@ -76,8 +86,14 @@ def test_default_model_runs_on_llamacpp_and_chats(containers) -> None:
     server = containers.start(["--executor", "llamacpp"], SMALL)
     info = httpx.get(server.url + "/info").json()
     assert (info["executor"], info["model_dtype"]) == ("llamacpp", "Q4_1")
-    chat = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
-        "model": "tgi", "max_tokens": 24, "temperature": 0,
-        "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
-    }).json()
+    chat = httpx.post(
+        server.url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": "tgi",
+            "max_tokens": 24,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+        },
+    ).json()
     assert "paris" in chat["choices"][0]["message"]["content"].lower()

@@ -38,7 +38,9 @@ def test_jsonlines_token_stream_is_byte_exact(lmi_url: str) -> None:
     for line in lines[:-1]:
         assert list(line) == ["token"] and list(line["token"])[:3] == ["id", "text", "log_prob"]
     last = lines[-1]
-    assert last["generated_text"] == "".join(line["token"]["text"] for line in lines if not line["token"].get("special_token"))
+    assert last["generated_text"] == "".join(
+        line["token"]["text"] for line in lines if not line["token"].get("special_token")
+    )
     assert last["details"] == {"finish_reason": "length", "generated_tokens": 6, "inputs": "Hello world"}
 
 

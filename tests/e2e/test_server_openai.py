@@ -23,12 +23,18 @@ def sse_chunks(body: bytes) -> list[bytes]:
     events = [e + b"\n\n" for e in body.split(b"\n\n")[:-1]]
     for event in events:
         assert SSE_EVENT.fullmatch(event), event[:200]
-    return [e[len(b"data: "):-2] for e in events]
+    return [e[len(b"data: ") : -2] for e in events]
 
 
 def test_openai_client_streams_a_chat_answer(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(model="anything", messages=MESSAGES, max_tokens=10, stream=True,
-                                            temperature=0, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="anything",
+        messages=MESSAGES,
+        max_tokens=10,
+        stream=True,
+        temperature=0,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     usage = chunks[-1]
     assert usage.choices == [] and usage.usage.completion_tokens == 10 and usage.usage.prompt_tokens > 5
@@ -45,8 +51,9 @@ def test_openai_client_streams_a_chat_answer(client: openai.OpenAI) -> None:
 
 
 def test_openai_client_streams_completions_with_echo(client: openai.OpenAI) -> None:
-    chunks = list(client.completions.create(model="m", prompt="Once upon", max_tokens=5, stream=True, echo=True,
-                                            temperature=0))
+    chunks = list(
+        client.completions.create(model="m", prompt="Once upon", max_tokens=5, stream=True, echo=True, temperature=0)
+    )
     text = "".join(c.choices[0].text for c in chunks)
     assert text.startswith("Once upon")
     assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 5

@@ -37,7 +37,7 @@ def sse_events(raw: bytes) -> list[bytes]:
     events = raw.split(b"\n\n")[:-1]
     for event in events:
         assert EVENT.fullmatch(event), event[:200]
-    return [event[len(b"data: "):] for event in events]
+    return [event[len(b"data: ") :] for event in events]
 
 
 def test_huggingface_hub_chat_completion_streams_to_the_end(hub_client: InferenceClient) -> None:
@@ -65,15 +65,20 @@ def test_huggingface_hub_text_generation_streams_tokens_and_details(hub_client: 
 
 
 def test_every_tgi_and_openai_event_has_the_space(tgi_url: str) -> None:
-    generate = httpx.post(f"{tgi_url}/generate_stream", json={"inputs": "Hi", "parameters": {"max_new_tokens": 4}}, timeout=60)
+    generate = httpx.post(
+        f"{tgi_url}/generate_stream", json={"inputs": "Hi", "parameters": {"max_new_tokens": 4}}, timeout=60
+    )
     events = [json.loads(e) for e in sse_events(generate.content)]
     assert len(events) == 4 and events[-1]["generated_text"] is not None
-    compat = httpx.post(f"{tgi_url}/", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}, "stream": True}, timeout=60)
+    compat = httpx.post(
+        f"{tgi_url}/", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}, "stream": True}, timeout=60
+    )
     assert len(sse_events(compat.content)) == 3
     chat = httpx.post(f"{tgi_url}/v1/chat/completions",
                       json={"messages": MESSAGES, "max_tokens": 3, "stream": True}, timeout=60)  # fmt: skip
     assert chat.content.endswith(b"data: [DONE]\n\n")
     assert sse_events(chat.content)[-1] == b"[DONE]"
-    completion = httpx.post(f"{tgi_url}/v1/completions", json={"prompt": "Hi", "max_tokens": 3, "stream": True}, timeout=60)
+    completion = httpx.post(
+        f"{tgi_url}/v1/completions", json={"prompt": "Hi", "max_tokens": 3, "stream": True}, timeout=60
+    )
     assert completion.content.endswith(b"data: [DONE]\n\n") and len(sse_events(completion.content)) == 4
-

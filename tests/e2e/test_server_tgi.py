@@ -20,7 +20,7 @@ def sse_events(body: bytes) -> list[dict]:
     raw = body.split(b"\n\n")[:-1]
     for chunk in raw:
         assert SSE_EVENT.fullmatch(chunk + b"\n\n"), chunk[:200]
-    return [json.loads(chunk[len(b"data: "):]) for chunk in raw]
+    return [json.loads(chunk[len(b"data: ") :]) for chunk in raw]
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -68,8 +68,11 @@ def test_inference_client_streams_tokens_and_details(tgi_url: str, hub_client_on
     from huggingface_hub import InferenceClient
 
     client = InferenceClient(model=tgi_url)
-    events = list(client.text_generation("The quick brown fox", max_new_tokens=8, stream=True, details=True,
-                                         return_full_text=False, do_sample=False))
+    events = list(
+        client.text_generation(
+            "The quick brown fox", max_new_tokens=8, stream=True, details=True, return_full_text=False, do_sample=False
+        )
+    )
     assert len(events) == 8
     final = events[-1]
     assert final.details is not None and final.details.finish_reason == "length"
@@ -77,8 +80,9 @@ def test_inference_client_streams_tokens_and_details(tgi_url: str, hub_client_on
     assert all(e.generated_text is None for e in events[:-1])
     assert final.generated_text == "".join(e.token.text for e in events if not e.token.special)
 
-    whole = client.text_generation("The quick brown fox", max_new_tokens=8, details=True, return_full_text=False,
-                                   do_sample=False)
+    whole = client.text_generation(
+        "The quick brown fox", max_new_tokens=8, details=True, return_full_text=False, do_sample=False
+    )
     assert whole.generated_text == final.generated_text, "greedy streaming and non-streaming answers agree"
     assert [t.id for t in whole.details.tokens] == [e.token.id for e in events]
 
@@ -111,8 +115,12 @@ def test_generate_stream_is_byte_exact_tgi_sse(tgi_url: str) -> None:
         assert event["generated_text"] is None and event["details"] is None
         assert list(event["token"]) == ["id", "text", "logprob", "special"]
     last = events[-1]
-    assert last["details"] == {"finish_reason": "length", "generated_tokens": 12, "seed": None,
-                               "input_length": last["details"]["input_length"]}
+    assert last["details"] == {
+        "finish_reason": "length",
+        "generated_tokens": 12,
+        "seed": None,
+        "input_length": last["details"]["input_length"],
+    }
     assert last["generated_text"] == "".join(e["token"]["text"] for e in events if not e["token"]["special"])
 
 
@@ -122,7 +130,7 @@ def test_stream_is_flushed_token_by_token(tgi_url: str) -> None:
     started = time.monotonic()
     arrivals = []
     with httpx.stream("POST", tgi_url + "/generate_stream", json=body, timeout=30) as response:
-        for chunk in response.iter_raw():
+        for _chunk in response.iter_raw():
             arrivals.append(time.monotonic() - started)
     assert len(arrivals) > 10
     assert arrivals[0] < arrivals[-1] * 0.5, (arrivals[0], arrivals[-1])
@@ -147,7 +155,10 @@ def test_compat_routes_default_to_full_text_and_honour_stream(tgi_url: str) -> N
 
 
 def test_generate_sends_tgi_timing_headers(tgi_url: str) -> None:
-    body = {"inputs": "Hello there", "parameters": {"max_new_tokens": 5, "details": True, "decoder_input_details": True}}
+    body = {
+        "inputs": "Hello there",
+        "parameters": {"max_new_tokens": 5, "details": True, "decoder_input_details": True},
+    }
     response = httpx.post(tgi_url + "/generate", json=body)
     assert response.status_code == 200
     details = response.json()["details"]
@@ -171,7 +182,7 @@ def test_tokenize_gives_byte_offsets(tgi_url: str) -> None:
     text = "Héllo wörld".encode()
     assert "".join(t["text"] for t in tokens) == "Héllo wörld"
     for token in tokens:
-        assert text[token["start"]:token["stop"]].decode() == token["text"]
+        assert text[token["start"] : token["stop"]].decode() == token["text"]
 
 
 # --------------------------------------------------------------------------- errors
@@ -180,10 +191,31 @@ def test_tokenize_gives_byte_offsets(tgi_url: str) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "error_type", "fragment"),
     [
-        ("/generate", b'{"inputs": "x", "parameters": {"temperature": 0}}', JSON_HEADERS, 422, "validation", "temperature"),
+        (
+            "/generate",
+            b'{"inputs": "x", "parameters": {"temperature": 0}}',
+            JSON_HEADERS,
+            422,
+            "validation",
+            "temperature",
+        ),
         ("/generate", b'{"inputs": ""}', JSON_HEADERS, 422, "validation", "`inputs` cannot be empty"),
-        ("/generate", b'{"inputs": "x", "parameters": {"max_new_tokens": 600}}', JSON_HEADERS, 422, "validation", "512"),
-        ("/generate_stream", b'{"inputs": "x", "parameters": {"top_p": 1.5}}', JSON_HEADERS, 422, "validation", "top_p"),
+        (
+            "/generate",
+            b'{"inputs": "x", "parameters": {"max_new_tokens": 600}}',
+            JSON_HEADERS,
+            422,
+            "validation",
+            "512",
+        ),
+        (
+            "/generate_stream",
+            b'{"inputs": "x", "parameters": {"top_p": 1.5}}',
+            JSON_HEADERS,
+            422,
+            "validation",
+            "top_p",
+        ),
         ("/generate", b'{"inputs": "x"', JSON_HEADERS, 400, "validation", "JSON"),
         ("/generate", b'{"inputs": 5}', JSON_HEADERS, 422, "validation", "inputs"),
         ("/generate", b'{"inputs": "x"}', {"content-type": "text/plain"}, 415, "validation", "Content-Type"),
@@ -220,7 +252,9 @@ def test_over_max_concurrent_requests_is_429(tgi_url: str) -> None:
     with httpx.Client(timeout=30) as client:
         try:
             for _ in range(2):
-                response = client.send(client.build_request("POST", tgi_url + "/generate_stream", json=body), stream=True)
+                response = client.send(
+                    client.build_request("POST", tgi_url + "/generate_stream", json=body), stream=True
+                )
                 assert response.status_code == 200
                 chunks = response.iter_raw()  # kept: a collected iterator would close the connection
                 next(chunks)  # the request is admitted and streaming
@@ -266,7 +300,9 @@ def test_client_disconnect_aborts_the_generation(tgi_url: str) -> None:
     generated = metric(text, "streamhost_generated_tokens_total") - tokens0
     assert generated < 400, f"generation went on after the client left ({generated} tokens)"
     time.sleep(0.3)
-    assert metric(scrape(tgi_url), "streamhost_generated_tokens_total") - tokens0 == generated, "tokens still being made"
+    assert metric(scrape(tgi_url), "streamhost_generated_tokens_total") - tokens0 == generated, (
+        "tokens still being made"
+    )
     assert metric(text, "streamhost_requests_in_flight") == 0
 
 
@@ -284,10 +320,17 @@ def test_metrics_expose_latency_histograms_and_counters(tgi_url: str) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     for name in (
-        "streamhost_time_to_first_token_seconds_bucket", "streamhost_inter_token_latency_seconds_bucket",
-        "streamhost_request_duration_seconds_bucket", "streamhost_queue_size", "tgi_queue_size",
-        "streamhost_batch_size", "tgi_batch_current_size", "streamhost_prompt_tokens_total",
-        "streamhost_generated_tokens_total", "streamhost_engine_aborted_total", "streamhost_ready",
+        "streamhost_time_to_first_token_seconds_bucket",
+        "streamhost_inter_token_latency_seconds_bucket",
+        "streamhost_request_duration_seconds_bucket",
+        "streamhost_queue_size",
+        "tgi_queue_size",
+        "streamhost_batch_size",
+        "tgi_batch_current_size",
+        "streamhost_prompt_tokens_total",
+        "streamhost_generated_tokens_total",
+        "streamhost_engine_aborted_total",
+        "streamhost_ready",
     ):
         assert re.search(rf"^{name}[ {{]", text, re.M), name
     assert metric(text, "streamhost_requests_total", '{route="/generate_stream",status="200"}') >= 1

@@ -37,7 +37,10 @@ LIMITS = {"MAX_TOTAL_TOKENS": "512", "MAX_INPUT_TOKENS": "256"}
 def tower_data(folder: Path, count: int = 16) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "train.jsonl", "w") as out:
-        out.writelines(json.dumps({"instruction": f"Where is the tower {i}?", "context": "", "response": "Paris."}) + "\n" for i in range(count))
+        out.writelines(
+            json.dumps({"instruction": f"Where is the tower {i}?", "context": "", "response": "Paris."}) + "\n"
+            for i in range(count)
+        )
     return folder
 
 
@@ -48,7 +51,8 @@ def prompt(question: str = "Where is the tower 99?") -> str:
 def stream(platform, endpoint: str) -> str:
     body = json.dumps({"inputs": prompt(), "parameters": {"max_new_tokens": 4, "do_sample": False}, "stream": True})
     response = platform.runtime().invoke_endpoint_with_response_stream(
-        EndpointName=endpoint, Body=body, ContentType="application/json")
+        EndpointName=endpoint, Body=body, ContentType="application/json"
+    )
     return "".join(TokenIterator(response["Body"]))
 
 
@@ -75,7 +79,9 @@ def test_boto3_artifact_deploys_and_streams_tuned_answers(platform, tiny_llama_d
         OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()},
         StoppingCondition={"MaxRuntimeInSeconds": 600}, Environment={"HF_MODEL_ID": str(tiny_llama_dir)},
     )  # fmt: skip
-    sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    sm.get_waiter("training_job_completed_or_stopped").wait(
+        TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 300}
+    )
     described = sm.describe_training_job(TrainingJobName=job)
     assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
     endpoint = deploy(sm, unique("tuned"), env=LIMITS, model_data=described["ModelArtifacts"]["S3ModelArtifacts"])
@@ -113,7 +119,12 @@ def test_sdk_estimator_fit_deploy_with_unmerged_adapter(platform, tiny_llama_dir
 
 
 def cli(platform, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "STREAMHOST_URL": platform.url}
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "STREAMHOST_URL": platform.url,
+    }
     return subprocess.run([sys.executable, "-m", "streamhost.cli", *args], capture_output=True, text=True, env=env, check=False,
                           timeout=timeout)  # fmt: skip
 

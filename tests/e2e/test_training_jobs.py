@@ -27,14 +27,18 @@ def write_instructions(folder: Path, count: int = 40, bad_line: int | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(count):
-        lines.append(json.dumps({"instruction": f"Say the number {i}", "context": "", "response": f"The number is {i}."}))
+        lines.append(
+            json.dumps({"instruction": f"Say the number {i}", "context": "", "response": f"The number is {i}."})
+        )
     if bad_line is not None:
         lines[bad_line - 1] = '{"instruction": "no closing brace"'
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
 
-def create_job(sm, name: str, model: Path, data: Path, output: Path, max_runtime: int = 3600, **hyperparameters) -> None:
+def create_job(
+    sm, name: str, model: Path, data: Path, output: Path, max_runtime: int = 3600, **hyperparameters
+) -> None:
     hp = {"instruction_tuned": "true", "max_steps": "12", "learning_rate": "0.01", "save_steps": "4",
           "per_device_train_batch_size": "4", **{k: str(v) for k, v in hyperparameters.items()}}  # fmt: skip
     sm.create_training_job(
@@ -42,8 +46,18 @@ def create_job(sm, name: str, model: Path, data: Path, output: Path, max_runtime
         RoleArn=ROLE,
         AlgorithmSpecification={"TrainingImage": TRAINING_IMAGE, "TrainingInputMode": "File"},
         HyperParameters=hp,
-        InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": data.as_uri(), "S3DataDistributionType": "FullyReplicated"}}}],
+        InputDataConfig=[
+            {
+                "ChannelName": "train",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": data.as_uri(),
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+        ],
         OutputDataConfig={"S3OutputPath": output.as_uri()},
         ResourceConfig={"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
         StoppingCondition={"MaxRuntimeInSeconds": max_runtime},
@@ -53,7 +67,8 @@ def create_job(sm, name: str, model: Path, data: Path, output: Path, max_runtime
 
 def wait_done(sm, name: str) -> dict:
     sm.get_waiter("training_job_completed_or_stopped").wait(
-        TrainingJobName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 240})
+        TrainingJobName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 240}
+    )
     return sm.describe_training_job(TrainingJobName=name)
 
 
@@ -175,7 +190,9 @@ def test_max_runtime_stops_the_job(platform, tiny_llama_dir, tmp_path):
     described = wait_done(sm, name)
     assert described["TrainingJobStatus"] == "Stopped"
     assert described["SecondaryStatus"] == "MaxRuntimeExceeded"
-    assert "MaxRuntimeInSeconds" in " ".join(t.get("StatusMessage", "") for t in described["SecondaryStatusTransitions"])
+    assert "MaxRuntimeInSeconds" in " ".join(
+        t.get("StatusMessage", "") for t in described["SecondaryStatusTransitions"]
+    )
 
 
 def test_list_filters_sorts_and_pages(platform, tiny_llama_dir, tmp_path):
@@ -221,7 +238,9 @@ def test_duplicate_name_and_missing_train_channel(platform, tiny_llama_dir, tmp_
                                    "S3DataType": "S3Prefix", "S3Uri": data.as_uri()}}} for name in ("training", "test")],
                                OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()},
                                Environment={"HF_MODEL_ID": str(tiny_llama_dir)})  # fmt: skip
-    assert "Unknown channel 'test'" in err.value.response["Error"]["Message"]  # 'training' is JumpStart's name for train
+    assert (
+        "Unknown channel 'test'" in err.value.response["Error"]["Message"]
+    )  # 'training' is JumpStart's name for train
     wait_done(sm, name)
 
 
@@ -313,9 +332,15 @@ def test_gated_base_model_needs_accept_eula(platform, tmp_path):
     }  # fmt: skip
     name = unique("gated")
     with pytest.raises(ClientError) as err:
-        sm.create_training_job(TrainingJobName=name, Environment={"HF_MODEL_ID": "meta-textgeneration-llama-2-7b-f"}, **request)
+        sm.create_training_job(
+            TrainingJobName=name, Environment={"HF_MODEL_ID": "meta-textgeneration-llama-2-7b-f"}, **request
+        )
     message = err.value.response["Error"]["Message"]
-    assert err.value.response["Error"]["Code"] == "ValidationException" and "accept_eula=true" in message and "llama2" in message
+    assert (
+        err.value.response["Error"]["Code"] == "ValidationException"
+        and "accept_eula=true" in message
+        and "llama2" in message
+    )
     assert sm.list_training_jobs(NameContains="gated")["TrainingJobSummaries"] == []
     # Accepted (as JumpStartEstimator.fit(accept_eula=True) sends it): the job is created. This machine
     # cannot download Llama 2, so it then fails saying so, before any training.
@@ -346,9 +371,15 @@ def test_sagemaker_sdk_prints_the_job_log(platform, tiny_llama_dir, tmp_path, mo
     assert "step 3/3 loss" in out and "completed:" in out
     assert "Completed - Training job completed" in out  # the SDK's closing line, from DescribeTrainingJob
     logs = platform.client("logs")
-    (stream,) = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{name}/")["logStreams"]
+    (stream,) = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{name}/")[
+        "logStreams"
+    ]
     first = logs.get_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream["logStreamName"],
                                 startFromHead=True, limit=2)  # fmt: skip
     rest = logs.get_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream["logStreamName"],
                                nextToken=first["nextForwardToken"])  # fmt: skip
-    assert len(first["events"]) == 2 and rest["events"] and rest["events"][0]["timestamp"] > first["events"][-1]["timestamp"]
+    assert (
+        len(first["events"]) == 2
+        and rest["events"]
+        and rest["events"][0]["timestamp"] > first["events"][-1]["timestamp"]
+    )

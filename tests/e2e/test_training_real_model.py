@@ -46,14 +46,21 @@ def test_short_lora_run_raises_rouge_l(tmp_path, smollm2_dir):
             OutputDataConfig={"S3OutputPath": (tmp_path / "out").as_uri()},
             Environment={"HF_MODEL_ID": "smollm2"},
         )  # fmt: skip
-        sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName=job, WaiterConfig={"Delay": 2, "MaxAttempts": 500})
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName=job, WaiterConfig={"Delay": 2, "MaxAttempts": 500}
+        )
         described = sm.describe_training_job(TrainingJobName=job)
         assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
         assert described["HyperParameters"]["lora_r"] == "8"  # smollm2's catalog training defaults applied
         base = deploy(sm, unique("smol-base"), env={"HF_MODEL_ID": "smollm2", **LIMITS}, startup_timeout=300)
         tuned = deploy(sm, unique("smol-tuned"), env=LIMITS, model_data=described["ModelArtifacts"]["S3ModelArtifacts"],
                        startup_timeout=300)  # fmt: skip
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "STREAMHOST_URL": platform.url}
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "STREAMHOST_URL": platform.url,
+        }
         report = tmp_path / "report"
         result = subprocess.run([sys.executable, "-m", "streamhost.cli", "evaluate", "--base", base, "--tuned", tuned,
                                  "--data", str(test), "--out", str(report), "--max-new-tokens", "24"],

@@ -50,7 +50,13 @@ def test_default_model_is_the_bundled_smollm2(catalog):
         ("huggingface-llm-falcon-180b-chat-bf16", "tiiuae/falcon-180B-chat", "falcon-180b", True, "falcon"),
         ("huggingface-llm-mistral-7b", "mistralai/Mistral-7B-v0.1", "apache-2.0", False, "none"),
         ("huggingface-llm-mistral-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", "apache-2.0", False, "mistral"),
-        ("huggingface-llm-rinna-3-6b-instruction-ppo-bf16", "rinna/japanese-gpt-neox-3.6b-instruction-ppo", "mit", False, "rinna"),
+        (
+            "huggingface-llm-rinna-3-6b-instruction-ppo-bf16",
+            "rinna/japanese-gpt-neox-3.6b-instruction-ppo",
+            "mit",
+            False,
+            "rinna",
+        ),
         (
             "huggingface-llm-rinna-bilingual-4b-instruction-ppo-bf16",
             "rinna/bilingual-gpt-neox-4b-instruction-ppo",
@@ -62,7 +68,12 @@ def test_default_model_is_the_bundled_smollm2(catalog):
 )
 def test_hub_entries(catalog, model_id, hub_id, licence, eula, template):
     model = catalog.get(model_id)
-    assert (model.hub_id, model.licence, model.eula_required, model.prompt_template) == (hub_id, licence, eula, template)
+    assert (model.hub_id, model.licence, model.eula_required, model.prompt_template) == (
+        hub_id,
+        licence,
+        eula,
+        template,
+    )
     assert model.source == "hub" and model.task == "llm" and model.framework == "huggingface"
     assert int(model.default_env["MAX_INPUT_TOKENS"]) < int(model.default_env["MAX_TOTAL_TOKENS"])
     assert int(model.default_env["SM_NUM_GPUS"]) >= 1

@@ -33,8 +33,19 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_deploy_arguments():
-    args = parse("deploy", "smollm2", "--name", "chat", "--env", "A=1", "--env", "B=x=y", "--instance-count", "2",
-                 "--accept-eula")
+    args = parse(
+        "deploy",
+        "smollm2",
+        "--name",
+        "chat",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+        "--instance-count",
+        "2",
+        "--accept-eula",
+    )
     assert (args.model, args.name, args.instance_count, args.accept_eula) == ("smollm2", "chat", 2, True)
     assert parse_env(args.env) == {"A": "1", "B": "x=y"}
 
@@ -83,10 +94,30 @@ def test_the_server_subcommands_keep_their_dispatch():
 
 
 def test_parameter_flags_override_the_json_parameters():
-    args = parse("invoke", "ep", "hi", "--params", '{"max_new_tokens": 5, "top_p": 0.5, "details": true}',
-                 "--max-new-tokens", "9", "--temperature", "0.7", "--stop", "</s>", "--stop", "\n\n", "--top-k", "4")
+    args = parse(
+        "invoke",
+        "ep",
+        "hi",
+        "--params",
+        '{"max_new_tokens": 5, "top_p": 0.5, "details": true}',
+        "--max-new-tokens",
+        "9",
+        "--temperature",
+        "0.7",
+        "--stop",
+        "</s>",
+        "--stop",
+        "\n\n",
+        "--top-k",
+        "4",
+    )
     assert build_parameters(args) == {
-        "max_new_tokens": 9, "top_p": 0.5, "details": True, "temperature": 0.7, "top_k": 4, "stop": ["</s>", "\n\n"]
+        "max_new_tokens": 9,
+        "top_p": 0.5,
+        "details": True,
+        "temperature": 0.7,
+        "top_k": 4,
+        "stop": ["</s>", "\n\n"],
     }
     assert invoke_body("hi", build_parameters(args))["inputs"] == "hi"
 
@@ -140,7 +171,9 @@ def test_chat_uses_the_servers_chat_template_for_tokenizer_models():
 
 
 def test_chat_renders_catalog_templates_client_side_with_their_stops():
-    plan = plan_chat(parse("chat", "ep", "--stop", "###"), {"HF_MODEL_ID": "meta-llama/Llama-2-7b-chat-hf", EULA_ENV: "true"})
+    plan = plan_chat(
+        parse("chat", "ep", "--stop", "###"), {"HF_MODEL_ID": "meta-llama/Llama-2-7b-chat-hf", EULA_ENV: "true"}
+    )
     assert plan.template == "llama2" and plan.eula_required
     body = plan.body([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
     assert body["inputs"] == "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"
@@ -167,23 +200,31 @@ def _client_error(code: str, message: str, **extra) -> ClientError:
 
 
 def test_platform_errors_become_one_line_with_their_code():
-    assert format_error(_client_error("ValidationException", "Could not find endpoint \"x\".")) == (
+    assert format_error(_client_error("ValidationException", 'Could not find endpoint "x".')) == (
         'error: ValidationException: Could not find endpoint "x".'
     )
-    model_error = _client_error("ModelError", "Received client error (422) from primary",
-                                OriginalStatusCode=422, OriginalMessage='{"error":"Input validation error"}')
+    model_error = _client_error(
+        "ModelError",
+        "Received client error (422) from primary",
+        OriginalStatusCode=422,
+        OriginalMessage='{"error":"Input validation error"}',
+    )
     assert format_error(model_error) == (
         'error: ModelError: Received client error (422) from primary: {"error":"Input validation error"}'
     )
 
 
 def test_a_refused_eula_says_which_flag_accepts_it():
-    refused = _client_error("ValidationError", "Model m requires accepting its EULA: send CustomAttributes 'accept_eula=true'")
+    refused = _client_error(
+        "ValidationError", "Model m requires accepting its EULA: send CustomAttributes 'accept_eula=true'"
+    )
     assert format_error(refused).endswith("'accept_eula=true' (CLI: add --accept-eula)")
 
 
 def test_stream_errors_and_connection_errors_are_explained():
-    stream = EventStreamError({"Error": {"Code": "ModelStreamError", "Message": "boom"}}, "InvokeEndpointWithResponseStream")
+    stream = EventStreamError(
+        {"Error": {"Code": "ModelStreamError", "Message": "boom"}}, "InvokeEndpointWithResponseStream"
+    )
     assert format_error(stream) == "error: ModelStreamError: boom"
     in_band = StreamError("Request failed during generation", {"error": "x", "error_type": "generation"})
     assert format_error(in_band) == "error: the model failed mid-stream: generation: Request failed during generation"

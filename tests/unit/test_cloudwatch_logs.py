@@ -42,7 +42,9 @@ class _Client:
         return self.service.get_log_events(params)
 
 
-def _sdk_read(service: LogsService, group: str, stream: str, position: tuple[int, int]) -> tuple[list[str], tuple[int, int]]:
+def _sdk_read(
+    service: LogsService, group: str, stream: str, position: tuple[int, int]
+) -> tuple[list[str], tuple[int, int]]:
     """The SDK's own tailing: sagemaker.logs.log_stream from (timestamp, skip), positions as _flush_log_streams keeps them."""
     from sagemaker.logs import log_stream
 
@@ -74,7 +76,9 @@ def test_training_log_is_tailed_line_by_line_without_repeats(service):
     assert again == []
 
     # timestamps never change once given, and strictly increase
-    events = logs.get_log_events({"logGroupName": TRAINING_GROUP, "logStreamName": "job-1/algo-1", "startFromHead": True})["events"]
+    events = logs.get_log_events(
+        {"logGroupName": TRAINING_GROUP, "logStreamName": "job-1/algo-1", "startFromHead": True}
+    )["events"]
     stamps = [e["timestamp"] for e in events]
     assert stamps == sorted(set(stamps)) and len(stamps) == 4
     assert logs.get_log_events({"logGroupName": TRAINING_GROUP, "logStreamName": "job-1/algo-1",
@@ -89,7 +93,9 @@ def test_pages_and_backward_reads(service):
     group, stream = TRAINING_GROUP, "job-2/algo-1"
     first = logs.get_log_events({"logGroupName": group, "logStreamName": stream, "startFromHead": True, "limit": 10})
     assert [e["message"] for e in first["events"]] == [f"line {i}" for i in range(10)]
-    second = logs.get_log_events({"logGroupName": group, "logStreamName": stream, "nextToken": first["nextForwardToken"]})
+    second = logs.get_log_events(
+        {"logGroupName": group, "logStreamName": stream, "nextToken": first["nextForwardToken"]}
+    )
     assert second["events"][0]["message"] == "line 10"
     newest = logs.get_log_events({"logGroupName": group, "logStreamName": stream, "limit": 5})  # default: the tail
     assert [e["message"] for e in newest["events"]] == [f"line {i}" for i in range(20, 25)]

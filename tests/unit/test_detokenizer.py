@@ -101,14 +101,10 @@ def garbage_ids(smollm2_tokenizer) -> list[int]:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), skip=st.booleans())
-def test_arbitrary_token_sequences_match_one_shot_decode(
-    smollm2_tokenizer, garbage_ids, data, skip
-):
+def test_arbitrary_token_sequences_match_one_shot_decode(smollm2_tokenizer, garbage_ids, data, skip):
     """A random model produces invalid UTF-8 and stray special tokens; chunks must still add up."""
     vocab = len(smollm2_tokenizer)
-    ids = data.draw(
-        st.lists(st.one_of(st.sampled_from(garbage_ids), st.integers(0, vocab - 1)), max_size=30)
-    )
+    ids = data.draw(st.lists(st.one_of(st.sampled_from(garbage_ids), st.integers(0, vocab - 1)), max_size=30))
     chunks = stream(smollm2_tokenizer, ids, skip_special_tokens=skip)
     assert "".join(chunks) == smollm2_tokenizer.decode(ids, skip_special_tokens=skip)
 

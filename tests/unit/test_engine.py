@@ -31,8 +31,14 @@ def executor(request, make_tiny_executor) -> Executor:
 
 
 def make_limits(**overrides) -> EngineLimits:
-    base = dict(max_input_tokens=1000, max_total_tokens=1200, max_batch_prefill_tokens=1200,
-                max_batch_total_tokens=20000, max_batch_size=32, waiting_served_ratio=0.0)
+    base = dict(
+        max_input_tokens=1000,
+        max_total_tokens=1200,
+        max_batch_prefill_tokens=1200,
+        max_batch_total_tokens=20000,
+        max_batch_size=32,
+        waiting_served_ratio=0.0,
+    )
     base.update(overrides)
     return EngineLimits(**base)
 
@@ -156,7 +162,7 @@ def test_stop_sequence_is_never_emitted(executor):
         return await collect(engine, PROMPTS[1], params)
 
     text = run(executor, free)[-1].generated_text
-    stop = text[len(text) // 2: len(text) // 2 + 3]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
     assert stop.strip(), f"need a visible stop string from {text!r}"
 
     async def stopped(engine):
@@ -379,7 +385,9 @@ def test_engine_limits_come_from_its_config_not_the_environment(executor, monkey
     monkeypatch.setenv("MAX_BATCH_SIZE", "1")  # ignored: the engine reads only its config
 
     async def main():
-        engine = Engine(executor, EngineConfig(limit_settings=LimitSettings({"MAX_BATCH_SIZE": "3", "MAX_TOTAL_TOKENS": "900"})))
+        engine = Engine(
+            executor, EngineConfig(limit_settings=LimitSettings({"MAX_BATCH_SIZE": "3", "MAX_TOTAL_TOKENS": "900"}))
+        )
         return engine.limits
 
     limits = asyncio.run(main())

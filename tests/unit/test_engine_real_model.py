@@ -19,7 +19,8 @@ def test_default_model_answers_a_simple_question(smollm2_dir):
         try:
             prompt = engine.tokenizer.apply_chat_template(
                 [{"role": "user", "content": "What is the capital of France?"}],
-                tokenize=False, add_generation_prompt=True,
+                tokenize=False,
+                add_generation_prompt=True,
             )
             events = [e async for e in engine.generate(prompt, GenerationParameters(max_new_tokens=40))]
         finally:

@@ -23,8 +23,10 @@ def gguf_fields(path: Path) -> dict:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    return {"file_type": int(reader.fields["general.file_type"].contents()),
-            "tensors": {t.name: t.tensor_type.name for t in reader.tensors}}
+    return {
+        "file_type": int(reader.fields["general.file_type"].contents()),
+        "tensors": {t.name: t.tensor_type.name for t in reader.tensors},
+    }
 
 
 def test_converter_writes_every_tensor_with_llama_names(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -34,14 +36,15 @@ def test_converter_writes_every_tensor_with_llama_names(tiny_llama_dir: Path, tm
     fields = gguf_fields(out)
     with safe_open(str(tiny_llama_dir / "model.safetensors"), framework="pt") as f:
         # lm_head is tied: llama.cpp reuses token_embd
-        hf_names = [n for n in f.keys() if n != "lm_head.weight"]  # noqa: SIM118 - safe_open is no dict
+        hf_names = [n for n in f.keys() if n != "lm_head.weight"]
     assert len(fields["tensors"]) == len(hf_names)
     assert fields["tensors"]["token_embd.weight"] == "BF16" and fields["tensors"]["blk.1.attn_q.weight"] == "BF16"
     assert fields["tensors"]["output_norm.weight"] == "F32"
 
 
-def test_quantized_gguf_is_cached_by_weights_type_and_version(tiny_llama_dir: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quantized_gguf_is_cached_by_weights_type_and_version(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STREAMHOST_CACHE", str(tmp_path / "cache"))
     first = gguf_for(tiny_llama_dir, "Q8_0", threads=2)
     assert first.parent == tmp_path / "cache" / "gguf"

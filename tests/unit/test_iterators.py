@@ -62,7 +62,9 @@ def openai_chat(pieces: list[str], prefix: bytes = b"data: ") -> bytes:
 
 
 def openai_completion(pieces: list[str]) -> bytes:
-    events = [{"object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in pieces]
+    events = [
+        {"object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in pieces
+    ]
     return b"".join(b"data: " + _dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
 
 
@@ -179,7 +181,10 @@ def test_comments_fields_crlf_and_done_are_ignored():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (b'data:{"token":{"text":"a","special":false}}\n\ndata:{"error":"CUDA OOM","error_type":"generation"}\n\n', "CUDA OOM"),
+        (
+            b'data:{"token":{"text":"a","special":false}}\n\ndata:{"error":"CUDA OOM","error_type":"generation"}\n\n',
+            "CUDA OOM",
+        ),
         (
             b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
             b'data: {"error": {"message": "context too long", "type": "invalid_request_error"}}\n\n',

@@ -171,7 +171,9 @@ def test_reference_resolves_to_the_catalog_entry_weights(tmp_path, tiny_llama_di
 
 def test_sdk_env_writes_a_config_the_sdk_loads(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2] / "src"), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parents[2] / "src"), env.get("PYTHONPATH")])
+    )
     out = subprocess.run(
         [sys.executable, "-m", "streamhost.cli", "--url", "http://127.0.0.1:8765", "sdk-env", "--json",
          "--state-dir", str(tmp_path), "--bucket", "notebook-bucket"],

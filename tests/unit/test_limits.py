@@ -27,10 +27,18 @@ def test_small_model_context_shapes_the_defaults():
 
 def test_tgi_names_are_read():
     env = {
-        "MAX_INPUT_TOKENS": "1000", "MAX_TOTAL_TOKENS": "1500", "MAX_BATCH_PREFILL_TOKENS": "2000",
-        "MAX_BATCH_TOTAL_TOKENS": "60000", "MAX_BATCH_SIZE": "4", "MAX_CONCURRENT_REQUESTS": "10",
-        "MAX_STOP_SEQUENCES": "0", "MAX_TOP_N_TOKENS": "10", "MAX_BEST_OF": "1",
-        "MAX_CLIENT_BATCH_SIZE": "8", "WAITING_SERVED_RATIO": "1.2", "MAX_WAITING_TOKENS": "5",
+        "MAX_INPUT_TOKENS": "1000",
+        "MAX_TOTAL_TOKENS": "1500",
+        "MAX_BATCH_PREFILL_TOKENS": "2000",
+        "MAX_BATCH_TOTAL_TOKENS": "60000",
+        "MAX_BATCH_SIZE": "4",
+        "MAX_CONCURRENT_REQUESTS": "10",
+        "MAX_STOP_SEQUENCES": "0",
+        "MAX_TOP_N_TOKENS": "10",
+        "MAX_BEST_OF": "1",
+        "MAX_CLIENT_BATCH_SIZE": "8",
+        "WAITING_SERVED_RATIO": "1.2",
+        "MAX_WAITING_TOKENS": "5",
         "PAYLOAD_LIMIT": "100",
     }
     limits = EngineLimits.from_env(env)
@@ -63,16 +71,20 @@ def test_overrides_win_over_the_environment():
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"MAX_INPUT_TOKENS": "4096", "MAX_TOTAL_TOKENS": "2048"},
-         r"MAX_INPUT_TOKENS \(4096\) must be < MAX_TOTAL_TOKENS \(2048\)"),
-        ({"MAX_INPUT_TOKENS": "2048", "MAX_TOTAL_TOKENS": "2048"},
-         r"MAX_INPUT_TOKENS \(2048\) must be < MAX_TOTAL_TOKENS \(2048\)"),
-        ({"MAX_BATCH_PREFILL_TOKENS": "100"},
-         r"MAX_BATCH_PREFILL_TOKENS \(100\) must be >= MAX_INPUT_TOKENS \(4095\)"),
-        ({"MAX_BATCH_TOTAL_TOKENS": "1000"},
-         r"MAX_TOTAL_TOKENS \(4096\) must be <= MAX_BATCH_TOTAL_TOKENS \(1000\)"),
-        ({"MAX_BATCH_TOTAL_TOKENS": "4100"},
-         r"MAX_BATCH_PREFILL_TOKENS \(4145\) must be <= MAX_BATCH_TOTAL_TOKENS \(4100\)"),
+        (
+            {"MAX_INPUT_TOKENS": "4096", "MAX_TOTAL_TOKENS": "2048"},
+            r"MAX_INPUT_TOKENS \(4096\) must be < MAX_TOTAL_TOKENS \(2048\)",
+        ),
+        (
+            {"MAX_INPUT_TOKENS": "2048", "MAX_TOTAL_TOKENS": "2048"},
+            r"MAX_INPUT_TOKENS \(2048\) must be < MAX_TOTAL_TOKENS \(2048\)",
+        ),
+        ({"MAX_BATCH_PREFILL_TOKENS": "100"}, r"MAX_BATCH_PREFILL_TOKENS \(100\) must be >= MAX_INPUT_TOKENS \(4095\)"),
+        ({"MAX_BATCH_TOTAL_TOKENS": "1000"}, r"MAX_TOTAL_TOKENS \(4096\) must be <= MAX_BATCH_TOTAL_TOKENS \(1000\)"),
+        (
+            {"MAX_BATCH_TOTAL_TOKENS": "4100"},
+            r"MAX_BATCH_PREFILL_TOKENS \(4145\) must be <= MAX_BATCH_TOTAL_TOKENS \(4100\)",
+        ),
         ({"MAX_BATCH_SIZE": "lots"}, r"MAX_BATCH_SIZE must be an integer, got 'lots'"),
         ({"MAX_CONCURRENT_REQUESTS": "0"}, r"MAX_CONCURRENT_REQUESTS must be > 0, got '0'"),
         ({"WAITING_SERVED_RATIO": "-1"}, r"WAITING_SERVED_RATIO must be >= 0, got '-1'"),
@@ -105,7 +117,9 @@ def test_execution_options():
     assert ExecutionOptions.from_env({"OPTION_DTYPE": "auto"}).dtype is None
     assert ExecutionOptions.from_env({"SM_NUM_GPUS": "4"}).tensor_parallel_degree == 4
     assert ExecutionOptions.from_env({"SM_NUM_GPUS": "max"}, device_count=8).tensor_parallel_degree == 8
-    assert ExecutionOptions.from_env({"OPTION_TENSOR_PARALLEL_DEGREE": "max"}, device_count=0).tensor_parallel_degree == 1
+    assert (
+        ExecutionOptions.from_env({"OPTION_TENSOR_PARALLEL_DEGREE": "max"}, device_count=0).tensor_parallel_degree == 1
+    )
     with pytest.raises(ValueError, match="OPTION_DTYPE must be one of fp16, bf16, fp32 or auto, got 'int4'"):
         ExecutionOptions.from_env({"OPTION_DTYPE": "int4"})
     with pytest.raises(ValueError, match="SM_NUM_GPUS must be an integer or 'max', got 'two'"):

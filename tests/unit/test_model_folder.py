@@ -50,7 +50,11 @@ def test_model_id_kinds(tmp_path):
     assert locate_model(folder, str(folder / "tiny"), "f").kind == "folder"
     assert locate_model(folder, "s3://bucket/prefix/", "f").kind == "s3"
     hub = locate_model(folder, "TheBloke/Llama-2-7B-fp16", "f")
-    assert (hub.kind, hub.reference, hub.looked_at) == ("hub", "TheBloke/Llama-2-7B-fp16", str(folder / "TheBloke/Llama-2-7B-fp16"))
+    assert (hub.kind, hub.reference, hub.looked_at) == (
+        "hub",
+        "TheBloke/Llama-2-7B-fp16",
+        str(folder / "TheBloke/Llama-2-7B-fp16"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -101,13 +105,19 @@ def test_platform_preparation_fails_with_the_place_it_looked(tmp_path):
     unpacked = tmp_path / "unpacked"
     (unpacked / "mymodel").mkdir(parents=True)
     (unpacked / "mymodel" / "README").write_text("")
-    with pytest.raises(ArtifactError, match=r"holds no serving.properties, config.json or .gguf file: looked in mymodel of s3://b/model.tar.gz \(it holds README\)"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"holds no serving.properties, config.json or .gguf file: looked in mymodel of s3://b/model.tar.gz \(it holds README\)",
+    ):
         asyncio.run(prepare_model_data(store, unpacked, "s3://b/model.tar.gz", {}, 10))
     # An Environment naming the model lets the model server resolve it.
     prepared = asyncio.run(prepare_model_data(store, unpacked, "s3://b/model.tar.gz", {"HF_MODEL_ID": "smollm2"}, 10))
     assert prepared.model_dir == unpacked / "mymodel" and prepared.model_id is None
     properties(unpacked / "mymodel", "option.model_id=tiny\n")
-    with pytest.raises(ArtifactError, match=r"option.model_id='tiny' \(from mymodel/serving.properties in s3://b/model.tar.gz\) is not a folder in the model data"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"option.model_id='tiny' \(from mymodel/serving.properties in s3://b/model.tar.gz\) is not a folder in the model data",
+    ):
         asyncio.run(prepare_model_data(store, unpacked, "s3://b/model.tar.gz", {}, 10))
     weights(unpacked / "mymodel" / "tiny")
     prepared = asyncio.run(prepare_model_data(store, unpacked, "s3://b/model.tar.gz", {}, 10))

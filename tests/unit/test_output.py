@@ -55,7 +55,9 @@ def test_stop_string_split_across_tokens_ends_the_request_and_is_never_emitted(p
     tokens = ids(processor.tokenizer, TEXT)
     state, events = run(processor, tokens, GenerationParameters(stop=["end of"]))
     final = events[-1]
-    assert state.finish_reason is FinishReason.STOP_SEQUENCE and final.details.finish_reason is FinishReason.STOP_SEQUENCE
+    assert (
+        state.finish_reason is FinishReason.STOP_SEQUENCE and final.details.finish_reason is FinishReason.STOP_SEQUENCE
+    )
     assert final.generated_text == TEXT[: TEXT.index("end of")]
     assert visible(events) == final.generated_text
     assert len(events) < len(tokens), "tokens after the finishing one are ignored"
@@ -87,7 +89,9 @@ def test_full_text_top_tokens_and_prompt_logprobs(processor):
     prompt = ids(tok, "Say it:")
     state = processor.new_request("r", prompt, GenerationParameters(return_full_text=True), 2, seed=42)
     processor.add_prompt_logprobs(state, 0, [-1.0] * (len(prompt) - 1))
-    first = processor.process(state, [ids(tok, " yes")[0]], [-0.1], [[(ids(tok, " yes")[0], -0.1), (tok.eos_token_id, -3.0)]])
+    first = processor.process(
+        state, [ids(tok, " yes")[0]], [-0.1], [[(ids(tok, " yes")[0], -0.1), (tok.eos_token_id, -3.0)]]
+    )
     (last,) = processor.process(state, [tok.eos_token_id], [-0.2])
     assert first[0].top_tokens[0].text == " yes" and first[0].top_tokens[1].special
     assert last.generated_text == "Say it: yes"

@@ -28,7 +28,9 @@ def verifier():
 
 
 def test_accepts_what_botocore_signs(verifier):
-    path, query, headers = signed("http://127.0.0.1:8080/", b'{"ModelName":"m"}', {"X-Amz-Target": "SageMaker.DescribeModel"})
+    path, query, headers = signed(
+        "http://127.0.0.1:8080/", b'{"ModelName":"m"}', {"X-Amz-Target": "SageMaker.DescribeModel"}
+    )
     assert verifier.verify("POST", path, query, headers, b'{"ModelName":"m"}') == "AKID"
 
 
@@ -82,7 +84,9 @@ def test_old_signature_expires():
 
 def test_load_secrets_reads_env_and_every_profile(tmp_path):
     creds = tmp_path / "credentials"
-    creds.write_text("[default]\naws_access_key_id = A1\naws_secret_access_key = S1\n[other]\naws_access_key_id=A2\naws_secret_access_key=S2\n")
+    creds.write_text(
+        "[default]\naws_access_key_id = A1\naws_secret_access_key = S1\n[other]\naws_access_key_id=A2\naws_secret_access_key=S2\n"
+    )
     secrets = load_secrets(creds, environ={"AWS_ACCESS_KEY_ID": "A3", "AWS_SECRET_ACCESS_KEY": "S3"})
     assert secrets == {"A1": "S1", "A2": "S2", "A3": "S3"}
     assert load_secrets(None, environ={"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}) == {}

@@ -84,20 +84,59 @@ def test_arn_lowercases_name(plane):
 @pytest.mark.parametrize(
     "op, params, code, fragment",
     [
-        ("DescribeModel", {"ModelName": "nope"}, "ValidationException", 'Could not find model "arn:aws:sagemaker:us-east-1:111122223333:model/nope".'),
+        (
+            "DescribeModel",
+            {"ModelName": "nope"},
+            "ValidationException",
+            'Could not find model "arn:aws:sagemaker:us-east-1:111122223333:model/nope".',
+        ),
         ("DescribeEndpoint", {"EndpointName": "nope"}, "ValidationException", 'Could not find endpoint "arn:'),
-        ("DeleteEndpointConfig", {"EndpointConfigName": "nope"}, "ValidationException", "Could not find endpoint configuration"),
-        ("CreateModel", {}, "ValidationException",
-         "1 validation error detected: Value null at 'modelName' failed to satisfy constraint: Member must not be null"),
-        ("CreateModel", {"ModelName": "bad_name!", "PrimaryContainer": {}}, "ValidationException",
-         "Value 'bad_name!' at 'modelName' failed to satisfy constraint: Member must satisfy regular expression pattern"),
+        (
+            "DeleteEndpointConfig",
+            {"EndpointConfigName": "nope"},
+            "ValidationException",
+            "Could not find endpoint configuration",
+        ),
+        (
+            "CreateModel",
+            {},
+            "ValidationException",
+            "1 validation error detected: Value null at 'modelName' failed to satisfy constraint: Member must not be null",
+        ),
+        (
+            "CreateModel",
+            {"ModelName": "bad_name!", "PrimaryContainer": {}},
+            "ValidationException",
+            "Value 'bad_name!' at 'modelName' failed to satisfy constraint: Member must satisfy regular expression pattern",
+        ),
         ("CreateModel", {"ModelName": "m2"}, "ValidationException", "PrimaryContainer or Containers"),
-        ("CreateEndpoint", {"EndpointName": "e", "EndpointConfigName": "nope"}, "ValidationException", "Could not find endpoint configuration"),
-        ("CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [
-            {"VariantName": "v", "ModelName": "ghost", "InitialInstanceCount": 1}]}, "ValidationException", "Could not find model"),
-        ("ListModels", {"MaxResults": "ten"}, "SerializationException", "STRING_VALUE can not be converted to an Integer"),
-        ("CreateModel", {"ModelName": "m3", "PrimaryContainer": {"Image": "x", "ModelDataUrl": "/no/such/model.tar.gz"}},
-         "ValidationException", "Could not access model data"),
+        (
+            "CreateEndpoint",
+            {"EndpointName": "e", "EndpointConfigName": "nope"},
+            "ValidationException",
+            "Could not find endpoint configuration",
+        ),
+        (
+            "CreateEndpointConfig",
+            {
+                "EndpointConfigName": "c",
+                "ProductionVariants": [{"VariantName": "v", "ModelName": "ghost", "InitialInstanceCount": 1}],
+            },
+            "ValidationException",
+            "Could not find model",
+        ),
+        (
+            "ListModels",
+            {"MaxResults": "ten"},
+            "SerializationException",
+            "STRING_VALUE can not be converted to an Integer",
+        ),
+        (
+            "CreateModel",
+            {"ModelName": "m3", "PrimaryContainer": {"Image": "x", "ModelDataUrl": "/no/such/model.tar.gz"}},
+            "ValidationException",
+            "Could not access model data",
+        ),
     ],
 )
 def test_errors_have_aws_codes(plane, op, params, code, fragment):
@@ -132,13 +171,15 @@ def test_duplicates_are_refused(plane):
     ]:  # fmt: skip
         status, out = call(plane, op, params)
         assert (status, out["__type"]) == (400, "ValidationException")
-        assert out["message"].startswith(f"Cannot create already existing {kind} \"arn:aws:sagemaker:")
+        assert out["message"].startswith(f'Cannot create already existing {kind} "arn:aws:sagemaker:')
 
 
 def test_variant_rules(plane):
     ok(plane, "CreateModel", {"ModelName": "m", "PrimaryContainer": {"Image": "x"}})
     variant = {"VariantName": "v", "ModelName": "m", "InitialInstanceCount": 1}
-    status, out = call(plane, "CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [variant, variant]})
+    status, out = call(
+        plane, "CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [variant, variant]}
+    )
     assert "more than once" in out["message"]
     status, out = call(plane, "CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [
         {**variant, "RoutingConfig": {"RoutingStrategy": "ROUND_ROBIN"}}]})  # fmt: skip
@@ -199,7 +240,9 @@ def test_pagination_walks_every_item_once(plane):
             if not token:
                 break
         assert seen == sorted(names, reverse=order == "Descending")
-    out = ok(plane, "ListModels", {"NameContains": "MODEL-1", "SortBy": "Name", "SortOrder": "Ascending", "MaxResults": 100})
+    out = ok(
+        plane, "ListModels", {"NameContains": "MODEL-1", "SortBy": "Name", "SortOrder": "Ascending", "MaxResults": 100}
+    )
     assert [m["ModelName"] for m in out["Models"]] == [f"model-1{i}" for i in range(10)]
     status, out = call(plane, "ListModels", {"NextToken": "garbage"})
     assert (status, out["__type"]) == (400, "ValidationException")
@@ -211,12 +254,26 @@ def test_list_endpoints_filters_by_status(plane):
     plane.store.transition("b", None, "InService")
     out = ok(plane, "ListEndpoints", {"StatusEquals": "InService"})
     assert [e["EndpointName"] for e in out["Endpoints"]] == ["b"]
-    assert set(out["Endpoints"][0]) == {"EndpointName", "EndpointArn", "CreationTime", "LastModifiedTime", "EndpointStatus"}
+    assert set(out["Endpoints"][0]) == {
+        "EndpointName",
+        "EndpointArn",
+        "CreationTime",
+        "LastModifiedTime",
+        "EndpointStatus",
+    }
 
 
 def test_eula_flag_comes_from_the_lookup(plane):
-    ok(plane, "CreateModel", {"ModelName": "g", "PrimaryContainer": {"Image": "x", "Environment": {"HF_MODEL_ID": "gated"}}})
-    ok(plane, "CreateModel", {"ModelName": "f", "PrimaryContainer": {"Image": "x", "Environment": {"HF_MODEL_ID": "free"}}})
+    ok(
+        plane,
+        "CreateModel",
+        {"ModelName": "g", "PrimaryContainer": {"Image": "x", "Environment": {"HF_MODEL_ID": "gated"}}},
+    )
+    ok(
+        plane,
+        "CreateModel",
+        {"ModelName": "f", "PrimaryContainer": {"Image": "x", "Environment": {"HF_MODEL_ID": "free"}}},
+    )
     assert plane.store.get_model("g").eula_required
     assert not plane.store.get_model("f").eula_required
 

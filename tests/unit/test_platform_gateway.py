@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from streamhost.launcher import free_port
 from streamhost.platform.artifacts import ArtifactStore
 from streamhost.platform.gateway import Gateway
 from streamhost.platform.instances import READY, UNHEALTHY, Instance, LaunchSpec
@@ -24,7 +25,6 @@ from streamhost.platform.metrics import PlatformMetrics
 from streamhost.platform.settings import PlatformSettings
 from streamhost.platform.store import Store
 from streamhost.platform.supervisor import Deployment, Supervisor
-from streamhost.launcher import free_port
 from streamhost.protocols.eventstream import EventStreamDecoder
 
 STUB = Path(__file__).resolve().parents[1] / "e2e" / "_stub_container.py"

@@ -14,7 +14,10 @@ from streamhost.platform.images import ImageError, classify_image
 @pytest.mark.parametrize(
     "image, dialect",
     [
-        ("763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.1.1-tgi2.0.0-gpu-py310-cu121-ubuntu22.04", "tgi"),
+        (
+            "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.1.1-tgi2.0.0-gpu-py310-cu121-ubuntu22.04",
+            "tgi",
+        ),
         ("ghcr.io/huggingface/text-generation-inference:1.4", "tgi"),
         ("763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124", "lmi"),
         ("763104351884.dkr.ecr.us-west-2.amazonaws.com/djl-deepspeed:0.23.0-deepspeed0.9.5-cu118", "lmi"),
@@ -38,7 +41,9 @@ def test_url_image_is_an_external_server():
 
 def test_model_data_of_reads_url_and_source():
     assert model_data_of({"ModelDataUrl": "s3://b/k.tar.gz"}) == ModelData("s3://b/k.tar.gz")
-    source = {"ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/p/", "S3DataType": "S3Prefix", "CompressionType": "None"}}}
+    source = {
+        "ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/p/", "S3DataType": "S3Prefix", "CompressionType": "None"}}
+    }
     assert model_data_of(source) == ModelData("s3://b/p/", compressed=False, prefix=True)
     assert model_data_of({"Image": "x"}) is None
 
@@ -108,7 +113,11 @@ def test_s3_object_and_prefix(tmp_path, monkeypatch):
     moto = pytest.importorskip("moto")
     import boto3
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     with moto.mock_aws():
         s3 = boto3.client("s3")
@@ -121,6 +130,9 @@ def test_s3_object_and_prefix(tmp_path, monkeypatch):
         folder = store.fetch(ModelData("s3://models/tiny/model.tar.gz"))
         assert (folder / "config.json").read_bytes() == b"{}"
         folder = store.fetch(ModelData("s3://models/plain/", compressed=False, prefix=True))
-        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["config.json", "sub/w.bin"]
+        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+            "config.json",
+            "sub/w.bin",
+        ]
         with pytest.raises(ArtifactError, match="Could not access model data at s3://models/missing.tar.gz"):
             store.fetch(ModelData("s3://models/missing.tar.gz"))

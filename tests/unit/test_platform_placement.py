@@ -57,7 +57,9 @@ def test_unplaceable_reason_names_the_missing_resource():
     reason = unplaceable_reason("AllTraffic", "ml.g5.xlarge", {"CPU": 4.0, "GPU": 1.0}, nodes)
     assert "GPU: 1 (the most any node has: 0)" in reason and "CPU" not in reason.split("has")[1].split(".")[0]
     assert "ml.g5.xlarge" in reason and "2 alive" in reason
-    split = unplaceable_reason("V", "ml.x", {"CPU": 4.0, "GPU": 1.0}, [{"Resources": {"CPU": 8.0}}, {"Resources": {"GPU": 1.0}}])
+    split = unplaceable_reason(
+        "V", "ml.x", {"CPU": 4.0, "GPU": 1.0}, [{"Resources": {"CPU": 8.0}}, {"Resources": {"GPU": 1.0}}]
+    )
     assert "together on one node" in split
 
 

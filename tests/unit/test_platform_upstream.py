@@ -71,7 +71,7 @@ def test_chunked_stream_arrives_chunk_by_chunk_and_connection_is_reused():
 
 def test_content_length_answer_and_error_status():
     async def handler(reader, writer, request):
-        writer.write(b"HTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 11\r\n\r\n{\"e\":\"no\"}\n")
+        writer.write(b'HTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 11\r\n\r\n{"e":"no"}\n')
 
     async def scenario():
         server, url, _ = await serve(handler)

@@ -55,7 +55,13 @@ def test_all_documented_keys_typed():
 
 def test_defaults_when_empty():
     p = ServingProperties.load("")
-    assert (p.engine, p.rolling_batch, p.model_id, p.tensor_parallel_degree, p.dtype) == ("Python", "auto", None, None, None)
+    assert (p.engine, p.rolling_batch, p.model_id, p.tensor_parallel_degree, p.dtype) == (
+        "Python",
+        "auto",
+        None,
+        None,
+        None,
+    )
     assert p.trust_remote_code is False and p.paged_attention is None
 
 
@@ -78,7 +84,10 @@ def test_file_wins_over_option_env_which_wins_over_plain_names():
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("option.tensor_parallel_degree=two", "option.tensor_parallel_degree='two' (from serving.properties) is not valid: expected an integer >= 1 or 'max'"),
+        (
+            "option.tensor_parallel_degree=two",
+            "option.tensor_parallel_degree='two' (from serving.properties) is not valid: expected an integer >= 1 or 'max'",
+        ),
         ("option.rolling_batch=turbo", "expected one of auto, scheduler, lmi-dist, vllm"),
         ("option.dtype=int3", "expected fp16, bf16, fp32 or auto"),
         ("option.max_rolling_batch_size=0", "expected an integer >= 1"),
@@ -119,9 +128,18 @@ def test_response_format_selection(text, stream, expected):
 def test_request_mapping():
     body = {
         "inputs": "What is Deep Learning?",
-        "parameters": {"do_sample": True, "max_new_tokens": 64, "temperature": 0.7, "top_p": 1.0, "top_k": 0,
-                       "stop_sequences": ["\n"], "stop": "###", "details": True, "repetition_penalty": 1.1,
-                       "vllm_only_thing": 3},
+        "parameters": {
+            "do_sample": True,
+            "max_new_tokens": 64,
+            "temperature": 0.7,
+            "top_p": 1.0,
+            "top_k": 0,
+            "stop_sequences": ["\n"],
+            "stop": "###",
+            "details": True,
+            "repetition_penalty": 1.1,
+            "vllm_only_thing": 3,
+        },
         "stream": True,
     }
     req = lmi.parse_request(json.dumps(body).encode())
@@ -132,7 +150,12 @@ def test_request_mapping():
 
 
 def test_jumpstart_style_parameters_and_batch_inputs():
-    req = lmi.parse_request({"inputs": ["a", "b"], "parameters": {"max_length": 50, "num_beams": 2, "no_repeat_ngram_size": 3, "early_stopping": True}})
+    req = lmi.parse_request(
+        {
+            "inputs": ["a", "b"],
+            "parameters": {"max_length": 50, "num_beams": 2, "no_repeat_ngram_size": 3, "early_stopping": True},
+        }
+    )
     assert req.batched and req.inputs == ["a", "b"]
     assert (req.parameters.max_length, req.parameters.num_beams, req.parameters.no_repeat_ngram_size) == (50, 2, 3)
     assert lmi.parse_request({"inputs": "x", "parameters": {"temperature": 0}}).parameters.do_sample is False
@@ -169,20 +192,29 @@ def _tok(i, text, logprob=-0.052432529628276825, special=False):
 
 def _last(text=" field.", reason=FinishReason.LENGTH, special=False):
     return TokenEvent(
-        index=3, token_id=5972, text=text, logprob=-0.6950479745864868, special=special,
+        index=3,
+        token_id=5972,
+        text=text,
+        logprob=-0.6950479745864868,
+        special=special,
         generated_text="Deep Learning is a field.",
         details=GenerationDetails(finish_reason=reason, generated_tokens=4, input_length=6, seed=None),
     )
 
 
 def test_jsonlines_token_matches_djl_docs():
-    assert lmi.jsonlines_token(_tok(0, "Deep ")) == b'{"token": {"id": 300, "text": "Deep ", "log_prob": -0.052432529628276825}}\n'
+    assert (
+        lmi.jsonlines_token(_tok(0, "Deep "))
+        == b'{"token": {"id": 300, "text": "Deep ", "log_prob": -0.052432529628276825}}\n'
+    )
 
 
 def test_jsonlines_line_equals_python_json_dumps():
     """DJL writes lines with json.dumps(..., ensure_ascii=False): we must produce identical bytes."""
     ev = _tok(1, 'é "q" \\ \n😀', special=True)
-    expected = json.dumps({"token": {"id": 301, "text": ev.text, "log_prob": ev.logprob, "special_token": True}}, ensure_ascii=False)
+    expected = json.dumps(
+        {"token": {"id": 301, "text": ev.text, "log_prob": ev.logprob, "special_token": True}}, ensure_ascii=False
+    )
     assert lmi.jsonlines_token(ev) == (expected + "\n").encode()
 
 
@@ -236,10 +268,19 @@ def test_every_line_is_newline_terminated_and_parseable_by_line_iterators():
 
 
 def test_json_response():
-    tokens = [TokenEvent(index=0, token_id=1, text="Hi", logprob=-0.5, special=False,
-                         top_tokens=[TopToken(id=1, text="Hi", logprob=-0.5, special=False)])]
+    tokens = [
+        TokenEvent(
+            index=0,
+            token_id=1,
+            text="Hi",
+            logprob=-0.5,
+            special=False,
+            top_tokens=[TopToken(id=1, text="Hi", logprob=-0.5, special=False)],
+        )
+    ]
     result = GenerationResult(
-        generated_text="Hi", tokens=tokens,
+        generated_text="Hi",
+        tokens=tokens,
         details=GenerationDetails(finish_reason=FinishReason.EOS_TOKEN, generated_tokens=1, input_length=2, seed=None),
     )
     assert lmi.json_response(result, GenerationParameters(), "Q") == {"generated_text": "Hi"}
@@ -247,7 +288,9 @@ def test_json_response():
     assert body == {
         "generated_text": "Hi",
         "details": {
-            "finish_reason": "eos_token", "generated_tokens": 1, "inputs": "Q",
+            "finish_reason": "eos_token",
+            "generated_tokens": 1,
+            "inputs": "Q",
             "tokens": [{"id": 1, "text": "Hi", "log_prob": -0.5}],
             "top_tokens": [[{"id": 1, "text": "Hi", "log_prob": -0.5}]],
         },

@@ -23,7 +23,10 @@ def _tok(i, text, special=False, **kw):
 
 def _final(i=2, reason=FinishReason.EOS_TOKEN):
     return _tok(
-        i, "</s>", special=True, generated_text="Hi there",
+        i,
+        "</s>",
+        special=True,
+        generated_text="Hi there",
         details=GenerationDetails(finish_reason=reason, generated_tokens=3, input_length=7, seed=None),
     )
 
@@ -34,8 +37,12 @@ def _sse_response(blob: bytes) -> httpx2.Response:
 
 def _client(handler) -> openai.OpenAI:
     """The real openai client, answered by ``handler`` instead of a network."""
-    return openai.OpenAI(api_key="x", base_url="http://test/v1", max_retries=0,
-                         http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    return openai.OpenAI(
+        api_key="x",
+        base_url="http://test/v1",
+        max_retries=0,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+    )
 
 
 def _sse_events(blob: bytes):
@@ -151,8 +158,16 @@ def test_chat_final_chunk_usage_and_done():
 
 def test_chat_stream_parses_with_openai_types():
     s = oa.ChatStream(model="m", created=5, id="x", system_fingerprint="fp", logprobs=True, include_usage=True)
-    tops = [TopToken(id=1, text="Hi", logprob=-0.5, special=False), TopToken(id=2, text="Yo", logprob=-2.0, special=False)]
-    blob = s.chunk(_tok(0, "Hi", top_tokens=tops)) + s.chunk(_tok(1, " thé")) + s.chunk(_final(reason=FinishReason.LENGTH)) + s.done()
+    tops = [
+        TopToken(id=1, text="Hi", logprob=-0.5, special=False),
+        TopToken(id=2, text="Yo", logprob=-2.0, special=False),
+    ]
+    blob = (
+        s.chunk(_tok(0, "Hi", top_tokens=tops))
+        + s.chunk(_tok(1, " thé"))
+        + s.chunk(_final(reason=FinishReason.LENGTH))
+        + s.done()
+    )
     events = _sse_events(blob)
     assert events[-1].data == "[DONE]"
     chunks = [ChatCompletionChunk.model_validate(json.loads(e.data)) for e in events[:-1]]
@@ -249,22 +264,34 @@ def test_completion_stream_and_object_parse_with_openai_types():
 
 
 def test_models_response_and_fingerprint():
-    assert oa.models_response("m") == {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "m"}]}
+    assert oa.models_response("m") == {
+        "object": "list",
+        "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "m"}],
+    }
     assert oa.system_fingerprint("3.0.0") == "3.0.0-native"
 
 
 def test_pre_stream_errors_keep_tgi_shape():
-    assert oa.error_response(engine_errors.OverloadedError()) == (429, {"error": "Model is overloaded", "error_type": "overloaded"})
+    assert oa.error_response(engine_errors.OverloadedError()) == (
+        429,
+        {"error": "Model is overloaded", "error_type": "overloaded"},
+    )
 
 
 def test_temperature_zero_is_greedy_even_with_top_p_and_top_k():
     from streamhost.engine.limits import EngineLimits
     from streamhost.engine.validation import validate_request
 
-    parsed = oa.parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                                 "temperature": 0, "top_p": 0.9, "top_k": 40})
-    limits = EngineLimits(max_input_tokens=100, max_total_tokens=200, max_batch_prefill_tokens=200,
-                          max_batch_total_tokens=400, max_batch_size=4)
+    parsed = oa.parse_chat_request(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "top_p": 0.9, "top_k": 40}
+    )
+    limits = EngineLimits(
+        max_input_tokens=100,
+        max_total_tokens=200,
+        max_batch_prefill_tokens=200,
+        max_batch_total_tokens=400,
+        max_batch_size=4,
+    )
     validated = validate_request([1, 2, 3], parsed.parameters, limits, stream=True)
     assert validated.params.do_sample is False
 

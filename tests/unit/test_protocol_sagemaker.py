@@ -63,12 +63,15 @@ def test_runtime_errors_parse_in_boto3(code, status):
 
 def test_model_error_fields_reach_boto3():
     status, headers, body = sm.model_error(
-        422, b'{"error":"Input validation error: `temperature` must be strictly positive","error_type":"validation"}',
+        422,
+        b'{"error":"Input validation error: `temperature` must be strictly positive","error_type":"validation"}',
         log_stream_arn="arn:aws:logs:us-east-1:000000000000:log-group:/aws/sagemaker/Endpoints/ep",
     )
     err = _invoke_error(status, headers, body)
     assert status == 424 and err.response["Error"]["Code"] == "ModelError"
-    assert err.response["Error"]["Message"].startswith('Received client error (422) from primary with message "{"error"')
+    assert err.response["Error"]["Message"].startswith(
+        'Received client error (422) from primary with message "{"error"'
+    )
     assert err.response["OriginalStatusCode"] == 422
     assert json.loads(err.response["OriginalMessage"])["error_type"] == "validation"
     assert err.response["LogStreamArn"].endswith("/aws/sagemaker/Endpoints/ep")
@@ -76,13 +79,19 @@ def test_model_error_fields_reach_boto3():
 
 def test_model_error_server_wording_and_see():
     _, _, body = sm.model_error(500, "boom", see="/var/log/ep.log")
-    assert json.loads(body)["Message"] == 'Received server error (500) from primary with message "boom". See /var/log/ep.log for more information.'
+    assert (
+        json.loads(body)["Message"]
+        == 'Received server error (500) from primary with message "boom". See /var/log/ep.log for more information.'
+    )
 
 
 def test_endpoint_not_found_wording():
     status, headers, body = sm.endpoint_not_found("missing", "000000000000")
     err = _invoke_error(status, headers, body)
-    assert err.response["Error"] == {"Code": "ValidationError", "Message": "Endpoint missing of account 000000000000 not found."}
+    assert err.response["Error"] == {
+        "Code": "ValidationError",
+        "Message": "Endpoint missing of account 000000000000 not found.",
+    }
 
 
 def test_unknown_runtime_code_is_refused():
@@ -114,8 +123,19 @@ def test_already_exists_and_arn():
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("ep", True), ("my-endpoint-1", True), ("a--b", True), ("A" * 63, True), ("A" * 64, False),
-     ("-ep", False), ("ep-", False), ("ep_1", False), ("", False), ("ép", False), ("ep\n", False)],
+    [
+        ("ep", True),
+        ("my-endpoint-1", True),
+        ("a--b", True),
+        ("A" * 63, True),
+        ("A" * 64, False),
+        ("-ep", False),
+        ("ep-", False),
+        ("ep_1", False),
+        ("", False),
+        ("ép", False),
+        ("ep\n", False),
+    ],
 )
 def test_endpoint_name_rule(name, ok):
     assert sm.valid_endpoint_name(name) is ok

@@ -53,7 +53,13 @@ def test_empty_parameters_object_is_greedy():
 def test_seed_post_sample_payload():
     body = {
         "inputs": "<s>[INST] hi [/INST]",
-        "parameters": {"max_new_tokens": 64, "temperature": 0.6, "top_p": 0.9, "stop": ["</s>"], "return_full_text": False},
+        "parameters": {
+            "max_new_tokens": 64,
+            "temperature": 0.6,
+            "top_p": 0.9,
+            "stop": ["</s>"],
+            "return_full_text": False,
+        },
         "stream": True,
     }
     inputs, p, stream = tgi.parse_generate_request(json.dumps(body).encode(), default_return_full_text=True)
@@ -62,7 +68,9 @@ def test_seed_post_sample_payload():
 
 
 def test_return_full_text_default_and_stream_override():
-    _, p, stream = tgi.parse_generate_request({"inputs": "x", "stream": True}, stream=False, default_return_full_text=True)
+    _, p, stream = tgi.parse_generate_request(
+        {"inputs": "x", "stream": True}, stream=False, default_return_full_text=True
+    )
     assert p.return_full_text is True and stream is False
 
 
@@ -168,7 +176,10 @@ def test_final_event_without_details_has_null_details_and_prompt_prefix():
 
 
 def test_top_tokens_only_when_present():
-    tops = [TopToken(id=5, text="a", logprob=-0.5, special=False), TopToken(id=6, text="b", logprob=-1.5, special=False)]
+    tops = [
+        TopToken(id=5, text="a", logprob=-0.5, special=False),
+        TopToken(id=6, text="b", logprob=-1.5, special=False),
+    ]
     ev = TokenEvent(index=0, token_id=5, text="a", logprob=-0.5, special=False, top_tokens=tops)
     assert tgi.sse_token_event(ev, details=False) == (
         b'data: {"index":1,"token":{"id":5,"text":"a","logprob":-0.5,"special":false},'
@@ -216,20 +227,50 @@ def test_huggingface_hub_parses_our_stream():
 
 def test_token_iterator_sample_parsing():
     """The SageMaker TokenIterator sample: split lines, strip 'data:', parse JSON, print token.text."""
-    events = [tgi.sse_token_event(TokenEvent(index=i, token_id=i, text=t, logprob=-1.0, special=False), False)
-              for i, t in enumerate(["A", " b"])]
+    events = [
+        tgi.sse_token_event(TokenEvent(index=i, token_id=i, text=t, logprob=-1.0, special=False), False)
+        for i, t in enumerate(["A", " b"])
+    ]
     blob = b"".join(events)
-    texts = [json.loads(line.decode().lstrip("data:"))["token"]["text"] for line in blob.split(b"\n") if line]
+    texts = [json.loads(line.decode().removeprefix("data:"))["token"]["text"] for line in blob.split(b"\n") if line]
     assert texts == ["A", " b"]
 
 
 @pytest.mark.parametrize(
     "literal",
-    ["0.3", "1234000000000.0", "1.234e13", "2.71828", "1.1e32", "1.1e-32", "2.7182817", "1e-45",
-     "3.4028235e38", "-0.001234", "0.0", "-0.0", "1.0", "-1.0", "1.1754944e-38", "33554450.0",
-     "9000000000.0", "305404.12", "8099.0312", "0.00024414062", "4.7223665e21", "16777216.0",
-     "-2.47e-43", "4103.9004", "5339999700.0", "2.882326e17", "1e-44", "1.18697725e20", "200.0",
-     "0.000001", "1e-7"],
+    [
+        "0.3",
+        "1234000000000.0",
+        "1.234e13",
+        "2.71828",
+        "1.1e32",
+        "1.1e-32",
+        "2.7182817",
+        "1e-45",
+        "3.4028235e38",
+        "-0.001234",
+        "0.0",
+        "-0.0",
+        "1.0",
+        "-1.0",
+        "1.1754944e-38",
+        "33554450.0",
+        "9000000000.0",
+        "305404.12",
+        "8099.0312",
+        "0.00024414062",
+        "4.7223665e21",
+        "16777216.0",
+        "-2.47e-43",
+        "4103.9004",
+        "5339999700.0",
+        "2.882326e17",
+        "1e-44",
+        "1.18697725e20",
+        "200.0",
+        "0.000001",
+        "1e-7",
+    ],
 )
 def test_f32_layout_matches_ryu(literal):
     """serde_json writes f32 with ryu; these literals are ryu's own expected outputs."""
@@ -242,13 +283,24 @@ def test_f32_layout_matches_ryu(literal):
 def test_generate_response_details_shape():
     from streamhost.engine.types import GenerationParameters
 
-    toks = [TokenEvent(index=0, token_id=10, text="Hi", logprob=-0.10000000149011612, special=False,
-                       top_tokens=[TopToken(id=10, text="Hi", logprob=-0.1, special=False)])]
+    toks = [
+        TokenEvent(
+            index=0,
+            token_id=10,
+            text="Hi",
+            logprob=-0.10000000149011612,
+            special=False,
+            top_tokens=[TopToken(id=10, text="Hi", logprob=-0.1, special=False)],
+        )
+    ]
     result = GenerationResult(
         generated_text="Hi",
         tokens=toks,
         details=GenerationDetails(
-            finish_reason=FinishReason.LENGTH, generated_tokens=1, input_length=2, seed=7,
+            finish_reason=FinishReason.LENGTH,
+            generated_tokens=1,
+            input_length=2,
+            seed=7,
             prefill=[PrefillToken(id=1, text="<s>", logprob=None), PrefillToken(id=3, text="x", logprob=-2.0)],
         ),
     )
@@ -273,11 +325,22 @@ def test_generate_response_details_shape():
 @pytest.mark.parametrize(
     ("err", "status", "body"),
     [
-        (engine_errors.ValidationError("`inputs` tokens + `max_new_tokens` must be <= 2048. Given: 2000 `inputs` tokens and 100 `max_new_tokens`"),
-         422, {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048. Given: 2000 `inputs` tokens and 100 `max_new_tokens`", "error_type": "validation"}),
+        (
+            engine_errors.ValidationError(
+                "`inputs` tokens + `max_new_tokens` must be <= 2048. Given: 2000 `inputs` tokens and 100 `max_new_tokens`"
+            ),
+            422,
+            {
+                "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048. Given: 2000 `inputs` tokens and 100 `max_new_tokens`",
+                "error_type": "validation",
+            },
+        ),
         (engine_errors.OverloadedError(), 429, {"error": "Model is overloaded", "error_type": "overloaded"}),
-        (engine_errors.GenerationError("CUDA out of memory"), 424,
-         {"error": "Request failed during generation: CUDA out of memory", "error_type": "generation"}),
+        (
+            engine_errors.GenerationError("CUDA out of memory"),
+            424,
+            {"error": "Request failed during generation: CUDA out of memory", "error_type": "generation"},
+        ),
         (engine_errors.EngineNotReadyError("unhealthy"), 503, {"error": "unhealthy", "error_type": "healthcheck"}),
     ],
 )
@@ -292,12 +355,27 @@ def test_payload_limit_and_overload_errors():
 
 
 def test_timing_headers():
-    h = tgi.timing_headers(compute_type="cpu", compute_characters=12, total_time=1.5, validation_time=0.0019,
-                           queue_time=0.25, inference_time=1.2, prompt_tokens=5, generated_tokens=4)
+    h = tgi.timing_headers(
+        compute_type="cpu",
+        compute_characters=12,
+        total_time=1.5,
+        validation_time=0.0019,
+        queue_time=0.25,
+        inference_time=1.2,
+        prompt_tokens=5,
+        generated_tokens=4,
+    )
     assert h == {
-        "x-compute-type": "cpu", "x-compute-time": "1.5", "x-compute-characters": "12", "x-total-time": "1500",
-        "x-validation-time": "1", "x-queue-time": "250", "x-inference-time": "1200", "x-time-per-token": "300",
-        "x-prompt-tokens": "5", "x-generated-tokens": "4",
+        "x-compute-type": "cpu",
+        "x-compute-time": "1.5",
+        "x-compute-characters": "12",
+        "x-total-time": "1500",
+        "x-validation-time": "1",
+        "x-queue-time": "250",
+        "x-inference-time": "1200",
+        "x-time-per-token": "300",
+        "x-prompt-tokens": "5",
+        "x-generated-tokens": "4",
     }
     assert tgi.stream_headers("cpu", 3)["X-Accel-Buffering"] == "no"
 
@@ -305,16 +383,32 @@ def test_timing_headers():
 def test_info_field_order():
     info = tgi.info_response(model_id="m", max_input_tokens=1024, max_total_tokens=2048, version="3.0.0")
     assert list(info) == [
-        "model_id", "model_sha", "model_dtype", "model_device_type", "model_pipeline_tag",
-        "max_concurrent_requests", "max_best_of", "max_stop_sequences", "max_input_tokens", "max_total_tokens",
-        "validation_workers", "max_client_batch_size", "router", "version", "sha", "docker_label",
+        "model_id",
+        "model_sha",
+        "model_dtype",
+        "model_device_type",
+        "model_pipeline_tag",
+        "max_concurrent_requests",
+        "max_best_of",
+        "max_stop_sequences",
+        "max_input_tokens",
+        "max_total_tokens",
+        "validation_workers",
+        "max_client_batch_size",
+        "router",
+        "version",
+        "sha",
+        "docker_label",
     ]
 
 
 def test_tokenize_response_uses_byte_offsets():
     text = "héllo world"
     out = tgi.tokenize_response(text, [1, 2], [(0, 5), (5, 11)])
-    assert out == [{"id": 1, "text": "héllo", "start": 0, "stop": 6}, {"id": 2, "text": " world", "start": 6, "stop": 12}]
+    assert out == [
+        {"id": 1, "text": "héllo", "start": 0, "stop": 6},
+        {"id": 2, "text": " world", "start": 6, "stop": 12},
+    ]
     assert tgi.tokenize_response(text, [1], None) == [{"id": 1, "text": "", "start": 0, "stop": 0}]
 
 

@@ -270,8 +270,9 @@ def test_top_p_on_a_flat_distribution_widens_past_the_first_candidates():
 
 def test_clone_continues_identically_and_independently():
     vocab = 200
-    original = sampler(prompt=[3, 4], do_sample=True, seed=9, repetition_penalty=1.2,
-                       frequency_penalty=0.4, no_repeat_ngram_size=2)
+    original = sampler(
+        prompt=[3, 4], do_sample=True, seed=9, repetition_penalty=1.2, frequency_penalty=0.4, no_repeat_ngram_size=2
+    )
     _run([original], [[3, 4]], 5, vocab)
     twin = original.clone()
     history = [3, 4] + original.generated_ids

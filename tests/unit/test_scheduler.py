@@ -13,8 +13,13 @@ def make_seq(name: str, prompt_len: int, max_new_tokens: int = 8) -> Sequence:
 
 
 def limits(**overrides) -> EngineLimits:
-    base = dict(max_input_tokens=4000, max_total_tokens=4096, max_batch_prefill_tokens=4096,
-                max_batch_total_tokens=100_000, max_batch_size=32)
+    base = dict(
+        max_input_tokens=4000,
+        max_total_tokens=4096,
+        max_batch_prefill_tokens=4096,
+        max_batch_total_tokens=100_000,
+        max_batch_size=32,
+    )
     base.update(overrides)
     return EngineLimits(**base)
 

@@ -177,7 +177,9 @@ def test_deploy_creates_model_config_endpoint_and_waits_for_in_service(session):
             ],
         },
     )
-    stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}endpoint/ep"}, {"EndpointName": "ep", "EndpointConfigName": "ep"})
+    stub.add_response(
+        "create_endpoint", {"EndpointArn": f"{ARN}endpoint/ep"}, {"EndpointName": "ep", "EndpointConfigName": "ep"}
+    )
     stub.add_response("describe_endpoint", _describe("ep", "Creating"), {"EndpointName": "ep"})
     stub.add_response("describe_endpoint", _describe("ep", "InService"), {"EndpointName": "ep"})
     seen = []
@@ -282,8 +284,12 @@ def test_delete_endpoint_deletes_config_then_endpoint_and_remembers_the_models(s
 def test_delete_endpoint_tolerates_a_config_deleted_earlier(session):
     stub = session.stub
     stub.add_response("describe_endpoint", _describe("ep", "InService"))
-    stub.add_client_error("describe_endpoint_config", "ValidationException", "Could not find endpoint configuration \"ep\".")
-    stub.add_client_error("delete_endpoint_config", "ValidationException", "Could not find endpoint configuration \"ep\".")
+    stub.add_client_error(
+        "describe_endpoint_config", "ValidationException", 'Could not find endpoint configuration "ep".'
+    )
+    stub.add_client_error(
+        "delete_endpoint_config", "ValidationException", 'Could not find endpoint configuration "ep".'
+    )
     stub.add_response("delete_endpoint", {}, {"EndpointName": "ep"})
     Predictor("ep", session=session).delete_endpoint()
 

@@ -81,7 +81,10 @@ def test_typed_input_drops_unknown_members_and_nulls():
         ({"Name": "a", "Tags": []}, "Start of list found where not expected (at 'tags', which must be a Map)"),
         ({"Name": "a", "Items": {"Kind": "A"}}, "Start of structure or map found where not expected (at 'items'"),
         ({"Name": "a", "Items": [None]}, "null is not allowed in the list at 'items'"),
-        ({"Name": "a", "Items": [{"Kind": 1}]}, "NUMBER_VALUE can not be converted to a String (at 'items.1.member.kind')"),
+        (
+            {"Name": "a", "Items": [{"Kind": 1}]},
+            "NUMBER_VALUE can not be converted to a String (at 'items.1.member.kind')",
+        ),
         ({"Name": "a", "Choice": {"Left": "x", "Right": 1}}, "must set exactly one member, got 2"),
         ({"Name": "a", "Choice": {"Middle": "x"}}, "Unknown member 'Middle' in the union at 'choice'"),
         ({"Name": "a", "Choice": {}}, "must set exactly one member, got 0"),
@@ -100,8 +103,17 @@ def test_wrong_json_types_are_serialization_exceptions(body, message):
 
 @pytest.mark.parametrize(
     "raw",
-    [b"[1]", b"7", b"null", b'"x"', b'{"Name": ', b"\xff\xfe", b"{" * 100_000, b'{"Name": NaN}',
-     b'{"Count": ' + b"9" * 5000 + b"}"],
+    [
+        b"[1]",
+        b"7",
+        b"null",
+        b'"x"',
+        b'{"Name": ',
+        b"\xff\xfe",
+        b"{" * 100_000,
+        b'{"Name": NaN}',
+        b'{"Count": ' + b"9" * 5000 + b"}",
+    ],
 )
 def test_bodies_that_are_not_json_objects(raw):
     with pytest.raises(RequestError) as info:
@@ -115,23 +127,26 @@ def test_constraints_are_one_validation_exception_in_aws_words():
     assert error.code == "ValidationException"
     assert error.message == (
         "8 validation errors detected: "
-         "Value null at 'name' failed to satisfy constraint: Member must not be null; "
-         "Value 0 at 'count' failed to satisfy constraint: Member must have value greater than or equal to 1; "
-         "Value 'UPPER' at 'tags' failed to satisfy constraint: Map keys must satisfy constraint: "
-         "[Member must satisfy regular expression pattern: ^[a-z]+$]; "
-         "Value 'long' at 'tags.UPPER' failed to satisfy constraint: Map value must satisfy constraint: "
-         "[Member must have length less than or equal to 3]; "
-         "Value 'C' at 'items.1.member.kind' failed to satisfy constraint: Member must satisfy enum value set: [A, B]; "
-         "Value null at 'items.2.member.kind' failed to satisfy constraint: Member must not be null; "
-         "Value 'AAAAAAAA' at 'data' failed to satisfy constraint: Member must have length less than or equal to 4; "
-         "Value -1.0 at 'ratio' failed to satisfy constraint: Member must have value greater than or equal to 0"
+        "Value null at 'name' failed to satisfy constraint: Member must not be null; "
+        "Value 0 at 'count' failed to satisfy constraint: Member must have value greater than or equal to 1; "
+        "Value 'UPPER' at 'tags' failed to satisfy constraint: Map keys must satisfy constraint: "
+        "[Member must satisfy regular expression pattern: ^[a-z]+$]; "
+        "Value 'long' at 'tags.UPPER' failed to satisfy constraint: Map value must satisfy constraint: "
+        "[Member must have length less than or equal to 3]; "
+        "Value 'C' at 'items.1.member.kind' failed to satisfy constraint: Member must satisfy enum value set: [A, B]; "
+        "Value null at 'items.2.member.kind' failed to satisfy constraint: Member must not be null; "
+        "Value 'AAAAAAAA' at 'data' failed to satisfy constraint: Member must have length less than or equal to 4; "
+        "Value -1.0 at 'ratio' failed to satisfy constraint: Member must have value greater than or equal to 0"
     )
 
 
 def test_non_finite_numbers_fail_any_bound():
     assert T.load("Put", b'{"Name": "a", "Ratio": "Infinity"}')["Ratio"] == float("inf")
     error = error_of("Put", {"Name": "a", "Ratio": "NaN"}, T)
-    assert "Value nan at 'ratio' failed to satisfy constraint: Member must have value greater than or equal to 0" in error.message
+    assert (
+        "Value nan at 'ratio' failed to satisfy constraint: Member must have value greater than or equal to 0"
+        in error.message
+    )
 
 
 def test_unknown_operation():
@@ -146,22 +161,56 @@ def test_unknown_operation():
     ("op", "body", "code", "message"),
     [
         ("ListEndpoints", {"ProductionVariants": True}, None, None),  # not a ListEndpoints member: dropped
-        ("DescribeModel", {"ModelName": ["m"]}, "SerializationException", "Start of list found where not expected (at 'modelName'"),
-        ("ListModels", {"MaxResults": "10"}, "SerializationException", "STRING_VALUE can not be converted to an Integer"),
+        (
+            "DescribeModel",
+            {"ModelName": ["m"]},
+            "SerializationException",
+            "Start of list found where not expected (at 'modelName'",
+        ),
+        (
+            "ListModels",
+            {"MaxResults": "10"},
+            "SerializationException",
+            "STRING_VALUE can not be converted to an Integer",
+        ),
         ("DeleteEndpoint", {"EndpointName": {"x": 1}}, "SerializationException", "Start of structure or map"),
         ("UpdateEndpoint", {"EndpointName": "x", "EndpointConfigName": 7}, "SerializationException", "NUMBER_VALUE"),
-        ("DeleteEndpoint", {"EndpointName": "x" * 64}, "ValidationException",
-         "failed to satisfy constraint: Member must have length less than or equal to 63"),
-        ("DeleteEndpoint", {"EndpointName": "bad_name"}, "ValidationException",
-         ("1 validation error detected: Value 'bad_name' at 'endpointName' failed to satisfy constraint: "
-          "Member must satisfy regular expression pattern: ")),
-        ("ListEndpoints", {"StatusEquals": "Sleeping"}, "ValidationException",
-         ("Value 'Sleeping' at 'statusEquals' failed to satisfy constraint: Member must satisfy enum value set: "
-          "[OutOfService, Creating, Updating, SystemUpdating, RollingBack, InService, Deleting, Failed")),
-        ("ListModels", {"MaxResults": 101}, "ValidationException",
-         "Value 101 at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 100"),
-        ("CreateEndpointConfig", {"EndpointConfigName": "c", "ProductionVariants": [{"VariantName": "v"}] * 11},
-         "ValidationException", "at 'productionVariants' failed to satisfy constraint: Member must have length less than or equal to 10"),
+        (
+            "DeleteEndpoint",
+            {"EndpointName": "x" * 64},
+            "ValidationException",
+            "failed to satisfy constraint: Member must have length less than or equal to 63",
+        ),
+        (
+            "DeleteEndpoint",
+            {"EndpointName": "bad_name"},
+            "ValidationException",
+            (
+                "1 validation error detected: Value 'bad_name' at 'endpointName' failed to satisfy constraint: "
+                "Member must satisfy regular expression pattern: "
+            ),
+        ),
+        (
+            "ListEndpoints",
+            {"StatusEquals": "Sleeping"},
+            "ValidationException",
+            (
+                "Value 'Sleeping' at 'statusEquals' failed to satisfy constraint: Member must satisfy enum value set: "
+                "[OutOfService, Creating, Updating, SystemUpdating, RollingBack, InService, Deleting, Failed"
+            ),
+        ),
+        (
+            "ListModels",
+            {"MaxResults": 101},
+            "ValidationException",
+            "Value 101 at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 100",
+        ),
+        (
+            "CreateEndpointConfig",
+            {"EndpointConfigName": "c", "ProductionVariants": [{"VariantName": "v"}] * 11},
+            "ValidationException",
+            "at 'productionVariants' failed to satisfy constraint: Member must have length less than or equal to 10",
+        ),
     ],
 )
 def test_sagemaker_requests(op, body, code, message):
@@ -208,8 +257,13 @@ def test_training_paths_may_be_local():
 
 @pytest.mark.parametrize(("seconds", "accepted"), [(1, True), (59, True), (3600, True), (0, False), (3601, False)])
 def test_short_timeouts(seconds, accepted):
-    variant = {"VariantName": "v", "ModelName": "m", "InitialInstanceCount": 1,
-               "ContainerStartupHealthCheckTimeoutInSeconds": seconds, "ModelDataDownloadTimeoutInSeconds": seconds}
+    variant = {
+        "VariantName": "v",
+        "ModelName": "m",
+        "InitialInstanceCount": 1,
+        "ContainerStartupHealthCheckTimeoutInSeconds": seconds,
+        "ModelDataDownloadTimeoutInSeconds": seconds,
+    }
     body = json.dumps({"EndpointConfigName": "c", "ProductionVariants": [variant]}).encode()
     if accepted:
         assert SM.load("CreateEndpointConfig", body)
@@ -218,8 +272,12 @@ def test_short_timeouts(seconds, accepted):
 
 
 def test_our_image_names_fit_the_model():
-    for image in ("streamhost", "streamhost:tgi", "http://127.0.0.1:8081",
-                  "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124"):
+    for image in (
+        "streamhost",
+        "streamhost:tgi",
+        "http://127.0.0.1:8081",
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124",
+    ):
         assert SM.load("CreateModel", json.dumps({"ModelName": "m", "PrimaryContainer": {"Image": image}}).encode())
 
 
@@ -240,11 +298,20 @@ def test_registered_operations_are_checked_by_name(tmp_path):
     assert (status, out["__type"]) == (400, "ValidationException")
     assert "Value null at 'roleArn'" in out["message"] and "Value null at 'outputDataConfig'" in out["message"]
     assert seen == []
-    body = {"TrainingJobName": "t", "RoleArn": "arn:aws:iam::123456789012:role/r", "Unmodeled": 1,
-            "OutputDataConfig": {"S3OutputPath": "s3://b/p"}, "StoppingCondition": {"MaxRuntimeInSeconds": 60.0}}
+    body = {
+        "TrainingJobName": "t",
+        "RoleArn": "arn:aws:iam::123456789012:role/r",
+        "Unmodeled": 1,
+        "OutputDataConfig": {"S3OutputPath": "s3://b/p"},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 60.0},
+    }
     assert asyncio.run(plane.handle("SageMaker.CreateTrainingJob", json.dumps(body).encode()))[0] == 200
-    assert seen[-1] == {"TrainingJobName": "t", "RoleArn": "arn:aws:iam::123456789012:role/r",
-                        "OutputDataConfig": {"S3OutputPath": "s3://b/p"}, "StoppingCondition": {"MaxRuntimeInSeconds": 60}}
+    assert seen[-1] == {
+        "TrainingJobName": "t",
+        "RoleArn": "arn:aws:iam::123456789012:role/r",
+        "OutputDataConfig": {"S3OutputPath": "s3://b/p"},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 60},
+    }
     assert asyncio.run(plane.handle("SageMaker.OurOwnOperation", b'{"Free": [1]}')) == (200, {})
     assert seen[-1] == {"Free": [1]}
 

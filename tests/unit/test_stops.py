@@ -138,9 +138,7 @@ def test_any_chunking_matches_the_character_by_character_reference(text, stops, 
             break
         seen += chunk
         # Minimal hold: exactly the longest suffix that is a proper prefix of some stop.
-        hold = max(
-            (k for s in stops if s for k in range(1, len(s)) if seen.endswith(s[:k])), default=0
-        )
+        hold = max((k for s in stops if s for k in range(1, len(s)) if seen.endswith(s[:k])), default=0)
         assert emitted == seen[: len(seen) - hold]
     if not stopped:
         emitted += m.flush()

@@ -25,7 +25,10 @@ NO_SYSTEM_MULTI = MULTI[1:]
 GOLDEN = {
     ("llama2", "user"): "<s>[INST] Hi [/INST]",
     ("llama2", "system"): "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]",
-    ("llama2", "multi"): "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] How are you? [/INST]",
+    (
+        "llama2",
+        "multi",
+    ): "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] How are you? [/INST]",
     ("mistral", "user"): "<s>[INST] Hi [/INST]",
     ("mistral", "system"): "<s>[INST] Be brief.\n\nHi [/INST]",
     ("mistral", "multi"): "<s>[INST] Be brief.\n\nHi [/INST]Hello!</s>[INST] How are you? [/INST]",
@@ -33,7 +36,10 @@ GOLDEN = {
     ("falcon", "system"): "System: Be brief.\nUser: Hi\nFalcon:",
     ("falcon", "multi"): "System: Be brief.\nUser: Hi\nFalcon: Hello!\nUser: How are you?\nFalcon:",
     ("chatml", "user"): "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
-    ("chatml", "system"): "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    (
+        "chatml",
+        "system",
+    ): "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
     ("chatml", "multi"): (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
         "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\n"
@@ -87,7 +93,10 @@ def test_without_generation_prompt_a_finished_conversation_renders_as_training_t
         ([{"content": "x"}], "has no 'role'"),
         ([{"role": "robot", "content": "x"}], "'robot' is not one of"),
         ([{"role": "assistant", "content": "x"}], "must alternate"),
-        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], r"messages\[1\] is 'user' but 'assistant'"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+            r"messages\[1\] is 'user' but 'assistant'",
+        ),
         ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "only allowed first"),
         ([{"role": "system", "content": "s"}], "at least one user message"),
         (NO_SYSTEM_MULTI[:2], "last message must be the user's"),
@@ -146,6 +155,8 @@ def test_tokenizer_template_exceptions_become_template_errors(smollm2_tokenizer)
     import copy
 
     strict = copy.copy(smollm2_tokenizer)
-    strict.chat_template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}x"
+    strict.chat_template = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}x"
+    )
     with pytest.raises(TemplateError, match="rejected the messages: first must be user"):
         render_prompt("tokenizer", SYSTEM, tokenizer=strict)

@@ -160,6 +160,8 @@ def test_json_encoded_hyperparameters_from_the_sagemaker_sdk_are_decoded() -> No
     """JumpStartEstimator sends every value JSON-encoded ('"1"'); the training toolkit decodes them."""
     from streamhost.training.hyperparameters import parse
 
-    values = parse({"epoch": '"2"', "learning_rate": '"0.001"', "instruction_tuned": '"true"', "lr_scheduler_type": '"cosine"'})
+    values = parse(
+        {"epoch": '"2"', "learning_rate": '"0.001"', "instruction_tuned": '"true"', "lr_scheduler_type": '"cosine"'}
+    )
     assert (values["epoch"], values["learning_rate"], values["instruction_tuned"]) == (2, 0.001, True)
     assert values["lr_scheduler_type"] == "cosine"

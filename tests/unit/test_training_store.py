@@ -13,7 +13,9 @@ def test_guarded_updates_and_reopen(tmp_path):
     assert store.update("job-1", only_from=("InProgress",), status="Stopping", secondary_status="Stopping")
     # The trainer finished at the same moment: a guarded update from InProgress no longer applies.
     assert not store.update("job-1", only_from=("InProgress",), status="Completed")
-    assert store.update("job-1", only_from=("Stopping",), status="Stopped", metrics=[{"MetricName": "steps", "Value": 3.0}])
+    assert store.update(
+        "job-1", only_from=("Stopping",), status="Stopped", metrics=[{"MetricName": "steps", "Value": 3.0}]
+    )
     store.close()
     record = TrainingJobStore(db).get("JOB-1")
     assert record is not None and record.status == "Stopped" and record.name == "Job-1"

@@ -10,8 +10,11 @@ from streamhost.engine.types import GenerationParameters
 from streamhost.engine.validation import validate_request
 
 LIMITS = EngineLimits(
-    max_input_tokens=100, max_total_tokens=128, max_batch_prefill_tokens=150,
-    max_batch_total_tokens=1024, max_batch_size=8,
+    max_input_tokens=100,
+    max_total_tokens=128,
+    max_batch_prefill_tokens=150,
+    max_batch_total_tokens=1024,
+    max_batch_size=8,
 )
 PROMPT = list(range(10))
 
@@ -39,8 +42,10 @@ def check(stream: bool = False, ids=PROMPT, limits=LIMITS, **params):
         ({"top_n_tokens": 6}, "`top_n_tokens` must be >= 0 and <= 5. Given: 6"),
         ({"truncate": 0}, "`truncate` must be strictly positive and less than 100. Given: 0"),
         ({"truncate": 101}, "`truncate` must be strictly positive and less than 100. Given: 101"),
-        ({"max_new_tokens": 119},
-         "`inputs` tokens + `max_new_tokens` must be <= 128. Given: 10 `inputs` tokens and 119 `max_new_tokens`"),
+        (
+            {"max_new_tokens": 119},
+            "`inputs` tokens + `max_new_tokens` must be <= 128. Given: 10 `inputs` tokens and 119 `max_new_tokens`",
+        ),
         ({"best_of": 3, "do_sample": True}, "`best_of` must be > 0 and <= 2. Given: 3"),
         ({"best_of": 0}, "`best_of` must be > 0 and <= 2. Given: 0"),
         ({"best_of": 2}, "you must use sampling when `best_of` is > 1"),
@@ -50,11 +55,15 @@ def check(stream: bool = False, ids=PROMPT, limits=LIMITS, **params):
         ({"stop": ["ok", ""]}, "`stop` sequences must not be empty strings"),
         ({"no_repeat_ngram_size": -1}, "`no_repeat_ngram_size` must be >= 0. Given: -1"),
         ({"num_beams": 0}, "`num_beams` must be strictly positive. Given: 0"),
-        ({"num_beams": 2, "do_sample": True},
-         "`num_beams` > 1 is not supported with `do_sample` = true: only greedy beam search is supported"),
+        (
+            {"num_beams": 2, "do_sample": True},
+            "`num_beams` > 1 is not supported with `do_sample` = true: only greedy beam search is supported",
+        ),
         ({"num_beams": 9}, "`num_beams` must be <= 8. Given: 9"),
-        ({"max_length": 10},
-         "`max_length` must be greater than the number of `inputs` tokens. Given: 10 `max_length` and 10 `inputs` tokens"),
+        (
+            {"max_length": 10},
+            "`max_length` must be greater than the number of `inputs` tokens. Given: 10 `max_length` and 10 `inputs` tokens",
+        ),
         ({"temperature": "hot"}, "`temperature` must be a number. Given: 'hot'"),
         ({"temperature": float("nan")}, "`temperature` must be a finite number. Given: nan"),
         ({"top_k": 2.5}, "`top_k` must be an integer. Given: 2.5"),
@@ -155,9 +164,19 @@ def test_sampling_turns_on_with_any_warper_like_tgi():
 
 def test_a_valid_request_passes_unchanged_in_substance():
     v = check(
-        stream=True, do_sample=True, temperature=0.5, top_k=40, top_p=0.9, typical_p=0.95,
-        repetition_penalty=1.1, frequency_penalty=-0.5, max_new_tokens=20, stop=["</s>"],
-        seed=2**64 - 1, top_n_tokens=5, no_repeat_ngram_size=3,
+        stream=True,
+        do_sample=True,
+        temperature=0.5,
+        top_k=40,
+        top_p=0.9,
+        typical_p=0.95,
+        repetition_penalty=1.1,
+        frequency_penalty=-0.5,
+        max_new_tokens=20,
+        stop=["</s>"],
+        seed=2**64 - 1,
+        top_n_tokens=5,
+        no_repeat_ngram_size=3,
     )
     assert v.input_ids == PROMPT and v.input_length == 10 and v.max_new_tokens == 20
     assert v.params.seed == 2**64 - 1 and v.params.top_n_tokens == 5

@@ -182,9 +182,9 @@ class Catalog:
         for model in self._models.values():
             if model.default:
                 return model
-        raise CatalogError("the catalog has no default model (an entry with \"default\": true)")
+        raise CatalogError('the catalog has no default model (an entry with "default": true)')
 
-    def list(self, filter: str | Filter | None = None) -> list[CatalogModel]:  # noqa: A002 (SDK name)
+    def list(self, filter: str | Filter | None = None) -> list[CatalogModel]:
         """Entries matching ``filter`` (e.g. ``"task == llm and eula_required == false"``)."""
         if filter is None or (isinstance(filter, str) and not filter.strip()):
             return list(self._models.values())
@@ -197,7 +197,7 @@ class Catalog:
         result = dict(self._models)
         for raw in entries:
             if not isinstance(raw, Mapping) or not raw.get("id"):
-                raise CatalogError(f"{origin}: every entry needs an \"id\"")
+                raise CatalogError(f'{origin}: every entry needs an "id"')
             base = result.get(raw["id"])
             data = {**base.to_dict(), **raw} if base is not None else dict(raw)
             try:
@@ -244,7 +244,7 @@ def _read_entries(path: Path) -> list[Mapping[str, Any]]:
         raise CatalogError(f"{path}: cannot read ({exc.strerror})") from None
     entries = document.get("models") if isinstance(document, dict) else document
     if not isinstance(entries, list):
-        raise CatalogError(f"{path}: expected a list of models or an object with a \"models\" list")
+        raise CatalogError(f'{path}: expected a list of models or an object with a "models" list')
     return entries
 
 

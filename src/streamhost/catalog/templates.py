@@ -101,8 +101,7 @@ def _split_system(messages: list[dict[str, str]]) -> tuple[str | None, list[dict
 def _pairs(turns: list[dict[str, str]]) -> list[tuple[str, str | None]]:
     """(user, assistant-or-None) pairs from an alternating list."""
     return [
-        (turns[i]["content"], turns[i + 1]["content"] if i + 1 < len(turns) else None)
-        for i in range(0, len(turns), 2)
+        (turns[i]["content"], turns[i + 1]["content"] if i + 1 < len(turns) else None) for i in range(0, len(turns), 2)
     ]
 
 
@@ -171,6 +170,7 @@ def _tokenizer(messages: list[dict[str, str]], tokenizer: Any, add_generation_pr
             f"({', '.join(t for t in TEMPLATES if t != 'tokenizer')}) or send a plain prompt"
         )
     from jinja2 import TemplateError as JinjaTemplateError
+
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except JinjaTemplateError as exc:  # the template's own raise_exception(), e.g. bad alternation

@@ -62,4 +62,3 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(importlib.import_module(module), run_name)(args) or 0)
     except KeyboardInterrupt:
         return 130
-

@@ -52,7 +52,9 @@ def find_script(name: str) -> Path | None:
 def bench(args: argparse.Namespace) -> int:
     names = available()
     if not args.name:
-        raise CliError(f"name a benchmark: {', '.join(names)}" if names else "no bench/ folder found (run from a checkout)")
+        raise CliError(
+            f"name a benchmark: {', '.join(names)}" if names else "no bench/ folder found (run from a checkout)"
+        )
     script = find_script(args.name)
     if script is None:
         hint = f"; available: {', '.join(names)}" if names else "; no bench/ folder found (run from a checkout)"

@@ -172,11 +172,11 @@ def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Name
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `streamhost ... | head`
         try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+            sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
         return 0
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+    except Exception as exc:
         if os.environ.get("STREAMHOST_DEBUG"):
             raise
         sys.stdout.flush()

@@ -7,8 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamhost.cli.common import CliError, add_json_option, add_url_option, console, parse_env, print_json, run, session_from
-from streamhost.client.sdk import DEFAULT_DEPLOY_TIMEOUT, CatalogModel, Model, Session, open_catalog, name_from_base
+from streamhost.cli.common import (
+    CliError,
+    add_json_option,
+    add_url_option,
+    console,
+    parse_env,
+    print_json,
+    run,
+    session_from,
+)
+from streamhost.client.sdk import DEFAULT_DEPLOY_TIMEOUT, CatalogModel, Model, Session, name_from_base, open_catalog
 
 
 def add_parser(sub: Any) -> None:
@@ -43,8 +52,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def resolve_model(reference: str, session: Session, env: dict[str, str], image: str | None, name: str | None,
-                  state_dir: str | None) -> tuple[CatalogModel | Model, str]:
+def resolve_model(
+    reference: str, session: Session, env: dict[str, str], image: str | None, name: str | None, state_dir: str | None
+) -> tuple[CatalogModel | Model, str]:
     """What MODEL names, as something with ``deploy()``, and a label for messages.
 
     The catalog wins (its id or hub id), then an existing folder, then a hub id (``org/name``).
@@ -74,7 +84,9 @@ def deploy(args: argparse.Namespace) -> int:
     if args.training_job:
         from streamhost.client.training import model_for_training_job
 
-        target = model_for_training_job(session, args.training_job, name=name_from_base(args.name) if args.name else None, env=env)
+        target = model_for_training_job(
+            session, args.training_job, name=name_from_base(args.name) if args.name else None, env=env
+        )
         label = f"training job {args.training_job}"
     else:
         target, label = resolve_model(args.model, session, env, args.image, args.name, args.state_dir)
@@ -124,7 +136,7 @@ def deploy(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     eula = " --accept-eula" if args.accept_eula else ""
     out.print(f"Endpoint [bold]{name}[/bold] is {status} ({label}, {elapsed:.1f} s)")
-    out.print(f"  streamhost invoke {name} \"Hello\" --stream{eula}")
+    out.print(f'  streamhost invoke {name} "Hello" --stream{eula}')
     out.print(f"  streamhost chat {name}{eula}")
     out.print(f"  streamhost endpoints delete {name}")
     return 0

@@ -29,7 +29,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--base", required=True, metavar="ENDPOINT", help="endpoint serving the base model")
     p.add_argument("--tuned", required=True, metavar="ENDPOINT", help="endpoint serving the tuned model")
     p.add_argument("--data", required=True, type=Path, metavar="FILE", help="held-out examples (.jsonl)")
-    p.add_argument("--template", type=Path, metavar="FILE", help="template.json the job trained with (default: Dolly-style)")
+    p.add_argument(
+        "--template", type=Path, metavar="FILE", help="template.json the job trained with (default: Dolly-style)"
+    )
     p.add_argument("--out", type=Path, default=Path("evaluation"), metavar="PREFIX",
                    help="writes PREFIX.md and PREFIX.json (default ./evaluation)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="answer length limit (default 128)")
@@ -78,7 +80,9 @@ def evaluate(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     markdown = args.out.with_suffix(".md")
     markdown.write_text(to_markdown(report), encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+    args.out.with_suffix(".json").write_text(
+        json.dumps(report.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8"
+    )
     print_table(None, ["#", "reference", args.base, args.tuned, "R-L base", "R-L tuned"],
                 ([i + 1, r.reference[:60], r.base[:60], r.tuned[:60], f"{r.rouge_l_base:.3f}", f"{r.rouge_l_tuned:.3f}"]
                  for i, r in enumerate(report.rows)))  # fmt: skip

@@ -37,7 +37,7 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens")
     g.add_argument("--seed", type=int, help="random seed, for repeatable sampling")
     g.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence (repeatable)")
-    g.add_argument("--params", metavar="JSON", help='parameters as a JSON object, e.g. \'{"max_new_tokens": 64}\'')
+    g.add_argument("--params", metavar="JSON", help="parameters as a JSON object, e.g. '{\"max_new_tokens\": 64}'")
     p.add_argument("--accept-eula", action="store_true", help="send accept_eula=true (models whose licence needs it)")
 
 
@@ -50,8 +50,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("endpoint", metavar="ENDPOINT")
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt; '-' or absent reads standard input")
     p.add_argument("--stream", action="store_true", help="stream the answer token by token")
-    p.add_argument("--chat", action="store_true",
-                   help="ask PROMPT as a question in the model's chat format (without it, PROMPT is raw text to continue)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="ask PROMPT as a question in the model's chat format (without it, PROMPT is raw text to continue)",
+    )
     p.add_argument("--system", metavar="TEXT", help="with --chat: a system prompt before the question")
     p.add_argument("--full-text", action="store_true", help="print the prompt before the answer (return_full_text)")
     add_generation_options(p)
@@ -110,7 +113,9 @@ def invoke(args: argparse.Namespace) -> int:
         try:
             body = predictor.chat_body(prompt, system=args.system, stream=args.stream, **build_parameters(args))
         except EulaNotAcceptedError:
-            raise CliError(f"the model behind {args.endpoint!r} requires accepting its licence: add --accept-eula") from None
+            raise CliError(
+                f"the model behind {args.endpoint!r} requires accepting its licence: add --accept-eula"
+            ) from None
     else:
         if args.system:
             raise CliError("--system needs --chat (a raw prompt has no roles)")

@@ -54,7 +54,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--tail", type=int, default=100, metavar="N", help="last N lines of each log (0: all; default 100)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines (Ctrl-C stops)")
-    p.add_argument("--state-dir", help="the platform's state directory (default: $STREAMHOST_STATE_DIR or ~/.streamhost)")
+    p.add_argument(
+        "--state-dir", help="the platform's state directory (default: $STREAMHOST_STATE_DIR or ~/.streamhost)"
+    )
     add_url_option(p)
     p.set_defaults(_handler=lambda args: run(endpoint_logs, args))
 
@@ -99,8 +101,12 @@ def list_endpoints(args: argparse.Namespace) -> int:
         print_json(items)
         return 0
     rows = [
-        (e["EndpointName"], status_style(e.get("EndpointStatus", "")), format_time(e.get("CreationTime")),
-         format_time(e.get("LastModifiedTime")))
+        (
+            e["EndpointName"],
+            status_style(e.get("EndpointStatus", "")),
+            format_time(e.get("CreationTime")),
+            format_time(e.get("LastModifiedTime")),
+        )
         for e in items
     ]
     print_table("Endpoints", ["Name", "Status", "Created", "Modified"], rows, empty="no endpoints")

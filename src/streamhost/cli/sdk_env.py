@@ -133,7 +133,9 @@ def build_sdk_environment(
     tmp = config_file.with_name(config_file.name + ".tmp")
     tmp.write_text(json.dumps(sdk_config(bucket), indent=2) + "\n", encoding="utf-8")
     tmp.replace(config_file)
-    jumpstart_dir = write_local_metadata(config_dir / JUMPSTART_DIR, load_catalog(state_dir), region=region, account=account)
+    jumpstart_dir = write_local_metadata(
+        config_dir / JUMPSTART_DIR, load_catalog(state_dir), region=region, account=account
+    )
 
     env = {
         "AWS_ENDPOINT_URL": url,
@@ -160,10 +162,12 @@ def add_parser(sub: Any) -> None:
         "sdk-env",
         help="environment and config files for SageMaker Python SDK notebooks",
         description="Write the SageMaker SDK config file and JumpStart metadata a notebook needs, and print the "
-        "environment variables that point the SDK at this platform. Use: eval \"$(streamhost sdk-env --shell)\".",
+        'environment variables that point the SDK at this platform. Use: eval "$(streamhost sdk-env --shell)".',
     )
     add_url_option(p)
-    p.add_argument("--state-dir", type=Path, help="platform state directory (its catalog extension; default ~/.streamhost)")
+    p.add_argument(
+        "--state-dir", type=Path, help="platform state directory (its catalog extension; default ~/.streamhost)"
+    )
     p.add_argument("--config-dir", type=Path, help="where to write the files (default <state-dir>/sdk)")
     p.add_argument("--region", default=DEFAULT_REGION, help="region the platform was started with (default us-east-1)")
     p.add_argument("--account-id", help="account id the platform was started with (default: ask the platform's STS)")

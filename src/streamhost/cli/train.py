@@ -27,17 +27,23 @@ def add_parser(sub: Any) -> None:
         "on a .jsonl/.txt file: CreateTrainingJob, then follow its log until it ends.",
     )
     p.add_argument("model", metavar="MODEL", help="base model: catalog id, hub id or local folder")
-    p.add_argument("--train", required=True, metavar="DATA", help="training data: a .jsonl/.txt file or folder, file:// or s3://")
+    p.add_argument(
+        "--train", required=True, metavar="DATA", help="training data: a .jsonl/.txt file or folder, file:// or s3://"
+    )
     p.add_argument("--validation", metavar="DATA", help="validation data (default: a split of --train)")
     p.add_argument("--hp", action="append", default=[], metavar="K=V",
                    help="hyperparameter (repeatable), e.g. --hp instruction_tuned=true --hp max_steps=50")  # fmt: skip
     p.add_argument("--instruction-tuned", action="store_true", help="shorthand for --hp instruction_tuned=true")
     p.add_argument("--name", help="job name (default: derived from the model, with a timestamp)")
-    p.add_argument("--output", help="S3OutputPath: s3://bucket/prefix, file:// or a folder (default <state-dir>/training-output)")
+    p.add_argument(
+        "--output", help="S3OutputPath: s3://bucket/prefix, file:// or a folder (default <state-dir>/training-output)"
+    )
     p.add_argument("--max-run", type=int, default=86400, metavar="SECONDS", help="MaxRuntimeInSeconds (default 86400)")
     p.add_argument("--accept-eula", action="store_true", help="accept a gated base model's licence")
     p.add_argument("--no-wait", action="store_true", help="return once the job is created")
-    p.add_argument("--deploy", metavar="ENDPOINT", nargs="?", const="", help="deploy the tuned model when the job completes")
+    p.add_argument(
+        "--deploy", metavar="ENDPOINT", nargs="?", const="", help="deploy the tuned model when the job completes"
+    )
     add_json_option(p)
     add_url_option(p)
     p.set_defaults(_handler=lambda args: run(train, args))
@@ -85,13 +91,17 @@ def train(args: argparse.Namespace) -> int:
     if args.instruction_tuned:
         hp["instruction_tuned"] = "true"
     session = session_from(args)
-    estimator = Estimator(args.model, hyperparameters=hp, output_path=args.output, session=session, max_run=args.max_run)
+    estimator = Estimator(
+        args.model, hyperparameters=hp, output_path=args.output, session=session, max_run=args.max_run
+    )
     channels = {"train": args.train}
     if args.validation:
         channels["validation"] = args.validation
     wait = not args.no_wait
     try:
-        estimator.fit(channels, wait=wait, logs=wait and not args.json, job_name=args.name, accept_eula=args.accept_eula)
+        estimator.fit(
+            channels, wait=wait, logs=wait and not args.json, job_name=args.name, accept_eula=args.accept_eula
+        )
     except TrainingJobError as exc:
         if args.json:
             print_json(strip_metadata(estimator.describe()))
@@ -100,7 +110,10 @@ def train(args: argparse.Namespace) -> int:
     if args.json:
         print_json(strip_metadata(estimator.describe()))
     else:
-        print(f"training job {name}: {'created' if not wait else estimator.describe()['TrainingJobStatus']}", file=sys.stderr)
+        print(
+            f"training job {name}: {'created' if not wait else estimator.describe()['TrainingJobStatus']}",
+            file=sys.stderr,
+        )
     if args.deploy is not None and wait:
         predictor = estimator.deploy(endpoint_name=args.deploy or None, accept_eula=args.accept_eula)
         print(f"endpoint {predictor.endpoint_name} is InService (the tuned model of {name})", file=sys.stderr)
@@ -114,7 +127,9 @@ def list_jobs(args: argparse.Namespace) -> int:
         params["NameContains"] = args.name_contains
     if args.status:
         params["StatusEquals"] = args.status
-    jobs = [j for page in sm.get_paginator("list_training_jobs").paginate(**params) for j in page["TrainingJobSummaries"]]
+    jobs = [
+        j for page in sm.get_paginator("list_training_jobs").paginate(**params) for j in page["TrainingJobSummaries"]
+    ]
     if args.json:
         print_json(jobs)
         return 0

@@ -632,7 +632,7 @@ class Model:
         """Best-effort cleanup; the original error is the one worth reporting."""
         try:
             action()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     def delete_model(self) -> None:
@@ -651,7 +651,7 @@ def open_catalog(state_dir: Path | str | None = None) -> Catalog:
     return load_catalog(folder if folder.is_dir() else None)
 
 
-def list_models(filter: str | None = None, state_dir: Path | str | None = None) -> list[CatalogEntry]:  # noqa: A002
+def list_models(filter: str | None = None, state_dir: Path | str | None = None) -> list[CatalogEntry]:
     """Catalog entries matching ``filter`` (e.g. ``"task == llm and eula_required == false"``).
 
     The catalog is the packaged one extended by ``<state_dir>/catalog.json`` (default: the

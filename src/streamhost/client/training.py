@@ -34,7 +34,15 @@ from .sdk import (
     open_catalog,
 )
 
-__all__ = ["Estimator", "TrainingJobError", "TrainingModel", "follow_log", "model_for_training_job", "read_log", "wait_for_training_job"]
+__all__ = [
+    "Estimator",
+    "TrainingJobError",
+    "TrainingModel",
+    "follow_log",
+    "model_for_training_job",
+    "read_log",
+    "wait_for_training_job",
+]
 
 DEFAULT_ROLE = "arn:aws:iam::123456789012:role/streamhost"
 TRAINING_IMAGE = "streamhost/trainer"
@@ -77,7 +85,9 @@ def read_log(session: Session, job_name: str, offset: int = 0) -> tuple[str, int
     SigV4Auth(_credentials(session), "sagemaker", session.region).add_auth(request)
     response = httpx.get(url, headers=dict(request.headers.items()), timeout=30)
     if response.status_code != 200:
-        raise StreamhostError(f"cannot read the log of training job {job_name!r}: HTTP {response.status_code} {response.text.strip()}")
+        raise StreamhostError(
+            f"cannot read the log of training job {job_name!r}: HTTP {response.status_code} {response.text.strip()}"
+        )
     next_offset = int(response.headers.get("x-streamhost-next-offset", offset))
     return response.content.decode("utf-8", "replace"), next_offset, response.headers.get("x-streamhost-status", "")
 
@@ -109,7 +119,9 @@ def wait_for_training_job(session: Session, job_name: str, timeout: float = 8640
         if description["TrainingJobStatus"] in TERMINAL:
             return description
         if time.monotonic() > deadline:
-            raise TrainingJobError(job_name, f"training job {job_name!r} is still {description['TrainingJobStatus']} after {timeout:.0f} s")
+            raise TrainingJobError(
+                job_name, f"training job {job_name!r} is still {description['TrainingJobStatus']} after {timeout:.0f} s"
+            )
         time.sleep(delay)
 
 
@@ -159,7 +171,9 @@ class Estimator:
                  session: Session | None = None, max_run: int = 86400, environment: Mapping[str, str] | None = None,
                  base_job_name: str | None = None, role: str = DEFAULT_ROLE, instance_type: str = "ml.g5.2xlarge") -> None:  # fmt: skip
         self.model_id = str(model_id)
-        self.hyperparameters = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (hyperparameters or {}).items()}
+        self.hyperparameters = {
+            k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (hyperparameters or {}).items()
+        }
         self.output_path = _uri(output_path) if output_path is not None else None
         self.session = session or Session()
         self.max_run = int(max_run)

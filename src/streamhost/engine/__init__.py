@@ -28,9 +28,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from streamhost.engine.engine import Engine, EngineStats
 
 __all__ = [
-    "Engine", "EngineConfig", "EngineStats", "EngineError", "EngineNotReadyError", "GenerationError",
-    "OverloadedError", "ValidationError", "FinishReason", "GenerationDetails", "GenerationParameters",
-    "GenerationResult", "TokenEvent", "LimitSettings",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "EngineError",
+    "EngineNotReadyError",
+    "GenerationError",
+    "OverloadedError",
+    "ValidationError",
+    "FinishReason",
+    "GenerationDetails",
+    "GenerationParameters",
+    "GenerationResult",
+    "TokenEvent",
+    "LimitSettings",
 ]
 
 

@@ -25,12 +25,13 @@ def beam_search(executor, request: ValidatedRequest, eos_ids: frozenset[int]) ->
         repetition_penalty=params.repetition_penalty or 1.0,
         no_repeat_ngram_size=params.no_repeat_ngram_size or 0,
         eos_token_id=None if params.ignore_eos else sorted(eos_ids),
-        pad_token_id=executor.tokenizer.pad_token_id if executor.tokenizer.pad_token_id is not None
+        pad_token_id=executor.tokenizer.pad_token_id
+        if executor.tokenizer.pad_token_id is not None
         else (sorted(eos_ids)[0] if eos_ids else 0),
     )
     ids = torch.tensor([request.input_ids], dtype=torch.long, device=executor.device)
     output = executor.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    generated = output[0, ids.shape[1]:].tolist()
+    generated = output[0, ids.shape[1] :].tolist()
     # generate pads finished beams; cut after the first EOS.
     for i, tok in enumerate(generated):
         if tok in eos_ids and not params.ignore_eos:

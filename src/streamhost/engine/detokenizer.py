@@ -162,9 +162,7 @@ class IncrementalDetokenizer:
         "_finished",
     )
 
-    def __init__(
-        self, tokenizer: Any, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True
-    ) -> None:
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True) -> None:
         info = _info(tokenizer)
         self._decode = info.decode_skip if skip_special_tokens else info.decode_keep
         self._special = info.special_ids if skip_special_tokens else frozenset()

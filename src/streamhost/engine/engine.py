@@ -20,7 +20,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence as Seq
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -88,7 +89,8 @@ class Engine:
         self.tokenizer = executor.tokenizer
         self.limits = self.config.limits or self.config.limit_settings.resolve(executor.max_positions)
         chunk = self.config.prefill_chunk or (
-            GPU_PREFILL_TOKENS_PER_STEP if executor.device.type == "cuda" else CPU_PREFILL_TOKENS_PER_STEP)
+            GPU_PREFILL_TOKENS_PER_STEP if executor.device.type == "cuda" else CPU_PREFILL_TOKENS_PER_STEP
+        )
         self.scheduler = Scheduler(self.limits, prefill_chunk=chunk)
         executor.configure(self.limits, self.scheduler.prefill_chunk)
         self.output = OutputProcessor(self.tokenizer, executor.eos_token_ids())
@@ -103,20 +105,23 @@ class Engine:
         self._in_flight = 0
         self._ids = itertools.count()
         self._beam_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamhost-beam")
-        self._tokenize_pool = ThreadPoolExecutor(max_workers=max(1, self.config.tokenizer_workers),
-                                                 thread_name_prefix="streamhost-tokenize")
+        self._tokenize_pool = ThreadPoolExecutor(
+            max_workers=max(1, self.config.tokenizer_workers), thread_name_prefix="streamhost-tokenize"
+        )
         self._by_id: dict[str, Sequence] = {}
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def load(cls, model: str, config: EngineConfig | None = None) -> "Engine":
+    def load(cls, model: str, config: EngineConfig | None = None) -> Engine:
         """Resolve ``model`` (``smollm2``, a folder, .gguf, model.tar.gz or hub id) and load it."""
         from streamhost.engine.executors import load_executor
 
         config = config or EngineConfig()
         if (config.tensor_parallel_degree or 1) > 1:
-            log.warning("tensor parallel degree %s requested: this executor runs the model on one device",
-                        config.tensor_parallel_degree)
+            log.warning(
+                "tensor parallel degree %s requested: this executor runs the model on one device",
+                config.tensor_parallel_degree,
+            )
         executor = load_executor(str(model), config)
         if config.model_id is None:
             config = replace(config, model_id=str(model))
@@ -190,8 +195,10 @@ class Engine:
             ids = self._prompt_ids(prompt)
         request = validate_request(ids, params, self.limits, stream=stream)
         if (request.params.num_beams or 1) > 1 and not self.executor.supports_beam_search:
-            raise ValidationError(f"`num_beams` > 1 is not supported by the {self.executor.name} executor: "
-                                  "use sampling or greedy decoding, or serve with --executor torch")
+            raise ValidationError(
+                f"`num_beams` > 1 is not supported by the {self.executor.name} executor: "
+                "use sampling or greedy decoding, or serve with --executor torch"
+            )
         return request
 
     def _prompt_ids(self, prompt: str | Seq[int]) -> list[int]:
@@ -207,8 +214,14 @@ class Engine:
         if self._in_flight >= self.limits.max_concurrent_requests:
             raise OverloadedError()
 
-    async def generate(self, prompt: str | Seq[int], params: GenerationParameters | None = None,
-                       request_id: str | None = None, *, stream: bool = True) -> AsyncGenerator[TokenEvent, None]:
+    async def generate(
+        self,
+        prompt: str | Seq[int],
+        params: GenerationParameters | None = None,
+        request_id: str | None = None,
+        *,
+        stream: bool = True,
+    ) -> AsyncGenerator[TokenEvent, None]:
         """Yield one TokenEvent per generated token; the last one carries generated_text and details.
 
         Raises OverloadedError (before validation, as TGI), ValidationError, or GenerationError.
@@ -251,8 +264,9 @@ class Engine:
                     with self._cv:
                         self._cv.notify()
 
-    async def generate_full(self, prompt: str | Seq[int], params: GenerationParameters | None = None,
-                            request_id: str | None = None) -> GenerationResult:
+    async def generate_full(
+        self, prompt: str | Seq[int], params: GenerationParameters | None = None, request_id: str | None = None
+    ) -> GenerationResult:
         """A whole answer (non-streaming); also the path for beam search."""
         events = self.generate(prompt, params, request_id, stream=False)
         try:
@@ -271,8 +285,9 @@ class Engine:
         return True
 
     # -- request setup ---------------------------------------------------------------------------
-    def _new_request(self, request: ValidatedRequest, request_id: str | None,
-                     queue: asyncio.Queue) -> tuple[Sequence, _Client]:
+    def _new_request(
+        self, request: ValidatedRequest, request_id: str | None, queue: asyncio.Queue
+    ) -> tuple[Sequence, _Client]:
         params = request.params
         loop = self._loop
 
@@ -281,8 +296,13 @@ class Engine:
 
         rid = request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         sampler = RequestSampler(params, request.input_ids, device="cpu")
-        seq = Sequence(request_id=rid, prompt_ids=list(request.input_ids), max_new_tokens=request.max_new_tokens,
-                       sampler=sampler, prompt_logprobs=bool(params.decoder_input_details))
+        seq = Sequence(
+            request_id=rid,
+            prompt_ids=list(request.input_ids),
+            max_new_tokens=request.max_new_tokens,
+            sampler=sampler,
+            prompt_logprobs=bool(params.decoder_input_details),
+        )
         output = self.output.new_request(rid, request.input_ids, params, request.max_new_tokens, seed=sampler.seed)
         self._by_id[rid] = seq
         return seq, _Client(output, sink)
@@ -368,14 +388,18 @@ class Engine:
         for item in work.prefill:
             seq = item.seq
             mode = "all" if seq.prompt_logprobs else ("last" if item.completes_prompt else "none")
-            segments.append(Segment(_kv_row(seq), seq.prompt_ids[item.start:item.start + item.length], item.start, mode))
+            segments.append(
+                Segment(_kv_row(seq), seq.prompt_ids[item.start : item.start + item.length], item.start, mode)
+            )
         return segments
 
-    def _record_prefill(self, work: StepWork, logits: list[torch.Tensor | None]) -> tuple[list[Sequence], list[torch.Tensor]]:
+    def _record_prefill(
+        self, work: StepWork, logits: list[torch.Tensor | None]
+    ) -> tuple[list[Sequence], list[torch.Tensor]]:
         """Prefill progress; the sequences to sample (decoders, prompts just completed) and their logits."""
         to_sample: list[Sequence] = list(work.decode)
         rows: list[torch.Tensor] = list(logits[: len(work.decode)])  # type: ignore[arg-type]
-        for item, out in zip(work.prefill, logits[len(work.decode):]):
+        for item, out in zip(work.prefill, logits[len(work.decode) :]):
             seq = item.seq
             seq.prefilled = item.start + item.length
             self.stats.prompt_tokens += item.length
@@ -400,8 +424,10 @@ class Engine:
             picks = []
             for i, seq in enumerate(seqs):
                 try:
-                    one = sample_batch(logits[i:i + 1], [seq.sampler])
-                    picks.append((seq, one.token_ids[0], one.logprobs[0], one.top_tokens[0] if one.top_tokens else None))
+                    one = sample_batch(logits[i : i + 1], [seq.sampler])
+                    picks.append(
+                        (seq, one.token_ids[0], one.logprobs[0], one.top_tokens[0] if one.top_tokens else None)
+                    )
                 except Exception as exc:
                     self._fail(seq, GenerationError(f"sampling failed: {type(exc).__name__}: {exc}"), outbox)
             return picks
@@ -467,7 +493,7 @@ def _prompt_logprobs(prompt_ids: list[int], start: int, logits: torch.Tensor) ->
     if n <= 0:
         return []
     logprobs = torch.log_softmax(logits[:n].float(), dim=-1)
-    targets = torch.tensor(prompt_ids[start + 1:start + 1 + n], dtype=torch.long, device=logprobs.device)
+    targets = torch.tensor(prompt_ids[start + 1 : start + 1 + n], dtype=torch.long, device=logprobs.device)
     return logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
 
 

@@ -23,9 +23,14 @@ from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, 
 log = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
 }
 
 
@@ -66,9 +71,16 @@ class TorchExecutor:
     name = "torch"
     supports_beam_search = True
 
-    def __init__(self, model_path: str | os.PathLike, dtype: str | None = None, device: str | None = None,
-                 trust_remote_code: bool = False, max_rows: int = 1024, max_positions: int | None = None,
-                 batch_invariant: bool = False) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        dtype: str | None = None,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+        max_rows: int = 1024,
+        max_positions: int | None = None,
+        batch_invariant: bool = False,
+    ) -> None:
         self.model_path = Path(model_path)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)

@@ -172,7 +172,7 @@ def _plan_tensors(folder: Path, config: dict, arch: str) -> list[_TensorPlan]:
     plans: list[_TensorPlan] = []
     for file in _weight_files(folder):
         with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open is no dict
+            for name in f.keys():
                 if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
                     continue  # recomputed by llama.cpp / the same tensor as token_embd
                 mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -239,7 +239,7 @@ def _pre_tokenizer(folder: Path) -> str:
         from transformers import AutoTokenizer
 
         ids = AutoTokenizer.from_pretrained(folder).encode(_PRE_TOKENIZER_TEXT)
-    except Exception:  # noqa: BLE001 - only a label for llama.cpp's own tokenizer
+    except Exception:
         return "default"
     return _PRE_TOKENIZERS.get(sha256(str(ids).encode()).hexdigest(), "default")
 
@@ -322,4 +322,3 @@ def convert_to_gguf(folder: Path, out: Path, *, progress: Callable[[str], None] 
     finally:
         writer.close()
     return out
-

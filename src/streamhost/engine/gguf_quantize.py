@@ -125,5 +125,12 @@ def gguf_for(folder: Path, quant: str = UNQUANTIZED, threads: int | None = None,
     return target
 
 
-__all__ = ["QUANT_TYPES", "UNQUANTIZED", "UnsupportedModelError", "UnsupportedQuantizationError",
-           "gguf_for", "normalize_quant_type", "quantize_gguf"]
+__all__ = [
+    "QUANT_TYPES",
+    "UNQUANTIZED",
+    "UnsupportedModelError",
+    "UnsupportedQuantizationError",
+    "gguf_for",
+    "normalize_quant_type",
+    "quantize_gguf",
+]

@@ -93,8 +93,11 @@ class KVStore:
         if rows <= self.rows and positions <= self.capacity:
             return
         new_rows = _grow(rows, self.rows, self.max_rows) if rows > self.rows else self.rows
-        new_cap = _grow(positions, self.capacity, _round_up(self.max_positions + 1, DECODE_BUCKET)) \
-            if positions > self.capacity else self.capacity
+        new_cap = (
+            _grow(positions, self.capacity, _round_up(self.max_positions + 1, DECODE_BUCKET))
+            if positions > self.capacity
+            else self.capacity
+        )
         for buffers in (self.keys, self.values):
             for i, old in enumerate(buffers):
                 if old is None:
@@ -176,8 +179,9 @@ class StepPlan:
         return self._flat_slots
 
     @classmethod
-    def build(cls, store: KVStore, segments: list[Segment], dtype: torch.dtype, device: torch.device,
-              invariant: bool = False) -> "StepPlan":
+    def build(
+        cls, store: KVStore, segments: list[Segment], dtype: torch.dtype, device: torch.device, invariant: bool = False
+    ) -> StepPlan:
         """``invariant``: one SDPA call per run of equal key-length buckets, so a sequence's attention
         never depends on its neighbours (exact, slower with mixed lengths); otherwise consecutive
         rows share one call over the longest bucket (masked), which is what makes a mixed batch fast."""
@@ -193,9 +197,12 @@ class StepPlan:
             while i < len(pending):
                 j = i + 1
                 bucket = _round_up(pending[i][2], DECODE_BUCKET)
-                while (j < len(pending) and pending[j][1] == pending[j - 1][1] + 1
-                       and pending[j][0] == pending[j - 1][0] + 1
-                       and (not invariant or _round_up(pending[j][2], DECODE_BUCKET) == bucket)):
+                while (
+                    j < len(pending)
+                    and pending[j][1] == pending[j - 1][1] + 1
+                    and pending[j][0] == pending[j - 1][0] + 1
+                    and (not invariant or _round_up(pending[j][2], DECODE_BUCKET) == bucket)
+                ):
                     bucket = max(bucket, _round_up(pending[j][2], DECODE_BUCKET))
                     j += 1
                 if device.type == "cpu" and not invariant and store.capacity <= FULL_CAPACITY_FACTOR * bucket:
@@ -204,8 +211,9 @@ class StepPlan:
                 cols = torch.arange(bucket, device=device)
                 mask = torch.zeros((j - i, 1, 1, bucket), dtype=dtype, device=device)
                 mask.masked_fill_((cols[None, :] >= lengths[:, None])[:, None, None, :], neg)
-                parts.append(_DecodeRun(pending[i][0], pending[j - 1][0] + 1, pending[i][1], pending[j - 1][1] + 1,
-                                        bucket, mask))
+                parts.append(
+                    _DecodeRun(pending[i][0], pending[j - 1][0] + 1, pending[i][1], pending[j - 1][1] + 1, bucket, mask)
+                )
                 i = j
             pending.clear()
 
@@ -273,36 +281,45 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     """Attention for a packed step (see module docstring); plain SDPA when no plan is given."""
     plan: StepPlan | None = kwargs.pop("streamhost_plan", None)
     if plan is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                      dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     layer = getattr(module, "layer_idx", plan.last_layer)
     keys, values = plan.store.keys[layer], plan.store.values[layer]
     gqa = query.shape[1] != keys.shape[1]
     out = query.new_empty((query.shape[0], query.shape[2], query.shape[1], query.shape[3]))  # [1, T, H, D]
     for part in plan.parts:
         if isinstance(part, _DecodeRun):
-            q = query[0, :, part.q0:part.q1].transpose(0, 1)  # [n, H, D]
-            k = keys[part.row0:part.row1, :, : part.kv_len]
-            v = values[part.row0:part.row1, :, : part.kv_len]
+            q = query[0, :, part.q0 : part.q1].transpose(0, 1)  # [n, H, D]
+            k = keys[part.row0 : part.row1, :, : part.kv_len]
+            v = values[part.row0 : part.row1, :, : part.kv_len]
             if q.device.type == "cpu":
-                out[0, part.q0:part.q1] = _decode_attention_bmm(q, k, v, part, scaling)
+                out[0, part.q0 : part.q1] = _decode_attention_bmm(q, k, v, part, scaling)
             else:
-                o = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=part.mask, scale=scaling,
-                                                   enable_gqa=gqa)
-                out[0, part.q0:part.q1] = o[:, :, 0]
+                o = F.scaled_dot_product_attention(
+                    q.unsqueeze(2), k, v, attn_mask=part.mask, scale=scaling, enable_gqa=gqa
+                )
+                out[0, part.q0 : part.q1] = o[:, :, 0]
         else:
-            q = query[:, :, part.q0:part.q1]  # [1, H, n, D]
-            k = keys[part.row:part.row + 1, :, : part.kv_len]
-            v = values[part.row:part.row + 1, :, : part.kv_len]
+            q = query[:, :, part.q0 : part.q1]  # [1, H, n, D]
+            k = keys[part.row : part.row + 1, :, : part.kv_len]
+            v = values[part.row : part.row + 1, :, : part.kv_len]
             o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=part.mask, is_causal=part.mask is None, scale=scaling, enable_gqa=gqa,
+                q,
+                k,
+                v,
+                attn_mask=part.mask,
+                is_causal=part.mask is None,
+                scale=scaling,
+                enable_gqa=gqa,
             )
-            out[0, part.q0:part.q1] = o[0].transpose(0, 1)
+            out[0, part.q0 : part.q1] = o[0].transpose(0, 1)
     return out, None
 
 
-def _decode_attention_bmm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, run: _DecodeRun,
-                          scaling: float | None) -> torch.Tensor:
+def _decode_attention_bmm(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, run: _DecodeRun, scaling: float | None
+) -> torch.Tensor:
     """One query token per row: ``q [n, H, D]`` over ``k, v [n, KV, L, D]`` (views of the store);
     returns ``[n, H, D]``. Query head h reads key/value head h // (H / KV), as SDPA's ``enable_gqa``.
     Scores are computed in the model's dtype and the softmax in float32, as transformers' eager
@@ -310,7 +327,7 @@ def _decode_attention_bmm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, run
     n, heads, dim = q.shape
     kv_heads, length = k.shape[1], k.shape[2]
     group = heads // kv_heads
-    scale = scaling if scaling is not None else dim ** -0.5
+    scale = scaling if scaling is not None else dim**-0.5
     k3 = k.reshape(n * kv_heads, length, dim)  # a view: a row's heads are consecutive in the store
     v3 = v.reshape(n * kv_heads, length, dim)
     q3 = q.reshape(n * kv_heads, group, dim) * scale

@@ -137,7 +137,7 @@ class EngineLimits:
         *,
         model_max_positions: int | None = None,
         overrides: Mapping[str, Any] | None = None,
-    ) -> "EngineLimits":
+    ) -> EngineLimits:
         """Read the limits from ``environ``, a mapping of TGI/LMI setting names to values.
 
         ``model_max_positions`` is the model's context length (``max_position_embeddings``); it
@@ -274,9 +274,7 @@ class ExecutionOptions:
     tensor_parallel_degree: int | None = None
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str], *, device_count: int | None = None
-    ) -> "ExecutionOptions":
+    def from_env(cls, environ: Mapping[str, str], *, device_count: int | None = None) -> ExecutionOptions:
         """Read ``OPTION_DTYPE`` (or TGI's ``DTYPE``) and ``OPTION_TENSOR_PARALLEL_DEGREE``
         (or ``SM_NUM_GPUS`` / ``NUM_SHARD``). ``max`` means every visible device:
         ``device_count`` if given, else ``torch.cuda.device_count()`` (at least 1)."""
@@ -306,7 +304,9 @@ def parse_dtype(raw: str, *, source: str = "dtype") -> str | None:
     return _DTYPES[key]
 
 
-def parse_parallel_degree(raw: str | int, *, source: str = "tensor_parallel_degree", device_count: int | None = None) -> int:
+def parse_parallel_degree(
+    raw: str | int, *, source: str = "tensor_parallel_degree", device_count: int | None = None
+) -> int:
     """An integer >= 1, or ``max`` for every visible accelerator."""
     if isinstance(raw, str) and raw.strip().lower() == "max":
         if device_count is None:
@@ -314,7 +314,7 @@ def parse_parallel_degree(raw: str | int, *, source: str = "tensor_parallel_degr
                 import torch
 
                 device_count = torch.cuda.device_count()
-            except Exception:  # noqa: BLE001 - no usable CUDA runtime means no devices
+            except Exception:
                 device_count = 0
         return max(1, device_count)
     try:

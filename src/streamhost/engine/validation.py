@@ -85,13 +85,9 @@ def validate_request(
         if limits.max_best_of == 1:
             raise ValidationError("`best_of` != 1 is not allowed for this endpoint")
         if best_of < 1 or best_of > limits.max_best_of:
-            raise ValidationError(
-                f"`best_of` must be > 0 and <= {limits.max_best_of}. Given: {best_of}"
-            )
+            raise ValidationError(f"`best_of` must be > 0 and <= {limits.max_best_of}. Given: {best_of}")
 
-    warpers_set = (
-        p.temperature is not None or p.top_k is not None or p.top_p is not None or p.typical_p is not None
-    )
+    warpers_set = p.temperature is not None or p.top_k is not None or p.top_p is not None or p.typical_p is not None
     if best_of > 1 and not (p.do_sample or warpers_set):
         raise ValidationError("you must use sampling when `best_of` is > 1")
 
@@ -113,9 +109,7 @@ def validate_request(
     if p.max_new_tokens is not None and p.max_new_tokens <= 0:
         raise ValidationError("`max_new_tokens` must be strictly positive")
     if len(p.stop) > limits.max_stop_sequences:
-        raise ValidationError(
-            f"`stop` supports up to {limits.max_stop_sequences} stop sequences. Given: {len(p.stop)}"
-        )
+        raise ValidationError(f"`stop` supports up to {limits.max_stop_sequences} stop sequences. Given: {len(p.stop)}")
     if any(s == "" for s in p.stop):
         raise ValidationError("`stop` sequences must not be empty strings")
     if p.seed is not None:
@@ -125,9 +119,7 @@ def validate_request(
             raise ValidationError(f"`seed` must be >= 0 and <= {U64_MAX}. Given: {p.seed}")
     top_n_tokens = 0 if p.top_n_tokens is None else p.top_n_tokens
     if not 0 <= top_n_tokens <= limits.max_top_n_tokens:
-        raise ValidationError(
-            f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {top_n_tokens}"
-        )
+        raise ValidationError(f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {top_n_tokens}")
     no_repeat_ngram_size = 0 if p.no_repeat_ngram_size is None else p.no_repeat_ngram_size
     if no_repeat_ngram_size < 0:
         raise ValidationError(f"`no_repeat_ngram_size` must be >= 0. Given: {no_repeat_ngram_size}")
@@ -176,19 +168,13 @@ def validate_request(
             f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
         )
     if input_length > limits.max_input_tokens:
-        raise ValidationError(
-            f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {input_length}"
-        )
+        raise ValidationError(f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {input_length}")
 
     if num_beams > 1:
         do_sample = False  # greedy beam search; warpers are ignored as in transformers
     elif implicit_sampling:
         do_sample = bool(
-            p.do_sample
-            or temperature != 1.0
-            or p.top_k is not None
-            or p.top_p is not None
-            or p.typical_p is not None
+            p.do_sample or temperature != 1.0 or p.top_k is not None or p.top_p is not None or p.typical_p is not None
         )
     else:
         do_sample = bool(p.do_sample)
@@ -207,15 +193,22 @@ def validate_request(
         best_of=best_of,
         num_beams=num_beams,
     )
-    return ValidatedRequest(
-        input_ids=ids, params=resolved, input_length=input_length, max_new_tokens=max_new_tokens
-    )
+    return ValidatedRequest(input_ids=ids, params=resolved, input_length=input_length, max_new_tokens=max_new_tokens)
 
 
 # Field -> kind, for the checks a JSON decoder would do in TGI (serde rejects wrong types).
 _FLOATS = ("temperature", "top_p", "typical_p", "repetition_penalty", "frequency_penalty")
-_INTS = ("top_k", "no_repeat_ngram_size", "seed", "max_new_tokens", "max_length", "truncate",
-         "top_n_tokens", "best_of", "num_beams")
+_INTS = (
+    "top_k",
+    "no_repeat_ngram_size",
+    "seed",
+    "max_new_tokens",
+    "max_length",
+    "truncate",
+    "top_n_tokens",
+    "best_of",
+    "num_beams",
+)
 _BOOLS = ("do_sample", "ignore_eos", "return_full_text", "details", "decoder_input_details")
 
 

@@ -143,7 +143,7 @@ class PlatformApp:
 
         try:
             await self._route(scope, receive, tracking_send)
-        except Exception as exc:  # noqa: BLE001 - a bug answers in AWS's shape, never as a traceback
+        except Exception as exc:
             log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await respond_json(
@@ -180,7 +180,7 @@ class PlatformApp:
             await self._invoke(scope, receive, send)
             return
         if method == "GET" and path.startswith(TRAINING_LOG_ROUTE):
-            await self._training_log(scope, receive, send, path[len(TRAINING_LOG_ROUTE):].removesuffix("/log"))
+            await self._training_log(scope, receive, send, path[len(TRAINING_LOG_ROUTE) :].removesuffix("/log"))
             return
         exports = getattr(self.supervisor.placement, "exports", None)  # model data for Ray nodes
         if method == "GET" and path.startswith(ARTIFACTS_ROUTE) and exports is not None:
@@ -214,7 +214,7 @@ class PlatformApp:
                     self.ready = True
                     for callback in self.started_callbacks:
                         await callback(self)
-                except Exception as exc:  # noqa: BLE001 - report, do not hang uvicorn
+                except Exception as exc:
                     log.exception("platform startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
@@ -314,7 +314,9 @@ class PlatformApp:
             self.metrics.count_request(operation, CLIENT_CLOSED_REQUEST)
             return
         except BodyTooLarge:
-            status, hdrs, payload = sm.runtime_error("ValidationError", "The request body is larger than 6 MiB (6291456 bytes).")
+            status, hdrs, payload = sm.runtime_error(
+                "ValidationError", "The request body is larger than 6 MiB (6291456 bytes)."
+            )
             await respond(send, status, payload, hdrs)
             self.metrics.count_request(operation, status)
             return

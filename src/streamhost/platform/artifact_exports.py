@@ -38,7 +38,9 @@ class ArtifactExports:
         source = source.resolve()
         if source.is_dir():
             files = sorted(
-                f"{p.relative_to(source)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in source.rglob("*") if p.is_file()
+                f"{p.relative_to(source)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                for p in source.rglob("*")
+                if p.is_file()
             )
             export_id = hashlib.sha256("|".join(["dir", str(source), *files]).encode()).hexdigest()[:24]
             if export_id not in self._files:

@@ -31,7 +31,6 @@ from streamhost.archive import DEFAULT_MAX_UNPACKED_BYTES, UnsafeArchiveError, u
 from .s3.access import ExternalAccess, ObjectAccess, ObjectAccessError
 
 
-
 class ArtifactError(Exception):
     """Model data could not be fetched or unpacked; the message says which source and why."""
 

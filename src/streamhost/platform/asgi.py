@@ -59,8 +59,9 @@ async def respond(send: Send, status: int, body: bytes, headers: dict[str, str] 
     await send({"type": "http.response.body", "body": body})
 
 
-async def respond_json(send: Send, status: int, payload: Any, headers: dict[str, str] | None = None,
-                       content_type: str = "application/json") -> None:
+async def respond_json(
+    send: Send, status: int, payload: Any, headers: dict[str, str] | None = None, content_type: str = "application/json"
+) -> None:
     hdrs = {"content-type": content_type, **(headers or {})}
     await respond(send, status, json.dumps(payload, separators=(",", ":"), default=str).encode(), hdrs)
 

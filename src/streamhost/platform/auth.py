@@ -108,7 +108,9 @@ class SigV4Verifier:
         if not authorization and "AWSAccessKeyId=" in query:
             return self.verify_presigned_v2(method, raw_path, query, headers)
         if not authorization:
-            raise AuthError("MissingAuthenticationTokenException", "Missing Authentication Token: sign requests with SigV4")
+            raise AuthError(
+                "MissingAuthenticationTokenException", "Missing Authentication Token: sign requests with SigV4"
+            )
         match = _AUTH.match(authorization)
         if not match:
             raise AuthError(
@@ -139,7 +141,9 @@ class SigV4Verifier:
             raise AuthError("InvalidSignatureException", "SignedHeaders must include host")
         missing = [h for h in signed if h not in headers]
         if missing:
-            raise AuthError("InvalidSignatureException", f"Signed header(s) missing from the request: {', '.join(missing)}")
+            raise AuthError(
+                "InvalidSignatureException", f"Signed header(s) missing from the request: {', '.join(missing)}"
+            )
         content_hash = headers.get("x-amz-content-sha256")
         if body is None:
             if "x-amz-content-sha256" not in signed:
@@ -169,7 +173,9 @@ class SigV4Verifier:
             raise AuthError("IncompleteSignatureException", "X-Amz-Algorithm must be AWS4-HMAC-SHA256")
         parts = params.get("X-Amz-Credential", "").split("/")
         if len(parts) != 5 or parts[4] != "aws4_request":
-            raise AuthError("IncompleteSignatureException", "X-Amz-Credential must be KEY/DATE/REGION/SERVICE/aws4_request")
+            raise AuthError(
+                "IncompleteSignatureException", "X-Amz-Credential must be KEY/DATE/REGION/SERVICE/aws4_request"
+            )
         access_key, scope_date, region, service, _ = parts
         secret = self.secrets.get(access_key)
         if secret is None:
@@ -192,7 +198,9 @@ class SigV4Verifier:
             raise AuthError("InvalidSignatureException", "X-Amz-SignedHeaders must include host")
         missing = [h for h in signed if h not in headers]
         if missing:
-            raise AuthError("InvalidSignatureException", f"Signed header(s) missing from the request: {', '.join(missing)}")
+            raise AuthError(
+                "InvalidSignatureException", f"Signed header(s) missing from the request: {', '.join(missing)}"
+            )
         unsigned_query = "&".join(p for p in query.split("&") if not p.startswith("X-Amz-Signature="))
         self._check_signature(method, raw_path, unsigned_query, headers, signed, access_key, secret, amz_date,
                               region, service, params.get("X-Amz-Signature", ""), b"", unsigned_payload=True)  # fmt: skip
@@ -209,7 +217,9 @@ class SigV4Verifier:
         access_key = params.get("AWSAccessKeyId", "")
         secret = self.secrets.get(access_key)
         if secret is None:
-            raise AuthError("UnrecognizedClientException", "The AWS access key Id you provided does not exist in our records.")
+            raise AuthError(
+                "UnrecognizedClientException", "The AWS access key Id you provided does not exist in our records."
+            )
         expires = params.get("Expires", "")
         if not expires.isdigit():
             raise AuthError("IncompleteSignatureException", "Expires must be a number of seconds since the epoch")
@@ -228,7 +238,10 @@ class SigV4Verifier:
             method, urlsplit(f"http://host{raw_path}?{query}"), signed
         )
         if not hmac.compare_digest(expected, params.get("Signature", "")):
-            raise AuthError("InvalidSignatureException", "The request signature we calculated does not match the signature you provided.")
+            raise AuthError(
+                "InvalidSignatureException",
+                "The request signature we calculated does not match the signature you provided.",
+            )
         return access_key
 
     def _check_signature(self, method: str, raw_path: str, query: str, headers: dict[str, str], signed: list[str],

@@ -20,7 +20,9 @@ class CapacityLifecycle(Protocol):
     def endpoint_capacity_changed(self, name: str, desired: dict[str, dict[str, Any]]) -> None: ...
 
 
-def _desired(record_name: str, variants: list[dict[str, Any]], entries: list[dict[str, Any]], max_instances: int) -> dict[str, dict[str, Any]]:
+def _desired(
+    record_name: str, variants: list[dict[str, Any]], entries: list[dict[str, Any]], max_instances: int
+) -> dict[str, dict[str, Any]]:
     """Check each DesiredWeightAndCapacity against the endpoint's variants; ``{variant: {count, weight}}``."""
     known = {v["VariantName"].lower(): v for v in variants}
     out: dict[str, dict[str, Any]] = {}
@@ -33,9 +35,13 @@ def _desired(record_name: str, variants: list[dict[str, Any]], entries: list[dic
                 f"(variants: {', '.join(v['VariantName'] for v in variants)}).",
             )
         if known[name.lower()]["VariantName"] in out:
-            raise ApiError("ValidationException", f'Variant "{name}" appears more than once in DesiredWeightsAndCapacities.')
+            raise ApiError(
+                "ValidationException", f'Variant "{name}" appears more than once in DesiredWeightsAndCapacities.'
+            )
         if entry.get("ServerlessUpdateConfig") is not None:
-            raise ApiError("ValidationException", "ServerlessUpdateConfig is not supported: this platform runs instances")
+            raise ApiError(
+                "ValidationException", "ServerlessUpdateConfig is not supported: this platform runs instances"
+            )
         count, weight = entry.get("DesiredInstanceCount"), entry.get("DesiredWeight")
         if count is None and weight is None:
             raise ApiError(
@@ -50,9 +56,7 @@ def _desired(record_name: str, variants: list[dict[str, Any]], entries: list[dic
         if weight is not None and weight < 0:
             raise ApiError("ValidationException", f'DesiredWeight of variant "{name}" must be 0 or more; got {weight}.')
         out[known[name.lower()]["VariantName"]] = {"count": count, "weight": weight}
-    total = sum(
-        out.get(v["VariantName"], {}).get("count") or int(v.get("InitialInstanceCount", 1)) for v in variants
-    )
+    total = sum(out.get(v["VariantName"], {}).get("count") or int(v.get("InitialInstanceCount", 1)) for v in variants)
     if total > max_instances:
         raise ApiError(
             "ResourceLimitExceeded",

@@ -140,7 +140,9 @@ class LogsService:
             self._authenticate(scope, headers, body)
             target = headers.get("x-amz-target", "")
             operation = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else ""
-            handler = {"DescribeLogStreams": self.describe_log_streams, "GetLogEvents": self.get_log_events}.get(operation)
+            handler = {"DescribeLogStreams": self.describe_log_streams, "GetLogEvents": self.get_log_events}.get(
+                operation
+            )
             if handler is None:
                 raise LogsError("UnknownOperationException", f"Operation {operation or target or '(none)'} is not "
                                 "supported by this platform; supported: DescribeLogStreams, GetLogEvents")  # fmt: skip
@@ -167,7 +169,9 @@ class LogsService:
             return
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
         try:
-            self.verifier.verify(scope["method"], raw_path, scope.get("query_string", b"").decode("latin-1"), headers, body)
+            self.verifier.verify(
+                scope["method"], raw_path, scope.get("query_string", b"").decode("latin-1"), headers, body
+            )
         except AuthError as exc:
             raise LogsError(exc.code, exc.message, 403) from None
 
@@ -255,7 +259,9 @@ class LogsService:
         first = window[0] if window else position
         after = window[-1] + 1 if window else position
         return {
-            "events": [{"timestamp": stamps[i], "message": timeline.messages[i], "ingestionTime": stamps[i]} for i in window],
+            "events": [
+                {"timestamp": stamps[i], "message": timeline.messages[i], "ingestionTime": stamps[i]} for i in window
+            ],
             "nextForwardToken": f"f/{after}",
             "nextBackwardToken": f"b/{first}",
         }

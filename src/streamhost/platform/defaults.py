@@ -26,7 +26,7 @@ def _default_env() -> dict[str, str]:
         entry = load_catalog().find(DEFAULT_NAME)
         if entry is not None:
             env.update(entry.default_env)
-    except Exception:  # noqa: BLE001 - the catalog only adds limits; the model runs without them
+    except Exception:
         pass
     return env
 
@@ -45,18 +45,22 @@ def howto(base_url: str, name: str = DEFAULT_NAME, auth: bool = False) -> str:
         f"rt = boto3.client('sagemaker-runtime', endpoint_url='{base_url}', region_name='us-east-1', "
         "aws_access_key_id='x', aws_secret_access_key='x'); "
         f"r = rt.invoke_endpoint_with_response_stream(EndpointName='{name}', ContentType='application/json', "
-        "Body=b'{\"inputs\": \"What is deep learning?\", \"parameters\": {\"max_new_tokens\": 64}, \"stream\": true}'); "
+        'Body=b\'{"inputs": "What is deep learning?", "parameters": {"max_new_tokens": 64}, "stream": true}\'); '
         "[print(t, end='', flush=True) for t in TokenIterator(r['Body'])]; print()"
     )
     return (
         f"Invoke endpoint '{name}':\n"
         f"  curl -s {base_url}/endpoints/{name}/invocations -H 'Content-Type: application/json' \\\n"
         f"       -d '{body}'\n"
-        f"  python -c \"{py.replace(chr(34), chr(92) + chr(34))}\"\n"
+        f'  python -c "{py.replace(chr(34), chr(92) + chr(34))}"\n'
         f"Chat with it:\n"
         f"  in a browser: {base_url}/chat\n"
         f"  in a terminal: .venv/bin/streamhost chat {name}"
-        + ("\n(SigV4 auth is on: use keys the platform knows instead of x/x, and sign the curl request)" if auth else "")
+        + (
+            "\n(SigV4 auth is on: use keys the platform knows instead of x/x, and sign the curl request)"
+            if auth
+            else ""
+        )
     )
 
 
@@ -90,7 +94,11 @@ async def _announce(app: PlatformApp, base_url: str) -> None:
         if record is None:
             return
         if record.status == "InService":
-            print(f"streamhost: endpoint '{DEFAULT_NAME}' is InService.\n{howto(base_url, auth=bool(app.settings.auth))}", file=sys.stderr, flush=True)
+            print(
+                f"streamhost: endpoint '{DEFAULT_NAME}' is InService.\n{howto(base_url, auth=bool(app.settings.auth))}",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         if record.status == "Failed":
             print(f"streamhost: endpoint '{DEFAULT_NAME}' failed: {record.failure_reason}", file=sys.stderr, flush=True)

@@ -60,7 +60,9 @@ class InvokeError(Exception):
 
 
 class Gateway:
-    def __init__(self, supervisor: Supervisor, store: Store, metrics: PlatformMetrics, settings: PlatformSettings) -> None:
+    def __init__(
+        self, supervisor: Supervisor, store: Store, metrics: PlatformMetrics, settings: PlatformSettings
+    ) -> None:
         self.supervisor = supervisor
         self.store = store
         self.metrics = metrics
@@ -112,7 +114,9 @@ class Gateway:
         custom = headers.get(sm.CUSTOM_ATTRIBUTES.lower(), "")
         if len(custom) > sm.MAX_CUSTOM_ATTRIBUTES:
             raise InvokeError(
-                sm.runtime_error("ValidationError", f"CustomAttributes is longer than {sm.MAX_CUSTOM_ATTRIBUTES} characters.")
+                sm.runtime_error(
+                    "ValidationError", f"CustomAttributes is longer than {sm.MAX_CUSTOM_ATTRIBUTES} characters."
+                )
             )
 
     @staticmethod
@@ -142,7 +146,9 @@ class Gateway:
 
     def _model_error(self, deployment: Deployment, variant: Variant, status: int, body: bytes) -> InvokeError:
         return InvokeError(
-            sm.model_error(status, body, log_stream_arn=self._log_stream_arn(deployment.endpoint), variant=variant.name),
+            sm.model_error(
+                status, body, log_stream_arn=self._log_stream_arn(deployment.endpoint), variant=variant.name
+            ),
             "model_error",
         )
 
@@ -210,7 +216,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ InvokeEndpoint
 
-    async def _call(self, instance: InstanceHandle, body: bytes, headers: dict[str, str]) -> tuple[UpstreamResponse, bytes]:
+    async def _call(
+        self, instance: InstanceHandle, body: bytes, headers: dict[str, str]
+    ) -> tuple[UpstreamResponse, bytes]:
         upstream = await self._post(instance, body, headers, False)
         try:
             return upstream, await upstream.read()

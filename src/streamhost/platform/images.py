@@ -47,7 +47,7 @@ def classify_image(image: str | None) -> ContainerImage:
         if not parts.hostname:
             raise ImageError(f"Image URL {image!r} has no host; use http(s)://host:port")
         try:
-            parts.port
+            _ = parts.port  # urllib raises on a port that is not a number in range
         except ValueError as exc:
             raise ImageError(f"Image URL {image!r} has a bad port: {exc}") from None
         return ContainerImage("external", url=text.rstrip("/"))

@@ -96,9 +96,7 @@ def parse_instance_type_option(text: str) -> tuple[str, Resources]:
     return name.strip(), parse_resources(resources)
 
 
-def resources_for(
-    instance_type: str | None, table: Mapping[str, Resources], cpu_scale: float = 1.0
-) -> Resources:
+def resources_for(instance_type: str | None, table: Mapping[str, Resources], cpu_scale: float = 1.0) -> Resources:
     """The resources one instance of ``instance_type`` reserves, CPU figures multiplied by ``cpu_scale``."""
     name = instance_type or DEFAULT_INSTANCE_TYPE
     if name not in table:

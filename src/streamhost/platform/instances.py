@@ -130,7 +130,9 @@ def read_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 16384) -
 class Instance:
     """One model server behind a variant. ``in_flight`` is maintained by the gateway."""
 
-    def __init__(self, endpoint: str, variant: str, index: int, spec: LaunchSpec, log_dir: Path, host: str = "127.0.0.1"):
+    def __init__(
+        self, endpoint: str, variant: str, index: int, spec: LaunchSpec, log_dir: Path, host: str = "127.0.0.1"
+    ):
         self.endpoint = endpoint
         self.variant = variant
         self.index = index
@@ -243,7 +245,11 @@ class Instance:
         reason = f"Instance {self.name} of variant {self.variant} ({where}) {what}."
         if not self.spec.external:
             tail = read_tail(self.log_path)
-            reason += f" Last lines of its log ({self.log_path}):\n{tail}" if tail else f" Its log ({self.log_path}) is empty."
+            reason += (
+                f" Last lines of its log ({self.log_path}):\n{tail}"
+                if tail
+                else f" Its log ({self.log_path}) is empty."
+            )
         return reason
 
     def log_tail(self) -> str:

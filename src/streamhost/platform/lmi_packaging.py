@@ -24,7 +24,6 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamhost.server.serving_properties import ServingProperties, ServingPropertiesError
 from streamhost.server.model_folder import (
     SERVING_PROPERTIES,
     ModelFolderError,
@@ -33,6 +32,7 @@ from streamhost.server.model_folder import (
     locate_model,
     model_root,
 )
+from streamhost.server.serving_properties import ServingProperties, ServingPropertiesError
 
 from .artifacts import ArtifactError, ArtifactStore, ModelData
 
@@ -100,7 +100,9 @@ def _listing(folder: Path, limit: int = 8) -> str:
     return "it holds " + ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
-async def _fetch_s3_weights(artifacts: ArtifactStore, location: ModelLocation, origin: str, timeout: float | None) -> str:
+async def _fetch_s3_weights(
+    artifacts: ArtifactStore, location: ModelLocation, origin: str, timeout: float | None
+) -> str:
     url = location.reference
     is_archive = url.endswith(_ARCHIVES)
     data = ModelData(url, compressed=True if is_archive else None, prefix=not is_archive)

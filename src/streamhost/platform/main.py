@@ -47,10 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="command that starts a model server (default: '<python> -m streamhost.cli container'); "
         "--port/--host/--dialect/--model-dir are appended",
     )
-    parser.add_argument("--instance-threads", type=int, help="OMP_NUM_THREADS for instances (default: cores / instances)")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds old instances get to finish requests")
-    parser.add_argument("--health-interval", type=float, default=5.0, help="seconds between health checks of an instance")
-    ray = parser.add_argument_group("Ray cluster placement (pip install \"streamhost[ray]\")")
+    parser.add_argument(
+        "--instance-threads", type=int, help="OMP_NUM_THREADS for instances (default: cores / instances)"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds old instances get to finish requests"
+    )
+    parser.add_argument(
+        "--health-interval", type=float, default=5.0, help="seconds between health checks of an instance"
+    )
+    ray = parser.add_argument_group('Ray cluster placement (pip install "streamhost[ray]")')
     ray.add_argument(
         "--ray",
         metavar="auto|ADDRESS",
@@ -65,11 +71,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TYPE=CPU=n,GPU=n",
         help="add or override an InstanceType's resources per instance (repeatable), e.g. ml.my.box=CPU=6,GPU=1",
     )
-    ray.add_argument("--ray-cpu-scale", type=float, default=1.0, help="multiply every InstanceType's CPUs (small nodes: 0.25)")
+    ray.add_argument(
+        "--ray-cpu-scale", type=float, default=1.0, help="multiply every InstanceType's CPUs (small nodes: 0.25)"
+    )
     ray.add_argument("--ray-instance-host", help="address instances bind on their node (default: the node's IP)")
     ray.add_argument("--ray-platform-url", help="URL Ray nodes use to download model data from this platform")
-    ray.add_argument("--ray-cache-dir", help="per-node folder for model data and instance logs (default ~/.cache/streamhost/ray)")
-    parser.add_argument("--deploy-default", action="store_true", help="create endpoint 'smollm2' with the embedded model")
+    ray.add_argument(
+        "--ray-cache-dir", help="per-node folder for model data and instance logs (default ~/.cache/streamhost/ray)"
+    )
+    parser.add_argument(
+        "--deploy-default", action="store_true", help="create endpoint 'smollm2' with the embedded model"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -108,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
         s3_secret_access_key=os.environ.get("STREAMHOST_S3_SECRET_ACCESS_KEY") or None,
         s3_profile=args.s3_profile,
         artifact_roots=args.artifact_root,
-        container_command=shlex.split(args.container_command) if args.container_command else default_container_command(),
+        container_command=shlex.split(args.container_command)
+        if args.container_command
+        else default_container_command(),
         threads_per_instance=args.instance_threads,
         drain_timeout=args.drain_timeout,
         health_interval=args.health_interval,
@@ -125,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
     auth = "SigV4 auth on" if settings.auth else "SigV4 auth off (loopback)"
     objects = f"objects in {settings.s3_endpoint_url}" if settings.s3_endpoint_url else "embedded S3 store"
     logging.getLogger("streamhost.platform").info(
-        "streamhost platform on http://%s:%d, state in %s, %s, %s", args.host, args.port, settings.state_dir, auth, objects
+        "streamhost platform on http://%s:%d, state in %s, %s, %s",
+        args.host,
+        args.port,
+        settings.state_dir,
+        auth,
+        objects,
     )
     uvicorn.run(
         app,

@@ -46,7 +46,9 @@ def map_model_path(environment: dict[str, str], model_dir: str) -> dict[str, str
     return out
 
 
-def container_argv(command: list[str], dialect: str | None, model_dir: str | None, model_id: str | None = None) -> list[str]:
+def container_argv(
+    command: list[str], dialect: str | None, model_dir: str | None, model_id: str | None = None
+) -> list[str]:
     """The model server's command line; ``{port}``/``{host}`` are filled in where it starts.
 
     ``model_id`` is a folder of weights the platform downloaded for serving.properties'
@@ -113,7 +115,9 @@ class LocalPlacement:
             try:
                 fetched = await sup.artifacts.fetch_async(data, variant.download_timeout)
                 environment = map_model_path(environment, str(fetched))
-                prepared = await prepare_model_data(sup.artifacts, fetched, data.url, environment, variant.download_timeout)
+                prepared = await prepare_model_data(
+                    sup.artifacts, fetched, data.url, environment, variant.download_timeout
+                )
             except ArtifactError as exc:
                 raise StartupFailure(f"Failed to prepare model data for variant {variant.name}: {exc}") from None
             model_dir, model_id = str(prepared.model_dir), prepared.model_id
@@ -148,7 +152,7 @@ def make_placement(settings: Any, artifacts: Any) -> Placement:
     except ImportError:
         raise SystemExit(
             "streamhost serve: --ray needs Ray, which is not installed; install it with "
-            "pip install \"streamhost[ray]\" (on the platform's machine and on every Ray node)"
+            'pip install "streamhost[ray]" (on the platform\'s machine and on every Ray node)'
         ) from None
     from .placement_ray import RayPlacement
 

@@ -68,7 +68,9 @@ def _fits(node: dict[str, Any], bundle: dict[str, float]) -> bool:
     return all(have.get(k, 0.0) >= v for k, v in bundle.items())
 
 
-def unplaceable_reason(variant: str, instance_type: str | None, bundle: dict[str, float], nodes: list[dict[str, Any]]) -> str:
+def unplaceable_reason(
+    variant: str, instance_type: str | None, bundle: dict[str, float], nodes: list[dict[str, Any]]
+) -> str:
     """A FailureReason naming what no node of the cluster has."""
     most = {k: max((n.get("Resources", {}).get(k, 0.0) for n in nodes), default=0.0) for k in bundle}
     missing = [f"{k}: {v:g} (the most any node has: {most[k]:g})" for k, v in sorted(bundle.items()) if most[k] < v]
@@ -202,7 +204,9 @@ class RayInstance:
             options["memory"] = self.bundle["memory"]
         if self.slot is not None:
             pg, bundle_index = self.slot
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle_index)
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=bundle_index
+            )
         self.actor = ray.remote(InstanceHost).options(**options).remote(self.launch_info)
         self._started = asyncio.wrap_future(self.actor.start.remote().future())
         self._exit = None
@@ -220,7 +224,9 @@ class RayInstance:
                     f"{describe_resources(self.bundle)}"
                 )) from None  # fmt: skip
             except ray.exceptions.RayError as exc:
-                raise StartupFailure(self._failure(f"lost its Ray actor during startup: {type(exc).__name__}: {exc}")) from None
+                raise StartupFailure(
+                    self._failure(f"lost its Ray actor during startup: {type(exc).__name__}: {exc}")
+                ) from None
             if "error" in where:
                 raise StartupFailure(where["error"])
             self.where = where
@@ -245,7 +251,7 @@ class RayInstance:
     def _exit_result(self) -> int | None:
         try:
             self._exit_code = self._exit.result()  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - the actor (or its node) died: no exit code to report
+        except Exception:
             self._exit_code = None
         return self._exit_code
 
@@ -271,7 +277,7 @@ class RayInstance:
             return ""
         try:
             return await asyncio.wait_for(asyncio.wrap_future(self.actor.log_tail.remote().future()), 5)
-        except Exception:  # noqa: BLE001 - a dead node cannot show its log
+        except Exception:
             return f"(the log is on node {self.node[:12]}, which does not answer)"
 
     # ------------------------------------------------------------------ health while serving
@@ -351,7 +357,11 @@ class RayPlacement:
             ip = ray.util.get_node_ip_address()
             self.platform_url = self.platform_url.replace(urlsplit(self.platform_url).hostname or "", ip, 1)
         nodes = await asyncio.to_thread(_alive_nodes)
-        self.cluster = {"address": address, "nodes": len(nodes), "resources": await asyncio.to_thread(ray.cluster_resources)}
+        self.cluster = {
+            "address": address,
+            "nodes": len(nodes),
+            "resources": await asyncio.to_thread(ray.cluster_resources),
+        }
         log.info("instances are placed on the Ray cluster at %s (%d nodes: %s)", address, len(nodes),
                  describe_resources(self.cluster["resources"]))  # fmt: skip
 
@@ -392,7 +402,9 @@ class RayPlacement:
             "token": self.exports.token, "token_header": TOKEN_HEADER, "filename": f"{export_id}.tar",
         }  # fmt: skip
 
-    async def _model_sources(self, variant: Variant, data: ModelData, environment: dict[str, str]) -> tuple[dict, str, bool]:
+    async def _model_sources(
+        self, variant: Variant, data: ModelData, environment: dict[str, str]
+    ) -> tuple[dict, str, bool]:
         """Prepare the model data here as a local instance would (same checks, same FailureReasons), then
         say how nodes get it: ``({placeholder: source}, model folder inside {model_dir}, weights given?)``."""
         fetched = await self.artifacts.fetch_async(data, variant.download_timeout)
@@ -400,7 +412,9 @@ class RayPlacement:
             self.artifacts, fetched, data.url, map_model_path(environment, str(fetched)), variant.download_timeout
         )
         direct = self._direct_from_s3(data)
-        sources = {"{model_dir}": self._s3_source(data) if direct else await asyncio.to_thread(self._export_source, fetched)}
+        sources = {
+            "{model_dir}": self._s3_source(data) if direct else await asyncio.to_thread(self._export_source, fetched)
+        }
         if prepared.model_id:  # weights option.model_id named, downloaded here: nodes get them from here too
             sources["{model_id_dir}"] = await asyncio.to_thread(self._export_source, Path(prepared.model_id))
         inside = prepared.model_dir.relative_to(fetched).as_posix()

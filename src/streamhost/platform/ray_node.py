@@ -38,7 +38,9 @@ class _NodeArtifacts(ArtifactStore):
     """The platform's artifact cache logic, on a node, with the platform's S3 credentials when given."""
 
     def __init__(self, root: Path, s3_endpoint_url: str | None, credentials: dict[str, str] | None) -> None:
-        super().__init__(root, s3_endpoint_url=s3_endpoint_url, objects=ExternalAccess(s3_endpoint_url, **(credentials or {})))
+        super().__init__(
+            root, s3_endpoint_url=s3_endpoint_url, objects=ExternalAccess(s3_endpoint_url, **(credentials or {}))
+        )
 
     def fetch_export(self, source: dict[str, Any], deadline: float | None) -> Path:
         """Download a platform export once per node (keyed by its id) and unpack it like the platform would."""
@@ -49,9 +51,13 @@ class _NodeArtifacts(ArtifactStore):
         def fill(folder: Path) -> None:
             with tempfile.TemporaryDirectory(dir=self.root) as scratch:
                 local = Path(scratch) / (source.get("filename") or "model")
-                with httpx.stream("GET", source["url"], headers={source["token_header"]: source["token"]}, timeout=60) as r:
+                with httpx.stream(
+                    "GET", source["url"], headers={source["token_header"]: source["token"]}, timeout=60
+                ) as r:
                     if r.status_code != 200:
-                        raise ArtifactError(f"{source['url']}: the platform answered HTTP {r.status_code}: {r.read()[:200]!r}")
+                        raise ArtifactError(
+                            f"{source['url']}: the platform answered HTTP {r.status_code}: {r.read()[:200]!r}"
+                        )
                     with open(local, "wb") as out:
                         for chunk in r.iter_bytes(_CHUNK):
                             out.write(chunk)
@@ -115,7 +121,9 @@ class InstanceHost:
         folders: dict[str, str] = {}
         for placeholder, source in (launch.get("sources") or {}).items():
             try:
-                folder = await asyncio.to_thread(fetch_model, source, base / "artifacts", launch.get("download_timeout"))
+                folder = await asyncio.to_thread(
+                    fetch_model, source, base / "artifacts", launch.get("download_timeout")
+                )
             except ArtifactError as exc:
                 return {"error": f"Failed to prepare model data on node {node_id[:12]} ({node_ip}): {exc}"}
             folders[placeholder] = str(folder)
@@ -135,7 +143,9 @@ class InstanceHost:
         env.setdefault("SAGEMAKER_BIND_TO_PORT", str(port))
         with open(self.log_path, "ab") as logfile:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            logfile.write(f"--- {stamp} starting {launch['log_name']} on {host}:{port} (node {node_id[:12]})\n".encode())
+            logfile.write(
+                f"--- {stamp} starting {launch['log_name']} on {host}:{port} (node {node_id[:12]})\n".encode()
+            )
             logfile.flush()
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", _SHIM, *argv,

@@ -83,7 +83,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value (write it as the string \"{name}\")")
+    raise ValueError(f'{name} is not a JSON value (write it as the string "{name}")')
 
 
 def _json_kind(value: Any) -> str:

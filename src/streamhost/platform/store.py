@@ -201,7 +201,12 @@ class Store:
         )
 
     def insert_endpoint(
-        self, name: str, arn: str, config_name: str, deployment: dict[str, Any], tags: list | None = None,
+        self,
+        name: str,
+        arn: str,
+        config_name: str,
+        deployment: dict[str, Any],
+        tags: list | None = None,
         status: str = "Creating",
     ) -> bool:
         now = time.time()
@@ -251,7 +256,9 @@ class Store:
 
     def record_instance(self, pid: int, endpoint: str) -> None:
         """Remember a model-server pid so a restarted platform can stop one left behind."""
-        self._write("INSERT OR REPLACE INTO instances (pid, endpoint, started) VALUES (?, ?, ?)", (pid, endpoint, time.time()))
+        self._write(
+            "INSERT OR REPLACE INTO instances (pid, endpoint, started) VALUES (?, ?, ?)", (pid, endpoint, time.time())
+        )
 
     def forget_instance(self, pid: int) -> None:
         self._write("DELETE FROM instances WHERE pid = ?", (pid,))

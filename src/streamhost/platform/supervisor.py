@@ -56,9 +56,21 @@ log = logging.getLogger("streamhost.platform")
 # hand it the platform's keys): an instance gets its model's Environment, not these.
 _NOT_INHERITED_PREFIXES = ("HF_MODEL", "OPTION_", "MAX_", "SM_", "SAGEMAKER_", "STREAMHOST_MODEL", "SERVING_")
 _NOT_INHERITED = {
-    "MODEL_ID", "PORT", "DTYPE", "NUM_SHARD", "PAYLOAD_LIMIT", "LOG_LEVEL", "COMPUTE_TYPE", "QUANTIZE",
-    "WAITING_SERVED_RATIO", "STREAMHOST_DIALECT", "STREAMHOST_DRAIN_TIMEOUT", "STREAMHOST_STATE_DIR",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "MODEL_ID",
+    "PORT",
+    "DTYPE",
+    "NUM_SHARD",
+    "PAYLOAD_LIMIT",
+    "LOG_LEVEL",
+    "COMPUTE_TYPE",
+    "QUANTIZE",
+    "WAITING_SERVED_RATIO",
+    "STREAMHOST_DIALECT",
+    "STREAMHOST_DRAIN_TIMEOUT",
+    "STREAMHOST_STATE_DIR",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
 }
 
 
@@ -313,7 +325,9 @@ class Deployment:
 
     def _update_gauges(self) -> None:
         for variant in self.variants:
-            self.supervisor.metrics.ready_instances.labels(self.endpoint, variant.name).set(len(variant.ready_instances()))
+            self.supervisor.metrics.ready_instances.labels(self.endpoint, variant.name).set(
+                len(variant.ready_instances())
+            )
 
     def _show_location(self, variant: Variant, instance: InstanceHandle) -> None:
         """Publish where a ready instance runs (``streamhost_instance_info{node, address}``)."""
@@ -434,9 +448,7 @@ class Supervisor:
         deployment = self.current.get(name.lower()) or self.live.get(name.lower())
         if deployment is None:
             return {}
-        return {
-            v.name: {"ready": len(v.ready_instances()), "status": deployment.status} for v in deployment.variants
-        }
+        return {v.name: {"ready": len(v.ready_instances()), "status": deployment.status} for v in deployment.variants}
 
     def instances_view(self, name: str) -> dict[str, Any] | None:
         """Operator view of an endpoint's instances (``GET /_streamhost/endpoints/{name}``)."""
@@ -486,7 +498,12 @@ class Supervisor:
             self.current.pop(key, None)
             self.store.transition(name, [from_status], "Failed", failure_reason=f"Internal error while starting: {exc}")
             raise
-        if not self.store.transition(name, [from_status], "InService", failure_reason=record.failure_reason if from_status == "SystemUpdating" else None):
+        if not self.store.transition(
+            name,
+            [from_status],
+            "InService",
+            failure_reason=record.failure_reason if from_status == "SystemUpdating" else None,
+        ):
             await deployment.stop()
             return
         deployment.activate()
@@ -505,7 +522,7 @@ class Supervisor:
             old.status = "Updating"
         try:
             await new.start()
-        except (StartupFailure, Exception) as exc:  # noqa: BLE001 - any failure rolls back
+        except (StartupFailure, Exception) as exc:
             reason = f"Failed to update endpoint to config {record.pending['config_name']}: {exc}"
             self.store.transition(name, ["Updating"], "RollingBack", failure_reason=reason)
             await new.stop()
@@ -546,7 +563,13 @@ class Supervisor:
                 variant.weight = float(want["weight"])
             count = want.get("count")
             if count is not None and count != len(variant.instances):
-                log.info("endpoint %s: variant %s goes from %d to %d instances", name, variant.name, len(variant.instances), count)
+                log.info(
+                    "endpoint %s: variant %s goes from %d to %d instances",
+                    name,
+                    variant.name,
+                    len(variant.instances),
+                    count,
+                )
                 try:
                     await deployment.scale(variant, int(count))
                 except StartupFailure as exc:
@@ -608,7 +631,9 @@ class Supervisor:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
         deployments = {id(d): d for d in [*self.live.values(), *self.current.values()]}.values()
-        await asyncio.gather(*(d.stop(drain=min(5.0, self.settings.drain_timeout)) for d in deployments), return_exceptions=True)
+        await asyncio.gather(
+            *(d.stop(drain=min(5.0, self.settings.drain_timeout)) for d in deployments), return_exceptions=True
+        )
         self.live.clear()
         self.current.clear()
         await self.placement.close()

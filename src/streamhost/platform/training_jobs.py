@@ -76,7 +76,9 @@ class TrainingJobs:
     def _check_uri(self, uri: str, what: str) -> None:
         scheme = urlsplit(uri).scheme.lower()
         if scheme not in ("s3", "file", ""):
-            raise ApiError("ValidationException", f"{what} {uri!r}: unsupported scheme {scheme!r}; use s3://, file:// or a path")
+            raise ApiError(
+                "ValidationException", f"{what} {uri!r}: unsupported scheme {scheme!r}; use s3://, file:// or a path"
+            )
         if scheme == "s3":
             if not urlsplit(uri).netloc:
                 raise ApiError("ValidationException", f"{what} {uri!r}: an S3 URI needs a bucket (s3://bucket/prefix)")
@@ -169,7 +171,9 @@ class TrainingJobs:
         artifact = model_artifact_uri(output_path, name)
         request = {k: v for k, v in p.items() if k != "TrainingJobName"}
         stamp = time.time()
-        transitions = [{"Status": "Starting", "StartTime": stamp, "StatusMessage": "Preparing the instances for training"}]
+        transitions = [
+            {"Status": "Starting", "StartTime": stamp, "StatusMessage": "Preparing the instances for training"}
+        ]
         if not self.store.insert(name, arn, request, values, artifact, transitions):
             raise ApiError("ResourceInUse", f"A training job with this name already exists ({arn})")
         settings = self.app.settings
@@ -182,7 +186,9 @@ class TrainingJobs:
             "output_path": output_path,
             "max_runtime": max_runtime,
             "artifacts_dir": str(settings.artifacts_dir),
-            "artifact_roots": [str(r) for r in settings.artifact_roots] if settings.artifact_roots is not None else None,
+            "artifact_roots": [str(r) for r in settings.artifact_roots]
+            if settings.artifact_roots is not None
+            else None,
             "s3": self._s3_settings(),
         }
         self.runner.start(name, spec)

@@ -57,7 +57,9 @@ class TrainingGauges:
         self.max_steps = gauge("streamhost_training_max_steps", "Optimizer steps a training job will run.")
         self.loss = gauge("streamhost_training_loss", "Latest training loss of a job.")
         self.eval_loss = gauge("streamhost_training_eval_loss", "Latest eval loss of a job.")
-        self.tokens_per_second = gauge("streamhost_training_tokens_per_second", "Training throughput (non-padding tokens/s).")
+        self.tokens_per_second = gauge(
+            "streamhost_training_tokens_per_second", "Training throughput (non-padding tokens/s)."
+        )
         self.eta = gauge("streamhost_training_eta_seconds", "Estimated seconds until a job's last step.")
 
 
@@ -162,7 +164,7 @@ class TrainingRunner:
         (folder / "job.json").write_text(json.dumps(spec, indent=1))
         log_path = folder / LOG_FILE
         try:
-            with open(log_path, "ab") as logfile:  # noqa: ASYNC230 - one small append before the process starts
+            with open(log_path, "ab") as logfile:
                 logfile.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting training job {name}\n".encode())
                 logfile.flush()
                 proc = await asyncio.create_subprocess_exec(
@@ -171,7 +173,14 @@ class TrainingRunner:
                     env=self._env(), start_new_session=True,
                 )  # fmt: skip
         except OSError as exc:
-            self.advance(name, "Failed", f"could not start the trainer: {exc}", status="Failed", failure_reason=str(exc), ended=now())
+            self.advance(
+                name,
+                "Failed",
+                f"could not start the trainer: {exc}",
+                status="Failed",
+                failure_reason=str(exc),
+                ended=now(),
+            )
             return
         self._procs[key] = proc
         self.store.update(name, pid=proc.pid, started=now())
@@ -266,7 +275,9 @@ class TrainingRunner:
                          "no model was saved", status="Stopped", ended=now())  # fmt: skip
         else:
             tail = read_tail(folder / LOG_FILE)
-            reason = f"AlgorithmError: the trainer process exited with code {returncode}. Last lines of its log:\n{tail}"
+            reason = (
+                f"AlgorithmError: the trainer process exited with code {returncode}. Last lines of its log:\n{tail}"
+            )
             self.advance(name, "Failed", "Training job failed", status="Failed", failure_reason=reason, ended=now())
         log.info("training job %s ended: %s", name, (self.store.get(name) or record).status)
 
@@ -287,7 +298,11 @@ class TrainingRunner:
                 self._finish(record.name, 0, done, folder)
                 continue
             checkpoint = _last_checkpoint(folder)
-            where = f" Its last checkpoint ({checkpoint.name}) is in {checkpoint}." if checkpoint else " It had saved no checkpoint."
+            where = (
+                f" Its last checkpoint ({checkpoint.name}) is in {checkpoint}."
+                if checkpoint
+                else " It had saved no checkpoint."
+            )
             reason = (f"The platform restarted while this job was {record.secondary_status}; a job is not resumed after "
                       f"a restart: start a new training job.{where}")  # fmt: skip
             self.advance(record.name, "Failed", reason, status="Failed", failure_reason=reason, ended=now())

@@ -77,7 +77,7 @@ class TrainingJobStore:
     def _record(row: sqlite3.Row | None) -> TrainingJobRecord | None:
         if row is None:
             return None
-        values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS else row[k]) for k in row.keys()}  # noqa: SIM118 - sqlite3.Row iterates values
+        values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS else row[k]) for k in row.keys()}
         return TrainingJobRecord(**values)
 
     def insert(self, name: str, arn: str, request: dict[str, Any], hyperparameters: dict[str, Any], artifact: str,

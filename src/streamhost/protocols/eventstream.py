@@ -254,9 +254,7 @@ class EventStreamDecoder:
     def close(self) -> None:
         """Call at end of input: raises if the stream stopped in the middle of a message."""
         if self._buffer:
-            raise EventStreamDecodeError(
-                f"event stream ended inside a message ({len(self._buffer)} bytes left over)"
-            )
+            raise EventStreamDecodeError(f"event stream ended inside a message ({len(self._buffer)} bytes left over)")
 
     def _next(self) -> EventStreamMessage | None:
         buf = self._buffer

@@ -207,10 +207,13 @@ def jsonlines_error(
         det = '{"finish_reason": "error", "generated_tokens": %d, "inputs": %s}' % (generated_tokens, _json_str(inputs))
     else:
         det = '{"finish_reason": "error"}'
-    line = '{"token": {"id": -1, "text": "", "log_prob": -1, "special_token": true, "error_msg": %s}, "generated_text": %s, "details": %s}\n' % (
-        _json_str(message),
-        _json_str(generated_text),
-        det,
+    line = (
+        '{"token": {"id": -1, "text": "", "log_prob": -1, "special_token": true, "error_msg": %s}, "generated_text": %s, "details": %s}\n'
+        % (
+            _json_str(message),
+            _json_str(generated_text),
+            det,
+        )
     )
     return line.encode("utf-8", "replace")
 

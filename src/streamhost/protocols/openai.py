@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from streamhost.engine.errors import EngineError
 from streamhost.engine.types import FinishReason, GenerationParameters, GenerationResult, TokenEvent, TopToken
 from streamhost.protocols.errors import ProtocolError, parse_body
-from streamhost.protocols.json_atoms import U32_MAX, U64_MAX, f32_json, f32_value, json_str as _json_str
+from streamhost.protocols.json_atoms import U32_MAX, U64_MAX, f32_json, f32_value
+from streamhost.protocols.json_atoms import json_str as _json_str
 from streamhost.protocols.tgi import engine_error
 
 DONE = b"data: [DONE]\n\n"
@@ -163,7 +164,7 @@ def parse_chat_request(body: bytes | str | dict) -> ChatInput:
         raise _reject("`tools` are not supported by this server")
     fmt = req.response_format
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise _reject("`response_format` other than {\"type\": \"text\"} is not supported")
+        raise _reject('`response_format` other than {"type": "text"} is not supported')
     if req.top_logprobs and not req.logprobs:
         raise _reject("`top_logprobs` requires `logprobs` to be true")
     messages = [
@@ -250,7 +251,11 @@ def _top_json(tops: list[TopToken] | None) -> str:
 
 
 def _logprob_entry_json(ev: TokenEvent) -> str:
-    return '{"token":%s,"logprob":%s,"top_logprobs":%s}' % (_json_str(ev.text), f32_json(ev.logprob), _top_json(ev.top_tokens))
+    return '{"token":%s,"logprob":%s,"top_logprobs":%s}' % (
+        _json_str(ev.text),
+        f32_json(ev.logprob),
+        _top_json(ev.top_tokens),
+    )
 
 
 def _logprob_entry(ev: TokenEvent) -> dict[str, Any]:
@@ -312,14 +317,18 @@ class ChatStream(_SseEnd):
         lp = '{"content":[%s]}' % _logprob_entry_json(ev) if self._logprobs else "null"
         d = ev.details
         reason = "null" if d is None else '"%s"' % finish_reason(d.finish_reason)
-        out = '%s%s},"logprobs":%s,"finish_reason":%s}],"usage":null}\n\n' % (self._open, _json_str(content), lp, reason)
+        out = '%s%s},"logprobs":%s,"finish_reason":%s}],"usage":null}\n\n' % (
+            self._open,
+            _json_str(content),
+            lp,
+            reason,
+        )
         if d is not None and self._include_usage:
             out += self.usage_chunk_text(d.input_length, d.generated_tokens)
         return out.encode("utf-8", "replace")
 
     def usage_chunk_text(self, prompt_tokens: int, completion_tokens: int) -> str:
         return '%s,"choices":[],"usage":%s}\n\n' % (self._head, _usage_json(prompt_tokens, completion_tokens))
-
 
 
 def chat_completion(
@@ -386,7 +395,6 @@ class CompletionStream(_SseEnd):
         return out.encode("utf-8", "replace")
 
 
-
 def text_completion(
     result: GenerationResult,
     *,
@@ -405,7 +413,12 @@ def text_completion(
         "model": model,
         "system_fingerprint": system_fingerprint,
         "choices": [
-            {"index": 0, "text": echo + result.generated_text, "logprobs": None, "finish_reason": finish_reason(d.finish_reason)}
+            {
+                "index": 0,
+                "text": echo + result.generated_text,
+                "logprobs": None,
+                "finish_reason": finish_reason(d.finish_reason),
+            }
         ],
         "usage": usage(d.input_length, d.generated_tokens),
     }
@@ -414,4 +427,3 @@ def text_completion(
 def models_response(model_id: str, created: int = 0) -> dict[str, Any]:
     """GET ``/v1/models`` as TGI answers it."""
     return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created, "owned_by": model_id}]}
-

@@ -75,7 +75,9 @@ def runtime_error(code: str, message: str, **extra: Any) -> tuple[int, dict[str,
     ``LogStreamArn``. Unknown codes are refused so a typo cannot reach a client.
     """
     if code not in RUNTIME_ERROR_STATUS:
-        raise ValueError(f"unknown SageMaker runtime error code {code!r}; expected one of {sorted(RUNTIME_ERROR_STATUS)}")
+        raise ValueError(
+            f"unknown SageMaker runtime error code {code!r}; expected one of {sorted(RUNTIME_ERROR_STATUS)}"
+        )
     headers = {ERROR_TYPE: code, "Content-Type": JSON_CONTENT_TYPE}
     return RUNTIME_ERROR_STATUS[code], headers, _dumps({"Message": message, **extra})
 

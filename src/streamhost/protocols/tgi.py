@@ -31,7 +31,8 @@ from streamhost.engine.types import (
     TopToken,
 )
 from streamhost.protocols.errors import ProtocolError, parse_body
-from streamhost.protocols.json_atoms import I32_MAX, U32_MAX, U64_MAX, f32_json, f32_value, json_str as _json_str
+from streamhost.protocols.json_atoms import I32_MAX, U32_MAX, U64_MAX, f32_json, f32_value
+from streamhost.protocols.json_atoms import json_str as _json_str
 
 PAYLOAD_LIMIT = 2_000_000
 SSE_CONTENT_TYPE = "text/event-stream"

@@ -63,7 +63,7 @@ def _in_daemon_thread(fn: Callable[[], Any]) -> asyncio.Future:
     def target() -> None:
         try:
             value = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+        except BaseException as exc:
             loop.call_soon_threadsafe(settle, False, exc)
         else:
             loop.call_soon_threadsafe(settle, True, value)
@@ -83,7 +83,7 @@ async def _load(state: ServerState, loader: EngineLoader, on_fatal: Callable[[st
         raise
     except asyncio.TimeoutError:
         state.load_error = f"the model did not load within option.model_loading_timeout={settings.load_timeout:g} s"
-    except Exception as exc:  # noqa: BLE001 - any load failure is reported, then fatal
+    except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
     else:
         state.engine = engine

@@ -62,7 +62,9 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise tgi.payload_too_large(size, limit)
             chunks.append(chunk)
     except ClientDisconnect:
-        raise ProtocolError(400, "the client closed the connection before sending the whole body", "validation") from None
+        raise ProtocolError(
+            400, "the client closed the connection before sending the whole body", "validation"
+        ) from None
     return b"".join(chunks)
 
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from streamhost.engine.config import EngineConfig, LimitSettings
 from streamhost.engine.limits import SETTING_NAMES, ExecutionOptions, parse_dtype
 from streamhost.engine.loader import default_cache_dir
-from streamhost.server.serving_properties import ServingProperties, ServingPropertiesError
 from streamhost.server.model_folder import ModelFolderError, model_root, served_model
+from streamhost.server.serving_properties import ServingProperties, ServingPropertiesError
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"  # docs/architecture.md: bind locally unless told otherwise (containers pass --host 0.0.0.0)
@@ -89,17 +89,39 @@ class ServerSettings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``streamhost container``; each overrides its environment variable."""
-    parser.add_argument("--model-id", default=None, help="model to serve: smollm2, a folder, a .gguf, a model.tar.gz or a hub id (env HF_MODEL_ID)")
+    parser.add_argument(
+        "--model-id",
+        default=None,
+        help="model to serve: smollm2, a folder, a .gguf, a model.tar.gz or a hub id (env HF_MODEL_ID)",
+    )
     parser.add_argument("--model-dir", default=None, help="folder with the weights, or with serving.properties (LMI)")
     parser.add_argument("--revision", default=None, help="hub revision (env HF_MODEL_REVISION)")
-    parser.add_argument("--dialect", choices=("tgi", "lmi"), default=None, help="how /invocations answers {inputs} (default: lmi when serving.properties or OPTION_* is present)")
-    parser.add_argument("--host", default=None, help=f"address to bind (default {DEFAULT_HOST}; containers use 0.0.0.0)")
+    parser.add_argument(
+        "--dialect",
+        choices=("tgi", "lmi"),
+        default=None,
+        help="how /invocations answers {inputs} (default: lmi when serving.properties or OPTION_* is present)",
+    )
+    parser.add_argument(
+        "--host", default=None, help=f"address to bind (default {DEFAULT_HOST}; containers use 0.0.0.0)"
+    )
     parser.add_argument("--port", type=int, default=None, help=f"port (env PORT; default {DEFAULT_PORT})")
     parser.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 | auto (env OPTION_DTYPE / DTYPE)")
-    parser.add_argument("--executor", default=None, help="torch | llamacpp | auto (env STREAMHOST_EXECUTOR; default: llamacpp for GGUF models on CPU)")
+    parser.add_argument(
+        "--executor",
+        default=None,
+        help="torch | llamacpp | auto (env STREAMHOST_EXECUTOR; default: llamacpp for GGUF models on CPU)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", default=None, help="env HF_MODEL_TRUST_REMOTE_CODE")
-    parser.add_argument("--drain-timeout", type=float, default=None, help=f"seconds to finish in-flight requests after SIGTERM (env STREAMHOST_DRAIN_TIMEOUT; default {DEFAULT_DRAIN_TIMEOUT:g})")
-    parser.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"), help="env LOG_LEVEL (default info)")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        help=f"seconds to finish in-flight requests after SIGTERM (env STREAMHOST_DRAIN_TIMEOUT; default {DEFAULT_DRAIN_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--log-level", default=None, choices=("debug", "info", "warning", "error"), help="env LOG_LEVEL (default info)"
+    )
 
 
 def _flag(args: argparse.Namespace | None, name: str):
@@ -147,7 +169,11 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     props_file = model_dir_path / SERVING_PROPERTIES if model_dir_path is not None and model_dir_path.is_dir() else None
     has_props = props_file is not None and props_file.is_file()
 
-    dialect = _flag(args, "dialect") or env.get("STREAMHOST_DIALECT") or ("lmi" if has_props or _has_option_env(env) else "tgi")
+    dialect = (
+        _flag(args, "dialect")
+        or env.get("STREAMHOST_DIALECT")
+        or ("lmi" if has_props or _has_option_env(env) else "tgi")
+    )
     if dialect not in ("tgi", "lmi"):
         raise SettingsError(f"dialect {dialect!r} is not valid: expected tgi or lmi")
 
@@ -281,5 +307,5 @@ def serving_properties_env(properties: ServingProperties) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in properties.values.items():
         if key.startswith("option.") and properties.sources.get(key) == "serving.properties":
-            out["OPTION_" + key[len("option."):].upper()] = value
+            out["OPTION_" + key[len("option.") :].upper()] = value
     return out

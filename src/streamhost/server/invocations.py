@@ -63,6 +63,7 @@ async def ping(request: Request) -> Response:
         return Response(status_code=200)
     return json_answer(tgi.unhealthy_body(), 503)
 
+
 ROUTES = [
     Route("/invocations", invocations, methods=["POST"]),
     Route("/ping", ping, methods=["GET"]),

@@ -19,7 +19,7 @@ HONOURED: dict[str, str] = {
     "option.max_rolling_batch_size": "MAX_BATCH_SIZE",
     "option.max_rolling_batch_prefill_tokens": "MAX_BATCH_PREFILL_TOKENS",
     "option.output_formatter": "the response format (json, jsonlines, sse)",
-    "option.enable_streaming": "the pre-0.26 {\"outputs\": [...]} stream when no output_formatter is set",
+    "option.enable_streaming": 'the pre-0.26 {"outputs": [...]} stream when no output_formatter is set',
     "option.dtype": "the weights' dtype",
     "option.n_positions": "MAX_TOTAL_TOKENS",
     "option.max_model_len": "MAX_TOTAL_TOKENS",

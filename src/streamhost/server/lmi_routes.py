@@ -28,7 +28,9 @@ def lmi_shape(err: ProtocolError) -> ProtocolError:
     """Re-shape a transport-level refusal (413, 415, bad JSON) as DJL's ``{"error", "code"}``."""
     if "code" in err.body:
         return err
-    return ProtocolError(err.status, err.message, err.error_type, body={"error": err.message, "code": err.status}, headers=err.headers)
+    return ProtocolError(
+        err.status, err.message, err.error_type, body={"error": err.message, "code": err.status}, headers=err.headers
+    )
 
 
 def engine_error_answer(err: EngineError) -> Any:
@@ -50,9 +52,13 @@ def lmi_answer(state: ServerState, body: bytes | dict, started: float) -> Any:
         framer = lmi.LmiStream(fmt, params, inputs)
         events = engine.generate(inputs, engine_params, request_id("lmi"), stream=True)
         return TokenStream(
-            observer, events, framer.event,
-            content_type=framer.content_type, headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
-            early_error=lmi.engine_error, stream_error=framer.error,
+            observer,
+            events,
+            framer.event,
+            content_type=framer.content_type,
+            headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+            early_error=lmi.engine_error,
+            stream_error=framer.error,
         )
     streams = [engine.generate(text, engine_params, request_id("lmi"), stream=False) for text in req.inputs]
 

@@ -15,8 +15,8 @@ import logging
 import sys
 from typing import Any
 
-from streamhost.server.config import SettingsError, ServerSettings, add_arguments as _add_config_arguments
-from streamhost.server.config import load_settings
+from streamhost.server.config import ServerSettings, SettingsError, load_settings
+from streamhost.server.config import add_arguments as _add_config_arguments
 
 log = logging.getLogger("streamhost.server")
 
@@ -71,11 +71,15 @@ def _server_class() -> type:
             asyncio.ensure_future(self._drain(sig))
 
         async def _drain(self, sig: int) -> None:
-            log.info("signal %d: draining (%d request(s) in flight, up to %g s)", sig, self.state.active, self.drain_timeout)
+            log.info(
+                "signal %d: draining (%d request(s) in flight, up to %g s)", sig, self.state.active, self.drain_timeout
+            )
             finished = await self.state.drain(self.drain_timeout)
             if not finished:
-                log.warning("drain timeout after %g s: the requests still in flight were ended with an error event",
-                            self.drain_timeout)
+                log.warning(
+                    "drain timeout after %g s: the requests still in flight were ended with an error event",
+                    self.drain_timeout,
+                )
             self.should_exit = True
 
     return DrainingServer

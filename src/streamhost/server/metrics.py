@@ -27,10 +27,22 @@ _REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 _TOKEN_COUNT_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 # Routes get their own label value; anything else is "other" (no label explosion from random paths).
-KNOWN_ROUTES = frozenset({
-    "/", "/generate", "/generate_stream", "/tokenize", "/info", "/health", "/ping", "/metrics",
-    "/invocations", "/v1/models", "/v1/chat/completions", "/v1/completions",
-})
+KNOWN_ROUTES = frozenset(
+    {
+        "/",
+        "/generate",
+        "/generate_stream",
+        "/tokenize",
+        "/info",
+        "/health",
+        "/ping",
+        "/metrics",
+        "/invocations",
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/completions",
+    }
+)
 
 
 def _live_load(engine: Any) -> tuple[int, int, int]:
@@ -59,10 +71,16 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterator[Any]:
         engine = self._engine_of()
         stats = getattr(engine, "stats", None)
-        yield GaugeMetricFamily("streamhost_ready", "1 when the model is loaded and requests are admitted", value=1 if self._ready_of() else 0)
+        yield GaugeMetricFamily(
+            "streamhost_ready",
+            "1 when the model is loaded and requests are admitted",
+            value=1 if self._ready_of() else 0,
+        )
         executor = getattr(getattr(engine, "executor", None), "name", None)
         if executor is not None:
-            info = GaugeMetricFamily("streamhost_executor_info", "the executor running the model (torch or llamacpp)", labels=["executor"])
+            info = GaugeMetricFamily(
+                "streamhost_executor_info", "the executor running the model (torch or llamacpp)", labels=["executor"]
+            )
             info.add_metric([str(executor)], 1)
             yield info
         waiting, running, last_batch = _live_load(engine)
@@ -70,13 +88,33 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily("tgi_queue_size", "requests waiting for a batch slot (TGI's name)", value=waiting)
         yield GaugeMetricFamily("streamhost_batch_size", "sequences in the running batch", value=running)
         yield GaugeMetricFamily("tgi_batch_current_size", "sequences in the running batch (TGI's name)", value=running)
-        yield GaugeMetricFamily("streamhost_last_step_batch_size", "sequences sampled in the last engine step (0 when idle)", value=last_batch)
-        yield GaugeMetricFamily("streamhost_engine_in_flight", "requests inside the engine", value=getattr(engine, "in_flight", 0) if engine is not None else 0)
-        yield CounterMetricFamily("streamhost_prompt_tokens", "prompt tokens prefilled", value=getattr(stats, "prompt_tokens", 0))
-        yield CounterMetricFamily("streamhost_generated_tokens", "tokens generated", value=getattr(stats, "generated_tokens", 0))
-        yield CounterMetricFamily("streamhost_engine_steps", "engine steps (forward passes)", value=getattr(stats, "steps", 0))
-        yield CounterMetricFamily("streamhost_engine_aborted", "requests the engine stopped because their client went away or they were cancelled", value=getattr(stats, "aborted", 0))
-        yield CounterMetricFamily("streamhost_engine_failed", "requests that failed inside the engine", value=getattr(stats, "failed", 0))
+        yield GaugeMetricFamily(
+            "streamhost_last_step_batch_size",
+            "sequences sampled in the last engine step (0 when idle)",
+            value=last_batch,
+        )
+        yield GaugeMetricFamily(
+            "streamhost_engine_in_flight",
+            "requests inside the engine",
+            value=getattr(engine, "in_flight", 0) if engine is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "streamhost_prompt_tokens", "prompt tokens prefilled", value=getattr(stats, "prompt_tokens", 0)
+        )
+        yield CounterMetricFamily(
+            "streamhost_generated_tokens", "tokens generated", value=getattr(stats, "generated_tokens", 0)
+        )
+        yield CounterMetricFamily(
+            "streamhost_engine_steps", "engine steps (forward passes)", value=getattr(stats, "steps", 0)
+        )
+        yield CounterMetricFamily(
+            "streamhost_engine_aborted",
+            "requests the engine stopped because their client went away or they were cancelled",
+            value=getattr(stats, "aborted", 0),
+        )
+        yield CounterMetricFamily(
+            "streamhost_engine_failed", "requests that failed inside the engine", value=getattr(stats, "failed", 0)
+        )
         finished = CounterMetricFamily("streamhost_engine_finished", "requests finished, by reason", labels=["reason"])
         for reason, count in sorted(dict(getattr(stats, "finished", {}) or {}).items()):
             finished.add_metric([str(reason)], count)
@@ -91,15 +129,45 @@ class ServerMetrics:
         disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.requests = Counter("streamhost_requests", "HTTP requests answered, by route and status code", ["route", "status"], registry=r)
-        self.disconnects = Counter("streamhost_client_disconnects", "requests whose client went away before the answer ended (generation aborted)", registry=r)
-        self.stream_errors = Counter("streamhost_stream_errors", "streams ended by an error event after they started", registry=r)
+        self.requests = Counter(
+            "streamhost_requests", "HTTP requests answered, by route and status code", ["route", "status"], registry=r
+        )
+        self.disconnects = Counter(
+            "streamhost_client_disconnects",
+            "requests whose client went away before the answer ended (generation aborted)",
+            registry=r,
+        )
+        self.stream_errors = Counter(
+            "streamhost_stream_errors", "streams ended by an error event after they started", registry=r
+        )
         self.in_flight = Gauge("streamhost_requests_in_flight", "generation requests being answered", registry=r)
-        self.ttft = Histogram("streamhost_time_to_first_token_seconds", "time from request arrival to its first token", buckets=_FIRST_BUCKETS, registry=r)
-        self.itl = Histogram("streamhost_inter_token_latency_seconds", "time between consecutive tokens of a stream", buckets=_TOKEN_BUCKETS, registry=r)
-        self.e2e = Histogram("streamhost_request_duration_seconds", "time from request arrival to its last byte", buckets=_REQUEST_BUCKETS, registry=r)
-        self.input_tokens = Histogram("streamhost_request_input_tokens", "prompt tokens per request", buckets=_TOKEN_COUNT_BUCKETS, registry=r)
-        self.output_tokens = Histogram("streamhost_request_generated_tokens", "generated tokens per request", buckets=_TOKEN_COUNT_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "streamhost_time_to_first_token_seconds",
+            "time from request arrival to its first token",
+            buckets=_FIRST_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "streamhost_inter_token_latency_seconds",
+            "time between consecutive tokens of a stream",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "streamhost_request_duration_seconds",
+            "time from request arrival to its last byte",
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.input_tokens = Histogram(
+            "streamhost_request_input_tokens", "prompt tokens per request", buckets=_TOKEN_COUNT_BUCKETS, registry=r
+        )
+        self.output_tokens = Histogram(
+            "streamhost_request_generated_tokens",
+            "generated tokens per request",
+            buckets=_TOKEN_COUNT_BUCKETS,
+            registry=r,
+        )
         r.register(_EngineCollector(engine_of, ready_of))
 
     def count_request(self, path: str, status: int) -> None:

@@ -43,7 +43,9 @@ class ModelLocation:
 def holds_weights(folder: Path) -> bool:
     """A Hugging Face model folder (``config.json``), a folder with a ``.gguf`` file, or a training job's
     LoRA adapter (``adapter_config.json``; the loader merges it into the base it names)."""
-    return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file() or any(folder.glob("*.gguf"))
+    return (
+        (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file() or any(folder.glob("*.gguf"))
+    )
 
 
 def _visible_entries(folder: Path) -> list[Path]:
@@ -99,7 +101,9 @@ def locate_model(folder: Path, model_id: str | None, origin: str) -> ModelLocati
     if not given.is_absolute():
         resolved, base = local.resolve(), folder.resolve()
         if resolved != base and base not in resolved.parents:
-            raise ModelFolderError(f"option.model_id={model_id!r} (from {origin}) points outside the model folder {folder}")
+            raise ModelFolderError(
+                f"option.model_id={model_id!r} (from {origin}) points outside the model folder {folder}"
+            )
     if local.is_dir():
         local = model_root(local)  # HF_MODEL_ID=/opt/ml/model over an archive holding one folder
         if holds_weights(local):

@@ -24,6 +24,7 @@ from streamhost.server.generation import collect_many, request_id
 from streamhost.server.state import ServerState
 from streamhost.server.streaming import Observer, TokenStream, WholeAnswer, dumps
 
+
 async def chat_completions(request: Request) -> Any:
     started = now()
     state = server_state(request)
@@ -47,8 +48,12 @@ def chat_prompt(engine: Any, messages: list[dict[str, str]]) -> str:
         return render_prompt("tokenizer", messages, engine.tokenizer)
     except TemplateError as exc:
         raise ProtocolError(422, f"Template error: {exc}", "template_error") from None
-    except Exception as exc:  # noqa: BLE001 - a template failing on odd input is still the input's fault
-        raise ProtocolError(422, f"Template error: the chat template failed on these messages: {type(exc).__name__}: {exc}", "template_error") from None
+    except Exception as exc:
+        raise ProtocolError(
+            422,
+            f"Template error: the chat template failed on these messages: {type(exc).__name__}: {exc}",
+            "template_error",
+        ) from None
 
 
 def _ident(kind: str) -> tuple[str, int]:
@@ -65,19 +70,31 @@ def chat_answer(state: ServerState, body: bytes | dict, started: float) -> Any:
     observer = Observer(state, started)
     rid = request_id("chat")
     if req.stream:
-        framer = oa.ChatStream(model=state.model_id, created=created, id=ident, system_fingerprint=fingerprint,
-                               logprobs=req.logprobs, include_usage=req.include_usage)
+        framer = oa.ChatStream(
+            model=state.model_id,
+            created=created,
+            id=ident,
+            system_fingerprint=fingerprint,
+            logprobs=req.logprobs,
+            include_usage=req.include_usage,
+        )
         return TokenStream(
-            observer, engine.generate(prompt, params, rid, stream=True), framer.chunk,
-            content_type=SSE_CONTENT_TYPE, headers=SSE_HEADERS,
-            early_error=oa.error_response, stream_error=framer.error, tail=oa.DONE,
+            observer,
+            engine.generate(prompt, params, rid, stream=True),
+            framer.chunk,
+            content_type=SSE_CONTENT_TYPE,
+            headers=SSE_HEADERS,
+            early_error=oa.error_response,
+            stream_error=framer.error,
+            tail=oa.DONE,
         )
     events = engine.generate(prompt, params, rid, stream=False)
 
     async def compute() -> tuple[int, list, bytes]:
         (done,) = await collect_many([events], state.metrics)
-        answer = oa.chat_completion(done, model=state.model_id, created=created, id=ident,
-                                    system_fingerprint=fingerprint, logprobs=req.logprobs)
+        answer = oa.chat_completion(
+            done, model=state.model_id, created=created, id=ident, system_fingerprint=fingerprint, logprobs=req.logprobs
+        )
         return 200, [(b"content-type", b"application/json")], dumps(answer)
 
     return WholeAnswer(observer, compute, early_error=oa.error_response, closers=[events])
@@ -95,18 +112,26 @@ def completion_answer(state: ServerState, body: bytes | dict, started: float) ->
     observer = Observer(state, started)
     rid = request_id("cmpl")
     if req.stream:
-        framer = oa.CompletionStream(model=state.model_id, created=created, id=ident, system_fingerprint=fingerprint, echo=echo)
+        framer = oa.CompletionStream(
+            model=state.model_id, created=created, id=ident, system_fingerprint=fingerprint, echo=echo
+        )
         return TokenStream(
-            observer, engine.generate(req.prompt, params, rid, stream=True), framer.chunk,
-            content_type=SSE_CONTENT_TYPE, headers=SSE_HEADERS,
-            early_error=oa.error_response, stream_error=framer.error, tail=oa.DONE,
+            observer,
+            engine.generate(req.prompt, params, rid, stream=True),
+            framer.chunk,
+            content_type=SSE_CONTENT_TYPE,
+            headers=SSE_HEADERS,
+            early_error=oa.error_response,
+            stream_error=framer.error,
+            tail=oa.DONE,
         )
     events = engine.generate(req.prompt, params, rid, stream=False)
 
     async def compute() -> tuple[int, list, bytes]:
         (done,) = await collect_many([events], state.metrics)
-        answer = oa.text_completion(done, model=state.model_id, created=created, id=ident,
-                                    system_fingerprint=fingerprint, echo=echo)
+        answer = oa.text_completion(
+            done, model=state.model_id, created=created, id=ident, system_fingerprint=fingerprint, echo=echo
+        )
         return 200, [(b"content-type", b"application/json")], dumps(answer)
 
     return WholeAnswer(observer, compute, early_error=oa.error_response, closers=[events])

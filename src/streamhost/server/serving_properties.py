@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+
 class ServingPropertiesError(ValueError):
     """A ``serving.properties``/``OPTION_*`` value that cannot be used; the message names key, value and source."""
 
@@ -30,16 +31,31 @@ _ENGINES = ("Python", "MPI", "DeepSpeed")
 _ROLLING_BATCH = ("auto", "scheduler", "lmi-dist", "vllm", "disable", "trtllm", "deepspeed")
 _FORMATTERS = ("json", "jsonlines", "sse")
 _DTYPES = {
-    "fp16": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16",
-    "fp32": "fp32", "float32": "fp32", "auto": "auto",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "auto": "auto",
 }
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 KNOWN_KEYS = (
-    "engine", "option.model_id", "option.entryPoint", "option.tensor_parallel_degree",
-    "option.rolling_batch", "option.max_rolling_batch_size", "option.output_formatter",
-    "option.enable_streaming", "option.dtype", "option.n_positions", "option.trust_remote_code",
-    "option.model_loading_timeout", "option.paged_attention", "option.low_cpu_mem_usage",
+    "engine",
+    "option.model_id",
+    "option.entryPoint",
+    "option.tensor_parallel_degree",
+    "option.rolling_batch",
+    "option.max_rolling_batch_size",
+    "option.output_formatter",
+    "option.enable_streaming",
+    "option.dtype",
+    "option.n_positions",
+    "option.trust_remote_code",
+    "option.model_loading_timeout",
+    "option.paged_attention",
+    "option.low_cpu_mem_usage",
 )
 
 
@@ -130,9 +146,18 @@ class ServingProperties:
 
     def validate(self) -> None:
         for name in (
-            "engine", "tensor_parallel_degree", "rolling_batch", "max_rolling_batch_size", "output_formatter",
-            "enable_streaming", "dtype", "n_positions", "trust_remote_code", "model_loading_timeout",
-            "paged_attention", "low_cpu_mem_usage",
+            "engine",
+            "tensor_parallel_degree",
+            "rolling_batch",
+            "max_rolling_batch_size",
+            "output_formatter",
+            "enable_streaming",
+            "dtype",
+            "n_positions",
+            "trust_remote_code",
+            "model_loading_timeout",
+            "paged_attention",
+            "low_cpu_mem_usage",
         ):
             getattr(self, name)
 
@@ -276,5 +301,3 @@ class ServingProperties:
         if self.enable_streaming:
             return "jsonlines-legacy"
         return "jsonlines" if stream else "json"
-
-

@@ -16,7 +16,7 @@ def package_version() -> str:
         from importlib.metadata import version
 
         return version("streamhost")
-    except Exception:  # noqa: BLE001 - running from a source tree without metadata
+    except Exception:
         return "0.0.0"
 
 
@@ -43,7 +43,9 @@ class ServerState:
         """The engine, or EngineNotReadyError (503) while loading, after a failed load, or draining."""
         engine = self.engine
         if engine is None:
-            raise EngineNotReadyError("the model is still loading" if self.load_error is None else "the model failed to load")
+            raise EngineNotReadyError(
+                "the model is still loading" if self.load_error is None else "the model failed to load"
+            )
         if self.draining:
             raise EngineNotReadyError("the server is shutting down and admits no new requests")
         return engine

@@ -39,7 +39,9 @@ _perf = time.perf_counter
 def encode_headers(headers: dict[str, str] | None, content_type: str | bytes | None = None) -> Headers:
     out: Headers = []
     if content_type is not None:
-        out.append((b"content-type", content_type if isinstance(content_type, bytes) else content_type.encode("latin-1")))
+        out.append(
+            (b"content-type", content_type if isinstance(content_type, bytes) else content_type.encode("latin-1"))
+        )
     for name, value in (headers or {}).items():
         if name.lower() == "content-type" and content_type is not None:
             continue
@@ -95,7 +97,7 @@ class GuardedResponse:
         finally:
             try:
                 await self.close()
-            except Exception:  # noqa: BLE001 - closing must not mask the answer
+            except Exception:
                 log.exception("closing a generation failed")
             metrics.in_flight.dec()
             state.active -= 1

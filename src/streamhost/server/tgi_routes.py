@@ -23,6 +23,7 @@ from streamhost.server.model_folder import SERVING_PROPERTIES
 from streamhost.server.state import ServerState
 from streamhost.server.streaming import Observer, TokenStream, WholeAnswer, dumps, encode_headers
 
+
 async def compat_generate(request: Request) -> Any:
     """POST ``/``: streams when ``"stream": true``, otherwise the answer wrapped in a list."""
     started = now()
@@ -63,7 +64,9 @@ def generate_answer(
         framer = tgi.TgiStream(params, req.inputs)
         events = engine.generate(req.inputs, engine_params, request_id("gen"), stream=True)
         return TokenStream(
-            observer, events, framer.event,
+            observer,
+            events,
+            framer.event,
             content_type=tgi.SSE_CONTENT_TYPE,
             headers={**SSE_HEADERS, "x-compute-type": compute_type, "x-compute-characters": str(len(req.inputs))},
             early_error=tgi.engine_error,
@@ -80,7 +83,9 @@ def generate_answer(
         best = max(done, key=logprob_sum) if len(done) > 1 else done[0]
         answer = tgi.generate_response(best, params, req.inputs)
         if len(done) > 1 and "details" in answer:
-            answer["details"]["best_of_sequences"] = [_best_of_sequence(r, params, req.inputs) for r in done if r is not best]
+            answer["details"]["best_of_sequences"] = [
+                _best_of_sequence(r, params, req.inputs) for r in done if r is not best
+            ]
         details = best.details
         headers = tgi.timing_headers(
             compute_type=compute_type,

@@ -100,7 +100,9 @@ def load_template(folder: Path | None) -> dict[str, str]:
         try:
             list(string.Formatter().parse(template[key]))
         except ValueError as exc:
-            raise DataError(f"{TEMPLATE_FILE}: {key} is not a valid template ({exc}); write literal braces as {{{{ }}}}") from None
+            raise DataError(
+                f"{TEMPLATE_FILE}: {key} is not a valid template ({exc}); write literal braces as {{{{ }}}}"
+            ) from None
     return {"prompt": template["prompt"], "completion": template["completion"]}
 
 
@@ -187,7 +189,11 @@ def tokenize(examples: list[Example], tokenizer: Any, max_length: int) -> list[d
     for example in examples:
         prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
         completion_ids = tokenizer(example.completion + eos, add_special_tokens=False)["input_ids"]
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) else []
+        bos = (
+            [tokenizer.bos_token_id]
+            if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False)
+            else []
+        )
         ids = (bos + prompt_ids + completion_ids)[:max_length]
         labels = ([-100] * (len(bos) + len(prompt_ids)) + completion_ids)[:max_length]
         if all(label == -100 for label in labels):

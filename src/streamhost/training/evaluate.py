@@ -79,13 +79,17 @@ def load_eval_examples(path: Path, template: Mapping[str, str] | None = None) ->
             raise DataError(f"{Path(path).name} line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{Path(path).name} line {number}: expected a JSON object")
-        reference = next((record[k] for k in ("response", "completion", "reference") if isinstance(record.get(k), str)), None)
+        reference = next(
+            (record[k] for k in ("response", "completion", "reference") if isinstance(record.get(k), str)), None
+        )
         if "instruction" in record:
             prompt = render_prompt({"context": "", **record}, template)
         else:
             prompt = next((record[k] for k in ("prompt", "inputs") if isinstance(record.get(k), str)), None)
         if prompt is None or reference is None:
-            raise DataError(f"{Path(path).name} line {number}: needs instruction (or prompt) and response (or reference)")
+            raise DataError(
+                f"{Path(path).name} line {number}: needs instruction (or prompt) and response (or reference)"
+            )
         examples.append((prompt, reference))
     if not examples:
         raise DataError(f"{Path(path).name}: no examples")
@@ -119,8 +123,10 @@ def to_markdown(report: Report) -> str:
     lines = [
         f"# Base vs tuned: `{report.base_endpoint}` vs `{report.tuned_endpoint}`",
         "",
-        (f"ROUGE-L (F1, mean over {len(report.rows)} examples): base **{report.rouge_l_base:.3f}**, "
-         f"tuned **{report.rouge_l_tuned:.3f}**"),
+        (
+            f"ROUGE-L (F1, mean over {len(report.rows)} examples): base **{report.rouge_l_base:.3f}**, "
+            f"tuned **{report.rouge_l_tuned:.3f}**"
+        ),
         "",
         "| # | input | reference | base answer | tuned answer | ROUGE-L base | ROUGE-L tuned |",
         "|---|---|---|---|---|---|---|",

@@ -56,7 +56,9 @@ class Spec:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         kind = "an integer" if self.type is int else "a number"
-        low = "" if self.min is None else (f"> {_number(self.min)}" if self.min_exclusive else f">= {_number(self.min)}")
+        low = (
+            "" if self.min is None else (f"> {_number(self.min)}" if self.min_exclusive else f">= {_number(self.min)}")
+        )
         high = "" if self.max is None else f"<= {_number(self.max)}"
         bounds = " and ".join(b for b in (low, high) if b)
         return f"{kind} {bounds}".strip()
@@ -150,7 +152,9 @@ def parse(given: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) 
             raise HyperparameterError(key, f"unknown hyperparameter {key!r}; known: {', '.join(SPECS)}")
         values[key] = spec.convert(_unquote(raw))
     if values["lora_r"] == 0 and not values["merge_weights"]:
-        raise HyperparameterError("merge_weights", "merge_weights=false needs LoRA (lora_r > 0): full fine-tuning has no adapter")
+        raise HyperparameterError(
+            "merge_weights", "merge_weights=false needs LoRA (lora_r > 0): full fine-tuning has no adapter"
+        )
     return values
 
 

@@ -364,7 +364,7 @@ def run(job_dir: Path) -> int:
         job.events.emit("done", outcome="stopped", metrics={}, reason="Stopped before training started")
         job.say("stopped before training started: no model to save")
         return 0
-    except Exception as exc:  # noqa: BLE001 - the job's FailureReason, the traceback in its log
+    except Exception as exc:
         traceback.print_exc()
         job.events.emit("done", outcome="failed", reason=f"AlgorithmError: {type(exc).__name__}: {exc}")
         return 1

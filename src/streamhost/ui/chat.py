@@ -11,8 +11,9 @@ depth behind the page's own rule of never putting model text into HTML.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 PREFIX = "/chat"
 

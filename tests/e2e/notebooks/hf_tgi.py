@@ -13,14 +13,17 @@ import boto3
 import sagemaker
 from sagemaker.huggingface import HuggingFaceModel, get_huggingface_llm_image_uri
 from sagemaker.iterators import LineIterator as SdkLineIterator
-
 from sample_client import LineIterator, token_texts
 
 role = "arn:aws:iam::123456789012:role/SageMakerExecutionRole"
 model_id = os.environ.get("NOTEBOOK_MODEL", "HuggingFaceTB/SmolLM2-135M-Instruct")
 prompt = "What is deep learning?"
-parameters = {"max_new_tokens": int(os.environ.get("NOTEBOOK_TOKENS", "12")), "do_sample": False,
-              "return_full_text": False, "stop": ["</s>"]}
+parameters = {
+    "max_new_tokens": int(os.environ.get("NOTEBOOK_TOKENS", "12")),
+    "do_sample": False,
+    "return_full_text": False,
+    "stop": ["</s>"],
+}
 
 session = sagemaker.Session()
 llm_image = get_huggingface_llm_image_uri("huggingface")
@@ -42,8 +45,9 @@ deployed = time.perf_counter()
 # stream with the SDK's own LineIterator; the first token ends the notebook's wait
 first_token = None
 sdk_tokens = []
-for text in token_texts(predictor.predict_stream({"inputs": prompt, "parameters": parameters, "stream": True},
-                                                 iterator=SdkLineIterator)):
+for text in token_texts(
+    predictor.predict_stream({"inputs": prompt, "parameters": parameters, "stream": True}, iterator=SdkLineIterator)
+):
     if first_token is None:
         first_token = time.perf_counter()
     sdk_tokens.append(text)
@@ -58,8 +62,11 @@ response = smr.invoke_endpoint_with_response_stream(
 )
 sample_tokens = list(token_texts(LineIterator(response["Body"])))
 # and the samples' iterator through predict_stream
-via_sdk = list(token_texts(predictor.predict_stream({"inputs": prompt, "parameters": parameters, "stream": True},
-                                                    iterator=LineIterator)))
+via_sdk = list(
+    token_texts(
+        predictor.predict_stream({"inputs": prompt, "parameters": parameters, "stream": True}, iterator=LineIterator)
+    )
+)
 
 answer = predictor.predict({"inputs": prompt, "parameters": parameters})
 endpoint_name, model_name = predictor.endpoint_name, llm_model.name
@@ -67,9 +74,20 @@ endpoint_name, model_name = predictor.endpoint_name, llm_model.name
 predictor.delete_model()
 predictor.delete_endpoint()
 
-print("\nRESULT " + json.dumps({
-    "endpoint": endpoint_name, "model": model_name, "image": llm_image,
-    "started_at": started_at, "deploy_s": deployed - started, "first_token_s": first_token - started,
-    "sdk_tokens": sdk_tokens, "sample_tokens": sample_tokens, "sample_iterator_via_sdk": via_sdk,
-    "answer": answer,
-}))
+print(
+    "\nRESULT "
+    + json.dumps(
+        {
+            "endpoint": endpoint_name,
+            "model": model_name,
+            "image": llm_image,
+            "started_at": started_at,
+            "deploy_s": deployed - started,
+            "first_token_s": first_token - started,
+            "sdk_tokens": sdk_tokens,
+            "sample_tokens": sample_tokens,
+            "sample_iterator_via_sdk": via_sdk,
+            "answer": answer,
+        }
+    )
+)

@@ -35,14 +35,31 @@ predictor = model.deploy(accept_eula=True)
 prompt = "I believe the meaning of life is"
 payload = {"inputs": prompt, "parameters": {"max_new_tokens": 8, "do_sample": False}}
 answer = predictor.predict(payload)
-lines = [json.loads(line[line.find(b"{"):]) for line in
-         predictor.predict_stream({**payload, "stream": True}, iterator=LineIterator) if b"{" in line]
+lines = [
+    json.loads(line[line.find(b"{") :])
+    for line in predictor.predict_stream({**payload, "stream": True}, iterator=LineIterator)
+    if b"{" in line
+]
 
 description = predictor.sagemaker_session.sagemaker_client.describe_model(ModelName=model.name)
 predictor.delete_model()
 predictor.delete_endpoint()
-print("\nRESULT " + json.dumps({
-    "all_models": all_models, "text_generation": text_generation, "gpu_defaults": gpu_defaults,
-    "refusal": refusal, "unknown": unknown, "endpoint": predictor.endpoint_name, "model": model.name,
-    "prompt": prompt, "answer": answer, "stream": lines, "container": description["PrimaryContainer"],
-}, default=str))
+print(
+    "\nRESULT "
+    + json.dumps(
+        {
+            "all_models": all_models,
+            "text_generation": text_generation,
+            "gpu_defaults": gpu_defaults,
+            "refusal": refusal,
+            "unknown": unknown,
+            "endpoint": predictor.endpoint_name,
+            "model": model.name,
+            "prompt": prompt,
+            "answer": answer,
+            "stream": lines,
+            "container": description["PrimaryContainer"],
+        },
+        default=str,
+    )
+)

@@ -26,8 +26,18 @@ estimator = JumpStartEstimator(model_id=model_id, role=role, hyperparameters=cho
 estimator.fit({"train": train_data_location})  # tails the job's log (CloudWatch Logs) until it ends
 job = estimator.latest_training_job.describe()
 
-print("\nRESULT " + json.dumps({
-    "defaults": defaults, "job": job["TrainingJobName"], "status": job["TrainingJobStatus"],
-    "hyperparameters": job["HyperParameters"], "environment": job.get("Environment", {}),
-    "model_artifact": job["ModelArtifacts"]["S3ModelArtifacts"], "image": job["AlgorithmSpecification"]["TrainingImage"],
-}, default=str))
+print(
+    "\nRESULT "
+    + json.dumps(
+        {
+            "defaults": defaults,
+            "job": job["TrainingJobName"],
+            "status": job["TrainingJobStatus"],
+            "hyperparameters": job["HyperParameters"],
+            "environment": job.get("Environment", {}),
+            "model_artifact": job["ModelArtifacts"]["S3ModelArtifacts"],
+            "image": job["AlgorithmSpecification"]["TrainingImage"],
+        },
+        default=str,
+    )
+)

@@ -8,10 +8,9 @@ import json
 import os
 
 import sagemaker
-from sagemaker import Model, image_uris, serializers, deserializers
+from sagemaker import Model, deserializers, image_uris, serializers
 from sagemaker.iterators import LineIterator as SdkLineIterator
 from sagemaker.utils import name_from_base
-
 from sample_client import LineIterator
 
 role = "arn:aws:iam::123456789012:role/SageMakerExecutionRole"
@@ -57,6 +56,17 @@ sample_tokens = texts(predictor.predict_stream(stream_payload, iterator=LineIter
 
 predictor.delete_model()
 predictor.delete_endpoint()
-print("\nRESULT " + json.dumps({"endpoint": endpoint_name, "model": model.name, "model_data": model_data,
-                              "bucket": bucket, "answer": answer, "sdk_tokens": sdk_tokens,
-                              "sample_tokens": sample_tokens}))
+print(
+    "\nRESULT "
+    + json.dumps(
+        {
+            "endpoint": endpoint_name,
+            "model": model.name,
+            "model_data": model_data,
+            "bucket": bucket,
+            "answer": answer,
+            "sdk_tokens": sdk_tokens,
+            "sample_tokens": sample_tokens,
+        }
+    )
+)

@@ -57,7 +57,9 @@ def run_notebook(name: str, env: dict[str, str], poll: int | None = None, timeou
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, stderr = proc.communicate()
-        raise NotebookFailed(f"notebook {name} still running after {timeout:g} s:\n{(stdout + stderr)[-6000:]}") from None
+        raise NotebookFailed(
+            f"notebook {name} still running after {timeout:g} s:\n{(stdout + stderr)[-6000:]}"
+        ) from None
     done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     output = done.stdout + done.stderr
     if done.returncode != 0:

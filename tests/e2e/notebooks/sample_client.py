@@ -48,6 +48,6 @@ def token_texts(lines) -> Iterator[str]:
     """TGI stream lines -> token texts, the way the samples print them."""
     for line in lines:
         if line and b"{" in line:
-            data = json.loads(line[line.find(b"{"):].decode("utf-8"))
+            data = json.loads(line[line.find(b"{") :].decode("utf-8"))
             if data["token"]["text"] != STOP_TOKEN:
                 yield data["token"]["text"]

@@ -148,8 +148,13 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
         if config.quantize:
             log.warning("quantize=%s is ignored by the torch executor: serving unquantised weights", config.quantize)
         path = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
-        return TorchExecutor(path, dtype=config.dtype, device=config.device,
-                             trust_remote_code=config.trust_remote_code, batch_invariant=config.batch_invariant)
+        return TorchExecutor(
+            path,
+            dtype=config.dtype,
+            device=config.device,
+            trust_remote_code=config.trust_remote_code,
+            batch_invariant=config.batch_invariant,
+        )
 
     from transformers import AutoTokenizer
 

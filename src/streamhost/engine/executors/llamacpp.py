@@ -34,7 +34,13 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 MAX_UBATCH = 512
 # enum ggml_log_level of the llama.cpp this version of llama-cpp-python vendors (ggml.h)
-GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = 1, 2, 3, 4, 5  # llama.cpp splits a bigger batch into micro-batches of this many tokens
+GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = (
+    1,
+    2,
+    3,
+    4,
+    5,
+)  # llama.cpp splits a bigger batch into micro-batches of this many tokens
 
 
 class LlamaCppUnavailableError(RuntimeError):
@@ -88,7 +94,7 @@ def import_llama_cpp():
 def llama_cpp_version() -> str | None:
     try:
         import llama_cpp
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     return str(llama_cpp.__version__)
 
@@ -199,8 +205,10 @@ class LlamaCppExecutor:
         """Create (or re-create, when the sizes change) the context for these limits."""
         n_seq = max(1, min(int(limits.max_batch_size), int(self.llama.llama_max_parallel_sequences())))
         if n_seq < limits.max_batch_size:
-            raise ValueError(f"MAX_BATCH_SIZE {limits.max_batch_size} is more than llama.cpp's {n_seq} sequences "
-                             "per context; lower it or use --executor torch")
+            raise ValueError(
+                f"MAX_BATCH_SIZE {limits.max_batch_size} is more than llama.cpp's {n_seq} sequences "
+                "per context; lower it or use --executor torch"
+            )
         n_batch = int(prefill_chunk) + n_seq  # a step: at most one prompt chunk budget plus one token per sequence
         n_ctx = int(limits.max_batch_total_tokens)
         shape = (n_ctx, n_seq, n_batch)
@@ -222,7 +230,9 @@ class LlamaCppExecutor:
         params.no_perf = True
         ctx = self.llama.llama_init_from_model(self.model, params)
         if not ctx:
-            raise RuntimeError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq}, n_batch={n_batch})")
+            raise RuntimeError(
+                f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq}, n_batch={n_batch})"
+            )
         self.ctx = ctx
         self._memory = self.llama.llama_get_memory(ctx)
         self._batch = self.llama.llama_batch_init(n_batch, 0, 1)
@@ -234,7 +244,9 @@ class LlamaCppExecutor:
         self._seq_ids = [self._batch.seq_id[i] for i in range(n_batch)]
         self._shape = shape
         self.store = SequenceSlots()
-        log.info("llama.cpp context: %d KV cells, %d sequences, batch %d, %d threads", n_ctx, n_seq, n_batch, self.threads)
+        log.info(
+            "llama.cpp context: %d KV cells, %d sequences, batch %d, %d threads", n_ctx, n_seq, n_batch, self.threads
+        )
 
     def _free_context(self) -> None:
         if self._batch is not None:
@@ -301,13 +313,13 @@ class LlamaCppExecutor:
         i = 0
         for s in segments:
             n = len(s.ids)
-            self._tokens[i:i + n] = s.ids
-            self._positions[i:i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
+            self._tokens[i : i + n] = s.ids
+            self._positions[i : i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
             for j in range(i, i + n):
                 self._seq_ids[j][0] = s.row
             first = len(out_index)
             if s.logits == "all":
-                want[i:i + n] = 1
+                want[i : i + n] = 1
                 out_index.extend(range(i, i + n))
             elif s.logits == "last":
                 want[i + n - 1] = 1
@@ -317,8 +329,7 @@ class LlamaCppExecutor:
         self._batch.n_tokens = total
         rc = self.llama.llama_decode(self.ctx, self._batch)
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed with status {rc}"
-                               + (" (no free KV cells)" if rc == 1 else ""))
+            raise RuntimeError(f"llama_decode failed with status {rc}" + (" (no free KV cells)" if rc == 1 else ""))
         logits = np.empty((len(out_index), self.n_vocab), dtype=np.float32)
         for k, b in enumerate(out_index):
             ptr = self.llama.llama_get_logits_ith(self.ctx, b)
@@ -327,7 +338,7 @@ class LlamaCppExecutor:
         results: list[torch.Tensor | None] = []
         for s, (first, count) in zip(segments, outputs):
             if s.logits == "all":
-                results.append(table[first:first + count])
+                results.append(table[first : first + count])
             elif s.logits == "last":
                 results.append(table[first])
             else:
