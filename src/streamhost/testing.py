@@ -24,7 +24,7 @@ def build_tiny_llama(folder: Path, tokenizer, seed: int = 0, num_layers: int = 2
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]  # transformers' decorated .to()
     # Random weights give near-uniform logits; a larger scale makes greedy picks well separated,
     # so batched and single runs agree exactly rather than flipping on rounding ties.
     with torch.no_grad():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -192,7 +192,7 @@ class Catalog:
         parsed.check_fields(f.name for f in fields(CatalogModel))
         return [m for m in self._models.values() if parsed.matches(m.to_dict())]
 
-    def merged(self, entries: list[Mapping[str, Any]], origin: str = "extension") -> Catalog:
+    def merged(self, entries: Sequence[Mapping[str, Any]], origin: str = "extension") -> Catalog:
         """A new catalog with ``entries`` layered on top (same id: fields override)."""
         result = dict(self._models)
         for raw in entries:

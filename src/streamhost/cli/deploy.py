@@ -84,7 +84,7 @@ def deploy(args: argparse.Namespace) -> int:
     if args.training_job:
         from streamhost.client.training import model_for_training_job
 
-        target = model_for_training_job(
+        target: Any = model_for_training_job(
             session, args.training_job, name=name_from_base(args.name) if args.name else None, env=env
         )
         label = f"training job {args.training_job}"

@@ -89,7 +89,7 @@ def _backend(tokenizer: Any) -> tokenizers.Tokenizer | None:
     if base is None or not isinstance(tokenizer, base):
         return None
     cls = type(tokenizer)
-    if cls.decode is not base.decode or cls._decode is not base._decode:
+    if cls.decode is not base.decode or cls._decode is not base._decode:  # type: ignore[attr-defined]
         return None  # a model-specific decode (e.g. Whisper's): respect it
     return backend
 

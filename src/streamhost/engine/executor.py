@@ -88,7 +88,7 @@ class TorchExecutor:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=self.dtype, trust_remote_code=trust_remote_code
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' decorated .to() confuses mypy
         self.model.eval()
         self.model.set_attn_implementation(register_attention())
         self.num_layers = int(getattr(self.config, "num_hidden_layers", 0) or len(self._decoder_layers()))

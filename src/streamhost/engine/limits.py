@@ -200,7 +200,7 @@ class EngineLimits:
 def _max_input_tokens(env: Mapping[str, str], overrides: Mapping[str, Any]) -> int | None:
     """MAX_INPUT_TOKENS, its legacy name MAX_INPUT_LENGTH (never both, like TGI), or LMI's."""
     if "max_input_tokens" in overrides:
-        return _coerce("max_input_tokens", overrides["max_input_tokens"], "max_input_tokens")
+        return int(_coerce("max_input_tokens", overrides["max_input_tokens"], "max_input_tokens"))
     tokens = _env_int(env, "MAX_INPUT_TOKENS")
     length = _env_int(env, "MAX_INPUT_LENGTH")
     if tokens is not None and length is not None:

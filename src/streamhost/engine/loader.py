@@ -112,7 +112,7 @@ def convert_gguf(gguf_path: Path, dtype: str = "bfloat16", name: str | None = No
             gguf_path.parent, gguf_file=gguf_path.name, dtype=getattr(torch, dtype)
         )
         # save_pretrained refuses a model that still looks quantised.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # transformers types the attribute as set
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         _progress("writing safetensors")

@@ -142,7 +142,7 @@ class RequestSampler:
         """Record a generated token (the engine calls this after choosing it)."""
         token_id = int(token_id)
         self.generated_ids.append(token_id)
-        if self._seen is not None and token_id not in self._seen:
+        if self._seen is not None and self._seen_ids is not None and token_id not in self._seen:
             self._seen.add(token_id)
             self._seen_ids.append(token_id)
         if self._freq_pos is not None:
@@ -166,7 +166,7 @@ class RequestSampler:
         if self.generator is not None:
             twin.generator = torch.Generator(device="cpu")
             twin.generator.set_state(self.generator.get_state())
-        if self._seen is not None:
+        if self._seen is not None and self._seen_ids is not None:
             twin._seen = set(self._seen)
             twin._seen_ids = self._seen_ids.clone()
         if self._freq_pos is not None:
@@ -236,9 +236,10 @@ def sample_batch(
         return SampleOutput(ids.tolist(), chosen.tolist(), None)
 
     top_vals, top_ids = logprobs.topk(min(max_top, vocab), dim=-1)
-    top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
+    top_val_rows, top_id_rows = top_vals.tolist(), top_ids.tolist()
     top_tokens = [
-        [(t, v) for t, v in zip(top_ids[row][:n], top_vals[row][:n]) if v != _NEG_INF] for row, n in enumerate(tops)
+        [(t, v) for t, v in zip(top_id_rows[row][:n], top_val_rows[row][:n]) if v != _NEG_INF]
+        for row, n in enumerate(tops)
     ]
     return SampleOutput(ids.tolist(), chosen.tolist(), top_tokens)
 
@@ -274,11 +275,12 @@ def _flatten(rows: list[int], columns: list[torch.Tensor], device: torch.device)
 
 
 def _repetition_penalty(scores: torch.Tensor, samplers: Sequence[RequestSampler]) -> None:
-    rows = [i for i, s in enumerate(samplers) if s.repetition_penalty != 1.0 and len(s._seen_ids)]
+    seen = [s._seen_ids if s.repetition_penalty != 1.0 else None for s in samplers]
+    rows = [i for i, ids in enumerate(seen) if ids is not None and len(ids)]
     if not rows:
         return
     device = scores.device
-    cols = [samplers[i]._seen_ids.view() for i in rows]
+    cols = [ids.view() for ids in (seen[i] for i in rows) if ids is not None]
     row_idx, col_idx = _flatten(rows, cols, device)
     penalty = torch.repeat_interleave(
         torch.tensor([samplers[i].repetition_penalty for i in rows], dtype=torch.float32, device=device),

@@ -33,6 +33,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from streamhost.engine.errors import ValidationError
 from streamhost.engine.limits import EngineLimits
@@ -217,7 +218,7 @@ def _check_types(p: GenerationParameters) -> GenerationParameters:
 
     Returns a copy where integral floats in integer fields (``"top_k": 5.0``) became ints.
     """
-    fixed: dict[str, int] = {}
+    fixed: dict[str, Any] = {}
     for name in _FLOATS:
         value = getattr(p, name)
         if value is None:

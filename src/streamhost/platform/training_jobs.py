@@ -229,7 +229,7 @@ class TrainingJobs:
         return out
 
     def list_training_jobs(self, p: dict[str, Any]) -> dict[str, Any]:
-        items = []
+        items: list[dict[str, Any]] = []
         for r in self.store.list():
             item = {"TrainingJobName": r.name, "TrainingJobArn": r.arn, "CreationTime": r.created,
                     "LastModifiedTime": r.modified, "TrainingJobStatus": r.status, "SecondaryStatus": r.secondary_status}  # fmt: skip

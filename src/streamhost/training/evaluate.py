@@ -82,6 +82,7 @@ def load_eval_examples(path: Path, template: Mapping[str, str] | None = None) ->
         reference = next(
             (record[k] for k in ("response", "completion", "reference") if isinstance(record.get(k), str)), None
         )
+        prompt: str | None
         if "instruction" in record:
             prompt = render_prompt({"context": "", **record}, template)
         else:

@@ -104,7 +104,7 @@ def _load_model(job: _Job, base: Path):
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     if cuda:
-        model = model.to("cuda")
+        model = model.to("cuda")  # type: ignore[arg-type]  # transformers' decorated .to()
     hp = job.hp
     if hp["lora_r"] > 0:
         from peft import LoraConfig, get_peft_model
@@ -113,7 +113,7 @@ def _load_model(job: _Job, base: Path):
             r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
             target_modules="all-linear", task_type="CAUSAL_LM",
         )  # fmt: skip
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, config)  # type: ignore[assignment]  # a PeftModel wraps the model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     kind = f"LoRA r={hp['lora_r']}" if hp["lora_r"] > 0 else "full fine-tuning"
