@@ -260,14 +260,7 @@ class PlatformApp:
     def _authenticate(self, scope: Scope, headers: dict[str, str], body: bytes) -> None:
         if self.verifier is None:
             return
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        self.verifier.verify(
-            scope["method"],
-            raw_path.decode("latin-1").split("?", 1)[0],
-            scope.get("query_string", b"").decode("latin-1"),
-            headers,
-            body,
-        )
+        self.verifier.verify_request(scope, headers, body)
 
     # ------------------------------------------------------------------ control plane
 

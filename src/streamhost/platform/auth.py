@@ -17,6 +17,7 @@ import hmac
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
@@ -163,6 +164,11 @@ class SigV4Verifier:
         for part in (scope_date, region, service, "aws4_request"):
             key = hmac.new(key, part.encode(), hashlib.sha256).digest()
         return key
+
+    def verify_request(self, scope: dict[str, Any], headers: dict[str, str], body: bytes | None) -> str:
+        """``verify`` for an ASGI request: the path as sent (undecoded) and the raw query string."""
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+        return self.verify(scope["method"], raw_path, scope.get("query_string", b"").decode("latin-1"), headers, body)
 
     def verify_presigned(self, method: str, raw_path: str, query: str, headers: dict[str, str]) -> str:
         """Check a presigned URL (``X-Amz-Credential``, ``X-Amz-Signature``... in the query)."""

@@ -48,6 +48,19 @@ STARTING, READY, UNHEALTHY, STOPPING, STOPPED = "starting", "ready", "unhealthy"
 LOG_TAIL_LINES = 15
 
 
+async def spawn_model_server(argv: list[str], env: dict[str, str], logfile: Any) -> asyncio.subprocess.Process:
+    """Start ``streamhost container ARGV`` through the shim, in its own session, logging to ``logfile``.
+
+    Local instances and Ray instances start their model servers the same way, so a server that
+    dies with its parent or leaves a marked process behind behaves alike wherever it runs.
+    """
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SHIM, *argv,
+        stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+        env=env, start_new_session=True,
+    )  # fmt: skip
+
+
 class StartupFailure(Exception):
     """An instance did not become healthy; the message is a FailureReason quoting its log."""
 
@@ -204,11 +217,7 @@ class Instance:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             logfile.write(f"--- {stamp} starting {self.endpoint}/{self.name} on port {self.port}\n".encode())
             logfile.flush()
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _SHIM, *argv,
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )  # fmt: skip
+            self.process = await spawn_model_server(argv, env, logfile)
         for callback in self.on_pid:
             callback(self.process.pid, True)
 

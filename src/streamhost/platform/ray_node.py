@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import ArtifactError, ArtifactStore, ModelData
-from .instances import _SHIM, INSTANCE_MARKER, free_port, read_tail
+from .instances import INSTANCE_MARKER, free_port, read_tail, spawn_model_server
 from .s3.access import ExternalAccess
 
 DEFAULT_CACHE_DIR = "~/.cache/streamhost/ray"
@@ -147,11 +147,7 @@ class InstanceHost:
                 f"--- {stamp} starting {launch['log_name']} on {host}:{port} (node {node_id[:12]})\n".encode()
             )
             logfile.flush()
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _SHIM, *argv,
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )  # fmt: skip
+            self.process = await spawn_model_server(argv, env, logfile)
         return {
             "node_id": node_id, "node_ip": node_ip, "hostname": socket.gethostname(), "host": host, "port": port,
             "pid": self.process.pid, "log": str(self.log_path),

@@ -102,11 +102,8 @@ class StsIamService:
     def _authenticate(self, scope: Scope, headers: dict[str, str], body: bytes) -> None:
         if self.verifier is None:
             return
-        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
         try:
-            self.verifier.verify(
-                scope["method"], raw_path, scope.get("query_string", b"").decode("latin-1"), headers, body
-            )
+            self.verifier.verify_request(scope, headers, body)
         except AuthError as exc:
             code = {
                 "UnrecognizedClientException": "InvalidClientTokenId",

@@ -60,6 +60,20 @@ def _ident(kind: str) -> tuple[str, int]:
     return f"{kind}-{uuid.uuid4().hex[:24]}", int(time.time())
 
 
+def _sse(observer: Observer, events: Any, framer: oa.ChatStream | oa.CompletionStream) -> TokenStream:
+    """An OpenAI stream: one ``data: {chunk}`` event per token, errors in-stream, ``data: [DONE]`` last."""
+    return TokenStream(
+        observer,
+        events,
+        framer.chunk,
+        content_type=SSE_CONTENT_TYPE,
+        headers=SSE_HEADERS,
+        early_error=oa.error_response,
+        stream_error=framer.error,
+        tail=oa.DONE,
+    )
+
+
 def chat_answer(state: ServerState, body: bytes | dict, started: float) -> Any:
     req = oa.parse_chat_request(body)
     engine = state.require_engine()
@@ -78,16 +92,7 @@ def chat_answer(state: ServerState, body: bytes | dict, started: float) -> Any:
             logprobs=req.logprobs,
             include_usage=req.include_usage,
         )
-        return TokenStream(
-            observer,
-            engine.generate(prompt, params, rid, stream=True),
-            framer.chunk,
-            content_type=SSE_CONTENT_TYPE,
-            headers=SSE_HEADERS,
-            early_error=oa.error_response,
-            stream_error=framer.error,
-            tail=oa.DONE,
-        )
+        return _sse(observer, engine.generate(prompt, params, rid, stream=True), framer)
     events = engine.generate(prompt, params, rid, stream=False)
 
     async def compute() -> tuple[int, list, bytes]:
@@ -115,16 +120,7 @@ def completion_answer(state: ServerState, body: bytes | dict, started: float) ->
         framer = oa.CompletionStream(
             model=state.model_id, created=created, id=ident, system_fingerprint=fingerprint, echo=echo
         )
-        return TokenStream(
-            observer,
-            engine.generate(req.prompt, params, rid, stream=True),
-            framer.chunk,
-            content_type=SSE_CONTENT_TYPE,
-            headers=SSE_HEADERS,
-            early_error=oa.error_response,
-            stream_error=framer.error,
-            tail=oa.DONE,
-        )
+        return _sse(observer, engine.generate(req.prompt, params, rid, stream=True), framer)
     events = engine.generate(req.prompt, params, rid, stream=False)
 
     async def compute() -> tuple[int, list, bytes]:
