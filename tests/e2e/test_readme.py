@@ -35,6 +35,7 @@ EXPECTED = {
     "OpenAI(": ["sea"],
     "streamhost deploy": ["smollm2", "Paris", "demo"],
     'Model("smollm2")': ["Paris", "sea"],
+    "JumpStartModel(": ["Paris"],
 }
 CHAT_INPUT = "What is the capital of France?\n"  # typed into `streamhost chat demo`
 
