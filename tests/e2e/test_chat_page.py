@@ -336,15 +336,21 @@ def wait_metric(url: str, name: str, above: float, timeout: float = 15.0, **labe
     raise AssertionError(f"{name}{labels} at {url} stayed at {value} (expected more than {above})")
 
 
-def streamed_text(response) -> str:
-    """The answer text inside a finished streaming response the page received (frames -> SSE -> content)."""
-    text = ""
+def streamed_pieces(response) -> list[str]:
+    """The content deltas inside a finished streaming response the page received (frames -> SSE -> content)."""
+    pieces: list[str] = []
     for message in decode_all(response.body()):
         for line in message.payload.decode("utf-8").splitlines():
             if line.startswith("data:") and line[5:].strip() != "[DONE]":
                 for choice in json.loads(line[5:]).get("choices", []):
-                    text += choice.get("delta", {}).get("content") or ""
-    return text
+                    if piece := choice.get("delta", {}).get("content"):
+                        pieces.append(piece)
+    return pieces
+
+
+def streamed_text(response) -> str:
+    """The answer text inside a finished streaming response the page received."""
+    return "".join(streamed_pieces(response))
 
 
 # --------------------------------------------------------------------------- tests
@@ -490,7 +496,12 @@ def test_answer_streams_then_second_turn_carries_the_first(page, platform, endpo
     answer = last_answer(page)
     final = answer.locator(".content").inner_text()
     assert final.strip(), "the model answered nothing"
-    assert len(growth) >= 4 and growth == sorted(growth), f"the answer did not grow in steps: {growth}"
+    # The endpoint streamed the answer token by token; how many of those frames one network read of the
+    # browser carries depends on load, so the page's rendering steps are only required to grow (the
+    # stand-in test paces its frames and checks the steps).
+    pieces = streamed_pieces(requests[0]["request"].response())
+    assert len(pieces) >= 4, f"the answer did not stream token by token: {pieces}"
+    assert growth and growth == sorted(growth), f"the answer did not grow: {growth}"
     stats = answer.locator(".stats")
     assert re.fullmatch(r"TTFT \d+ ms · \d+\.\d tok/s · \d+ tokens( · .*)?", stats.inner_text()), stats.inner_text()
     assert 1 < int(stats.get_attribute("data-tokens")) <= 48
