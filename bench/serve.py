@@ -50,6 +50,7 @@ from _common import RESULTS_DIR, machine_info, plot_path, write_results
 from check import format_verdict, verdicts
 from peers import (
     PEERS,
+    VLLM_KV_CACHE_GIB,
     LaunchSpec,
     PeerOptions,
     default_vllm_venv,
@@ -295,6 +296,7 @@ def peer_options(args: argparse.Namespace, model_dir: Path) -> PeerOptions:
         max_model_len=args.max_model_len,
         vllm_venv=args.vllm_venv,
         base_env=os.environ,
+        vllm_kv_cache_gib=args.vllm_kv_cache_gib,
     )
 
 
@@ -1245,6 +1247,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="vLLM --max-model-len (default: the longest prompt + --max-new-tokens, rounded up to 256)",
+    )
+    parser.add_argument(
+        "--vllm-kv-cache-gib",
+        type=int,
+        default=VLLM_KV_CACHE_GIB,
+        help="VLLM_CPU_KVCACHE_SPACE for both vLLM peers (default 1 GiB; vLLM's own default, 92%% of the "
+        "machine's memory, does not start on a shared machine)",
     )
     parser.add_argument(
         "--lock",

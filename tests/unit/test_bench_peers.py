@@ -55,6 +55,7 @@ def test_all_peers_get_their_command_lines(tmp_path: Path, vllm_venv: Path) -> N
         assert target.model == cmd[cmd.index("--served-model-name") + 1]
         assert (target.force, target.launch.health_path) == ("ignore_eos", "/health")
         assert target.launch.env["HF_HUB_OFFLINE"] == "1"
+        assert target.launch.env["VLLM_CPU_KVCACHE_SPACE"] == "1"  # not 92% of the machine's memory
         assert "OMP_WAIT_POLICY" not in target.launch.env  # vLLM binds its own threads
 
     best, default = targets["vllm-cpu-best"].launch.env, targets["vllm-cpu-default"].launch.env
