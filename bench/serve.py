@@ -29,8 +29,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -805,6 +807,29 @@ class TargetRun:
             self.info.setdefault("launched", {})["exit_code"] = code
 
 
+def _flock_in_thread(fd: int) -> asyncio.Future[None]:
+    """``flock(fd, LOCK_EX)`` in a daemon thread: a run interrupted while it waits can still exit
+    (a default-executor thread would keep the interpreter waiting for the lock)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not fut.done():
+            fut.set_result(None) if exc is None else fut.set_exception(exc)
+
+    def wait() -> None:
+        error: BaseException | None = None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the run was interrupted
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=wait, name="bench-lock", daemon=True).start()
+    return fut
+
+
 @contextlib.asynccontextmanager
 async def bench_lock(path: Path | None, what: str, progress: Progress) -> AsyncIterator[float | None]:
     """Hold the machine-wide benchmark lock (``flock``) while ``what`` is measured, so a long
@@ -817,17 +842,23 @@ async def bench_lock(path: Path | None, what: str, progress: Progress) -> AsyncI
     started = time.perf_counter()
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-        finally:
-            progress.remove_task(task)
+        await _flock_in_thread(fd)
+    except BaseException:
+        progress.remove_task(task)
+        raise  # fd stays open for the waiting thread; the process exit releases it
+    progress.remove_task(task)
+    try:
         yield time.perf_counter() - started
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
 
 async def run_targets(
-    targets: list[Target], prompts: list[Prompt], args: argparse.Namespace, progress: Progress
+    targets: list[Target],
+    prompts: list[Prompt],
+    args: argparse.Namespace,
+    progress: Progress,
+    collected: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Measure every target at every level.
 
@@ -837,6 +868,8 @@ async def run_targets(
     a launched server running only while it is measured.
     """
     runs = [TargetRun(t, args) for t in targets]
+    if collected is not None:  # filled as the run goes, so an interrupted run still reports what it measured
+        collected.update({run.target.name: run.info for run in runs})
     groups = [runs] if args.order == "interleaved" else [[r] for r in runs]
     try:
         for group in groups:
@@ -1460,7 +1493,15 @@ def main(argv: list[str] | None = None) -> int:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        results["targets"] = asyncio.run(run_targets(targets, prompts, args, progress))
+        collected: dict[str, dict[str, Any]] = {}
+        # SIGTERM as Ctrl-C: stop the servers, then write what was measured so far.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            asyncio.run(run_targets(targets, prompts, args, progress, collected))
+        except KeyboardInterrupt:
+            results["interrupted"] = True
+            console.print("[yellow]interrupted: writing the levels measured so far[/]")
+        results["targets"] = collected
     results["elapsed_s"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
 

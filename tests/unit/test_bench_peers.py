@@ -99,3 +99,39 @@ def test_tree_memory_reads_a_real_process_tree() -> None:
     assert mem["processes"] >= 1
     assert 10 < mem["pss_mb"] <= mem["rss_mb"] + 1
     assert mem["cpu_percent"] >= 0
+
+
+def test_bench_lock_waits_for_the_holder_and_releases(tmp_path: Path) -> None:
+    import asyncio
+    import fcntl
+
+    from rich.progress import Progress
+
+    lock = tmp_path / "bench.lock"
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    order: list[str] = []
+
+    async def measure() -> None:
+        with Progress(disable=True) as progress:
+            async with serve.bench_lock(lock, "peer", progress) as waited:
+                order.append("measured")
+                assert waited is not None and waited >= 0
+                probe = os.open(lock, os.O_RDWR)
+                with pytest.raises(BlockingIOError):  # held by us while measuring
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.close(probe)
+
+    async def main() -> None:
+        task = asyncio.create_task(measure())
+        await asyncio.sleep(0.3)
+        assert not order  # still waiting for the holder
+        order.append("released")
+        os.close(holder)
+        await task
+
+    asyncio.run(main())
+    assert order == ["released", "measured"]
+    free = os.open(lock, os.O_RDWR)
+    fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the block
+    os.close(free)
