@@ -871,18 +871,34 @@ async def run_targets(
     if collected is not None:  # filled as the run goes, so an interrupted run still reports what it measured
         collected.update({run.target.name: run.info for run in runs})
     groups = [runs] if args.order == "interleaved" else [[r] for r in runs]
+    held: contextlib.AsyncExitStack | None = None  # the bench lock, while we hold it
+    held_since = 0.0
     try:
         for group in groups:
-            async with bench_lock(args.lock, ", ".join(r.target.name for r in group), progress) as waited:
-                for run in group:
-                    run.info["lock_wait_s"] = waited
-                    await run.start(prompts, args, progress)
-                for i, level in enumerate(args.levels):
-                    for run in group if i % 2 == 0 else group[::-1]:
-                        await run.level(prompts, level, args, progress)
-                for run in group:
-                    await run.stop()
+            if held is None:
+                held = contextlib.AsyncExitStack()
+                waited = await held.enter_async_context(
+                    bench_lock(args.lock, ", ".join(r.target.name for r in group), progress)
+                )
+                held_since = time.perf_counter()
+            else:
+                waited = 0.0  # kept from the previous target
+            for run in group:
+                run.info["lock_wait_s"] = waited
+                await run.start(prompts, args, progress)
+            for i, level in enumerate(args.levels):
+                for run in group if i % 2 == 0 else group[::-1]:
+                    await run.level(prompts, level, args, progress)
+            for run in group:
+                await run.stop()
+            # Keep the lock for the next target only while this hold is young (--lock-keep-s): few
+            # waits in the queue, yet no hold much longer than lock-keep-s plus one target.
+            if time.perf_counter() - held_since >= args.lock_keep_s:
+                await held.aclose()
+                held = None
     finally:
+        if held is not None:
+            await held.aclose()
         for run in runs:  # after an interruption too: never leave a server behind
             if run.server:
                 run.server.stop(grace=10)
@@ -1294,6 +1310,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a lock file (e.g. /work/wt/bench.lock) to flock while measuring: held per target with "
         "--order sequential, for the whole run when interleaved",
+    )
+    parser.add_argument(
+        "--lock-keep-s",
+        type=float,
+        default=0,
+        help="with --lock and sequential order: keep the lock for the next target while it has been held "
+        "less than this many seconds (default 0: release after every target)",
     )
     parser.add_argument(
         "--inprocess",
