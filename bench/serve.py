@@ -1525,6 +1525,9 @@ def main(argv: list[str] | None = None) -> int:
             results["interrupted"] = True
             console.print("[yellow]interrupted: writing the levels measured so far[/]")
         results["targets"] = collected
+    if results.get("interrupted") and not any(info.get("levels") for info in collected.values()):
+        console.print("[yellow]nothing was measured; no results file written[/]")
+        return 130
     results["elapsed_s"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
 
