@@ -1546,7 +1546,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("  " + format_verdict(verdict), markup=False)
     console.print(f"wrote {stamped}, {png} in {results['elapsed_s']:.0f} s; server logs in {args.log_dir}")
     failed = [n for n, info in results["targets"].items() if info.get("failed")]
-    return 1 if failed else 0
+    return 1 if failed else 130 if results.get("interrupted") else 0
 
 
 if __name__ == "__main__":
