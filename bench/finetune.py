@@ -162,7 +162,8 @@ def platform_run(data: Path, held_out: Path, steps: int, workdir: Path, examples
 
 def overhead_pairs(data: Path, steps: int, pairs: int, workdir: Path) -> dict[str, Any]:
     """Alternate a platform job and a plain run ``pairs`` times (same steps), so drifting machine load
-    hits both sides alike; the overhead is taken from the median of each side."""
+    hits both sides alike; which side goes first alternates too. The overhead is taken from the median
+    of each side, and from the median of the per-pair ratios (each pair ran under similar load)."""
     sys.path.insert(0, str(REPO / "tests" / "e2e"))
     os.environ.update({"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET})
     import _platform_fixtures as fixtures
@@ -175,6 +176,8 @@ def overhead_pairs(data: Path, steps: int, pairs: int, workdir: Path) -> dict[st
     try:
         sm = platform.sagemaker()
         for pair in range(pairs):
+            if pair % 2:  # plain first in odd pairs: a trend in the machine's load favours neither side
+                plain.append(run_plain(data, steps)["tokens_per_second"])
             job = fixtures.unique("ab")
             sm.create_training_job(
                 TrainingJobName=job, RoleArn="arn:aws:iam::123456789012:role/bench", HyperParameters=hyperparameters(steps),
@@ -190,16 +193,22 @@ def overhead_pairs(data: Path, steps: int, pairs: int, workdir: Path) -> dict[st
                 for m in sm.describe_training_job(TrainingJobName=job)["FinalMetricDataList"]
             }
             ours.append(metrics["train_tokens_per_second"])
-            plain.append(run_plain(data, steps)["tokens_per_second"])
+            if not pair % 2:
+                plain.append(run_plain(data, steps)["tokens_per_second"])
             print(f"  pair {pair + 1}: platform {ours[-1]:.1f} tokens/s, plain {plain[-1]:.1f} tokens/s", flush=True)
     finally:
         platform.stop()
     overhead = (1 - statistics.median(ours) / statistics.median(plain)) * 100
+    paired = [(1 - o / p) * 100 for o, p in zip(ours, plain)]
+    print(f"overhead: {overhead:+.1f}% (medians); per pair {', '.join(f'{x:+.1f}%' for x in paired)}, "
+          f"median {statistics.median(paired):+.1f}%", flush=True)  # fmt: skip
     return {
         "steps": steps,
         "platform_tokens_per_second": ours,
         "plain_tokens_per_second": plain,
         "overhead_percent": overhead,
+        "paired_overhead_percent": paired,
+        "paired_overhead_median_percent": statistics.median(paired),
     }
 
 

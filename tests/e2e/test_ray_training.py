@@ -10,7 +10,9 @@ where the tuned model deploys (on Ray too) and streams.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -91,6 +93,25 @@ def cloudwatch_log(platform, name: str) -> str:
     return "\n".join(e["message"] for e in events)
 
 
+def thread_niceness(pid: int) -> set[int]:
+    """The niceness of every thread of ``pid`` (Linux keeps it per thread)."""
+    values = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            values.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return values
+
+
+def trainer_pid(name: str) -> int | None:
+    """The trainer process of job ``name`` on its node (every node is on this machine)."""
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"streamhost.training.trainer" in argv and any(a.endswith(f"/{name}".encode()) for a in argv):
+                return int(entry.name)
+    return None
+
+
 def artifact_key(described: dict) -> str:
     uri = described["ModelArtifacts"]["S3ModelArtifacts"]
     assert uri.startswith(f"s3://{BUCKET}/"), uri
@@ -126,6 +147,9 @@ def test_job_runs_on_the_node_with_its_resources_and_its_model_deploys_and_strea
             EndpointName=endpoint, Body=body, ContentType="application/json"
         )
         assert "".join(TokenIterator(response["Body"])).startswith("Paris.")  # the tuned weights answer
+        # The model server runs at the node's priority, not at the Ray worker's niceness 15 (tail latency).
+        pids = [i["pid"] for v in platform.instances(endpoint)["variants"] for i in v["instances"]]
+        assert pids and all(thread_niceness(pid) == {os.nice(0)} for pid in pids), [thread_niceness(p) for p in pids]
     finally:
         sm.delete_endpoint(EndpointName=endpoint)
 
@@ -139,6 +163,8 @@ def test_stop_ends_the_ray_job_and_keeps_the_weights(platform, tiny_llama_dir, t
         status = sm.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
         assert status == "InProgress" and time.monotonic() < deadline, f"{status}:\n{log}"
         time.sleep(0.3)
+    pid = trainer_pid(name)
+    assert pid is not None and thread_niceness(pid) == {os.nice(0)}, "the trainer must not run at Ray's niceness 15"
     sm.stop_training_job(TrainingJobName=name)
     described = wait_done(sm, name)
     assert described["TrainingJobStatus"] == "Stopped" and described["SecondaryStatus"] == "Stopped", described

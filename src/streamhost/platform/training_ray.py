@@ -41,7 +41,7 @@ from streamhost.training.events import EVENTS_FILE
 from .instance_types import UnknownInstanceType, describe_resources, resources_for
 from .instances import INSTANCE_MARKER, spawn_model_server
 from .placement_ray import RayPlacement, alive_nodes, fits, missing_resources
-from .ray_node import fetch_model, node_dir
+from .ray_node import fetch_model, node_dir, node_niceness
 
 log = logging.getLogger("streamhost.training")
 
@@ -148,6 +148,7 @@ class TrainerHost:
         env["OMP_NUM_THREADS"] = str(launch.get("threads", 1))  # Ray's own value follows num_cpus, ours the same
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["STREAMHOST_PLATFORM_PID"] = str(os.getpid())  # the shim checks its parent is this actor
+        env["STREAMHOST_NICENESS"] = str(node_niceness())  # not the Ray worker's 15
         env[INSTANCE_MARKER] = launch.get("owner", "ray")
         return env
 
