@@ -1,8 +1,9 @@
 """Training jobs on a real Ray cluster started by the tests (``make test-cluster``).
 
-Nodes: a head with 1 CPU and one worker with 2 CPUs, each its own ``ray start``. The platform maps
-CPU figures by 0.5 (``--ray-cpu-scale``), so a job on ``ml.m5.xlarge`` (4 CPUs) reserves 2 and
-only the worker can hold it, while ``ml.m5.4xlarge`` (8 after scaling) fits no node. Inputs are
+Nodes: the session's cluster (a head and workers with 1 CPU each, each its own ``ray start``) plus
+a worker with 2 CPUs. The platform maps CPU figures by 0.5 (``--ray-cpu-scale``), so a job on
+``ml.m5.xlarge`` (4 CPUs) reserves 2 and only that worker can hold it, while ``ml.m5.4xlarge``
+(8 after scaling) fits no node. Inputs are
 on the platform's machine (the tiny Llama's folder, a ``file://`` channel): the node downloads
 them from the platform's export route; the output goes to the platform's own S3 store, from
 where the tuned model deploys (on Ray too) and streams.
@@ -33,12 +34,14 @@ LIMITS = {"MAX_TOTAL_TOKENS": "256", "MAX_INPUT_TOKENS": "128"}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    cluster = RayCluster(tmp_path_factory.mktemp("ray-train-logs"))
+def cluster(ray_cluster: RayCluster):
+    """The session's cluster (1-CPU nodes) plus a 2-CPU worker for these tests, killed after them."""
+    node = ray_cluster.add_worker("node_train", 2)
     try:
-        yield cluster.start(head_cpus=1, workers=[2])
+        ray_cluster.wait_nodes(len([n for n in ray_cluster.nodes if n.alive]))
+        yield ray_cluster
     finally:
-        cluster.stop()
+        ray_cluster.kill_node(node)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +131,7 @@ def test_job_runs_on_the_node_with_its_resources_and_its_model_deploys_and_strea
     assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
 
     # It ran on the only node with 2 CPUs, with 2 threads, and said so in its status transitions.
-    worker = next(n for n in cluster.nodes if n.name == "node_w1")
+    worker = next(n for n in cluster.nodes if n.name == "node_train")
     placed = " ".join(t.get("StatusMessage", "") for t in described["SecondaryStatusTransitions"])
     assert worker.node_id in placed and "CPU: 2" in placed and "(2 threads)" in placed, placed
 
