@@ -334,11 +334,14 @@ class TrainingRunner:
                 self._finish(record.name, 0, done, folder)
                 continue
             checkpoint = _last_checkpoint(folder)
-            where = (
-                f" Its last checkpoint ({checkpoint.name}) is in {checkpoint}."
-                if checkpoint
-                else " It had saved no checkpoint."
-            )
+            on_ray = next((e["message"] for e in events if e["type"] == "status"
+                           and str(e.get("message", "")).startswith("Running on Ray node")), None)  # fmt: skip
+            if on_ray:
+                where = f" Its checkpoints, if any, are in its job folder on the Ray node it ran on ({on_ray})."
+            elif checkpoint:
+                where = f" Its last checkpoint ({checkpoint.name}) is in {checkpoint}."
+            else:
+                where = " It had saved no checkpoint."
             reason = (f"The platform restarted while this job was {record.secondary_status}; a job is not resumed after "
                       f"a restart: start a new training job.{where}")  # fmt: skip
             self.advance(record.name, "Failed", reason, status="Failed", failure_reason=reason, ended=now())
