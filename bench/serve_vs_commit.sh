@@ -28,7 +28,8 @@ FILES=()
 for i in $(seq 1 "$REPEATS"); do
   echo "repeat $i/$REPEATS"
   MARK=$(mktemp)
-  OMP_WAIT_POLICY=PASSIVE "${LOCK[@]}" nice -n 5 .venv/bin/python bench/serve.py --launch streamhost \
+  # PYTHONPATH: the launched candidate runs this checkout's src/, not whatever the venv has installed.
+  PYTHONPATH="$PWD/src" OMP_WAIT_POLICY=PASSIVE "${LOCK[@]}" nice -n 5 .venv/bin/python bench/serve.py --launch streamhost \
     --target "ref-$COMMIT=http://127.0.0.1:$PORT,api=openai" \
     --candidate streamhost --baseline "ref-$COMMIT" --concurrency 1,4,16 --requests-per-level 4x --max-new-tokens 64 \
     --omp-wait-policy passive --name "serve-vs-$COMMIT" "$@"

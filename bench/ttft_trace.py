@@ -100,8 +100,35 @@ def report(trace_path: Path, first: int = 16) -> None:
         print(f"no burst of {first} requests within a second traced")
         return
     for i in starts:
-        print(f"== burst at arrival #{i}")
+        print(f"== burst at arrival #{i}: {_burst_summary(rows, every[i : i + first])}")
         _report_burst(rows, every[i : i + first])
+
+
+def _burst_summary(rows: list[dict[str, Any]], arrivals: list[dict[str, Any]]) -> str:
+    """Last first token, steps, their summed process CPU, and scheduling-order inversions against arrival."""
+    t0 = arrivals[0]["t"]
+    arrived = [a["rid"] for a in arrivals]
+    admitted: list[str] = []
+    firsts: dict[str, float] = {}
+    steps: list[dict[str, Any]] = []
+    for i, r in enumerate(rows):
+        if r["kind"] != "schedule" or r["t"] < t0 or not any(p[0] in arrived for p in r["prefill"]):
+            continue
+        end = next((s for s in rows[i + 1 :] if s["kind"] == "step"), None)
+        if end is not None:
+            steps.append(end)
+        for rid, start, _length, completes in r["prefill"]:
+            if rid in arrived and start == 0:
+                admitted.append(rid)
+            if rid in arrived and completes and end is not None:
+                firsts[rid] = end["t"]
+    rank = {rid: n for n, rid in enumerate(arrived)}
+    inversions = sum(
+        1 for a in range(len(admitted)) for b in range(a + 1, len(admitted)) if rank[admitted[a]] > rank[admitted[b]]
+    )
+    last = max(firsts.values(), default=t0) - t0
+    cpu = sum(s.get("cpu", 0.0) for s in steps)
+    return f"last first token {last:.3f} s, {len(steps)} steps, {cpu:.3f} s step CPU, {inversions} order inversions"
 
 
 def _report_burst(rows: list[dict[str, Any]], arrivals: list[dict[str, Any]]) -> None:
