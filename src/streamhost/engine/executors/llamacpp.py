@@ -1,13 +1,18 @@
 """The llama.cpp executor: GGUF models at CPU speed, continuously batched.
 
-One llama context hosts up to ``n_seq_max`` sequences in one unified KV cache of
-``MAX_BATCH_TOTAL_TOKENS`` cells (the budget the scheduler already enforces, so a step never finds
-the cache full). Each engine step becomes one ``llama_batch``: every running sequence's next
-token and any prompt chunks, each token tagged with its sequence id (= the engine's row) and
-position, with logits asked only where a token will be sampled (or where prompt log-probs were
-requested). A sequence's cells are removed (``llama_memory_seq_rm``) when it finishes or is
-aborted. Sampling stays ours (sampling.py on the returned logits), so every sampling parameter
-behaves the same on both executors.
+One llama context hosts up to ``n_seq_max`` sequences (``MAX_BATCH_SIZE``), each in a KV stream of
+its own of ``MAX_TOTAL_TOKENS`` cells: llama.cpp attends over every cell up to the highest one in
+use, so in one shared (unified) pool each token of 16 streams read the cells of all 16 and the
+executor did not scale (16 streams: 14 tok/s). The price is memory: the cells of every stream are
+allocated up front (SmolLM2-135M at the defaults, 32 x 4096 cells: about 2.8 GiB of f16 KV); a
+smaller ``MAX_TOTAL_TOKENS`` or ``MAX_BATCH_SIZE`` shrinks it, and
+``STREAMHOST_LLAMACPP_KV_UNIFIED=1`` goes back to one pool of ``MAX_BATCH_TOTAL_TOKENS`` cells.
+Each engine step becomes one ``llama_batch``: every running sequence's next token and any prompt
+chunks, each token tagged with its sequence id (= the engine's row) and position, with logits
+asked only where a token will be sampled (or where prompt log-probs were requested). A
+sequence's cells are removed (``llama_memory_seq_rm``) when it finishes or is aborted. Sampling
+stays ours (sampling.py on the returned logits), so every sampling parameter behaves the same on
+both executors.
 
 Through ctypes the GIL is released while llama.cpp computes, so the event loop keeps serving.
 """
