@@ -387,7 +387,9 @@ class _CompiledStepContext:
 COMPILED_STEP = _CompiledStepContext()
 
 
-@torch.library.custom_op("streamhost::packed_attention", mutates_args=())
+# cudagraph_unsafe: on a GPU, inductor's graph partitioning keeps this op out of the CUDA graphs
+# (it reads a different plan every step), so "reduce-overhead" captures the pieces between layers.
+@torch.library.custom_op("streamhost::packed_attention", mutates_args=(), tags=(torch._C.Tag.cudagraph_unsafe,))
 def _packed_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
     """Write this layer's keys/values and attend (``[1, H, T, D]`` in, ``[1, T, H, D]`` out); opaque to
     torch.compile, which compiles everything around it."""
