@@ -692,6 +692,13 @@ def main(argv: list[str] | None = None) -> int:
                 agreement[f"{key} x{n}"] = f"{common_prefix(hand_tokens, entry['tokens0'])}/{len(hand_tokens)}"
         results["greedy_agreement"] = agreement
 
+    if results.get("engine_compiled") and results.get("engine"):  # compiled greedy output against eager
+        results["compiled_agreement"] = {
+            f"x{n}": f"{common_prefix(entry['tokens0'], results['engine_compiled']['by_streams'][n]['tokens0'])}"
+            f"/{len(entry['tokens0'])}"
+            for n, entry in results["engine"]["by_streams"].items()
+            if n in results["engine_compiled"]["by_streams"]
+        }
     results["ratios"] = ratios(results, args.stream_counts)
     stamped = write_results(results, "engine")
     series = {}

@@ -20,10 +20,13 @@ Results: bench/results/step-profile-<timestamp>.json and a stacked-bar PNG besid
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--buckets", default=None, help="compiled token buckets (default: the executor's)")
     parser.add_argument("--model", default=None, help="model folder (default: the converted smollm2)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure both in this process (default: each in a fresh one; the thread pools and compile "
+        "workers one leaves behind slow the other)",
+    )
+    parser.add_argument("--only", choices=("eager", "compiled"), help=argparse.SUPPRESS)
+    parser.add_argument("--partial-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.seq_counts = sorted({int(s) for s in args.seqs.split(",") if s.strip()})
     return args
@@ -223,6 +234,32 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def measure_system(system: str, model_dir: Path, prompts: list[list[int]], args: argparse.Namespace) -> dict:
+    """``{"eager": by_seqs}`` or ``{"compiled": by_seqs, "compile": start-up facts}``."""
+    from streamhost.engine.executor import TorchExecutor
+    from streamhost.engine.loader import cache_root
+
+    if system == "eager":
+        return {"eager": measure(TorchExecutor(model_dir, dtype="bf16", compile=False), prompts, args, "eager")}
+    kwargs: dict[str, Any] = {}
+    if args.buckets:
+        kwargs["compile_buckets"] = tuple(int(b) for b in args.buckets.split(","))
+    started = time.perf_counter()
+    compiled = TorchExecutor(model_dir, dtype="bf16", compile=True, compile_cache_dir=cache_root(), **kwargs)
+    assert compiled.compiled is not None
+    report = compiled.compiled.report
+    facts = {
+        "load_and_compile_s": time.perf_counter() - started,
+        "warm_up_s": report.seconds,
+        "source": report.source,
+        "buckets": list(report.buckets),
+        "per_bucket_s": report.per_bucket_s,
+    }
+    by_seqs = measure(compiled, prompts, args, "compiled")
+    facts["recompiles_after_warm_up"] = compiled.compiled.recompiles()
+    return {"compiled": by_seqs, "compile": facts}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the engine's setting (see bench/engine.py)
@@ -231,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import AutoTokenizer
 
-    from streamhost.engine.executor import TorchExecutor
-    from streamhost.engine.loader import cache_root, ensure_default_model
+    from streamhost.engine.loader import ensure_default_model
 
     transformers.logging.set_verbosity_error()
     if args.threads:
@@ -256,26 +292,28 @@ def main(argv: list[str] | None = None) -> int:
             "sampling": "sample_batch wall time (greedy)",
         },
     }
-    eager = TorchExecutor(model_dir, dtype="bf16", compile=False)
-    results["eager"] = measure(eager, prompts, args, "eager")
-    del eager
+    systems = ["eager"] + ([] if args.no_compiled else ["compiled"])
+    if args.only:
+        part = measure_system(args.only, model_dir, prompts, args)
+        Path(args.partial_out).write_text(json.dumps(part))
+        return 0
+    for system in systems:
+        if args.in_process:
+            part = measure_system(system, model_dir, prompts, args)
+        else:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+                out = Path(tmp.name)
+            argv_child = [a for a in (argv if argv is not None else sys.argv[1:])]
+            subprocess.run(
+                [sys.executable, __file__, *argv_child, "--only", system, "--partial-out", str(out)], check=True
+            )
+            part = json.loads(out.read_text())
+            out.unlink()
+            part = {
+                k: ({int(n): e for n, e in v.items()} if k in ("eager", "compiled") else v) for k, v in part.items()
+            }
+        results.update(part)
     if not args.no_compiled:
-        kwargs: dict[str, Any] = {}
-        if args.buckets:
-            kwargs["compile_buckets"] = tuple(int(b) for b in args.buckets.split(","))
-        started = time.perf_counter()
-        compiled = TorchExecutor(model_dir, dtype="bf16", compile=True, compile_cache_dir=cache_root(), **kwargs)
-        assert compiled.compiled is not None
-        report = compiled.compiled.report
-        results["compile"] = {
-            "load_and_compile_s": time.perf_counter() - started,
-            "warm_up_s": report.seconds,
-            "source": report.source,
-            "buckets": list(report.buckets),
-            "per_bucket_s": report.per_bucket_s,
-        }
-        results["compiled"] = measure(compiled, prompts, args, "compiled")
-        results["compile"]["recompiles_after_warm_up"] = compiled.compiled.recompiles()
         results["ratios"] = {
             f"tok/s compiled/eager x{n}": results["compiled"][n]["tok_s"] / results["eager"][n]["tok_s"]
             for n in args.seq_counts

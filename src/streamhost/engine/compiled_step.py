@@ -15,8 +15,9 @@ which compiling does not make faster. Inductor's FX-graph and AOTAutograd caches
 streamhost cache folder, one folder per (model config, dtype, buckets, torch version, device), so a
 restart skips the C++ compile and only re-traces.
 
-Whether it pays is measured by ``bench/engine.py --compile-peers``; the per-device default follows
-from that measurement (``default_compile``) and is documented in docs/architecture.md.
+Whether it pays is measured by ``bench/engine.py --compile-peers`` (tok/s) and
+``bench/step_profile.py`` (where a step's time goes); the per-device default follows from that
+measurement (``default_compile``: off, see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -37,14 +38,16 @@ from streamhost.engine.kv_cache import COMPILED_STEP, StepPlan
 
 log = logging.getLogger(__name__)
 
-BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # decode steps up to the default MAX_BATCH_SIZE (32)
 # Model families whose causal-LM head is exactly ``lm_head(last_hidden_state)`` and whose decoder
 # layers call the attention interface once each, in order (what the opaque attention op relies on).
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 def default_compile(device: torch.device) -> bool:
-    """Compile by default where bench/engine.py --compile-peers measured a gain (see module docstring)."""
+    """Off on every device for now. CPU: bench/engine.py --compile-peers measured compiled/eager
+    1.09 / 0.91 / 1.10 tok/s at 1 / 4 / 16 streams (within the noise of a shared 2-core machine)
+    for minutes of cold compiling at start-up (docs/architecture.md). GPU: not measured yet."""
     return False
 
 
