@@ -4,7 +4,7 @@ The model runs in one dedicated thread whose step reads ``schedule -> forward ->
 outputs``: the scheduler picks the work (scheduler.py), the executor runs one packed forward
 (executor.py), the sampler picks each request's token (sampling.py) and the output processor turns
 the tokens into the client's events and decides which requests are finished (output.py). The event
-loop never blocks on it: prompts are tokenized in a small thread pool, and events cross threads
+loop never blocks on it: long prompts are tokenized in a small thread pool, and events cross threads
 once per step per request batch through ``loop.call_soon_threadsafe``. Cancellation lives in one
 place: when the consumer of ``generate()`` stops iterating (client gone, task cancelled), the
 generator's ``finally`` marks the request aborted and the engine thread frees its row before the
@@ -180,18 +180,18 @@ class Engine:
         }
 
     def tokenize(self, text: str) -> list[int]:
-        """Prompt ids (blocking: long prompts take a while; ``generate`` calls it in a worker thread)."""
+        """Prompt ids (blocking: long prompts take a while; ``prepare`` calls it in a worker thread for those)."""
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     async def prepare(self, prompt: str | Seq[int], params: GenerationParameters, *, stream: bool) -> ValidatedRequest:
-        """Tokenize (in the tokenizer pool, so open streams keep flowing) and validate (TGI's rules).
+        """Tokenize (long prompts in the tokenizer pool, so open streams keep flowing) and validate (TGI's rules).
 
         Raises ValidationError with the limit and what was asked.
         """
-        if isinstance(prompt, str) and prompt:
+        if isinstance(prompt, str) and len(prompt) > self.config.inline_tokenize_chars:
             loop = asyncio.get_running_loop()
             ids = await loop.run_in_executor(self._tokenize_pool, self.tokenize, prompt)
-        else:
+        else:  # a short prompt costs the loop less than the hop to a worker (config.py)
             ids = self._prompt_ids(prompt)
         request = validate_request(ids, params, self.limits, stream=stream)
         if (request.params.num_beams or 1) > 1 and not self.executor.supports_beam_search:
