@@ -46,7 +46,8 @@ SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 def default_compile(device: torch.device) -> bool:
     """Off on every device for now. CPU: bench/engine.py --compile-peers measured compiled/eager
-    1.09 / 0.91 / 1.10 tok/s at 1 / 4 / 16 streams (within the noise of a shared 2-core machine)
+    1.09 / 0.91 / 1.10 tok/s at 1 / 4 / 16 streams and bench/step_profile.py 1.12 / 0.95 / 0.95 per
+    step (within the noise of a shared 2-core machine)
     for minutes of cold compiling at start-up (docs/architecture.md). GPU: not measured yet."""
     return False
 
