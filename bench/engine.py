@@ -9,7 +9,11 @@ makes exactly ``--new-tokens`` tokens):
                          the manager behind ``generate_batch``) with a small paged KV cache;
 * ``engine``          -- ``streamhost.engine.Engine``, N concurrent ``generate()`` streams;
 * ``engine_peer``     -- with ``--peer-src``: the same engine measurement run on another checkout's
-                         ``src/`` (e.g. the previous main), for a before/after in one run.
+                         ``src/`` (e.g. the previous main), for a before/after in one run;
+* ``engine_compiled`` -- with ``--compile-peers``: the engine with its small steps compiled
+                         (``EngineConfig(compile=True)``, engine/compiled_step.py) beside the eager
+                         one (``compile=False``); start-up (compile, or load from the disk cache) is
+                         not timed here but recorded in the result (``compile``).
 
 Each configuration gets a warm-up run, then ``--repeats`` measured runs; the figures are medians.
 Results go to bench/results/engine-<timestamp>.json and the plot beside it (same stem, .png);
@@ -19,6 +23,7 @@ Results go to bench/results/engine-<timestamp>.json and the plot beside it (same
     .venv/bin/python bench/engine.py --quick         # smoke run (streams 1,4; 32 tokens; 1 repeat)
     git archive <rev> src | tar -x -C /tmp/prev       # a previous version's source tree, then:
     .venv/bin/python bench/engine.py --skip-baselines --peer-src /tmp/prev/src --streams 1,16
+    .venv/bin/python bench/engine.py --skip-baselines --compile-peers --streams 1,4,16   # eager vs compiled
 """
 
 from __future__ import annotations
@@ -57,7 +62,13 @@ from check import format_verdict, verdicts
 
 console = Console(width=max(Console().width, 100))  # a table, even when piped
 
-SYSTEM_KEYS = {"hand": "hand_loop", "cb": "transformers_cb", "engine": "engine", "peer": "engine_peer"}
+SYSTEM_KEYS = {
+    "hand": "hand_loop",
+    "cb": "transformers_cb",
+    "engine": "engine",
+    "peer": "engine_peer",
+    "compiled": "engine_compiled",
+}
 
 
 def run_systems_in_subprocesses(
@@ -123,14 +134,16 @@ def measure_one(system: str, model_dir: Path, args, progress) -> dict[str, Any]:
             "cb": "transformers CB",
             "engine": "streamhost engine",
             "peer": "streamhost engine (peer src)",
+            "compiled": "streamhost engine (compiled)",
         }[system],
         total=runs,
     )
     part: dict[str, Any] = {"prompt_lengths": [len(p) for p in prompts]}
-    if system in ("engine", "peer"):
+    if system in ("engine", "peer", "compiled"):
         import streamhost
 
-        part[SYSTEM_KEYS[system]] = bench_engine(model_dir, prompts, args, progress, task)
+        compile_choice = None if system == "peer" or not args.compile_peers else system == "compiled"
+        part[SYSTEM_KEYS[system]] = bench_engine(model_dir, prompts, args, progress, task, compile_choice)
         part[SYSTEM_KEYS[system]]["source"] = str(Path(streamhost.__path__[0]).resolve().parent)
         return part
     model, tokenizer = load_hf_model(model_dir)
@@ -186,6 +199,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="measure the systems this many times in turns (order flipped each round) and pool their runs",
+    )
+    parser.add_argument(
+        "--compile-peers",
+        action="store_true",
+        help="measure the engine eager (compile=False) and compiled (compile=True) side by side",
+    )
+    parser.add_argument(
+        "--compile-buckets", default=None, help="compiled step sizes in tokens, e.g. 1,4,16 (default: the engine's)"
     )
     parser.add_argument("--only", choices=list(SYSTEM_KEYS), help=argparse.SUPPRESS)
     parser.add_argument("--partial-out", default=None, help=argparse.SUPPRESS)
@@ -372,13 +393,24 @@ def engine_available() -> str | None:
     return None
 
 
-def bench_engine(model_dir: Path, prompts: list[list[int]], args, progress, task) -> dict[str, Any]:
-    """Our engine: N concurrent ``generate()`` loops; times are when each token reached the caller."""
+def bench_engine(
+    model_dir: Path, prompts: list[list[int]], args, progress, task, compile_choice: bool | None = None
+) -> dict[str, Any]:
+    """Our engine: N concurrent ``generate()`` loops; times are when each token reached the caller.
+
+    ``compile_choice``: EngineConfig.compile (None leaves the field out, for a peer that predates it)."""
     from streamhost.engine.types import GenerationParameters
 
     Engine, EngineConfig = import_engine()
 
-    engine = Engine.load(str(model_dir), EngineConfig(dtype="bfloat16"))
+    extra: dict[str, Any] = {}
+    if compile_choice is not None:
+        extra["compile"] = compile_choice
+        if compile_choice and args.compile_buckets:
+            extra["compile_buckets"] = tuple(int(b) for b in args.compile_buckets.split(","))
+    load_started = time.perf_counter()
+    engine = Engine.load(str(model_dir), EngineConfig(dtype="bfloat16", **extra))
+    load_s = time.perf_counter() - load_started
 
     async def stream(prompt: list[int], new_tokens: int, start: float) -> StreamRecord:
         params = GenerationParameters(max_new_tokens=new_tokens, ignore_eos=True)
@@ -418,7 +450,19 @@ def bench_engine(model_dir: Path, prompts: list[list[int]], args, progress, task
         return by_streams
 
     by_streams = asyncio.run(main())
-    info: dict[str, Any] = {"api": "Engine.load(path, EngineConfig(dtype='bfloat16')).generate(token_ids, params)"}
+    info: dict[str, Any] = {
+        "api": f"Engine.load(path, EngineConfig(dtype='bfloat16', **{extra})).generate(token_ids, params)",
+        "load_s": load_s,
+    }
+    compiled = getattr(engine.executor, "compiled", None)
+    if compiled is not None:
+        info["compile"] = {
+            "summary": compiled.report.summary(),
+            "warm_up_s": compiled.report.seconds,
+            "source": compiled.report.source,
+            "buckets": list(compiled.report.buckets),
+            "recompiles_after_warm_up": compiled.recompiles(),
+        }
     for attr in ("info", "config", "stats"):
         value = getattr(engine, attr, None)
         try:
@@ -471,6 +515,22 @@ def ratios(results: dict[str, Any], stream_counts: list[int]) -> list[dict[str, 
     if top != 16:
         for row in rows:
             row["note"] = "issue targets are stated for 1 and 16 streams"
+    compiled = results.get("engine_compiled")
+    if compiled:
+        for n in stream_counts:
+            mine, theirs = _get(compiled, n), _get(ours, n)
+            rows.append(
+                {
+                    "name": f"total tok/s: compiled x{n} / eager x{n}",
+                    "value": ratio(mine and mine["total_tok_s"], theirs and theirs["total_tok_s"]),
+                }
+            )
+            rows.append(
+                {
+                    "name": f"TTFT p50: compiled x{n} / eager x{n}",
+                    "value": ratio(mine and mine["ttft_median_s"], theirs and theirs["ttft_median_s"]),
+                }
+            )
     peer = results.get("engine_peer")
     if peer:
         for n in stream_counts:
@@ -514,6 +574,7 @@ def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
         ("transformers_cb", "hf CB"),
         ("engine_peer", "streamhost (peer src)"),
         ("engine", "streamhost"),
+        ("engine_compiled", "streamhost compiled"),
     ):
         if key == "transformers_cb" and results.get("baselines_from"):
             label += " (prev)"
@@ -521,7 +582,7 @@ def print_report(results: dict[str, Any], stream_counts: list[int]) -> None:
             row(label, n, _get(results.get(key), n))
     console.print(table)
     for r in results.get("ratios", []):
-        if "peer" in r["name"] and r["value"] is not None:
+        if ("peer" in r["name"] or "compiled" in r["name"]) and r["value"] is not None:
             console.print(f"  {r['name']}: {r['value']:.3f}")
 
     console.print("goals (bench/check.py):")
@@ -603,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = ([] if args.skip_baselines else ["hand", "cb"]) + ([] if why_no_engine else ["engine"])
         if args.peer_src:
             wanted.insert(len(wanted) - 1 if "engine" in wanted else len(wanted), "peer")  # peer, then ours
+        if args.compile_peers and "engine" in wanted:
+            wanted.append("compiled")
         if args.in_process:
             for system in wanted:
                 results.update(measure_one(system, model_dir, args, progress))
@@ -624,17 +687,25 @@ def main(argv: list[str] | None = None) -> int:
     hand_tokens = results.get("hand_loop", {}).get("tokens0")
     if hand_tokens:
         agreement = {}
-        for key in ("transformers_cb", "engine", "engine_peer"):
+        for key in ("transformers_cb", "engine", "engine_peer", "engine_compiled"):
             for n, entry in (results.get(key) or {}).get("by_streams", {}).items():
                 agreement[f"{key} x{n}"] = f"{common_prefix(hand_tokens, entry['tokens0'])}/{len(hand_tokens)}"
         results["greedy_agreement"] = agreement
 
+    if results.get("engine_compiled") and results.get("engine"):  # compiled greedy output against eager
+        results["compiled_agreement"] = {
+            f"x{n}": f"{common_prefix(entry['tokens0'], results['engine_compiled']['by_streams'][n]['tokens0'])}"
+            f"/{len(entry['tokens0'])}"
+            for n, entry in results["engine"]["by_streams"].items()
+            if n in results["engine_compiled"]["by_streams"]
+        }
     results["ratios"] = ratios(results, args.stream_counts)
     stamped = write_results(results, "engine")
     series = {}
     for key, label in (
         ("engine", "streamhost engine"),
         ("engine_peer", "streamhost engine (peer src)"),
+        ("engine_compiled", "streamhost engine (compiled)"),
         ("transformers_cb", "transformers CB"),
     ):
         if results.get(key):

@@ -14,6 +14,9 @@ import pytest
 # Tests never reach a hub: the machine has no network beyond package registries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Model servers started by tests run eagerly (compiling costs minutes); test_compiled_step.py
+# covers the compiled path.
+os.environ.setdefault("STREAMHOST_COMPILE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,8 @@ class EngineConfig:
     model_id: str | None = None  # the name reported by /info (defaults to the reference given to load)
     tensor_parallel_degree: int | None = None  # asked for; this executor runs on one device and says so
     batch_invariant: bool = False  # attention groups rows by length bucket only (kv_cache.py)
+    compile: bool | None = None  # torch.compile small steps (compiled_step.py); None: the device's default
+    compile_buckets: tuple[int, ...] | None = None  # step sizes (tokens) compiled; None: compiled_step.BUCKETS
     tokenizer_workers: int = 2  # threads that tokenize prompts off the event loop
     # Longer prompts go to those threads; shorter ones (<~1k tokens, ~1 ms) are tokenized inline,
     # in arrival order: the hop to a worker and back made a burst's requests reach the scheduler

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from streamhost.engine.compiled_step import BUCKETS, CompiledStep, cache_key, default_compile, unsupported_reason
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class TorchExecutor:
         max_rows: int = 1024,
         max_positions: int | None = None,
         batch_invariant: bool = False,
+        compile: bool | None = None,
+        compile_cache_dir: Path | None = None,
+        compile_buckets: tuple[int, ...] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = pick_device(device)
@@ -95,6 +99,32 @@ class TorchExecutor:
         self.max_positions = max_positions or self.model_max_positions() or 4096
         self.store = KVStore(max_rows=max_rows, max_positions=self.max_positions)
         self.batch_invariant = batch_invariant  # kv_cache.py: group decode rows by length bucket only
+        self.compiled: CompiledStep | None = None
+        if default_compile(self.device) if compile is None else compile:
+            self._compile(compile_cache_dir, tuple(compile_buckets or BUCKETS))
+
+    def _compile(self, cache_root: Path | None, buckets: tuple[int, ...]) -> None:
+        """Compile the small-step forward for every bucket now (minutes cold, seconds from the cache)."""
+        why_not = unsupported_reason(self.model)
+        if why_not:
+            log.warning("not compiling the packed step: %s; running eagerly", why_not)
+            return
+        folder = None
+        if cache_root is not None:
+            key = cache_key(self.config.to_dict(), self.dtype, buckets, self.device)
+            folder = Path(cache_root) / "compile" / key
+        log.info("compiling the packed step for token buckets %s (cache %s)", list(buckets), folder or "off")
+        self.compiled = CompiledStep(self.model, self.device, folder, buckets)
+        self.compiled.warm_up(self._warm_up_bucket)
+        self.store.reset()
+
+    def _warm_up_bucket(self, size: int) -> None:
+        """One throwaway step of ``size`` tokens on a fresh row, so its bucket's graph exists."""
+        row = self.alloc_row()
+        try:
+            self.forward([Segment(row, [0] * size, 0, "last")])
+        finally:
+            self.free_row(row)
 
     def configure(self, limits, prefill_chunk: int) -> None:
         """Nothing to size up front: the KV store grows on demand (see KVStore.reserve)."""
@@ -131,7 +161,6 @@ class TorchExecutor:
         )
         self.store.reserve(need_rows, need_positions)
         plan = StepPlan.build(self.store, segments, self.dtype, self.device, invariant=self.batch_invariant)
-        ids = torch.tensor([[t for s in segments for t in s.ids]], dtype=torch.long, device=self.device)
         keep: list[int] = []
         spans: list[tuple[int, int]] = []
         q = 0
@@ -144,24 +173,19 @@ class TorchExecutor:
                 keep.append(q + n - 1)
             spans.append((first, len(keep)))
             q += n
+        flat_ids = [t for s in segments for t in s.ids]
+        bucket = self.compiled.bucket_for(q) if self.compiled is not None else None
+        if self.compiled is not None and bucket is not None:
+            return _split_logits(segments, spans, self.compiled.run(plan, flat_ids, keep, bucket))
         out = self.model(
-            input_ids=ids,
+            input_ids=torch.tensor([flat_ids], dtype=torch.long, device=self.device),
             position_ids=plan.token_positions[None, :],
             cache=PackedStepCache(plan, self.num_layers),
             use_cache=True,
             logits_to_keep=torch.tensor(keep, device=self.device) if keep else 1,
             streamhost_plan=plan,
         )
-        logits = out.logits[0]
-        results: list[torch.Tensor | None] = []
-        for s, (a, b) in zip(segments, spans):
-            if s.logits == "all":
-                results.append(logits[a:b])
-            elif s.logits == "last":
-                results.append(logits[a])
-            else:
-                results.append(None)
-        return results
+        return _split_logits(segments, spans, out.logits[0])
 
     # -- KV rows ---------------------------------------------------------------------------------
     def alloc_row(self) -> int:
@@ -182,6 +206,21 @@ class TorchExecutor:
         """With no live rows: drop the KV buffers if they hold more than ``keep_bytes``."""
         if self.store.live_rows == 0 and self.store.nbytes() > keep_bytes:
             self.store.reset()
+
+
+def _split_logits(
+    segments: list[Segment], spans: list[tuple[int, int]], logits: torch.Tensor | None
+) -> list[torch.Tensor | None]:
+    """Each segment's share of the kept logits: ``[n, V]`` (all), ``[V]`` (last) or None."""
+    results: list[torch.Tensor | None] = []
+    for s, (a, b) in zip(segments, spans):
+        if s.logits == "all" and logits is not None:
+            results.append(logits[a:b])
+        elif s.logits == "last" and logits is not None:
+            results.append(logits[a])
+        else:
+            results.append(None)
+    return results
 
 
 def _round_up_bucket(n: int) -> int:

@@ -238,6 +238,16 @@ class StepPlan:
         return cls(store, torch.tensor(rows, device=device), torch.tensor(positions, device=device), parts)
 
 
+def write_step_keys(plan: StepPlan, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+    """Store this step's keys/values ``[1, KV, T, D]`` in their rows (tokens past the plan's are padding)."""
+    keys, values = plan.store.layer(layer, key_states)
+    kv_heads, capacity, dim = keys.shape[1], keys.shape[2], keys.shape[3]
+    slots = plan.flat_slots(kv_heads, capacity)
+    n = plan.token_rows.shape[0]
+    keys.view(-1, dim).index_copy_(0, slots, key_states[0, :, :n].transpose(0, 1).reshape(-1, dim))
+    values.view(-1, dim).index_copy_(0, slots, value_states[0, :, :n].transpose(0, 1).reshape(-1, dim))
+
+
 class _PackedLayer(CacheLayerMixin):
     """Writes this step's new keys/values into their rows; attention then reads the rows."""
 
@@ -252,11 +262,7 @@ class _PackedLayer(CacheLayerMixin):
         pass
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        keys, values = self.plan.store.layer(self.index, key_states)
-        kv_heads, capacity, dim = keys.shape[1], keys.shape[2], keys.shape[3]
-        slots = self.plan.flat_slots(kv_heads, capacity)
-        keys.view(-1, dim).index_copy_(0, slots, key_states[0].transpose(0, 1).reshape(-1, dim))
-        values.view(-1, dim).index_copy_(0, slots, value_states[0].transpose(0, 1).reshape(-1, dim))
+        write_step_keys(self.plan, self.index, key_states, value_states)
         self.plan.last_layer = self.index
         return key_states, value_states
 
@@ -280,14 +286,27 @@ class PackedStepCache(Cache):
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention for a packed step (see module docstring); plain SDPA when no plan is given."""
     plan: StepPlan | None = kwargs.pop("streamhost_plan", None)
+    if kwargs.pop("streamhost_compiled", False):  # traced by torch.compile: the plan stays outside the graph
+        scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+        return torch.ops.streamhost.packed_attention(query, key, value, scale), None
     if plan is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     layer = getattr(module, "layer_idx", plan.last_layer)
+    return attend(plan, layer, query, scaling), None
+
+
+def attend(plan: StepPlan, layer: int, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
+    """``query [1, H, T, D]`` of this step's tokens against their rows of ``layer``; returns ``[1, T, H, D]``.
+
+    Rows past the plan's tokens (a compiled step's padding, see compiled_step.py) come back zero."""
     keys, values = plan.store.keys[layer], plan.store.values[layer]
+    assert keys is not None and values is not None, "the step's keys are written before attention"
     gqa = query.shape[1] != keys.shape[1]
-    out = query.new_empty((query.shape[0], query.shape[2], query.shape[1], query.shape[3]))  # [1, T, H, D]
+    shape = (query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # [1, T, H, D]
+    padded = query.shape[2] > plan.token_rows.shape[0]
+    out = query.new_zeros(shape) if padded else query.new_empty(shape)
     for part in plan.parts:
         if isinstance(part, _DecodeRun):
             q = query[0, :, part.q0 : part.q1].transpose(0, 1)  # [n, H, D]
@@ -314,7 +333,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
                 enable_gqa=gqa,
             )
             out[0, part.q0 : part.q1] = o[0].transpose(0, 1)
-    return out, None
+    return out
 
 
 def _decode_attention_bmm(
@@ -344,3 +363,45 @@ def register_attention() -> str:
     """
     AttentionInterface.register(ATTENTION_NAME, packed_attention)
     return ATTENTION_NAME
+
+
+class _CompiledStepContext:
+    """The plan of the compiled step now running (engine thread only) and the next layer to attend.
+
+    A compiled graph cannot carry the plan (a Python object that changes every step), so, as vLLM's
+    forward context does, the step sets it here and the opaque attention op below reads it; the op
+    runs once per decoder layer, in order, which is how it knows its layer without a constant that
+    would specialise (and recompile) the graph per layer."""
+
+    def __init__(self) -> None:
+        self.plan: StepPlan | None = None
+        self.layer = 0
+
+    def begin(self, plan: StepPlan) -> None:
+        self.plan, self.layer = plan, 0
+
+    def end(self) -> None:
+        self.plan = None
+
+
+COMPILED_STEP = _CompiledStepContext()
+
+
+# cudagraph_unsafe: on a GPU, inductor's graph partitioning keeps this op out of the CUDA graphs
+# (it reads a different plan every step), so "reduce-overhead" captures the pieces between layers.
+@torch.library.custom_op("streamhost::packed_attention", mutates_args=(), tags=(torch._C.Tag.cudagraph_unsafe,))
+def _packed_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Write this layer's keys/values and attend (``[1, H, T, D]`` in, ``[1, T, H, D]`` out); opaque to
+    torch.compile, which compiles everything around it."""
+    plan = COMPILED_STEP.plan
+    if plan is None:
+        raise RuntimeError("streamhost::packed_attention called outside a compiled step")
+    layer = COMPILED_STEP.layer
+    COMPILED_STEP.layer += 1
+    write_step_keys(plan, layer, key, value)
+    return attend(plan, layer, query, scaling)
+
+
+@_packed_attention_op.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
+    return query.new_empty((query.shape[0], query.shape[2], query.shape[1], query.shape[3]))

@@ -12,7 +12,9 @@ setting fails at once with a message naming the setting and the value (never mid
   quantized once, cached), ``--executor`` / ``STREAMHOST_EXECUTOR`` (torch | llamacpp),
   ``option.tensor_parallel_degree`` > ``OPTION_TENSOR_PARALLEL_DEGREE`` > ``SM_NUM_GPUS`` >
   ``NUM_SHARD``, ``HF_TOKEN`` / ``HUGGING_FACE_HUB_TOKEN`` (for hub downloads, never logged),
-  ``STREAMHOST_CACHE`` (converted models), ``STREAMHOST_BATCH_INVARIANT``;
+  ``STREAMHOST_CACHE`` (converted models), ``STREAMHOST_BATCH_INVARIANT``, ``--compile`` /
+  ``--no-compile`` > ``STREAMHOST_COMPILE`` (torch.compile of small steps; default per device,
+  ``engine/compiled_step.py``);
 - dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
 - the limits: TGI's names (``MAX_TOTAL_TOKENS``, ...) > ``serving.properties`` > ``OPTION_*``
   variables > LMI's plain names > defaults shaped by the model's context length. Within LMI the
@@ -113,6 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch | llamacpp | auto (env STREAMHOST_EXECUTOR; default: llamacpp for GGUF models on CPU)",
     )
     parser.add_argument("--trust-remote-code", action="store_true", default=None, help="env HF_MODEL_TRUST_REMOTE_CODE")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the small (decode) steps, cached on disk (env STREAMHOST_COMPILE; default per device)",
+    )
     parser.add_argument(
         "--drain-timeout",
         type=float,
@@ -265,6 +273,9 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         raise SettingsError(str(exc)) from None
     revision = _flag(args, "revision") or env.get("HF_MODEL_REVISION") or None
     batch_invariant = _env_bool(env, "STREAMHOST_BATCH_INVARIANT")
+    compile_step = _flag(args, "compile")
+    if compile_step is None:
+        compile_step = _env_bool(env, "STREAMHOST_COMPILE")
     cache = env.get("STREAMHOST_CACHE") or None
     engine = EngineConfig(
         dtype=dtype,
@@ -274,6 +285,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         model_id=model_id,
         tensor_parallel_degree=options.tensor_parallel_degree,
         batch_invariant=bool(batch_invariant),
+        compile=compile_step,
         hub_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
         cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
         executor=executor,

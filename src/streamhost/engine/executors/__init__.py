@@ -139,7 +139,7 @@ def gguf_tokenizer(gguf_path: Path, cache: Path | None = None):
 
 def load_executor(model: str, config: EngineConfig) -> Executor:
     """Resolve ``model`` and load it on the executor ``choose_executor`` picks."""
-    from streamhost.engine.loader import resolve_model
+    from streamhost.engine.loader import cache_root, resolve_model
 
     kind = choose_executor(model, config)
     if kind == "torch":
@@ -154,6 +154,9 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
             device=config.device,
             trust_remote_code=config.trust_remote_code,
             batch_invariant=config.batch_invariant,
+            compile=config.compile,
+            compile_cache_dir=cache_root(config.cache_dir),
+            compile_buckets=config.compile_buckets,
         )
 
     from transformers import AutoTokenizer
