@@ -98,6 +98,11 @@ class _EngineCollector(Collector):
             "requests inside the engine",
             value=getattr(engine, "in_flight", 0) if engine is not None else 0,
         )
+        yield GaugeMetricFamily(
+            "streamhost_kv_rows",
+            "KV-cache rows the engine core holds (0 once every finished or aborted request is freed)",
+            value=getattr(stats, "live_rows", 0),
+        )
         yield CounterMetricFamily(
             "streamhost_prompt_tokens", "prompt tokens prefilled", value=getattr(stats, "prompt_tokens", 0)
         )
