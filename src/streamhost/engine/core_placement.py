@@ -1,7 +1,7 @@
 """Which CPUs the engine core runs on and which the front end keeps.
 
 ``--engine-cores`` / ``STREAMHOST_ENGINE_CORES`` take a count (``1``: the last core of the ones
-this process may use) or a CPU list (``0-1``, ``0,2-3``). Without one the default comes from the
+this process may use) or a CPU list (``0-1``, ``0,2-3``; one CPU as a list: ``3-3``). Without one the default comes from the
 CPU count: see :data:`FRONTEND_RESERVED_CPUS` for the measurement behind it. The front end is
 pinned to the cores the engine does not take; when the engine takes them all, the front end
 shares them (it is mostly idle between steps).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ class CoreSpec:
 def main(spec: CoreSpec) -> None:
     """Run the core described by ``spec`` until told to stop."""
     parent = os.getppid()
+    # The server decides when its core stops: a Ctrl+C or a SIGTERM sent to the whole process group
+    # starts the server's drain, which needs the core until the last stream has ended.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if spec.cpus:
         os.sched_setaffinity(0, spec.cpus)
     threads = len(spec.cpus) or len(os.sched_getaffinity(0))
@@ -67,7 +72,7 @@ def main(spec: CoreSpec) -> None:
         core = EngineCore(executor, spec.config)
         info = core.info()
     except Exception as exc:  # reported to the front end, which fails the load with it
-        log.exception("the engine core could not load %s", spec.model)
+        log.debug("the engine core could not load %s", spec.model, exc_info=True)
         send("error", f"{type(exc).__name__}: {exc}")
         outbound.close(linger=2000)
         sys.exit(1)
@@ -76,8 +81,13 @@ def main(spec: CoreSpec) -> None:
     loop = CoreLoop(core, lambda out: send("out", out))
     threading.Thread(target=_receive, args=(inbound, loop, parent), name="streamhost-core-in", daemon=True).start()
     loop.run()
-    outbound.close(linger=1000)
     log.debug("engine core stopped")
+    outbound.close(linger=1000)  # what is still queued goes out first
+    inbound.close(linger=0)
+    context.term()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the interpreter's teardown of torch and the model (seconds, nothing to save)
 
 
 def _receive(inbound: Any, loop: Any, parent: int) -> None:

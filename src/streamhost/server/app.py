@@ -44,7 +44,7 @@ EngineLoader = Callable[[ServerSettings], Any]
 # After the engine core dies: up to this long for the failed requests to send their error events,
 # then this long answering /ping 503 (a health checker sees why) before the process exits.
 CORE_EXIT_GRACE_S = 5.0
-CORE_EXIT_LINGER_S = 1.0
+CORE_EXIT_LINGER_S = 3.0
 
 
 def load_engine(settings: ServerSettings) -> Any:
