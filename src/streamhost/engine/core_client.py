@@ -104,11 +104,12 @@ class ProcessCore:
         self._closing = False
         self._exited = threading.Event()
         self._receiver: threading.Thread | None = None
-        spec = CoreSpec(model, config, input_address, output_address, placement.engine_cpus, log_level)
+        threads = core_threads(placement, os.environ.get("OMP_NUM_THREADS"))
+        spec = CoreSpec(model, config, input_address, output_address, placement.engine_cpus, threads, log_level)
         # A fresh interpreter (not a fork: the server's torch and tokenizer threads would be copied in
         # an undefined state; not multiprocessing's spawn: it re-runs the parent's __main__), with
         # the OpenMP pool sized to its cores in its environment before torch loads.
-        env = {**os.environ, "OMP_NUM_THREADS": str(len(placement.engine_cpus))}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamhost.engine.core_proc"], stdin=subprocess.PIPE, env=env
         )
@@ -122,7 +123,9 @@ class ProcessCore:
             self._kill()
             self._cleanup()
             raise
-        log.info("engine core process %d: %s", self.process.pid, placement.describe())
+        log.info(
+            "engine core process %d: %s, %s torch threads", self.process.pid, placement.describe(), self.info.threads
+        )
         if placement.frontend_cpus is not None:
             pin_this_process(placement.frontend_cpus)
 
@@ -218,6 +221,15 @@ class ProcessCore:
             self._receiver.join(2)  # it closes its own socket (a ZeroMQ socket belongs to one thread)
         os.close(self._pidfd)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def core_threads(placement: CorePlacement, omp_num_threads: str | None) -> int:
+    """One torch thread per core of the engine, or fewer when OMP_NUM_THREADS says so (the platform
+    sets it for instances that share a machine)."""
+    threads = placement.threads
+    if omp_num_threads and omp_num_threads.strip().isdigit() and int(omp_num_threads) > 0:
+        threads = min(threads, int(omp_num_threads))
+    return threads
 
 
 def _exit_text(code: int | None) -> str:

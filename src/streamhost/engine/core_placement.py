@@ -31,7 +31,7 @@ class CorePlacement:
 
     def describe(self) -> str:
         front = "shared" if self.frontend_cpus is None else format_cpus(self.frontend_cpus)
-        return f"engine core on CPUs {format_cpus(self.engine_cpus)} ({self.threads} threads), front end {front}"
+        return f"engine core on CPUs {format_cpus(self.engine_cpus)}, front end {front}"
 
 
 def parse_cpus(text: str) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ class CoreSpec:
     input_address: str
     output_address: str
     cpus: tuple[int, ...]
+    threads: int
     log_level: str = "INFO"
 
 
@@ -46,7 +47,7 @@ def main(spec: CoreSpec) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if spec.cpus:
         os.sched_setaffinity(0, spec.cpus)
-    threads = len(spec.cpus) or len(os.sched_getaffinity(0))
+    threads = spec.threads
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch loads (the parent sets it too)
     _configure_logging(spec.log_level)
 
