@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from streamhost.engine import Engine, EngineConfig, GenerationParameters
+from streamhost.engine.errors import GenerationError
 from streamhost.engine.types import FinishReason
 
 REQUESTS = [
@@ -23,7 +26,7 @@ REQUESTS = [
 
 def answers(model: Path, *, engine_process: bool, stop: str | None = None) -> tuple[list, dict]:
     async def main():
-        engine = Engine.load(str(model), EngineConfig(dtype="fp32", engine_process=engine_process))
+        engine = Engine.load(str(model), EngineConfig(dtype="fp32", engine_process=engine_process, prefill_chunk=16))
         await engine.start()
         try:
             results = []
@@ -41,11 +44,32 @@ def answers(model: Path, *, engine_process: bool, stop: str | None = None) -> tu
                     break
                 await asyncio.sleep(0.02)
             results.append((events[-1].generated_text, events[-1].details.finish_reason, cut))
-            return results, {"live_rows": engine.stats.live_rows, "info": engine.info()["engine_core"]}
+            state = {"live_rows": engine.stats.live_rows, "info": engine.info()["engine_core"]}
+            state["aborted_in_prefill"] = await abort_during_prefill(engine)
+            return results, state
         finally:
             await engine.stop()
 
     return asyncio.run(main())
+
+
+async def abort_during_prefill(engine: Engine) -> tuple[int, int]:
+    """A 600-token prompt prefilled 16 tokens a step, aborted by id once it is in: (aborted, KV rows)."""
+    long_prompt = " ".join(["token"] * 600)
+    task = asyncio.create_task(
+        asyncio.wait_for(engine.generate_full(long_prompt, GenerationParameters(max_new_tokens=5)), 60)
+    )
+    while not engine._by_id:
+        await asyncio.sleep(0.001)
+    (request_id,) = list(engine._by_id)
+    assert engine.abort(request_id)
+    with pytest.raises(GenerationError, match="aborted"):
+        await task
+    for _ in range(300):
+        if engine.stats.aborted and engine.stats.live_rows == 0:
+            break
+        await asyncio.sleep(0.01)
+    return engine.stats.aborted, engine.stats.live_rows
 
 
 def test_a_core_process_answers_as_the_core_thread(tiny_llama_dir):
@@ -57,3 +81,4 @@ def test_a_core_process_answers_as_the_core_thread(tiny_llama_dir):
     assert process_state["live_rows"] == 0, "the stop string freed the row in the core"
     assert process_state["info"]["process"] and process_state["info"]["pid"]
     assert not thread_state["info"]["process"]
+    assert process_state["aborted_in_prefill"] == thread_state["aborted_in_prefill"] == (1, 0)
