@@ -7,7 +7,7 @@ their own: the engine moves both onto the event loop).
 The channel to the process is a pair of ZeroMQ PUSH/PULL sockets on ``ipc://`` paths carrying
 pickled messages, as vLLM v1's EngineCoreClient does (msgpack there). Measured with
 ``bench/core_channel.py`` on this machine (a 16-stream step's output, ~1 KB pickled): see
-docs/architecture.md, "The engine-core channel".
+docs/architecture.md ("The channel"): about 40 us per round trip, under 0.2% of a decode step.
 """
 
 from __future__ import annotations
