@@ -110,6 +110,10 @@ class ProcessCore:
         # an undefined state; not multiprocessing's spawn: it re-runs the parent's __main__), with
         # the OpenMP pool sized to its cores in its environment before torch loads.
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        # Spinning OpenMP threads collapsed single-stream decode (1.2 vs 12.8 tok/s) on this
+        # 2-core machine shared with other processes (docs/architecture.md, "Engine core
+        # placement"): PASSIVE unless the operator asks for ACTIVE on a machine of its own.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamhost.engine.core_proc"], stdin=subprocess.PIPE, env=env
         )

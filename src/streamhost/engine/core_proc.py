@@ -2,11 +2,10 @@
 
 Started as ``python -m streamhost.engine.core_proc`` with its spec pickled on stdin (a fork would
 copy the server's torch and tokenizer threads in an undefined state). Before torch is imported it
-pins itself to its cores and sizes the OpenMP pool to them; ``OMP_WAIT_POLICY`` is left as the operator set it (unset: OpenMP spins a while
-between parallel regions, which this process can afford as it no longer shares a GIL with the
-event loop). It speaks to the front end over two ZeroMQ PUSH/PULL sockets on ``ipc://`` paths, one
-pickled message per step each way (engine/core_client.py measures why). It exits when told to,
-and on its own when the server process that started it is gone.
+pins itself to its cores and sizes the OpenMP pool to them; ``OMP_WAIT_POLICY`` comes from the
+server's environment, PASSIVE unless set (engine/core_client.py says why). It speaks to the front
+end over two ZeroMQ PUSH/PULL sockets on ``ipc://`` paths, one pickled message per step each way.
+It exits when told to, and on its own when the server process that started it is gone.
 """
 
 from __future__ import annotations
