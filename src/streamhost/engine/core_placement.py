@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 # Cores kept for the front end (HTTP, tokenizing, detokenizing) by default, by how many the server
 # may use; the engine core gets the rest. vLLM's CPU backend reserves one. On this 2-core machine
-# the core on both cores (front end sharing) made 1.41x main's 16-stream tok/s, the core on one
-# core (front end on the other) 0.97x (docs/architecture.md, "Engine core placement").
+# the core on both cores (front end sharing, OpenMP PASSIVE) made 1.50x main's 1-stream and 1.08x
+# its 16-stream tok/s; one core each for core and front end made 0.87x that at 16 streams
+# (docs/architecture.md, "Engine core placement").
 FRONTEND_RESERVED_CPUS = {1: 0, 2: 0}
 LARGE_MACHINE_RESERVED = 1  # 3 or more cores: one for the front end, as vLLM's CPU backend does
 
