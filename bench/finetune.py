@@ -76,14 +76,23 @@ def plain_trainer(data: Path, steps: int, out: Path) -> dict[str, Any]:
     total = plan_steps(hp, len(train_rows))
     trainer = Trainer(model=model, args=training_arguments(hp, out, total, bool(eval_rows)), train_dataset=train_rows,
                       eval_dataset=eval_rows, data_collator=collate(tokenizer.pad_token_id))  # fmt: skip
-    started = time.monotonic()
+    import resource
+
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    started, cpu_started = time.monotonic(), cpu_seconds()
     trainer.train()
     seconds = time.monotonic() - started
+    cpu = cpu_seconds() - cpu_started
     tokens = int(trainer.state.num_input_tokens_seen)
     return {
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_second": tokens / seconds,
+        "cpu_seconds": cpu,
+        "tokens_per_cpu_second": tokens / cpu,
         "steps": trainer.state.global_step,
     }
 
@@ -162,7 +171,8 @@ def platform_run(data: Path, held_out: Path, steps: int, workdir: Path, examples
 
 def overhead_pairs(data: Path, steps: int, pairs: int, workdir: Path) -> dict[str, Any]:
     """Alternate a platform job and a plain run ``pairs`` times (same steps), so drifting machine load
-    hits both sides alike; the overhead is taken from the median of each side."""
+    hits both sides alike; which side goes first alternates too. The overhead is taken from the median
+    of each side, and from the median of the per-pair ratios (each pair ran under similar load)."""
     sys.path.insert(0, str(REPO / "tests" / "e2e"))
     os.environ.update({"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET})
     import _platform_fixtures as fixtures
@@ -172,9 +182,15 @@ def overhead_pairs(data: Path, steps: int, pairs: int, workdir: Path) -> dict[st
                                         env={"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}).start()  # fmt: skip
     ours: list[float] = []
     plain: list[float] = []
+    ours_cpu: list[float] = []  # tokens per CPU second: what each side costs, whatever else ran meanwhile
+    plain_cpu: list[float] = []
     try:
         sm = platform.sagemaker()
         for pair in range(pairs):
+            if pair % 2:  # plain first in odd pairs: a trend in the machine's load favours neither side
+                peer = run_plain(data, steps)
+                plain.append(peer["tokens_per_second"])
+                plain_cpu.append(peer["tokens_per_cpu_second"])
             job = fixtures.unique("ab")
             sm.create_training_job(
                 TrainingJobName=job, RoleArn="arn:aws:iam::123456789012:role/bench", HyperParameters=hyperparameters(steps),
@@ -190,16 +206,30 @@ def overhead_pairs(data: Path, steps: int, pairs: int, workdir: Path) -> dict[st
                 for m in sm.describe_training_job(TrainingJobName=job)["FinalMetricDataList"]
             }
             ours.append(metrics["train_tokens_per_second"])
-            plain.append(run_plain(data, steps)["tokens_per_second"])
-            print(f"  pair {pair + 1}: platform {ours[-1]:.1f} tokens/s, plain {plain[-1]:.1f} tokens/s", flush=True)
+            ours_cpu.append(metrics["tokens"] / metrics["train_cpu_seconds"])
+            if not pair % 2:
+                peer = run_plain(data, steps)
+                plain.append(peer["tokens_per_second"])
+                plain_cpu.append(peer["tokens_per_cpu_second"])
+            print(f"  pair {pair + 1}: platform {ours[-1]:.1f} tokens/s ({ours_cpu[-1]:.1f} per CPU s), "
+                  f"plain {plain[-1]:.1f} tokens/s ({plain_cpu[-1]:.1f} per CPU s)", flush=True)  # fmt: skip
     finally:
         platform.stop()
     overhead = (1 - statistics.median(ours) / statistics.median(plain)) * 100
+    paired = [(1 - o / p) * 100 for o, p in zip(ours, plain)]
+    cpu_overhead = (1 - statistics.median(ours_cpu) / statistics.median(plain_cpu)) * 100
+    print(f"overhead: {overhead:+.1f}% (medians); per pair {', '.join(f'{x:+.1f}%' for x in paired)}, "
+          f"median {statistics.median(paired):+.1f}%; per CPU second: {cpu_overhead:+.1f}%", flush=True)  # fmt: skip
     return {
         "steps": steps,
         "platform_tokens_per_second": ours,
         "plain_tokens_per_second": plain,
         "overhead_percent": overhead,
+        "paired_overhead_percent": paired,
+        "paired_overhead_median_percent": statistics.median(paired),
+        "platform_tokens_per_cpu_second": ours_cpu,
+        "plain_tokens_per_cpu_second": plain_cpu,
+        "cpu_overhead_percent": cpu_overhead,
     }
 
 

@@ -150,6 +150,37 @@ async def load(platforms: list[Platform], texts: list[str], args: argparse.Names
             r["total_tok_s"] / l_["total_tok_s"] - 1 for l_, r in zip(local["runs"], ray["runs"])
         ),
     }
+    out["spread"] = spread(local, ray, ttfts)
+    return out
+
+
+def spread(local: dict[str, Any], ray: dict[str, Any], ttfts: dict[str, list[float]]) -> dict[str, Any]:
+    """How far the figures move between back-to-back repeats, and how sure the pooled p99 change is.
+
+    Per repeat, the two placements ran one after the other under nearly the same machine load, so
+    the per-repeat ratios show the noise floor; the pooled p99 is ~the 2nd-worst of all TTFTs, so a
+    bootstrap over the samples gives the range it could have landed in.
+    """
+    import random
+
+    def ratios(key: str) -> list[float]:
+        return [r[key] / l_[key] - 1 for l_, r in zip(local["runs"], ray["runs"])]
+
+    def p99(samples: list[float]) -> float:
+        ordered = sorted(samples)
+        return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+    rng = random.Random(0)
+    boot = sorted(
+        p99(rng.choices(ttfts["ray"], k=len(ttfts["ray"]))) / p99(rng.choices(ttfts["local"], k=len(ttfts["local"])))
+        - 1
+        for _ in range(2000)
+    )
+    out: dict[str, Any] = {}
+    for key in ("total_tok_s", "ttft_median_s", "ttft_max_s"):
+        values = ratios(key)
+        out[f"{key}_paired_change"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    out["ttft_p99_change_bootstrap_90"] = [boot[len(boot) // 20], boot[-len(boot) // 20]]
     return out
 
 
@@ -283,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     stamped = write_results(result, "ray_placement")
     plot(plot_path(stamped), result)
     change = measured["ray_vs_local"]
+    noise = measured["spread"]
+    for key, label in (("total_tok_s", "tok/s"), ("ttft_median_s", "TTFT p50"), ("ttft_max_s", "TTFT worst stream")):
+        paired = noise[f"{key}_paired_change"]
+        print(f"per repeat, ray vs local {label}: median {paired['median']:+.1%} (range {paired['min']:+.1%} .. "
+              f"{paired['max']:+.1%})")  # fmt: skip
+    low, high = noise["ttft_p99_change_bootstrap_90"]
+    print(f"pooled TTFT p99 change, bootstrap 90% interval: {low:+.1%} .. {high:+.1%}")
     print(f"ray vs local: tok/s {change['tok_s_change']:+.1%}, TTFT p50 {change['ttft_p50_change']:+.1%}, "
           f"p99 {change['ttft_p99_change']:+.1%}; node kill -> replacement serving: "
           f"{statistics.median(k['replacement_ready_s'] for k in kills if k['replacement_ready_s']):.1f} s (median)")  # fmt: skip

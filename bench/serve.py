@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import itertools
 import json
 import math
 import os
 import random
-import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,18 @@ from rich.table import Table
 from _common import QUESTIONS as ENGINE_QUESTIONS
 from _common import RESULTS_DIR, machine_info, plot_path, write_results
 from check import format_verdict, verdicts
+from peers import (
+    PEERS,
+    VLLM_KV_CACHE_GIB,
+    LaunchSpec,
+    PeerOptions,
+    default_vllm_venv,
+    max_model_len_for,
+    peer_launch,
+    server_env,
+    streamhost_command,
+    tree_memory,
+)
 from streamhost.launcher import ServerProcess, free_port
 
 console = Console(width=max(Console().width, 130))  # whole tables, even when piped
@@ -220,6 +235,11 @@ def template_prompts(prompts: list[Prompt], model_dir: Path) -> None:
 # ============================================================================================
 
 FORCE_MODES = ("ignore_eos", "generation_config", "none")
+REPORTED_ENV = (
+    "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HF_HUB_OFFLINE",
+    "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_KVCACHE_SPACE",
+)  # fmt: skip
+IDLE_SETTLE_S = 3.0  # idle seconds after the warm-up before memory and CPU use are read
 
 
 @dataclass
@@ -240,15 +260,6 @@ class Target:
     force: str = "ignore_eos"
     launch: LaunchSpec | None = None
     engine: Any = None  # api=inprocess: a started streamhost Engine in this process
-
-
-@dataclass
-class LaunchSpec:
-    kind: str  # streamhost | transformers
-    command: list[str]
-    health_path: str
-    env: dict[str, str]
-    port: int
 
 
 def parse_target(spec: str) -> Target:
@@ -277,9 +288,25 @@ def parse_target(spec: str) -> Target:
     return Target(name.strip(), url.rstrip("/"), api, opts.get("model"), force)
 
 
+def peer_options(args: argparse.Namespace, model_dir: Path) -> PeerOptions:
+    return PeerOptions(
+        model_dir=model_dir,
+        model_given=bool(args.model),
+        omp_wait_policy=args.omp_wait_policy,
+        server_threads=args.server_threads,
+        tf_cb_num_blocks=args.tf_cb_num_blocks,
+        max_model_len=args.max_model_len,
+        vllm_venv=args.vllm_venv,
+        base_env=os.environ,
+        vllm_kv_cache_gib=args.vllm_kv_cache_gib,
+    )
+
+
 def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Target:
-    """``streamhost[,api=openai|tgi][,force=F]`` or ``transformers[,force=F]``: a target whose server
-    we start ourselves (``force`` as for --target; default ignore_eos / generation_config)."""
+    """A target whose server we start ourselves: a named peer (``bench/peers.py``: streamhost-torch,
+    streamhost-llamacpp, transformers, vllm-cpu-default, vllm-cpu-best), or
+    ``streamhost[,api=openai|tgi][,force=F][,executor=torch|llamacpp]`` / ``transformers[,force=F]``
+    (``force`` as for --target; default ignore_eos / generation_config)."""
     kind, *rest = spec.split(",")
     opts = dict(item.split("=", 1) for item in rest if "=" in item)
     unknown = set(opts) - {"api", "force", "executor"} or {item for item in rest if "=" not in item}
@@ -288,63 +315,30 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
     force = opts.get("force")
     if force is not None and force not in FORCE_MODES:
         raise ValueError(f"--launch {spec!r}: force must be one of {FORCE_MODES}, not {force!r}")
+    popts = peer_options(args, model_dir)
     port = free_port()
-    env = dict(os.environ)
-    env["HF_HUB_OFFLINE"] = "1"
-    if args.omp_wait_policy != "inherit":
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
-    if args.server_threads:
-        env["OMP_NUM_THREADS"] = str(args.server_threads)
     if kind == "streamhost":
         api = opts.get("api", "openai")
         if api not in ("tgi", "openai"):
             raise ValueError(f"--launch {spec!r}: api must be tgi or openai")
-        model_args = ["--model-dir", str(model_dir)] if args.model else ["--model-id", "smollm2"]
         executor = opts.get("executor")
         if executor not in (None, "torch", "llamacpp"):
             raise ValueError(f"--launch {spec!r}: executor must be torch or llamacpp")
-        command = [
-            sys.executable,
-            "-m",
-            "streamhost.cli",
-            "container",
-            *model_args,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dtype",
-            "bf16",
-            *(["--executor", executor] if executor else []),
-        ]
+        command = streamhost_command(popts, port, executor)
         name = "streamhost" if api == "openai" else "streamhost-tgi"
         name += f"-{executor}" if executor else ""
-        launch = LaunchSpec("streamhost", command, "/ping", env, port)
+        launch = LaunchSpec("streamhost", command, "/ping", server_env(popts, ours=True), port)
         return Target(name, f"http://127.0.0.1:{port}", api, None, force or "ignore_eos", launch)
-    if kind == "transformers":
-        exe = Path(sys.executable).with_name("transformers")
-        exe_s = str(exe) if exe.exists() else (shutil.which("transformers") or "transformers")
-        command = [
-            exe_s,
-            "serve",
-            str(model_dir),
-            "--continuous-batching",
-            "--cb-num-blocks",
-            str(args.tf_cb_num_blocks),
-            "--dtype",
-            "bfloat16",
-            "--device",
-            "cpu",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        launch = LaunchSpec("transformers", command, "/health", env, port)
-        if force == "ignore_eos":
-            raise ValueError(f"--launch {spec!r}: transformers serve rejects ignore_eos; use generation_config or none")
-        return Target("transformers", f"http://127.0.0.1:{port}", "openai", None, force or "generation_config", launch)
-    raise ValueError(f"--launch {spec!r}: expected streamhost[,api=openai|tgi] or transformers")
+    if kind not in PEERS:
+        raise ValueError(
+            f"--launch {spec!r}: expected a peer ({', '.join(PEERS)}) or streamhost[,api=openai|tgi][,executor=E]"
+        )
+    if set(opts) - {"force"}:
+        raise ValueError(f"--launch {spec!r}: a named peer takes only force=")
+    peer = peer_launch(kind, popts, port)
+    if kind == "transformers" and force == "ignore_eos":
+        raise ValueError(f"--launch {spec!r}: transformers serve rejects ignore_eos; use generation_config or none")
+    return Target(peer.name, f"http://127.0.0.1:{port}", peer.api, peer.model, force or peer.force, peer.spec)
 
 
 class Server(ServerProcess):
@@ -642,9 +636,12 @@ async def run_level(
     return records, time.perf_counter() - start
 
 
-def requests_plan(levels: list[int], spec: str | None, duration: float | None) -> dict[int, int | None]:
+def requests_plan(
+    levels: list[int], spec: str | None, duration: float | None, minimum: int = 1
+) -> dict[int, int | None]:
     """Requests per level. ``spec``: N, or ``Kx`` for K times the concurrency; never fewer than the
-    concurrency (every worker gets at least one request). Default max(8, 2x). None with --duration."""
+    concurrency (every worker gets at least one request) nor ``minimum``. Default max(8, 2x). None
+    with --duration."""
     if duration is not None:
         return {n: None for n in levels}
     plan = {}
@@ -655,7 +652,7 @@ def requests_plan(levels: list[int], spec: str | None, duration: float | None) -
             count = int(float(spec[:-1]) * n)
         else:
             count = int(spec)
-        plan[n] = max(count, n)
+        plan[n] = max(count, n, minimum)
     return plan
 
 
@@ -757,15 +754,13 @@ class TargetRun:
                     progress.remove_task(task)
                 spec = self.server.spec
                 self.info["launched"] = {
+                    "kind": spec.kind,
                     "command": spec.command,
-                    "env": {
-                        k: spec.env[k]
-                        for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HF_HUB_OFFLINE")
-                        if k in spec.env
-                    },
+                    "env": {k: spec.env[k] for k in REPORTED_ENV if k in spec.env},
                     "startup_s": self.server.startup_s,
                     "log": str(self.server.log_path),
                 }
+                self.info["memory_after_start"] = await asyncio.to_thread(self.memory, 0.0)
             if self.target.api == "inprocess":
                 task = progress.add_task(f"{self.target.name}: loading the engine", total=None)
                 try:
@@ -774,8 +769,21 @@ class TargetRun:
                 finally:
                     progress.remove_task(task)
             self.info["warmup"] = await warm_up(self.client, self.target, prompts, args, progress)
+            if self.server:
+                # Idle after serving: caches, compiled kernels and pools exist; nothing in flight.
+                task = progress.add_task(f"{self.target.name}: idle memory and CPU", total=None)
+                try:
+                    self.info["idle_memory"] = await asyncio.to_thread(self.memory, IDLE_SETTLE_S)
+                finally:
+                    progress.remove_task(task)
         except Exception as exc:  # one target's failure must not lose the others' figures
             self.fail(exc)
+
+    def memory(self, settle_s: float) -> dict[str, float | int] | None:
+        """The server's process tree: RSS/PSS, and CPU use over ``settle_s`` idle seconds."""
+        if not self.server or not self.server.proc or self.server.proc.poll() is not None:
+            return None
+        return tree_memory(self.server.proc.pid, settle_s)
 
     async def level(self, prompts: list[Prompt], level: int, args: argparse.Namespace, progress: Progress) -> None:
         if self.failed:
@@ -799,8 +807,58 @@ class TargetRun:
             self.info.setdefault("launched", {})["exit_code"] = code
 
 
+def _flock_in_thread(fd: int) -> asyncio.Future[None]:
+    """``flock(fd, LOCK_EX)`` in a daemon thread: a run interrupted while it waits can still exit
+    (a default-executor thread would keep the interpreter waiting for the lock)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not fut.done():
+            fut.set_result(None) if exc is None else fut.set_exception(exc)
+
+    def wait() -> None:
+        error: BaseException | None = None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the run was interrupted
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=wait, name="bench-lock", daemon=True).start()
+    return fut
+
+
+@contextlib.asynccontextmanager
+async def bench_lock(path: Path | None, what: str, progress: Progress) -> AsyncIterator[float | None]:
+    """Hold the machine-wide benchmark lock (``flock``) while ``what`` is measured, so a long
+    multi-peer run takes its turns with other benchmarks instead of holding the lock for all of it.
+    Yields the seconds spent waiting (None without a lock)."""
+    if path is None:
+        yield None
+        return
+    task = progress.add_task(f"waiting for {path.name} ({what})", total=None)
+    started = time.perf_counter()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        await _flock_in_thread(fd)
+    except BaseException:
+        progress.remove_task(task)
+        raise  # fd stays open for the waiting thread; the process exit releases it
+    progress.remove_task(task)
+    try:
+        yield time.perf_counter() - started
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 async def run_targets(
-    targets: list[Target], prompts: list[Prompt], args: argparse.Namespace, progress: Progress
+    targets: list[Target],
+    prompts: list[Prompt],
+    args: argparse.Namespace,
+    progress: Progress,
+    collected: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Measure every target at every level.
 
@@ -810,17 +868,37 @@ async def run_targets(
     a launched server running only while it is measured.
     """
     runs = [TargetRun(t, args) for t in targets]
+    if collected is not None:  # filled as the run goes, so an interrupted run still reports what it measured
+        collected.update({run.target.name: run.info for run in runs})
     groups = [runs] if args.order == "interleaved" else [[r] for r in runs]
+    held: contextlib.AsyncExitStack | None = None  # the bench lock, while we hold it
+    held_since = 0.0
     try:
         for group in groups:
+            if held is None:
+                held = contextlib.AsyncExitStack()
+                waited = await held.enter_async_context(
+                    bench_lock(args.lock, ", ".join(r.target.name for r in group), progress)
+                )
+                held_since = time.perf_counter()
+            else:
+                waited = 0.0  # kept from the previous target
             for run in group:
+                run.info["lock_wait_s"] = waited
                 await run.start(prompts, args, progress)
             for i, level in enumerate(args.levels):
                 for run in group if i % 2 == 0 else group[::-1]:
                     await run.level(prompts, level, args, progress)
             for run in group:
                 await run.stop()
+            # Keep the lock for the next target only while this hold is young (--lock-keep-s): few
+            # waits in the queue, yet no hold much longer than lock-keep-s plus one target.
+            if time.perf_counter() - held_since >= args.lock_keep_s:
+                await held.aclose()
+                held = None
     finally:
+        if held is not None:
+            await held.aclose()
         for run in runs:  # after an interruption too: never leave a server behind
             if run.server:
                 run.server.stop(grace=10)
@@ -1049,23 +1127,79 @@ def print_report(results: dict) -> None:
         )
 
 
+def summary_table(results: dict) -> list[dict[str, Any]]:
+    """One row per target and level: the figures the issues quote (tok/s, TPOT p50, TTFT p50/p99 in
+    ms) and the server's idle memory (RSS and PSS of its process tree, MB)."""
+    rows = []
+    for name, info in results["targets"].items():
+        idle = info.get("idle_memory") or {}
+        for n, m in info.get("levels", {}).items():
+            rows.append(
+                {
+                    "target": name,
+                    "streams": int(n),
+                    "output_tok_s": m["output_tok_s"],
+                    "tpot_p50_ms": None if m["tpot_p50_s"] is None else m["tpot_p50_s"] * 1000,
+                    "ttft_p50_ms": None if m["ttft_p50_s"] is None else m["ttft_p50_s"] * 1000,
+                    "ttft_p99_ms": None if m["ttft_p99_s"] is None else m["ttft_p99_s"] * 1000,
+                    "requests": m["requests"],
+                    "errors": m["errors"],
+                    "idle_rss_mb": idle.get("rss_mb"),
+                    "idle_pss_mb": idle.get("pss_mb"),
+                }
+            )
+    return rows
+
+
+def print_summary(results: dict) -> None:
+    """The peers side by side (the issues' table) and each launched server's idle footprint."""
+    t = Table(title="peers side by side (times in ms)")
+    for col in ("target", "streams", "out tok/s", "TPOT p50", "TTFT p50", "TTFT p99", "req", "err"):
+        t.add_column(col, justify="left" if col == "target" else "right")
+    for row in results.get("table", []):
+        t.add_row(
+            row["target"],
+            str(row["streams"]),
+            "-" if row["output_tok_s"] is None else f"{row['output_tok_s']:.1f}",
+            *("-" if row[k] is None else f"{row[k]:,.0f}" for k in ("tpot_p50_ms", "ttft_p50_ms", "ttft_p99_ms")),
+            str(row["requests"]),
+            str(row["errors"]),
+        )
+    console.print(t)
+    for name, info in results["targets"].items():
+        idle = info.get("idle_memory")
+        if idle:
+            console.print(
+                f"  {name}: idle {idle['processes']} processes, RSS {idle['rss_mb']:,.0f} MB, "
+                f"PSS {idle['pss_mb']:,.0f} MB, CPU {idle.get('cpu_percent', 0):.0f}% over {IDLE_SETTLE_S:.0f} s"
+            )
+
+
 def plot(results: dict, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_tp, ax_ttft) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    fig, ((ax_tp, ax_ttft), (ax_tpot, ax_mem)) = plt.subplots(2, 2, figsize=(12, 8.4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ticks: set[int] = set()
+    mem_names, mem_rss, mem_pss, mem_colors = [], [], [], []
     for i, (name, info) in enumerate(results["targets"].items()):
+        c = colors[i % len(colors)]
+        idle = info.get("idle_memory")
+        if idle:
+            mem_names.append(name)
+            mem_rss.append(idle["rss_mb"])
+            mem_pss.append(idle["pss_mb"])
+            mem_colors.append(c)
         levels = {int(n): m for n, m in info.get("levels", {}).items() if m["output_tok_s"] is not None}
         if not levels:
             continue
         xs = sorted(levels)
         ticks.update(xs)
-        c = colors[i % len(colors)]
         ax_tp.plot(xs, [levels[x]["output_tok_s"] for x in xs], marker="o", color=c, label=name)
+        ax_tpot.plot(xs, [(levels[x]["tpot_p50_s"] or 0) * 1000 for x in xs], marker="o", color=c, label=name)
         ax_ttft.plot(xs, [(levels[x]["ttft_p50_s"] or 0) * 1000 for x in xs], marker="o", color=c, label=f"{name} p50")
         ax_ttft.plot(
             xs,
@@ -1075,7 +1209,20 @@ def plot(results: dict, path: Path) -> Path:
             color=c,
             label=f"{name} p99",
         )
-    for ax in (ax_tp, ax_ttft):
+    ypos = list(range(len(mem_names)))
+    ax_mem.barh(ypos, mem_rss, color=mem_colors, alpha=0.45, label="RSS (process tree)")
+    ax_mem.barh(ypos, mem_pss, color=mem_colors, height=0.4, label="PSS (shared pages split)")
+    ax_mem.set_yticks(ypos)
+    ax_mem.set_yticklabels(mem_names, fontsize=8)
+    ax_mem.invert_yaxis()
+    ax_mem.axvline(1.2 * 1024, color="grey", linestyle=":", label="1.2 GB (issue 16 target)")
+    ax_mem.set_xlabel("MB, idle after warm-up")
+    ax_mem.set_title("Idle memory of each launched server")
+    ax_mem.legend(fontsize=8)
+    ax_mem.grid(True, axis="x", alpha=0.3)
+    ax_tpot.set_ylabel("TPOT p50 (ms)")
+    ax_tpot.set_title("Time per output token (median request)")
+    for ax in (ax_tp, ax_ttft, ax_tpot):
         ax.set_xscale("log", base=2)
         if ticks:
             ax.set_xticks(sorted(ticks))
@@ -1131,6 +1278,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--continuous-batching --cb-num-blocks 64 --dtype bfloat16`",
     )
     parser.add_argument(
+        "--peers",
+        default=None,
+        metavar="LIST|all",
+        help=f"named peers to launch, comma-separated, or 'all' ({','.join(PEERS)}); each is measured "
+        "alone (implies --order sequential unless --order is given). Same as one --launch per name",
+    )
+    parser.add_argument(
+        "--vllm-venv",
+        type=Path,
+        default=default_vllm_venv(),
+        help="venv of vLLM's CPU build (default: $STREAMHOST_VLLM_VENV or "
+        "$STREAMHOST_CACHE/venvs/vllm-cpu, where scripts/install-vllm-cpu.sh puts it)",
+    )
+    parser.add_argument(
+        "--vllm-max-model-len",
+        type=int,
+        default=None,
+        help="vLLM --max-model-len (default: the longest prompt + --max-new-tokens, rounded up to 256)",
+    )
+    parser.add_argument(
+        "--vllm-kv-cache-gib",
+        type=int,
+        default=VLLM_KV_CACHE_GIB,
+        help="VLLM_CPU_KVCACHE_SPACE for both vLLM peers (default 1 GiB; vLLM's own default, 92%% of the "
+        "machine's memory, does not start on a shared machine)",
+    )
+    parser.add_argument(
+        "--lock",
+        type=Path,
+        default=None,
+        help="a lock file (e.g. /work/wt/bench.lock) to flock while measuring: held per target with "
+        "--order sequential, for the whole run when interleaved",
+    )
+    parser.add_argument(
+        "--lock-keep-s",
+        type=float,
+        default=0,
+        help="with --lock and sequential order: keep the lock for the next target while it has been held "
+        "less than this many seconds (default 0: release after every target)",
+    )
+    parser.add_argument(
         "--inprocess",
         nargs="?",
         const="ignore_eos",
@@ -1153,9 +1341,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--order",
         choices=["interleaved", "sequential"],
-        default="interleaved",
-        help="interleaved (default): all servers up, each level measured for every target in "
-        "turn (A B, B A, ...); sequential: one target after another, one server up at a time",
+        default=None,
+        help="interleaved (default without --peers): all servers up, each level measured for every target in "
+        "turn (A B, B A, ...); sequential (default with --peers): one target after another, one server up at a time",
+    )
+    parser.add_argument(
+        "--min-requests-per-level",
+        type=int,
+        default=1,
+        help="floor on requests per level (e.g. 4 with --requests-per-level 1x: 4 requests at 1 stream)",
     )
     parser.add_argument(
         "--prompts",
@@ -1217,9 +1411,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
     args.warmup_tokens = max(1, min(args.warmup_tokens, args.max_new_tokens))
-    args.plan = requests_plan(args.levels, args.requests_per_level, args.duration)
+    args.plan = requests_plan(args.levels, args.requests_per_level, args.duration, args.min_requests_per_level)
+    if args.peers:
+        names = list(PEERS) if args.peers.strip() == "all" else [n.strip() for n in args.peers.split(",") if n.strip()]
+        unknown = [n for n in names if n not in PEERS]
+        if unknown:
+            parser.error(f"--peers: unknown {unknown}; known: {', '.join(PEERS)}")
+        args.launch = [*args.launch, *names]
+    if args.order is None:
+        args.order = "sequential" if args.peers else "interleaved"
     if not args.target and not args.launch and not args.inprocess:
-        parser.error("nothing to measure: give --target NAME=URL, --launch streamhost|transformers or --inprocess")
+        parser.error("nothing to measure: give --target NAME=URL, --launch PEER, --peers or --inprocess")
     return args
 
 
@@ -1235,6 +1437,11 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = Path(args.model) if args.model else ensure_default_model()
     args.model_dir = model_dir
+    prompts = build_prompts(args.seed, args.prompts)
+    template_prompts(prompts, model_dir)
+    args.max_model_len = args.vllm_max_model_len or max_model_len_for(
+        max(p.n_tokens for p in prompts), args.max_new_tokens
+    )
     try:
         targets = [parse_target(s) for s in args.target]
         targets += [launch_target(s, args, model_dir) for s in args.launch]
@@ -1249,8 +1456,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="streamhost-bench-serve-"))
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    prompts = build_prompts(args.seed, args.prompts)
-    template_prompts(prompts, model_dir)
     kinds: dict[str, list[int]] = {}
     for p in prompts:
         kinds.setdefault(p.kind, []).append(p.n_tokens)
@@ -1289,6 +1494,8 @@ def main(argv: list[str] | None = None) -> int:
             "server_threads": args.server_threads,
             "quick": args.quick,
             "order": args.order,
+            "vllm_max_model_len": args.max_model_len,
+            "lock": str(args.lock) if args.lock else None,
         },
         "machine": machine_info(),
         "metrics": {
@@ -1309,7 +1516,18 @@ def main(argv: list[str] | None = None) -> int:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        results["targets"] = asyncio.run(run_targets(targets, prompts, args, progress))
+        collected: dict[str, dict[str, Any]] = {}
+        # SIGTERM as Ctrl-C: stop the servers, then write what was measured so far.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            asyncio.run(run_targets(targets, prompts, args, progress, collected))
+        except KeyboardInterrupt:
+            results["interrupted"] = True
+            console.print("[yellow]interrupted: writing the levels measured so far[/]")
+        results["targets"] = collected
+    if results.get("interrupted") and not any(info.get("levels") for info in collected.values()):
+        console.print("[yellow]nothing was measured; no results file written[/]")
+        return 130
     results["elapsed_s"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
 
@@ -1318,15 +1536,17 @@ def main(argv: list[str] | None = None) -> int:
     results["comparison"] = compare_targets(results, candidate, baseline, args.levels)
     results["engine_comparison"] = compare_engine(results, candidate, args)
 
+    results["table"] = summary_table(results)
     stamped = write_results(results, args.name)
     png = plot(results, plot_path(stamped))
     print_report(results)
+    print_summary(results)
     console.print("goals (bench/check.py):")
     for verdict in verdicts(results, "serve"):
         console.print("  " + format_verdict(verdict), markup=False)
     console.print(f"wrote {stamped}, {png} in {results['elapsed_s']:.0f} s; server logs in {args.log_dir}")
     failed = [n for n, info in results["targets"].items() if info.get("failed")]
-    return 1 if failed else 0
+    return 1 if failed else 130 if results.get("interrupted") else 0
 
 
 if __name__ == "__main__":

@@ -88,6 +88,9 @@ class RayCluster:
             **FAST_FAILURE_DETECTION,
             "OMP_WAIT_POLICY": "PASSIVE",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # A stray ~/.ray/auth_token (left by any local ray.init()) makes `ray start` demand tokens
+            # that drivers without RAY_AUTH_MODE=token never send: a test cluster on loopback has none.
+            "RAY_AUTH_MODE": "disabled",
         }
 
     @property

@@ -134,3 +134,17 @@ def containers(tmp_path: Path):
     yield factory
     for container in factory.started:
         container.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One real Ray cluster for every ``cluster`` test: a head and two workers, each its own ``ray start``
+    with 1 CPU (``streamhost.testing_ray``). Modules that need another node add it and kill it after."""
+    pytest.importorskip("ray")
+    from streamhost.testing_ray import RayCluster
+
+    cluster = RayCluster(tmp_path_factory.mktemp("ray-logs"))
+    try:
+        yield cluster.start(head_cpus=1, workers=[1, 1])
+    finally:
+        cluster.stop()

@@ -30,12 +30,8 @@ TINY_ENV = {"MAX_TOTAL_TOKENS": "256", "MAX_INPUT_TOKENS": "128"}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    cluster = RayCluster(tmp_path_factory.mktemp("ray-logs"))
-    try:
-        yield cluster.start(head_cpus=1, workers=[1, 1])
-    finally:
-        cluster.stop()
+def cluster(ray_cluster: RayCluster) -> RayCluster:
+    return ray_cluster  # the session's cluster (conftest): head + 2 workers, 1 CPU each
 
 
 @pytest.fixture(scope="module")

@@ -327,7 +327,7 @@ def test_failed_step_fails_only_its_requests(executor, monkeypatch):
 
 
 def test_open_stream_keeps_receiving_tokens_while_a_burst_of_long_prompts_is_tokenized(executor):
-    """Tokenization runs in a worker pool: an open stream advances while every tokenization is held.
+    """Long prompts are tokenized in a worker pool: an open stream advances while every tokenization is held.
 
     Each burst prompt's tokenization is held at a gate until the open stream has received five more
     tokens. Were prompts tokenized on the event loop, the gate would block the loop itself, the
@@ -335,7 +335,9 @@ def test_open_stream_keeps_receiving_tokens_while_a_burst_of_long_prompts_is_tok
     """
     import threading
 
-    burst = [" ".join(f"w{i}x{j}" for j in range(150)) for i in range(4)]  # ~850 tokens each
+    words = ["international", "understanding", "communication", "responsibility", "organizations"]
+    burst = [f"burst {i}: " + " ".join(words[(i + j) % 5] for j in range(330)) for i in range(4)]  # ~330 tokens
+    assert min(len(p) for p in burst) > EngineConfig().inline_tokenize_chars, "long enough to leave the loop"
     gate = threading.Event()
     started: list[str] = []
 
@@ -379,6 +381,30 @@ def test_open_stream_keeps_receiving_tokens_while_a_burst_of_long_prompts_is_tok
     assert received == list(range(400))
 
 
+def test_short_prompts_reach_the_scheduler_in_arrival_order(executor):
+    """Short prompts are tokenized as they arrive, so a burst is served first come, first served.
+
+    With one batch slot the requests run one after another; the order they finish in is the order
+    the scheduler got them. (Through the tokenizer pool a burst could overtake itself.)
+    """
+    words = ["international", "understanding", "communication", "responsibility", "organizations"]
+    # The first takes the longest to tokenize (still under inline_tokenize_chars): a worker pool
+    # would hand the short ones behind it to the scheduler first.
+    prompts = [" ".join(words[j % 5] for j in range(240))] + [f"{p} (request {i})" for i, p in enumerate(PROMPTS[:5])]
+    assert len(prompts[0]) < EngineConfig().inline_tokenize_chars
+    finished: list[int] = []
+
+    async def body(engine):
+        async def one(i: int) -> None:
+            await collect(engine, prompts[i], GenerationParameters(max_new_tokens=2))
+            finished.append(i)
+
+        await asyncio.gather(*(one(i) for i in range(len(prompts))))
+
+    run(executor, body, max_batch_size=1)
+    assert finished == list(range(len(prompts)))
+
+
 def test_engine_limits_come_from_its_config_not_the_environment(executor, monkeypatch):
     from streamhost.engine import LimitSettings
 
@@ -401,7 +427,8 @@ def test_a_request_still_being_tokenized_when_the_engine_stops_is_refused_not_le
     gate = threading.Event()
 
     async def main():
-        engine = Engine(executor, EngineConfig(limits=make_limits()))
+        # Every prompt to the tokenizer pool (short ones are otherwise tokenized on the loop).
+        engine = Engine(executor, EngineConfig(limits=make_limits(), inline_tokenize_chars=0))
         await engine.start()
         real_tokenize = engine.tokenize
 

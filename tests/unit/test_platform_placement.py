@@ -137,3 +137,23 @@ def test_serve_with_an_address_no_ray_cluster_answers_fails_fast_and_says_so(tmp
     )  # fmt: skip
     assert out.returncode != 0
     assert f"--ray 127.0.0.1:{port}: no Ray cluster answers there" in out.stderr
+
+
+def test_a_training_job_reserves_its_instance_type_times_its_count_on_one_node(tmp_path):
+    pytest.importorskip("ray")
+    from types import SimpleNamespace
+
+    from streamhost.platform.training_ray import TrainingPlacementError, trainer_resources, unplaceable_reason
+
+    placement = SimpleNamespace(settings=PlatformSettings(state_dir=tmp_path, ray_cpu_scale=0.5))
+    assert trainer_resources({"InstanceType": "ml.m5.xlarge", "InstanceCount": 1}, placement) == {"CPU": 2.0}
+    two_gpu_boxes = trainer_resources({"InstanceType": "ml.g5.2xlarge", "InstanceCount": 2}, placement)
+    assert two_gpu_boxes == {"CPU": 8.0, "GPU": 2.0}
+    assert trainer_resources(None, placement) == {"CPU": 1.0}  # no ResourceConfig: ml.m5.large
+    with pytest.raises(TrainingPlacementError, match="ml.nope.large"):
+        trainer_resources({"InstanceType": "ml.nope.large", "InstanceCount": 1}, placement)
+
+    nodes = [{"Resources": {"CPU": 4.0}}, {"Resources": {"CPU": 2.0, "GPU": 1.0}}]
+    reason = unplaceable_reason({"InstanceType": "ml.g5.2xlarge", "InstanceCount": 2}, two_gpu_boxes, nodes)
+    assert "2 x ml.g5.2xlarge" in reason and "CPU: 8 (the most any node has: 4)" in reason
+    assert "GPU: 2 (the most any node has: 1)" in reason and "2 alive" in reason

@@ -51,6 +51,10 @@ class EngineConfig:
     tensor_parallel_degree: int | None = None  # asked for; this executor runs on one device and says so
     batch_invariant: bool = False  # attention groups rows by length bucket only (kv_cache.py)
     tokenizer_workers: int = 2  # threads that tokenize prompts off the event loop
+    # Longer prompts go to those threads; shorter ones (<~1k tokens, ~1 ms) are tokenized inline,
+    # in arrival order: the hop to a worker and back made a burst's requests reach the scheduler
+    # later and out of order (bench/ttft_trace.py), which cost TTFT at 16 streams.
+    inline_tokenize_chars: int = 4096
     hub_token: str | None = field(default=None, repr=False)  # for hub downloads; never logged
     cache_dir: Path | None = None  # converted/downloaded models (the server always sets it)
     executor: str | None = None  # torch | llamacpp | None (auto: see engine/executors/__init__.py)

@@ -3,7 +3,7 @@
 The engine core (engine/core.py: scheduler, KV cache, forward, sampler, beam search) runs in a
 process of its own by default (engine/core_client.py, engine/core_proc.py), or in a thread of this
 process with ``EngineConfig.engine_process=False``. This side keeps what vLLM v1 keeps in its API
-server: tokenizing (in a small thread pool, so a long prompt does not stall open streams),
+server: tokenizing (long prompts in a small thread pool, so they do not stall open streams),
 validation, and output processing (engine/output.py: detokenizer, stop strings, the events).
 
 One message per step each way: the requests that arrived and the ones that went away since the
@@ -215,18 +215,18 @@ class Engine:
         }
 
     def tokenize(self, text: str) -> list[int]:
-        """Prompt ids (blocking: long prompts take a while; ``generate`` calls it in a worker thread)."""
+        """Prompt ids (blocking: long prompts take a while; ``prepare`` calls it in a worker thread for those)."""
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     async def prepare(self, prompt: str | Seq[int], params: GenerationParameters, *, stream: bool) -> ValidatedRequest:
-        """Tokenize (in the tokenizer pool, so open streams keep flowing) and validate (TGI's rules).
+        """Tokenize (long prompts in the tokenizer pool, so open streams keep flowing) and validate (TGI's rules).
 
         Raises ValidationError with the limit and what was asked.
         """
-        if isinstance(prompt, str) and prompt:
+        if isinstance(prompt, str) and len(prompt) > self.config.inline_tokenize_chars:
             loop = asyncio.get_running_loop()
             ids = await loop.run_in_executor(self._tokenize_pool, self.tokenize, prompt)
-        else:
+        else:  # a short prompt costs the loop less than the hop to a worker (config.py)
             ids = self._prompt_ids(prompt)
         request = validate_request(ids, params, self.limits, stream=stream)
         if (request.params.num_beams or 1) > 1 and not self.core_info.supports_beam_search:

@@ -32,6 +32,8 @@ log = logging.getLogger("streamhost.platform")
 
 # Exec shim: set the parent-death signal, make sure the parent is still the one that started us,
 # then become the real command (the signal setting survives exec).
+# STREAMHOST_NICENESS: the priority to run at, set before exec so every thread of the server has it
+# (Ray runs its workers at niceness 15; a model server started by one must not inherit that).
 _SHIM = (
     "import ctypes,os,signal,sys\n"
     "try:\n"
@@ -41,6 +43,13 @@ _SHIM = (
     "parent = int(os.environ.pop('STREAMHOST_PLATFORM_PID', '0') or 0)\n"
     "if parent and os.getppid() != parent:\n"
     "    sys.exit(0)\n"
+    "nice = os.environ.pop('STREAMHOST_NICENESS', '')\n"
+    "if nice:\n"
+    "    try:\n"
+    "        os.setpriority(os.PRIO_PROCESS, 0, int(nice))\n"
+    "    except OSError as exc:\n"
+    "        print(f'streamhost: could not run at niceness {nice} ({exc}); running at {os.getpriority(os.PRIO_PROCESS, 0)}, '\n"
+    "              'below the node\\'s other work: start the Ray node with RAY_worker_niceness=0', flush=True)\n"
     "os.execv(sys.argv[1], sys.argv[1:])\n"
 )
 

@@ -59,22 +59,27 @@ log = logging.getLogger("streamhost.platform")
 _NODE_NAMESPACE = "streamhost"
 
 
-def _alive_nodes() -> list[dict[str, Any]]:
+def alive_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
-def _fits(node: dict[str, Any], bundle: dict[str, float]) -> bool:
+def fits(node: dict[str, Any], bundle: dict[str, float]) -> bool:
     have = node.get("Resources", {})
     return all(have.get(k, 0.0) >= v for k, v in bundle.items())
+
+
+def missing_resources(bundle: dict[str, float], nodes: list[dict[str, Any]]) -> str:
+    """What no node has, e.g. ``GPU: 1 (the most any node has: 0)``, or that no node has it all together."""
+    most = {k: max((n.get("Resources", {}).get(k, 0.0) for n in nodes), default=0.0) for k in bundle}
+    missing = [f"{k}: {v:g} (the most any node has: {most[k]:g})" for k, v in sorted(bundle.items()) if most[k] < v]
+    return "; ".join(missing) if missing else f"{describe_resources(bundle)} together on one node"
 
 
 def unplaceable_reason(
     variant: str, instance_type: str | None, bundle: dict[str, float], nodes: list[dict[str, Any]]
 ) -> str:
     """A FailureReason naming what no node of the cluster has."""
-    most = {k: max((n.get("Resources", {}).get(k, 0.0) for n in nodes), default=0.0) for k in bundle}
-    missing = [f"{k}: {v:g} (the most any node has: {most[k]:g})" for k, v in sorted(bundle.items()) if most[k] < v]
-    what = "; ".join(missing) if missing else f"{describe_resources(bundle)} together on one node"
+    what = missing_resources(bundle, nodes)
     return (
         f"Cannot place variant {variant} on the Ray cluster: InstanceType {instance_type or 'ml.m5.large'} needs "
         f"{describe_resources(bundle)} per instance and no node ({len(nodes)} alive) has {what}. "
@@ -356,7 +361,7 @@ class RayPlacement:
         if urlsplit(self.platform_url).hostname in ("0.0.0.0", "::"):  # nodes need an address they can reach
             ip = ray.util.get_node_ip_address()
             self.platform_url = self.platform_url.replace(urlsplit(self.platform_url).hostname or "", ip, 1)
-        nodes = await asyncio.to_thread(_alive_nodes)
+        nodes = await asyncio.to_thread(alive_nodes)
         self.cluster = {
             "address": address,
             "nodes": len(nodes),
@@ -394,7 +399,7 @@ class RayPlacement:
         return {"kind": "s3", "url": data.url, "compressed": data.compressed, "prefix": data.prefix,
                 "s3_endpoint_url": settings.s3_endpoint_url, "credentials": credentials}  # fmt: skip
 
-    def _export_source(self, folder: Path) -> dict[str, Any]:
+    def export_source(self, folder: Path) -> dict[str, Any]:
         """Nodes fetch a folder on this machine through the platform's export route (one tar, cached per node)."""
         export_id = self.exports.publish(folder)
         return {
@@ -413,10 +418,10 @@ class RayPlacement:
         )
         direct = self._direct_from_s3(data)
         sources = {
-            "{model_dir}": self._s3_source(data) if direct else await asyncio.to_thread(self._export_source, fetched)
+            "{model_dir}": self._s3_source(data) if direct else await asyncio.to_thread(self.export_source, fetched)
         }
         if prepared.model_id:  # weights option.model_id named, downloaded here: nodes get them from here too
-            sources["{model_id_dir}"] = await asyncio.to_thread(self._export_source, Path(prepared.model_id))
+            sources["{model_id_dir}"] = await asyncio.to_thread(self.export_source, Path(prepared.model_id))
         inside = prepared.model_dir.relative_to(fetched).as_posix()
         return sources, "" if inside == "." else "/" + inside, bool(prepared.model_id)
 
@@ -455,8 +460,8 @@ class RayPlacement:
         if not indexes or self._external(variant):
             return
         bundle = slots.bundle
-        nodes = await asyncio.to_thread(_alive_nodes)
-        able = [n for n in nodes if _fits(n, bundle)]
+        nodes = await asyncio.to_thread(alive_nodes)
+        able = [n for n in nodes if fits(n, bundle)]
         if not able:
             raise StartupFailure(unplaceable_reason(variant.name, variant.instance_type, bundle, nodes))
         strategy = "STRICT_SPREAD" if len(able) >= len(indexes) else "SPREAD"

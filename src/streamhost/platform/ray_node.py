@@ -85,6 +85,20 @@ def fetch_model(source: dict[str, Any], root: Path, timeout: float | None) -> Pa
         raise ArtifactError(f"{source['url']}: {exc}") from None
 
 
+def node_niceness() -> int:
+    """The niceness ``ray start`` runs at on this node: what a model server or trainer should run at.
+
+    Ray starts its worker processes 15 steps nicer than the raylet (``RAY_worker_niceness``), and a
+    child inherits that: a model server left there loses the CPU to anything else on the node, which
+    shows as tail latency. The shim resets it (allowed for root or with CAP_SYS_NICE; otherwise the
+    server's log says how to start the node instead).
+    """
+    try:
+        return os.getpriority(os.PRIO_PROCESS, int(os.environ["RAY_RAYLET_PID"]))
+    except (KeyError, ValueError, OSError):
+        return max(0, os.getpriority(os.PRIO_PROCESS, 0) - 15)
+
+
 def _model_server_env(spec_env: dict[str, str], threads: int) -> dict[str, str]:
     """The node's environment minus model-server settings, then the model's Environment (as locally)."""
     from .supervisor import _model_server_setting
@@ -139,6 +153,7 @@ class InstanceHost:
         argv = [fill(a) for a in launch["argv"]]
         env = _model_server_env({k: fill(v) for k, v in launch["env"].items()}, launch.get("threads", 1))
         env["STREAMHOST_PLATFORM_PID"] = str(os.getpid())
+        env["STREAMHOST_NICENESS"] = str(node_niceness())
         env[INSTANCE_MARKER] = launch.get("owner", "ray")
         env.setdefault("SAGEMAKER_BIND_TO_PORT", str(port))
         with open(self.log_path, "ab") as logfile:

@@ -57,7 +57,9 @@ class TrainingJobs:
         self.control = app.control
         settings = app.settings
         self.store = TrainingJobStore(settings.db_path)
-        self.runner = TrainingRunner(self.store, settings, TrainingGauges(app.metrics.registry))
+        self.placement: Any = app.supervisor.placement  # Ray: trainers run as actors with the job's resources
+        self.runner = TrainingRunner(self.store, settings, TrainingGauges(app.metrics.registry),
+                                     placement=self.placement, artifacts=app.artifacts)  # fmt: skip
         for name in ("CreateTrainingJob", "DescribeTrainingJob", "ListTrainingJobs", "StopTrainingJob"):
             self.control.register(name, getattr(self, _snake(name)))
 
@@ -138,6 +140,8 @@ class TrainingJobs:
         settings = self.app.settings
         if settings.s3_endpoint_url:
             return {"endpoint_url": settings.s3_endpoint_url, "region": settings.region, "profile": settings.s3_profile}
+        if self.runner.on_ray:  # a trainer on another node reaches the store where nodes reach the platform
+            return {"endpoint_url": self.placement.platform_url, "region": settings.region, "profile": None}
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
         return {"endpoint_url": f"http://{host}:{settings.port}", "region": settings.region, "profile": None}
 
@@ -153,6 +157,11 @@ class TrainingJobs:
         channels = self._channels(p)
         output_path = p["OutputDataConfig"]["S3OutputPath"]
         self._check_uri(output_path, "S3OutputPath")
+        if self.runner.on_ray and urlsplit(output_path).scheme.lower() != "s3":
+            raise ApiError("ValidationException",
+                           f"S3OutputPath {output_path!r} is a folder on the platform's machine, but the platform runs "
+                           "training jobs on a Ray cluster, where the trainer writes from another node: give an s3:// "
+                           "output path (the platform's own store or an external one)")  # fmt: skip
         reference, entry = self._base_model(p, channels)
         given = dict(p.get("HyperParameters") or {})
         try:

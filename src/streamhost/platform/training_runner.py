@@ -68,14 +68,17 @@ def now() -> float:
 
 
 class TrainingRunner:
-    def __init__(self, store: TrainingJobStore, settings: PlatformSettings, gauges: TrainingGauges) -> None:
+    def __init__(self, store: TrainingJobStore, settings: PlatformSettings, gauges: TrainingGauges,
+                 placement: Any = None, artifacts: Any = None) -> None:  # fmt: skip
         self.store = store
         self.settings = settings
         self.gauges = gauges
+        self.placement = placement  # a RayPlacement: trainers run as Ray actors (training_ray); else processes here
+        self.artifacts = artifacts
         self.root = settings.state_dir / "training"
         self.stop_grace = 300.0  # saving + packing a multi-GB model takes minutes
         self._tasks: dict[str, asyncio.Task] = {}
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._procs: dict[str, Any] = {}  # asyncio.subprocess.Process, or training_ray.RayTrainer (same surface)
         self._stop_reason: dict[str, str] = {}
 
     def job_dir(self, name: str) -> Path:
@@ -157,12 +160,40 @@ class TrainingRunner:
             return {}
         return {"AWS_ACCESS_KEY_ID": "streamhost", "AWS_SECRET_ACCESS_KEY": "streamhost"}  # loopback: unchecked
 
+    @property
+    def on_ray(self) -> bool:
+        return getattr(self.placement, "kind", "local") == "ray"
+
+    async def _start_on_ray(self, name: str, spec: dict[str, Any], folder: Path) -> Any:
+        """The trainer as a Ray actor with the job's resources; None (the job Failed) if it cannot run there."""
+        from .training_ray import RayTrainer, TrainingPlacementError
+
+        record = self.store.get(name)
+        resource_config = (record.request if record else {}).get("ResourceConfig")
+        with open(folder / LOG_FILE, "ab") as logfile:
+            logfile.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting training job {name} on Ray\n".encode())
+        env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **self._s3_keys()}
+        try:
+            return await RayTrainer.launch(name, spec, folder, env, resource_config, self.placement, self.artifacts)
+        except TrainingPlacementError as exc:
+            reason = str(exc)
+            with open(folder / LOG_FILE, "ab") as logfile:
+                logfile.write(f"{reason}\n".encode())
+            self.advance(name, "Failed", "Training job failed", status="Failed", failure_reason=reason, ended=now())
+            log.warning("training job %s: %s", name, reason)
+            return None
+
     async def _run(self, name: str, spec: dict[str, Any]) -> None:
-        key = name.lower()
         folder = self.job_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "job.json").write_text(json.dumps(spec, indent=1))
         log_path = folder / LOG_FILE
+        if self.on_ray:
+            proc = await self._start_on_ray(name, spec, folder)
+            if proc is None:
+                return
+            await self._supervise(name, spec, folder, proc)
+            return
         try:
             with open(log_path, "ab") as logfile:
                 logfile.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting training job {name}\n".encode())
@@ -182,6 +213,11 @@ class TrainingRunner:
                 ended=now(),
             )
             return
+        await self._supervise(name, spec, folder, proc)
+
+    async def _supervise(self, name: str, spec: dict[str, Any], folder: Path, proc: Any) -> None:
+        """Follow a started trainer (local process or Ray actor) to its end, then record the outcome."""
+        key = name.lower()
         self._procs[key] = proc
         self.store.update(name, pid=proc.pid, started=now())
         if key in self._stop_reason:  # stopped before the process existed
@@ -196,7 +232,7 @@ class TrainingRunner:
                     proc.kill()
                 await proc.wait()
 
-    async def _follow(self, name: str, proc: asyncio.subprocess.Process, folder: Path, max_runtime: float) -> None:
+    async def _follow(self, name: str, proc: Any, folder: Path, max_runtime: float) -> None:
         key = name.lower()
         offset = 0
         started = time.monotonic()
@@ -298,11 +334,14 @@ class TrainingRunner:
                 self._finish(record.name, 0, done, folder)
                 continue
             checkpoint = _last_checkpoint(folder)
-            where = (
-                f" Its last checkpoint ({checkpoint.name}) is in {checkpoint}."
-                if checkpoint
-                else " It had saved no checkpoint."
-            )
+            on_ray = next((e["message"] for e in events if e["type"] == "status"
+                           and str(e.get("message", "")).startswith("Running on Ray node")), None)  # fmt: skip
+            if on_ray:
+                where = f" Its checkpoints, if any, are in its job folder on the Ray node it ran on ({on_ray})."
+            elif checkpoint:
+                where = f" Its last checkpoint ({checkpoint.name}) is in {checkpoint}."
+            else:
+                where = " It had saved no checkpoint."
             reason = (f"The platform restarted while this job was {record.secondary_status}; a job is not resumed after "
                       f"a restart: start a new training job.{where}")  # fmt: skip
             self.advance(record.name, "Failed", reason, status="Failed", failure_reason=reason, ended=now())

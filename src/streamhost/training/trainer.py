@@ -250,9 +250,10 @@ def _train(job: _Job, model, tokenizer, train_rows, eval_rows) -> tuple[Any, dic
 
     trainer.remove_callback(PrinterCallback)  # our Progress lines replace its raw dicts
     job.status("Training", f"Training: {len(train_rows)} examples, {len(eval_rows)} for eval, {total_steps} steps")
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), _cpu_seconds()
     result = trainer.train()
     seconds = time.monotonic() - started
+    cpu_seconds = _cpu_seconds() - cpu_started
     state = trainer.state
     metrics: dict[str, float] = {
         "train_loss": float(result.training_loss),
@@ -261,6 +262,9 @@ def _train(job: _Job, model, tokenizer, train_rows, eval_rows) -> tuple[Any, dic
         "epoch": float(state.epoch or 0),
         "tokens": float(state.num_input_tokens_seen or 0),
         "train_tokens_per_second": round((state.num_input_tokens_seen or 0) / seconds, 2) if seconds else 0.0,
+        # CPU time of this process while training: on a shared machine, tokens per CPU second
+        # compares runs whatever else competed for the cores (wall-clock tokens/s does not).
+        "train_cpu_seconds": round(cpu_seconds, 3),
     }
     last = [h["loss"] for h in job.history if "loss" in h]
     if last:
@@ -278,6 +282,14 @@ def _train(job: _Job, model, tokenizer, train_rows, eval_rows) -> tuple[Any, dic
         elif evals:
             metrics["eval_loss"] = evals[-1]["eval_loss"]
     return trainer.model, metrics
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _save(job: _Job, model, tokenizer, base: Path, metrics: dict[str, float]) -> list[Path]:

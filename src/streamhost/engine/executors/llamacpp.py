@@ -1,13 +1,18 @@
 """The llama.cpp executor: GGUF models at CPU speed, continuously batched.
 
-One llama context hosts up to ``n_seq_max`` sequences in one unified KV cache of
-``MAX_BATCH_TOTAL_TOKENS`` cells (the budget the scheduler already enforces, so a step never finds
-the cache full). Each engine step becomes one ``llama_batch``: every running sequence's next
-token and any prompt chunks, each token tagged with its sequence id (= the engine's row) and
-position, with logits asked only where a token will be sampled (or where prompt log-probs were
-requested). A sequence's cells are removed (``llama_memory_seq_rm``) when it finishes or is
-aborted. Sampling stays ours (sampling.py on the returned logits), so every sampling parameter
-behaves the same on both executors.
+One llama context hosts up to ``n_seq_max`` sequences (``MAX_BATCH_SIZE``), each in a KV stream of
+its own of ``MAX_TOTAL_TOKENS`` cells: llama.cpp attends over every cell up to the highest one in
+use, so in one shared (unified) pool each token of 16 streams read the cells of all 16 and the
+executor did not scale (16 streams: 14 tok/s). The price is memory: the cells of every stream are
+allocated up front (SmolLM2-135M at the defaults, 32 x 4096 cells: about 2.8 GiB of f16 KV); a
+smaller ``MAX_TOTAL_TOKENS`` or ``MAX_BATCH_SIZE`` shrinks it, and
+``STREAMHOST_LLAMACPP_KV_UNIFIED=1`` goes back to one pool of ``MAX_BATCH_TOTAL_TOKENS`` cells.
+Each engine step becomes one ``llama_batch``: every running sequence's next token and any prompt
+chunks, each token tagged with its sequence id (= the engine's row) and position, with logits
+asked only where a token will be sampled (or where prompt log-probs were requested). A
+sequence's cells are removed (``llama_memory_seq_rm``) when it finishes or is aborted. Sampling
+stays ours (sampling.py on the returned logits), so every sampling parameter behaves the same on
+both executors.
 
 Through ctypes the GIL is released while llama.cpp computes, so the event loop keeps serving.
 """
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 _backend_lock = threading.Lock()
 _backend_ready = False
 MAX_UBATCH = 512
+FLASH_DEFAULT = -1  # llama_flash_attn_type: -1 auto (llama.cpp decides; on for CPU), 0 off, 1 on
 # enum ggml_log_level of the llama.cpp this version of llama-cpp-python vendors (ggml.h)
 GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = (
     1,
@@ -119,6 +125,24 @@ def use_extra_buffers() -> bool:
     except OSError:
         return True
     return "amx_tile" not in flags
+
+
+def kv_unified() -> bool:
+    """One KV pool for all sequences (STREAMHOST_LLAMACPP_KV_UNIFIED=1) or, by default, a stream of
+    cells per sequence: llama.cpp attends over every cell up to the highest one in use of the
+    streams in a micro-batch, so with a unified pool each token of 16 streams reads the cells of
+    all 16 (measured: 16 streams made 14 tok/s unified)."""
+    return os.environ.get("STREAMHOST_LLAMACPP_KV_UNIFIED", "").strip().lower() in ("1", "true", "yes")
+
+
+def flash_attention() -> int:
+    """llama.cpp's flash attention (STREAMHOST_LLAMACPP_FLASH_ATTN=1/0; default: FLASH_DEFAULT)."""
+    forced = os.environ.get("STREAMHOST_LLAMACPP_FLASH_ATTN", "").strip().lower()
+    if forced in ("1", "true", "yes"):
+        return 1
+    if forced in ("0", "false", "no"):
+        return 0
+    return FLASH_DEFAULT
 
 
 class SequenceSlots:
@@ -210,7 +234,12 @@ class LlamaCppExecutor:
                 "per context; lower it or use --executor torch"
             )
         n_batch = int(prefill_chunk) + n_seq  # a step: at most one prompt chunk budget plus one token per sequence
-        n_ctx = int(limits.max_batch_total_tokens)
+        unified = kv_unified()
+        per_seq = int(limits.max_total_tokens)
+        # Unified: one pool of cells that the scheduler's token budget counts. Per sequence: every
+        # sequence its own stream of max_total_tokens cells, so attention reads that sequence's
+        # cells only (a unified cache makes every token attend over the cells of *all* sequences).
+        n_ctx = int(limits.max_batch_total_tokens) if unified else n_seq * per_seq
         shape = (n_ctx, n_seq, n_batch)
         if shape == self._shape:
             return
@@ -226,7 +255,8 @@ class LlamaCppExecutor:
         params.n_seq_max = n_seq
         params.n_threads = self.threads
         params.n_threads_batch = self.threads
-        params.kv_unified = True  # one pool of cells shared by all sequences, as the token budget counts them
+        params.kv_unified = unified
+        params.flash_attn_type = flash_attention()
         params.no_perf = True
         ctx = self.llama.llama_init_from_model(self.model, params)
         if not ctx:
@@ -235,23 +265,22 @@ class LlamaCppExecutor:
             )
         self.ctx = ctx
         self._memory = self.llama.llama_get_memory(ctx)
-        self._batch = self.llama.llama_batch_init(n_batch, 0, 1)
+        self._batch = _Batch(self.llama, n_batch)
         self._n_batch = n_batch
-        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
-        self._positions = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
-        self._want = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
-        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))[:] = 1
-        self._seq_ids = [self._batch.seq_id[i] for i in range(n_batch)]
         self._shape = shape
         self.store = SequenceSlots()
         log.info(
-            "llama.cpp context: %d KV cells, %d sequences, batch %d, %d threads", n_ctx, n_seq, n_batch, self.threads
+            "llama.cpp context: %d KV cells (%s), %d sequences, batch %d, %d threads, flash attention %s",
+            n_ctx,
+            "unified" if unified else f"{per_seq} per sequence",
+            n_seq,
+            n_batch,
+            self.threads,
+            params.flash_attn_type,
         )
 
     def _free_context(self) -> None:
-        if self._batch is not None:
-            self.llama.llama_batch_free(self._batch)
-            self._batch = None
+        self._batch = None
         if self.ctx:
             self.llama.llama_free(self.ctx)
             self.ctx = None
@@ -301,42 +330,42 @@ class LlamaCppExecutor:
 
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
         """One ``llama_decode`` over the packed step; the logits each segment asked for."""
-        if self.ctx is None:
+        if self.ctx is None or self._batch is None:
             raise RuntimeError("the llama.cpp executor was not configured (Engine calls configure())")
+        batch = self._batch
         total = sum(len(s.ids) for s in segments)
         if total > self._n_batch:
             raise RuntimeError(f"a step of {total} tokens exceeds the context's batch of {self._n_batch}")
-        want = self._want
-        want[:total] = 0
-        outputs: list[tuple[int, int]] = []  # per segment: (first output index, count)
-        out_index: list[int] = []  # batch index of each output row
+        batch.want[:total] = 0
+        spans: list[tuple[int, int]] = []  # per segment: (first output row, rows)
+        outputs = 0
         i = 0
         for s in segments:
             n = len(s.ids)
-            self._tokens[i : i + n] = s.ids
-            self._positions[i : i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
-            for j in range(i, i + n):
-                self._seq_ids[j][0] = s.row
-            first = len(out_index)
+            batch.tokens[i : i + n] = s.ids
+            batch.positions[i : i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
+            batch.seq_ids[i : i + n] = s.row
             if s.logits == "all":
-                want[i : i + n] = 1
-                out_index.extend(range(i, i + n))
+                batch.want[i : i + n] = 1
+                spans.append((outputs, n))
+                outputs += n
             elif s.logits == "last":
-                want[i + n - 1] = 1
-                out_index.append(i + n - 1)
-            outputs.append((first, len(out_index) - first))
+                batch.want[i + n - 1] = 1
+                spans.append((outputs, 1))
+                outputs += 1
+            else:
+                spans.append((outputs, 0))
             i += n
-        self._batch.n_tokens = total
-        rc = self.llama.llama_decode(self.ctx, self._batch)
+        batch.struct.n_tokens = total
+        rc = self.llama.llama_decode(self.ctx, batch.struct)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}" + (" (no free KV cells)" if rc == 1 else ""))
-        logits = np.empty((len(out_index), self.n_vocab), dtype=np.float32)
-        for k, b in enumerate(out_index):
-            ptr = self.llama.llama_get_logits_ith(self.ctx, b)
-            ctypes.memmove(logits[k].ctypes.data, ptr, self.n_vocab * 4)
-        table = torch.from_numpy(logits)
+        # llama.cpp keeps the outputs contiguous, in batch order: one copy of the whole table
+        table = torch.from_numpy(
+            np.ctypeslib.as_array(self.llama.llama_get_logits(self.ctx), shape=(outputs, self.n_vocab)).copy()
+        )
         results: list[torch.Tensor | None] = []
-        for s, (first, count) in zip(segments, outputs):
+        for s, (first, count) in zip(segments, spans):
             if s.logits == "all":
                 results.append(table[first : first + count])
             elif s.logits == "last":
@@ -344,3 +373,28 @@ class LlamaCppExecutor:
             else:
                 results.append(None)
         return results
+
+
+class _Batch:
+    """A ``llama_batch`` over numpy arrays we own, so a step fills it with slice assignments (no
+    per-token Python): every token belongs to one sequence, so ``seq_id[i]`` points at element
+    ``i`` of one contiguous id array."""
+
+    def __init__(self, llama, n: int) -> None:
+        self.tokens = np.zeros(n, dtype=np.int32)
+        self.positions = np.zeros(n, dtype=np.int32)
+        self.n_seq_id = np.ones(n, dtype=np.int32)
+        self.seq_ids = np.zeros(n, dtype=np.int32)
+        self.want = np.zeros(n, dtype=np.int8)
+        int_p = ctypes.POINTER(ctypes.c_int32)
+        base = self.seq_ids.ctypes.data
+        self._seq_ptrs = (int_p * n)(*[ctypes.cast(base + 4 * k, int_p) for k in range(n)])
+        self.struct = llama.llama_batch(
+            n_tokens=0,
+            token=self.tokens.ctypes.data_as(int_p),
+            embd=None,
+            pos=self.positions.ctypes.data_as(int_p),
+            n_seq_id=self.n_seq_id.ctypes.data_as(int_p),
+            seq_id=ctypes.cast(self._seq_ptrs, ctypes.POINTER(int_p)),
+            logits=self.want.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
