@@ -62,3 +62,7 @@ class EngineConfig:
     executor: str | None = None  # torch | llamacpp | None (auto: see engine/executors/__init__.py)
     quantize: str | None = None  # HF_MODEL_QUANTIZE / OPTION_QUANTIZE: a llama.cpp type (q8_0, q4_k_m, ...)
     threads: int | None = None  # llama.cpp compute threads (default: every core this process may use)
+    # The engine core (scheduler, KV cache, forward, sampler) in its own process (engine/core_proc.py);
+    # False runs it in a thread of the server process (--no-engine-process / STREAMHOST_ENGINE_PROCESS=0).
+    engine_process: bool = True
+    engine_cores: str | None = None  # --engine-cores / STREAMHOST_ENGINE_CORES: a count or a CPU list (0-1)

@@ -36,6 +36,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     aborted: bool = False
     admitted_at: float | None = None
+    key: int = 0  # the front end's key for the request (engine/core_messages.py)
 
     @property
     def reserved_tokens(self) -> int:

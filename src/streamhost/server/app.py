@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,11 @@ from streamhost.server.state import ServerState
 log = logging.getLogger("streamhost.server")
 
 EngineLoader = Callable[[ServerSettings], Any]
+
+# After the engine core dies: up to this long for the failed requests to send their error events,
+# then this long answering /ping 503 (a health checker sees why) before the process exits.
+CORE_EXIT_GRACE_S = 5.0
+CORE_EXIT_LINGER_S = 3.0
 
 
 def load_engine(settings: ServerSettings) -> Any:
@@ -87,6 +93,7 @@ async def _load(state: ServerState, loader: EngineLoader, on_fatal: Callable[[st
         state.load_error = f"{type(exc).__name__}: {exc}"
     else:
         state.engine = engine
+        engine.on_core_exit = lambda why: _core_exited(state, why, on_fatal)
         if state.draining:
             engine.stop_accepting()
         log.info("model ready: %s", settings.model_id)
@@ -95,6 +102,21 @@ async def _load(state: ServerState, loader: EngineLoader, on_fatal: Callable[[st
     if state.load_error is not None:
         log.error("cannot serve %s: %s", settings.model_id, state.load_error)
         on_fatal(state.load_error)
+
+
+def _core_exited(state: ServerState, why: str, on_fatal: Callable[[str], None]) -> None:
+    """The engine core died: /ping is 503 from now on; exit once the failed requests have answered."""
+    log.error("%s: the server exits so its supervisor restarts it", why)
+    state.core_error = why
+
+    async def exit_soon() -> None:
+        deadline = time.monotonic() + CORE_EXIT_GRACE_S
+        while state.active > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(CORE_EXIT_LINGER_S)
+        on_fatal(why)
+
+    state.exit_task = asyncio.ensure_future(exit_soon())
 
 
 # --------------------------------------------------------------------------- error handlers

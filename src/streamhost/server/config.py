@@ -15,6 +15,8 @@ setting fails at once with a message naming the setting and the value (never mid
   ``STREAMHOST_CACHE`` (converted models), ``STREAMHOST_BATCH_INVARIANT``, ``--compile`` /
   ``--no-compile`` > ``STREAMHOST_COMPILE`` (torch.compile of small steps; default per device,
   ``engine/compiled_step.py``);
+- the engine core: its own process unless ``--no-engine-process`` / ``STREAMHOST_ENGINE_PROCESS=0``,
+  on ``--engine-cores`` / ``STREAMHOST_ENGINE_CORES`` (a count or a CPU list such as ``0-1``);
 - dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
 - the limits: TGI's names (``MAX_TOTAL_TOKENS``, ...) > ``serving.properties`` > ``OPTION_*``
   variables > LMI's plain names > defaults shaped by the model's context length. Within LMI the
@@ -120,6 +122,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.compile the small (decode) steps, cached on disk (env STREAMHOST_COMPILE; default per device)",
+    )
+    parser.add_argument(
+        "--engine-cores",
+        default=None,
+        help="CPUs of the engine-core process: a count or a list such as 0-1 (env STREAMHOST_ENGINE_CORES; "
+        "default from the CPU count, docs/architecture.md)",
+    )
+    parser.add_argument(
+        "--no-engine-process",
+        dest="engine_process",
+        action="store_false",
+        default=None,
+        help="run the engine core in a thread of the server process (debugging; env STREAMHOST_ENGINE_PROCESS=0)",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -277,6 +292,18 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     if compile_step is None:
         compile_step = _env_bool(env, "STREAMHOST_COMPILE")
     cache = env.get("STREAMHOST_CACHE") or None
+    engine_process = _flag(args, "engine_process")
+    if engine_process is None:
+        engine_process = _env_bool(env, "STREAMHOST_ENGINE_PROCESS")
+    engine_cores = _flag(args, "engine_cores") or env.get("STREAMHOST_ENGINE_CORES") or None
+    if engine_cores is not None:
+        from streamhost.engine.core_placement import check_spec
+
+        try:
+            check_spec(engine_cores)
+        except ValueError as exc:
+            source = "--engine-cores" if _flag(args, "engine_cores") else "STREAMHOST_ENGINE_CORES"
+            raise SettingsError(str(exc).replace("--engine-cores", source)) from None
     engine = EngineConfig(
         dtype=dtype,
         trust_remote_code=bool(trust),
@@ -290,6 +317,8 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
         executor=executor,
         quantize=quantize,
+        engine_process=engine_process is not False,
+        engine_cores=engine_cores,
     )
 
     return ServerSettings(

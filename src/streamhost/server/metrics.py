@@ -54,10 +54,11 @@ def _live_load(engine: Any) -> tuple[int, int, int]:
     """
     stats = getattr(engine, "stats", None)
     scheduler = getattr(engine, "scheduler", None)
-    if scheduler is None:
-        return getattr(stats, "waiting", 0), getattr(stats, "running", 0), getattr(stats, "last_batch_size", 0)
-    waiting = len(scheduler.waiting)
-    running = len(scheduler.running) + len(scheduler.prefilling)
+    if scheduler is None:  # the core in its own process: its counters as of its last message (sent after each change)
+        waiting, running = getattr(stats, "waiting", 0), getattr(stats, "running", 0)
+    else:
+        waiting = len(scheduler.waiting)
+        running = len(scheduler.running) + len(scheduler.prefilling)
     return waiting, running, getattr(stats, "last_batch_size", 0) if running else 0
 
 
@@ -97,6 +98,11 @@ class _EngineCollector(Collector):
             "streamhost_engine_in_flight",
             "requests inside the engine",
             value=getattr(engine, "in_flight", 0) if engine is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "streamhost_kv_rows",
+            "KV-cache rows the engine core holds (0 once every finished or aborted request is freed)",
+            value=getattr(stats, "live_rows", 0),
         )
         yield CounterMetricFamily(
             "streamhost_prompt_tokens", "prompt tokens prefilled", value=getattr(stats, "prompt_tokens", 0)

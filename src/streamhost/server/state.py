@@ -30,6 +30,8 @@ class ServerState:
         self.loading = True
         self.draining = False
         self.load_error: str | None = None
+        self.core_error: str | None = None  # the engine core died: the server is on its way out
+        self.exit_task: Any = None
         self.active = 0  # generation requests being answered (drain waits for 0)
         self.created = int(time.time())
         self.metrics = ServerMetrics(lambda: self.engine, lambda: self.ready)
@@ -37,7 +39,7 @@ class ServerState:
     @property
     def ready(self) -> bool:
         engine = self.engine
-        return engine is not None and not self.draining and engine.ready
+        return engine is not None and not self.draining and self.core_error is None and engine.ready
 
     def require_engine(self) -> Any:
         """The engine, or EngineNotReadyError (503) while loading, after a failed load, or draining."""
