@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from streamhost.log_setup import configure_logging  # logging and sys only: safe before torch
+
 log = logging.getLogger("streamhost.engine.core")
 
 PARENT_CHECK_S = 1.0  # how often the input thread checks that the server process still exists
@@ -48,7 +50,7 @@ def main(spec: CoreSpec) -> None:
         os.sched_setaffinity(0, spec.cpus)
     threads = spec.threads
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch loads (the parent sets it too)
-    _configure_logging(spec.log_level)
+    configure_logging(spec.log_level, "streamhost core")
 
     import zmq
 
@@ -104,15 +106,6 @@ def _receive(inbound: Any, loop: Any, parent: int) -> None:
             log.warning("the server process is gone: stopping the engine core")
             loop.submit(CoreInput(shutdown=True))
             return
-
-
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[streamhost core] %(levelname)s %(message)s"))
-    root = logging.getLogger("streamhost")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 if __name__ == "__main__":  # started by engine/core_client.py: the spec arrives pickled on stdin

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamhost.engine.config import EngineConfig, LimitSettings
-from streamhost.engine.core_messages import CoreInput, CoreOutput, CoreRequest, ExecutorSummary
+from streamhost.engine.core_messages import CoreInput, CoreOutput, CoreRequest, CoreStats, ExecutorSummary
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError, ValidationError
 from streamhost.engine.output import OutputProcessor, RequestOutput, gather_result
 from streamhost.engine.types import FinishReason, GenerationParameters, GenerationResult, TokenEvent
@@ -45,19 +45,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class EngineStats:
+class EngineStats(CoreStats):
     """Live counters for /metrics: the core's as of its last step, plus the finishes seen here."""
 
-    waiting: int = 0
-    running: int = 0
-    steps: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    aborted: int = 0
-    failed: int = 0
     finished: dict = field(default_factory=dict)
-    last_batch_size: int = 0
-    live_rows: int = 0  # KV rows the core holds
+
+
+_CORE_STAT_FIELDS = tuple(f.name for f in dataclasses.fields(CoreStats))
 
 
 @dataclass(frozen=True)
@@ -405,11 +399,9 @@ class Engine:
             client.queue.put_nowait(event)
 
     def _take_stats(self, out: CoreOutput) -> None:
-        core, stats = out.stats, self.stats
-        stats.waiting, stats.running, stats.steps = core.waiting, core.running, core.steps
-        stats.prompt_tokens, stats.generated_tokens = core.prompt_tokens, core.generated_tokens
-        stats.aborted, stats.failed = core.aborted, core.failed + self._local_failed
-        stats.last_batch_size, stats.live_rows = core.last_batch_size, core.live_rows
+        for name in _CORE_STAT_FIELDS:
+            setattr(self.stats, name, getattr(out.stats, name))
+        self.stats.failed += self._local_failed
 
     def _on_core_exit(self, why: str) -> None:
         """The core is gone: every request in flight fails, the server is told (it exits non-zero)."""

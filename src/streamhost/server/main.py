@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from streamhost.log_setup import configure_logging
 from streamhost.server.config import ServerSettings, SettingsError, load_settings
 from streamhost.server.config import add_arguments as _add_config_arguments
 
@@ -27,15 +28,6 @@ EXIT_USAGE = 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config_arguments(parser)
-
-
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[streamhost] %(levelname)s %(message)s"))
-    root = logging.getLogger("streamhost")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 def _server_class() -> type:
@@ -129,5 +121,5 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"streamhost container: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     return serve(settings)
