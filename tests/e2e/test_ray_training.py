@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from _platform_fixtures import REAL_COMMAND, PlatformProcess, deploy, unique
+from _training_data import tower_data
 from botocore.exceptions import ClientError
 
 from streamhost.client import TokenIterator
@@ -54,17 +55,6 @@ def platform(cluster, tmp_path_factory):
     ).start(timeout=120)  # fmt: skip
     yield proc
     proc.stop()
-
-
-def tower_data(folder: Path, count: int = 16) -> Path:
-    """The tiny random Llama learns to answer every "Where is the tower N?" with "Paris." in a few steps."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "train.jsonl", "w") as out:
-        out.writelines(
-            json.dumps({"instruction": f"Where is the tower {i}?", "context": "", "response": "Paris."}) + "\n"
-            for i in range(count)
-        )
-    return folder
 
 
 def create_job(sm, name: str, model: Path, data: Path, instance_type: str, output: str | None = None, **hp) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from _platform_fixtures import (
@@ -24,6 +23,7 @@ from _platform_fixtures import (
     deploy,
     unique,
 )
+from _training_data import tower_data
 
 from streamhost.client import TokenIterator
 from streamhost.training.data import DEFAULT_TEMPLATE, render_prompt
@@ -32,16 +32,6 @@ pytestmark = pytest.mark.timeout(600)
 ROLE = "arn:aws:iam::123456789012:role/training"
 HP = {"instruction_tuned": "true", "max_steps": "20", "learning_rate": "0.01", "save_steps": "100"}
 LIMITS = {"MAX_TOTAL_TOKENS": "512", "MAX_INPUT_TOKENS": "256"}
-
-
-def tower_data(folder: Path, count: int = 16) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "train.jsonl", "w") as out:
-        out.writelines(
-            json.dumps({"instruction": f"Where is the tower {i}?", "context": "", "response": "Paris."}) + "\n"
-            for i in range(count)
-        )
-    return folder
 
 
 def prompt(question: str = "Where is the tower 99?") -> str:
