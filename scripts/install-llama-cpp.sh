@@ -10,16 +10,23 @@ PIP=${1:?usage: install-llama-cpp.sh <pip> [version]}
 VERSION=${2:-0.3.36}
 CACHE=${STREAMHOST_CACHE:-$HOME/.cache/streamhost}
 CPU_KEY=$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | sha256sum | cut -c1-12)
-WHEELS="$CACHE/wheels/llama-cpp-python-$VERSION-$CPU_KEY"
+# The build recipe is part of the key: a wheel built before the AMX fix below is not reused.
+RECIPE=amxfix1
+WHEELS="$CACHE/wheels/llama-cpp-python-$VERSION-$CPU_KEY-$RECIPE"
+# GCC < 14 miscompiles llama.cpp's AMX tile set-up (SIGSEGV in the first batched decode on CPUs
+# with AMX); the force-included header corrects the intrinsic (see the header for the why).
+AMX_FIX="$(cd "$(dirname "$0")" && pwd)/llama-cpp-amx-fix.h"
 
 if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "[streamhost] building llama-cpp-python $VERSION for this CPU (once: 5.5 min on an idle 2-core machine, far longer on a busy one)"
   start=$(date +%s)
   mkdir -p "$WHEELS.tmp"
-  # GGML_NATIVE: this CPU's instructions (AVX-512, AMX, ...); no tests, examples, tools or server.
-  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF" \
+  # GGML_NATIVE: this CPU's instructions (AVX-512, AMX, ...); no tests, examples, tools, server or
+  # llava/mtmd. --no-cache-dir: pip's own wheel cache does not know which CPU a wheel was built for;
+  # ours does. (No comment may sit inside the continued command below: before, one did, which
+  # ended the command there and the build ran without any of these CMake arguments.)
+  CMAKE_ARGS="-DGGML_NATIVE=ON '-DCMAKE_CXX_FLAGS=-include $AMX_FIX' -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-  # --no-cache-dir: pip's own wheel cache does not know which CPU a wheel was built for; ours does.
   nice -n 10 "$PIP" wheel -v --no-cache-dir --no-deps --no-binary llama-cpp-python -w "$WHEELS.tmp" \
       "llama-cpp-python==$VERSION" > "$WHEELS.log" 2>&1 &
   build=$!

@@ -6,6 +6,7 @@ the session TGI server of test_server_tgi.py / test_server_openai.py is parametr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -97,3 +98,35 @@ def test_default_model_runs_on_llamacpp_and_chats(containers) -> None:
         },
     ).json()
     assert "paris" in chat["choices"][0]["message"]["content"].lower()
+
+
+def test_llamacpp_batches_streams_inside_the_engine_core_process(
+    containers, tiny_llama_gguf: Path, tiny_llama_gguf_env: dict[str, str]
+) -> None:
+    """The default placement: llama.cpp's context lives in the engine-core child process; four
+    streams hold four sequences there at once; a client that goes away frees its sequence while
+    the other three run to their full length."""
+    from test_metrics_truth import open_request, read_until, scrape, value, wait_for
+    from test_server_core_process import core_processes
+
+    server = containers.start(["--model-id", str(tiny_llama_gguf)], tiny_llama_gguf_env)
+    assert server.proc is not None
+    assert len(core_processes(server.proc.pid)) == 1
+    assert httpx.get(server.url + "/info").json()["executor"] == "llamacpp"
+    n = 1500  # long enough to watch four of them live at once
+    body = json.dumps({"inputs": "Hello", "parameters": {"max_new_tokens": n, "ignore_eos": True, "details": True}})
+    socks = [open_request(server.url, "/generate_stream", body.encode()) for _ in range(4)]
+    try:
+        for sock in socks:
+            read_until(sock, b"data: ")
+        wait_for(lambda: value(scrape(server.url), "streamhost_kv_rows") == 4, "four sequences in the core")
+        socks.pop().close()  # one client goes away mid-stream
+        wait_for(lambda: value(scrape(server.url), "streamhost_engine_aborted_total") == 1, "the core dropped it")
+        finals = [read_until(sock, b'"generated_tokens"') for sock in socks]
+        for final in finals:
+            assert f'"generated_tokens":{n}'.encode() in final.replace(b" ", b""), final[-300:]
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: value(scrape(server.url), "streamhost_kv_rows") == 0, "every sequence freed")
+    assert generate(server.url, "The quick brown fox")["details"]["generated_tokens"] == 8

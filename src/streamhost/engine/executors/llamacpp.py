@@ -113,10 +113,13 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def use_extra_buffers() -> bool:
-    """llama.cpp's extra CPU weight layouts (AMX tiles, AVX repacking): off on CPUs with AMX, where
-    llama.cpp 0.3.36's AMX path crashed (SIGSEGV in the first decode of Q4_1 and Q8_0 models on this
-    project's Xeon); on elsewhere. STREAMHOST_LLAMACPP_EXTRA_BUFFERS=1/0 overrides."""
+def use_extra_buffers(gguf: str | os.PathLike | None = None) -> bool:
+    """llama.cpp's extra CPU weight layouts (AMX tiles, AVX-512 repacking) for ``gguf``.
+
+    On CPUs without AMX: on. With AMX: on when a child process has decoded a batch of ``gguf``'s
+    weight type with them on this llama.cpp build (``amx_works``); llama.cpp built by GCC < 14
+    without scripts/llama-cpp-amx-fix.h dies there with SIGSEGV. STREAMHOST_LLAMACPP_EXTRA_BUFFERS=1/0
+    overrides."""
     forced = os.environ.get("STREAMHOST_LLAMACPP_EXTRA_BUFFERS", "").strip().lower()
     if forced in ("1", "true", "yes", "0", "false", "no"):
         return forced in ("1", "true", "yes")
@@ -124,7 +127,76 @@ def use_extra_buffers() -> bool:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return True
-    return "amx_tile" not in flags
+    if "amx_tile" not in flags:
+        return True
+    return gguf is not None and amx_works(Path(gguf))
+
+
+_PROBE = """
+import sys
+from streamhost.engine.executors.llamacpp import import_llama_cpp
+llama = import_llama_cpp()
+params = llama.llama_model_default_params()
+params.use_extra_bufts = True
+model = llama.llama_model_load_from_file(sys.argv[1].encode(), params)
+cparams = llama.llama_context_default_params()
+cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_threads = 256, 64, 64, 1
+ctx = llama.llama_init_from_model(model, cparams)
+batch = llama.llama_batch_init(32, 0, 1)
+for i in range(32):
+    batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = 1 + i, i, 1, i == 31
+    batch.seq_id[i][0] = 0
+batch.n_tokens = 32
+sys.exit(llama.llama_decode(ctx, batch))
+"""
+
+
+def amx_works(gguf: Path) -> bool:
+    """Whether a batched decode with the AMX layouts survives, asked once per (llama.cpp library
+    build, weight type) in a child process (a crash there costs nothing) and remembered under the
+    cache folder: the first start of a model type pays a few seconds."""
+    import hashlib
+    import json
+    import subprocess
+
+    from streamhost.engine.loader import cache_root
+
+    llama = import_llama_cpp()
+    libs = sorted((Path(llama.__file__).parent / "lib").glob("libggml-cpu*.so*"))
+    digest = hashlib.sha256(b"".join(lib.read_bytes() for lib in libs[:1])).hexdigest()[:16]
+    ftype = _gguf_file_type(gguf)
+    marker = cache_root() / "llamacpp" / f"amx-probe-{digest}-{ftype}.json"
+    try:
+        return bool(json.loads(marker.read_text())["ok"])
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        status: int | str = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(gguf)], capture_output=True, timeout=300, check=False
+        ).returncode
+    except subprocess.TimeoutExpired:
+        status = "timeout"
+    ok = status == 0
+    if not ok:
+        log.warning(
+            "llama.cpp's AMX weight layouts fail on this build (exit %s); running without them "
+            "(scripts/install-llama-cpp.sh builds llama.cpp with the AMX fix)",
+            status,
+        )
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"ok": ok, "gguf": str(gguf), "libs": [str(lib) for lib in libs]}))
+    return ok
+
+
+def _gguf_file_type(gguf: Path) -> str:
+    """The GGUF's ``general.file_type`` (the weight type; a probe's answer holds per type)."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(gguf)).fields.get("general.file_type")
+        return str(int(field.parts[field.data[0]][0])) if field is not None else "unknown"
+    except Exception:
+        return "unknown"
 
 
 def kv_unified() -> bool:
@@ -183,7 +255,7 @@ class LlamaCppExecutor:
         self.device = torch.device("cpu")
         self.threads = threads or default_threads()
         params = self.llama.llama_model_default_params()
-        params.use_extra_bufts = use_extra_buffers()
+        params.use_extra_bufts = self.extra_buffers = use_extra_buffers(self.model_path)
         self.model = self.llama.llama_model_load_from_file(str(self.model_path).encode(), params)
         if not self.model:
             raise ValueError(f"llama.cpp could not load {self.model_path} (not a GGUF model it supports)")
@@ -195,6 +267,7 @@ class LlamaCppExecutor:
         self.ctx = None
         self._batch: Any = None  # a llama_batch (ctypes structure) once configured
         self._shape: tuple[int, int, int] | None = None
+        self._unified = kv_unified()
 
     # -- description ------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -216,6 +289,8 @@ class LlamaCppExecutor:
             "threads": self.threads,
             "gguf": str(self.model_path),
             "weights_bytes": int(self.llama.llama_model_size(self.model)),
+            "extra_buffers": self.extra_buffers,
+            "kv_unified": self._unified,
             "n_seq_max": self._shape[1] if self._shape else None,
             "n_ctx": self._shape[0] if self._shape else None,
         }
@@ -234,7 +309,7 @@ class LlamaCppExecutor:
                 "per context; lower it or use --executor torch"
             )
         n_batch = int(prefill_chunk) + n_seq  # a step: at most one prompt chunk budget plus one token per sequence
-        unified = kv_unified()
+        unified = self._unified
         per_seq = int(limits.max_total_tokens)
         # Unified: one pool of cells that the scheduler's token budget counts. Per sequence: every
         # sequence its own stream of max_total_tokens cells, so attention reads that sequence's
@@ -329,32 +404,37 @@ class LlamaCppExecutor:
         """Nothing to do: the KV cells stay allocated for the context's life (sized by the limits)."""
 
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
-        """One ``llama_decode`` over the packed step; the logits each segment asked for."""
+        """One ``llama_decode`` over the packed step; the logits each segment asked for.
+
+        The batch is laid out in sequence-id order (decode tokens and prompt chunks together):
+        with per-sequence KV streams llama.cpp puts only sequences of consecutive ids in one
+        micro-batch (``split_equal(sequential=true)``), each micro-batch a pass over all weights, so
+        the engine's order (decoders, then prompts) cut one step into several."""
         if self.ctx is None or self._batch is None:
             raise RuntimeError("the llama.cpp executor was not configured (Engine calls configure())")
         batch = self._batch
         total = sum(len(s.ids) for s in segments)
         if total > self._n_batch:
             raise RuntimeError(f"a step of {total} tokens exceeds the context's batch of {self._n_batch}")
+        order = sorted(range(len(segments)), key=lambda k: segments[k].row)
         batch.want[:total] = 0
-        spans: list[tuple[int, int]] = []  # per segment: (first output row, rows)
+        spans: list[tuple[int, int]] = [(0, 0)] * len(segments)  # per segment: (first output row, rows)
         outputs = 0
         i = 0
-        for s in segments:
+        for k in order:
+            s = segments[k]
             n = len(s.ids)
             batch.tokens[i : i + n] = s.ids
             batch.positions[i : i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
             batch.seq_ids[i : i + n] = s.row
             if s.logits == "all":
                 batch.want[i : i + n] = 1
-                spans.append((outputs, n))
+                spans[k] = (outputs, n)
                 outputs += n
             elif s.logits == "last":
                 batch.want[i + n - 1] = 1
-                spans.append((outputs, 1))
+                spans[k] = (outputs, 1)
                 outputs += 1
-            else:
-                spans.append((outputs, 0))
             i += n
         batch.struct.n_tokens = total
         rc = self.llama.llama_decode(self.ctx, batch.struct)
