@@ -43,6 +43,7 @@ from _common import (
     plot_path,
     write_results,
 )
+from streamhost.engine.core_client import core_environment
 
 EXTRA_QUESTIONS = [
     "Why do we see lightning before we hear thunder?",
@@ -66,8 +67,8 @@ class RawWorker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            # OMP_WAIT_POLICY=PASSIVE as bench/serve.py gives the servers it launches (like for like)
-            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+            # the OpenMP environment our engine-core process gets (wait policy, spin, threads): like for like
+            env=core_environment({**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, threads, None),
         )
         self.info = self._read()
 
@@ -99,7 +100,7 @@ def raw_worker(gguf: str, threads: int, prompts: list[list[int]], new_tokens: in
 
     llama = import_llama_cpp()
     mparams = llama.llama_model_default_params()
-    mparams.use_extra_bufts = use_extra_buffers()  # the same weight layout as our executor
+    mparams.use_extra_bufts = use_extra_buffers(gguf)  # the same weight layout as our executor
     model = llama.llama_model_load_from_file(gguf.encode(), mparams)
     cparams = llama.llama_context_default_params()
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = 2048, 2048, 512  # a whole prompt per decode

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install llama-cpp-python into a venv, built from source for THIS machine's CPU (PyPI has no wheel
 # for it). The first run compiles llama.cpp, showing ninja's [n/N] progress (measured: 335 s on
-# this project's 2-core machine when quiet, 52 min while seven other agents loaded it); the wheel
+# this project's 2-core machine when quiet, 52 min while seven other agents loaded it; 665 s for
+# the 140-step build with these CMake arguments while three other agents worked); the wheel
 # is kept in a cache folder keyed by version and CPU features, so later installs (a new venv,
 # `make clean && make run`) take seconds (measured: 2 s).
 # Usage: scripts/install-llama-cpp.sh <pip> [version]
@@ -21,6 +22,7 @@ if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "[streamhost] building llama-cpp-python $VERSION for this CPU (once: 5.5 min on an idle 2-core machine, far longer on a busy one)"
   start=$(date +%s)
   mkdir -p "$WHEELS.tmp"
+  : > "$WHEELS.log"  # exists before tail follows it (else tail gives up and no progress shows)
   # GGML_NATIVE: this CPU's instructions (AVX-512, AMX, ...); no tests, examples, tools, server or
   # llava/mtmd. --no-cache-dir: pip's own wheel cache does not know which CPU a wheel was built for;
   # ours does. (No comment may sit inside the continued command below: before, one did, which

@@ -134,8 +134,10 @@ def use_extra_buffers(gguf: str | os.PathLike | None = None) -> bool:
 
 _PROBE = """
 import sys
-from streamhost.engine.executors.llamacpp import import_llama_cpp
-llama = import_llama_cpp()
+import llama_cpp as llama
+quiet = llama.llama_log_callback(lambda *_: None)  # kept referenced: C calls it
+llama.llama_log_set(quiet, None)
+llama.llama_backend_init()
 params = llama.llama_model_default_params()
 params.use_extra_bufts = True
 model = llama.llama_model_load_from_file(sys.argv[1].encode(), params)
