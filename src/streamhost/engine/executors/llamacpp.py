@@ -2,14 +2,19 @@
 
 One llama context hosts up to ``n_seq_max`` sequences (``MAX_BATCH_SIZE``), each in a KV stream of
 its own of ``MAX_TOTAL_TOKENS`` cells: llama.cpp attends over every cell up to the highest one in
-use, so in one shared (unified) pool each token of 16 streams read the cells of all 16 and the
-executor did not scale (16 streams: 14 tok/s). The price is memory: the cells of every stream are
-allocated up front (SmolLM2-135M at the defaults, 32 x 4096 cells: about 2.8 GiB of f16 KV); a
-smaller ``MAX_TOTAL_TOKENS`` or ``MAX_BATCH_SIZE`` shrinks it, and
+use, so in one shared (unified) pool each token of 16 streams read the cells of all 16 (and a
+prompt chunk mixed into a decode step takes flash attention's tiled path, which skips a 64-cell
+tile only when every query of a 64-query tile is masked: a 16-stream step with a 256-token chunk
+took 1.74x longer unified, bench/README.md "llama.cpp at 16 streams"). The price is memory: the
+cells of every stream are allocated up front (SmolLM2-135M at the defaults, 32 x 4096 cells: about
+2.8 GiB of f16 KV); a smaller ``MAX_TOTAL_TOKENS`` or ``MAX_BATCH_SIZE`` shrinks it, and
 ``STREAMHOST_LLAMACPP_KV_UNIFIED=1`` goes back to one pool of ``MAX_BATCH_TOTAL_TOKENS`` cells.
-Each engine step becomes one ``llama_batch``: every running sequence's next token and any prompt
-chunks, each token tagged with its sequence id (= the engine's row) and position, with logits
-asked only where a token will be sampled (or where prompt log-probs were requested). A
+With per-sequence streams llama.cpp puts only *consecutive* sequence ids in one micro-batch
+(``split_equal(sequential=true)``), each micro-batch a pass over all weights: so a step is laid out
+in sequence-id order, and rows are handed out lowest first (a free row in the middle still splits
+a step in two). Each engine step becomes one ``llama_batch``: every running sequence's next token
+and any prompt chunks, each token tagged with its sequence id (= the engine's row) and position,
+with logits asked only where a token will be sampled (or where prompt log-probs were requested). A
 sequence's cells are removed (``llama_memory_seq_rm``) when it finishes or is aborted. Sampling
 stays ours (sampling.py on the returned logits), so every sampling parameter behaves the same on
 both executors.
