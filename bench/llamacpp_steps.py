@@ -133,7 +133,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gguf", action="append", help="GGUF files (default: the shipped Q4_1)")
+    parser.add_argument("--gguf", action="append", help="GGUF files, both layouts (default: the shipped Q4_1)")
+    parser.add_argument("--gguf-extra", action="append", default=[], help="GGUF files, repacked layouts only")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--worker", nargs=2, metavar=("GGUF", "EXTRA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -144,9 +145,9 @@ def main() -> None:
 
     ggufs = args.gguf or [str(default_gguf_path())]
     runs = []
-    for gguf in ggufs:
-        for extra in (False, True):
-            runs.append({"gguf": Path(gguf).name, "extra_buffers": extra, "rows": measure(gguf, extra, args.threads)})
+    plan = [(gguf, extra) for gguf in ggufs for extra in (False, True)] + [(g, True) for g in args.gguf_extra]
+    for gguf, extra in plan:
+        runs.append({"gguf": Path(gguf).name, "extra_buffers": extra, "rows": measure(gguf, extra, args.threads)})
     data = {"machine": machine_info(), "threads": args.threads, "ctx_per_seq": CTX, "runs": runs}
     path = write_results(data, "llamacpp-steps")
     plot(data, plot_path(path))
