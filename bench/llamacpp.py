@@ -169,7 +169,15 @@ def one_stream_side_by_side(
 
     from serve import Server, launch_target, stream_request
 
-    options = SimpleNamespace(omp_wait_policy="passive", server_threads=threads, model=None, tf_cb_num_blocks=64)
+    options = SimpleNamespace(
+        omp_wait_policy="passive",
+        server_threads=threads,
+        model=None,
+        tf_cb_num_blocks=64,
+        max_model_len=None,
+        vllm_venv=None,
+        vllm_kv_cache_gib=None,
+    )
     target = launch_target("streamhost,executor=llamacpp", options, model_dir)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-llamacpp-"))
     assert target.launch is not None

@@ -102,7 +102,10 @@ def measure(gguf: str, extra: bool, threads: int) -> list[dict[str, Any]]:
     env = core_environment({**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, threads, None)
     cmd = [sys.executable, __file__, "--worker", gguf, "1" if extra else "0", "--threads", str(threads)]
     print(f"[llamacpp-steps] {Path(gguf).name} extra_buffers={extra}", file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=True).stdout
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the worker exited {done.returncode}: {done.stderr[-2000:]}")
+    out = done.stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     for row in rows:
         print(f"  {row['shape']:<40} {row['wall_ms']:8.1f} ms", file=sys.stderr, flush=True)
