@@ -248,6 +248,17 @@ def write_step_keys(plan: StepPlan, layer: int, key_states: torch.Tensor, value_
     values.view(-1, dim).index_copy_(0, slots, value_states[0, :, :n].transpose(0, 1).reshape(-1, dim))
 
 
+def write_token_keys(plan: StepPlan, layer: int, keys_tkd: torch.Tensor, values_tkd: torch.Tensor) -> None:
+    """As ``write_step_keys`` for keys/values laid out ``[T, KV, D]`` (token-major, as the lean forward
+    makes them): the flat slots are in (token, head) order, so no transpose is needed."""
+    like = keys_tkd.transpose(0, 1)[None]  # [1, KV, T, D]: the store sizes a new layer from it
+    keys, values = plan.store.layer(layer, like)
+    kv_heads, capacity, dim = keys.shape[1], keys.shape[2], keys.shape[3]
+    slots = plan.flat_slots(kv_heads, capacity)
+    keys.view(-1, dim).index_copy_(0, slots, keys_tkd.reshape(-1, dim))
+    values.view(-1, dim).index_copy_(0, slots, values_tkd.reshape(-1, dim))
+
+
 class _PackedLayer(CacheLayerMixin):
     """Writes this step's new keys/values into their rows; attention then reads the rows."""
 
