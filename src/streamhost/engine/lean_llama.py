@@ -173,6 +173,12 @@ class LeanLlama:
         self.norm_eps = float(base.norm.variance_epsilon)
         self.lm_head = FusedLinear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
         model.lm_head = self.lm_head  # generate() reads the packed copy too; a tied embedding keeps its own
+        _own_remaining_tensors(model)
+        self.embed = base.embed_tokens.weight.detach()
+        self.norm = base.norm.weight.detach()
+        for lean_layer, layer in zip(self.layers, base.layers):
+            lean_layer.ln1 = layer.input_layernorm.weight.detach()
+            lean_layer.ln2 = layer.post_attention_layernorm.weight.detach()
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, plan: StepPlan, keep: torch.Tensor | None) -> torch.Tensor | None:
@@ -200,6 +206,22 @@ class LeanLlama:
         if keep is None:
             return None
         return self.lm_head(_rms_norm(h.index_select(0, keep), self.norm, self.norm_eps))
+
+
+def _own_remaining_tensors(model: nn.Module) -> None:
+    """Copy the parameters the packed weights did not replace (embedding, norms) into memory of
+    their own. transformers loads a checkpoint as views of the memory-mapped safetensors file;
+    while any view lives, the whole mapping stays resident, so the replaced projections' pages
+    would still count once packing has read them (SmolLM2-135M, RSS after load: 935 MB with the
+    mapping kept, 711 MB without; transformers' forward reaches about the same once a request has
+    paged its weights in)."""
+    with torch.no_grad():
+        for module in model.modules():
+            for param in list(module.parameters(recurse=False)):
+                param.data = param.data.clone()
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer is not None:
+                    setattr(module, name, buffer.clone())
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
