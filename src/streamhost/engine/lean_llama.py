@@ -190,6 +190,8 @@ class LeanLlama:
         h = F.embedding(ids, self.embed)  # [T, hidden]
         cos, sin = self.rotary(h[None], plan.token_positions[None])
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, D]: broadcast over heads
+        half = dim // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # rotate_half's sign, once per step
         for index, layer in enumerate(self.layers):
             x = _rms_norm(h, layer.ln1, layer.eps1)
             qkv = layer.qkv(x)
@@ -229,8 +231,7 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as transformers' apply_rotary_pos_emb (rotate_half form)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """transformers' ``x * cos + rotate_half(x) * sin`` with rotate_half's negation moved into
+    ``signed_sin`` (``[-sin1, sin2]``), so a roll does the rest: the same values, half the ops."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
