@@ -180,3 +180,35 @@ def test_lean_greedy_tokens_equal_transformers_generate_on_the_default_model(smo
     ours = _greedy_packed(executor, prompts, steps=16, chunk=4)
     for prompt, tokens in zip(prompts, ours):
         assert tokens == _reference_greedy(smollm2_dir, prompt, 16)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_other_llama_family_models_get_the_lean_forward_with_the_same_tokens(
+    family: str, tmp_path: Path, smollm2_tokenizer
+) -> None:
+    """Qwen2 carries q/k/v biases (fused with the weights), Mistral its own config names."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+    )  # fmt: skip
+    if family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    else:
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=None))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # well separated greedy picks (see streamhost.testing)
+        if family == "qwen2":
+            assert model.model.layers[0].self_attn.q_proj.bias is not None
+            for layer in model.model.layers:
+                layer.self_attn.k_proj.bias.normal_(0, 0.5)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)  # type: ignore[arg-type]
+    smollm2_tokenizer.save_pretrained(tmp_path)
+    executor = TorchExecutor(tmp_path, dtype="bf16", compile=False)
+    assert executor.lean is not None, unsupported_reason(executor.model)
+    prompts = [executor.tokenizer.encode(p) for p in PROMPTS]
+    ours = _greedy_packed(executor, prompts, steps=8, chunk=3)
+    for prompt, tokens in zip(prompts, ours):
+        assert tokens == _reference_greedy(tmp_path, prompt, 8)
