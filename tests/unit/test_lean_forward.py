@@ -193,11 +193,11 @@ def test_other_llama_family_models_get_the_lean_forward_with_the_same_tokens(
         vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
     )  # fmt: skip
+    torch.manual_seed(0)
     if family == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
     else:
         model = MistralForCausalLM(MistralConfig(**common, sliding_window=None))
-    torch.manual_seed(0)
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)  # well separated greedy picks (see streamhost.testing)
         if family == "qwen2":
