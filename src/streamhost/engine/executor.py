@@ -1,5 +1,9 @@
 """Runs the model: PyTorch through transformers' AutoModelForCausalLM, any architecture it loads.
 
+Llama-family models (Llama, Mistral, Qwen2, SmolLM) run through our own forward instead
+(lean_llama.py: fused, oneDNN-prepacked projections; ``lean=False`` / ``STREAMHOST_LEAN_FORWARD=0``
+keeps transformers' forward); every other architecture, and compiled steps, use transformers'.
+
 The executor knows nothing about requests. Its one verb, ``forward(segments)``, runs a packed step
 (decode tokens and prompt chunks together, see kv_cache.py) and returns the logits each segment
 asked for; the engine samples from them. Around it, the engine asks the executor for KV rows
