@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -184,6 +185,14 @@ def process_facts(pid: int) -> dict[str, Any]:
         "cgroup": cgroup,
         "env": {k: v for k, v in sorted(env.items()) if k.startswith(_ENGINE_ENV)},
         "ray_env_vars": len([k for k in env if k.startswith("RAY_")]),
+        # Every other variable only by a digest of its value: differences show, values stay out of the file.
+        "other_env": {
+            k: hashlib.sha256(v.encode()).hexdigest()[:8]
+            for k, v in sorted(env.items())
+            if not k.startswith((*_ENGINE_ENV, "RAY_"))
+        },  # fmt: skip
+        "executable": os.readlink(f"/proc/{pid}/exe") if os.path.exists(f"/proc/{pid}/exe") else "",
+        "cwd": os.readlink(f"/proc/{pid}/cwd") if os.path.exists(f"/proc/{pid}/cwd") else "",
     }
 
 
@@ -200,12 +209,17 @@ def facts_differences(local: list[dict[str, Any]], ray: list[dict[str, Any]]) ->
         if a is None or b is None:
             out.append(f"{command}: not found on {'local' if a is None else 'ray'}")
             continue
-        for key in ("nice", "cpus_allowed", "threads", "cgroup"):
+        for key in ("nice", "cpus_allowed", "threads", "cgroup", "executable", "cwd"):
             if a[key] != b[key]:
                 out.append(f"{command} {key}: local {a[key]!r}, ray {b[key]!r}")
         for key in sorted(set(a["env"]) | set(b["env"])):
             if a["env"].get(key) != b["env"].get(key):
                 out.append(f"{command} ${key}: local {a['env'].get(key)!r}, ray {b['env'].get(key)!r}")
+        other = sorted(
+            k for k in set(a["other_env"]) | set(b["other_env"]) if a["other_env"].get(k) != b["other_env"].get(k)
+        )
+        if other:
+            out.append(f"{command}: other variables that differ (values not recorded): {', '.join(other)}")
     return out
 
 
@@ -560,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = RayCluster(work / "ray-logs", lean=not args.ray_defaults)
     platforms: dict[str, Platform] = {}
     started = time.monotonic()
+    machine = machine_info()  # the load average before this run's own processes start
     try:
         print("starting a 3-node Ray cluster (head + 2 workers, 1 CPU each) ...", flush=True)
         cluster.start(head_cpus=1, workers=[1, 1])
@@ -603,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
             "wall_s": time.monotonic() - started,
         },
-        "machine": {**machine_info(), "load_average_at_end": list(os.getloadavg())},
+        "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
         "instance_settings": facts,
         "instance_settings_differences": differences,
         "idle_cpu_percent": idle,
