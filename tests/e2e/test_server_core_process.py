@@ -110,6 +110,45 @@ def test_engine_cores_decide_the_core_process_affinity(tiny_llama_dir, container
     assert answer.status_code == 200
 
 
+def process_env(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "spin", "policy"),
+    [
+        ([], {"OMP_WAIT_POLICY": "PASSIVE"}, "10000", "PASSIVE"),
+        (["--omp-spin", "0"], {}, "0", "PASSIVE"),
+        ([], {"STREAMHOST_OMP_SPIN": "2500"}, "2500", "PASSIVE"),
+        ([], {"OMP_WAIT_POLICY": "ACTIVE"}, None, "ACTIVE"),
+    ],
+    ids=["default-short-spin", "flag-sleep-at-once", "env-count", "operator-active"],
+)
+def test_omp_spin_reaches_the_core_process(tiny_llama_dir, containers, args, env, spin, policy):
+    """The core's OpenMP threads spin briefly at barriers by default (libgomp's GOMP_SPINCOUNT), even
+    when the platform hands the server OMP_WAIT_POLICY=PASSIVE; an operator's ACTIVE is left alone."""
+    if "GOMP_SPINCOUNT" in os.environ:
+        pytest.skip("GOMP_SPINCOUNT set in this environment: it would win over the setting under test")
+    server = containers.start(["--model-id", str(tiny_llama_dir), *args], env)
+    assert server.proc is not None
+    (core,) = core_processes(server.proc.pid)
+    core_env = process_env(core)
+    assert core_env.get("GOMP_SPINCOUNT") == spin
+    assert core_env.get("OMP_WAIT_POLICY") == policy
+    answer = httpx.post(
+        server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}, timeout=60
+    )
+    assert answer.status_code == 200 and answer.json()["generated_text"]
+
+
+def test_negative_omp_spin_is_a_usage_error(tiny_llama_dir, containers):
+    server = containers.start(["--model-id", str(tiny_llama_dir), "--omp-spin", "-1"], wait=False)
+    assert server.proc is not None
+    assert server.proc.wait(60) == 2
+    assert "--omp-spin -1 is not valid" in server.log()
+
+
 def test_no_engine_process_keeps_the_core_in_the_server(tiny_llama_dir, containers):
     server = containers.start(["--model-id", str(tiny_llama_dir), "--no-engine-process"])
     assert server.proc is not None

@@ -66,3 +66,6 @@ class EngineConfig:
     # False runs it in a thread of the server process (--no-engine-process / STREAMHOST_ENGINE_PROCESS=0).
     engine_process: bool = True
     engine_cores: str | None = None  # --engine-cores / STREAMHOST_ENGINE_CORES: a count or a CPU list (0-1)
+    # --omp-spin / STREAMHOST_OMP_SPIN: barrier spins of the core's OpenMP threads before they sleep
+    # (0: sleep at once); None: core_client.DEFAULT_OMP_SPIN.
+    omp_spin: int | None = None

@@ -34,6 +34,10 @@ OutputHandler = Callable[[CoreOutput], None]
 ExitHandler = Callable[[str], None]
 
 STOP_TIMEOUT_S = 10.0  # a core told to stop that has not exited by then is killed
+# Barrier spins of the core's OpenMP threads before they sleep (libgomp's GOMP_SPINCOUNT, about
+# 0.1 ms here): raw llama.cpp decode 27 tok/s with 0, 77 with 10,000, 78 with 100,000 (quiet);
+# with other agents on the 2 cores 100,000 collapsed single-stream decode (docs/architecture.md).
+DEFAULT_OMP_SPIN = 10_000
 
 
 class InProcessCore:
@@ -109,11 +113,7 @@ class ProcessCore:
         # A fresh interpreter (not a fork: the server's torch and tokenizer threads would be copied in
         # an undefined state; not multiprocessing's spawn: it re-runs the parent's __main__), with
         # the OpenMP pool sized to its cores in its environment before torch loads.
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        # Spinning OpenMP threads collapsed single-stream decode (1.2 vs 12.8 tok/s) on this
-        # 2-core machine shared with other processes (docs/architecture.md, "Engine core
-        # placement"): PASSIVE unless the operator asks for ACTIVE on a machine of its own.
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env = core_environment(dict(os.environ), threads, config.omp_spin)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamhost.engine.core_proc"], stdin=subprocess.PIPE, env=env
         )
@@ -225,6 +225,22 @@ class ProcessCore:
             self._receiver.join(2)  # it closes its own socket (a ZeroMQ socket belongs to one thread)
         os.close(self._pidfd)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def core_environment(env: dict[str, str], threads: int, spin: int | None) -> dict[str, str]:
+    """The core process's environment: its OpenMP pool sized to its cores and, unless the operator
+    chose ``OMP_WAIT_POLICY=ACTIVE`` or a ``GOMP_SPINCOUNT`` of their own, threads that spin ``spin``
+    times (default :data:`DEFAULT_OMP_SPIN`) at each barrier before they sleep.
+
+    Sleeping at once (PASSIVE) made llama.cpp decode 3x slower and torch 1.6x slower here: a step
+    is hundreds of short parallel regions, each woken through the kernel. Spinning without end
+    (ACTIVE, or libgomp's ~3 ms default) collapsed decode when other processes shared the cores,
+    since a spinning thread holds a core its peer needs. See docs/architecture.md, "OpenMP spin"."""
+    env = {**env, "OMP_NUM_THREADS": str(threads)}
+    if env.get("OMP_WAIT_POLICY", "").strip().upper() != "ACTIVE":
+        env.setdefault("GOMP_SPINCOUNT", str(DEFAULT_OMP_SPIN if spin is None else spin))
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the spin count above still applies
+    return env
 
 
 def core_threads(placement: CorePlacement, omp_num_threads: str | None) -> int:

@@ -130,6 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default from the CPU count, docs/architecture.md)",
     )
     parser.add_argument(
+        "--omp-spin",
+        type=int,
+        default=None,
+        help="barrier spins of the engine core's OpenMP threads before they sleep, 0 to sleep at once "
+        "(env STREAMHOST_OMP_SPIN; default 10000, docs/architecture.md)",
+    )
+    parser.add_argument(
         "--no-engine-process",
         dest="engine_process",
         action="store_false",
@@ -304,6 +311,11 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         except ValueError as exc:
             source = "--engine-cores" if _flag(args, "engine_cores") else "STREAMHOST_ENGINE_CORES"
             raise SettingsError(str(exc).replace("--engine-cores", source)) from None
+    omp_spin = _flag(args, "omp_spin")
+    if omp_spin is not None and omp_spin < 0:
+        raise SettingsError(f"--omp-spin {omp_spin} is not valid: expected a number >= 0")
+    if omp_spin is None:
+        omp_spin = _env_number(env, "STREAMHOST_OMP_SPIN", int, 0)
     engine = EngineConfig(
         dtype=dtype,
         trust_remote_code=bool(trust),
@@ -319,6 +331,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         quantize=quantize,
         engine_process=engine_process is not False,
         engine_cores=engine_cores,
+        omp_spin=None if omp_spin is None else int(omp_spin),
     )
 
     return ServerSettings(
