@@ -164,6 +164,13 @@ def ray_total(idle: dict[str, float]) -> float:
 # ---------------------------------------------------------------------- what an instance runs with
 
 
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def process_facts(pid: int) -> dict[str, Any]:
     """Niceness, allowed CPUs, cgroup, threads and engine-relevant environment of one process."""
     try:
@@ -180,6 +187,8 @@ def process_facts(pid: int) -> dict[str, Any]:
     return {
         "command": "engine core" if "core_proc" in cmdline else "model server",
         "nice": int(stat[16]),
+        "sched_policy": int(stat[38]),  # 0 SCHED_OTHER, 3 SCHED_BATCH, 5 SCHED_IDLE
+        "timerslack_ns": _read_int(f"/proc/{pid}/timerslack_ns"),
         "cpus_allowed": status.get("Cpus_allowed_list", "").strip(),
         "threads": int(status.get("Threads", "0")),
         "cgroup": cgroup,
@@ -209,7 +218,7 @@ def facts_differences(local: list[dict[str, Any]], ray: list[dict[str, Any]]) ->
         if a is None or b is None:
             out.append(f"{command}: not found on {'local' if a is None else 'ray'}")
             continue
-        for key in ("nice", "cpus_allowed", "threads", "cgroup", "executable", "cwd"):
+        for key in ("nice", "sched_policy", "timerslack_ns", "cpus_allowed", "threads", "cgroup", "executable", "cwd"):
             if a[key] != b[key]:
                 out.append(f"{command} {key}: local {a[key]!r}, ray {b[key]!r}")
         for key in sorted(set(a["env"]) | set(b["env"])):
@@ -555,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from streamhost.engine.loader import ensure_default_model
 
+    os.environ["HF_HUB_OFFLINE"] = "1"  # for the platforms and the Ray nodes alike
     work = Path(tempfile.mkdtemp(prefix="streamhost-ray-bench-"))
     smollm2 = ensure_default_model()
     if args.model == "tiny":
