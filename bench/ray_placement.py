@@ -556,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny", help="tiny (random 2-layer Llama) or smollm2 (the default model)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--idle-only", action="store_true")
+    parser.add_argument(
+        "--control", action="store_true", help="A/A check of the bench itself: the 'ray' platform places locally too"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.streams, args.new_tokens, args.pairs, args.kills, args.idle_seconds = 4, 16, 2, 1, 5.0
@@ -589,8 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         print("starting a 3-node Ray cluster (head + 2 workers, 1 CPU each) ...", flush=True)
         cluster.start(head_cpus=1, workers=[1, 1])
         platforms["local"] = Platform("local", work / "local", []).start()
-        platforms["ray"] = Platform("ray", work / "ray", ["--ray", cluster.address, "--ray-cpu-scale", "0.25",
-                                    "--ray-instance-host", "127.0.0.1", "--ray-cache-dir", str(work / "cache")]).start()  # fmt: skip
+        ray_args = ["--ray", cluster.address, "--ray-cpu-scale", "0.25", "--ray-instance-host", "127.0.0.1",
+                    "--ray-cache-dir", str(work / "cache")]  # fmt: skip
+        platforms["ray"] = Platform("ray", work / "ray", [] if args.control else ray_args).start()
         for platform in platforms.values():
             print(f"deploying 2 instances on {platform.label} ...", flush=True)
             platform.deploy(container)
@@ -607,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load: {args.streams} streams x {args.new_tokens} tokens, {args.pairs} pairs", flush=True)
         runs = asyncio.run(load(platforms, cluster, texts, args))
         print("node kills ...", flush=True)
-        kills = kill_and_replace(cluster, platforms["ray"], args.kills)
+        kills = [] if args.control else kill_and_replace(cluster, platforms["ray"], args.kills)
     finally:
         for platform in platforms.values():
             platform.stop()
@@ -622,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": analysis["pairs"],
             "load_budget_s": args.load_budget,
             "model": args.model,
+            "control": "both platforms place locally ('ray' is a second local one)" if args.control else None,
             "ray_options": "defaults" if args.ray_defaults else "lean (streamhost.testing_ray.LEAN_*)",
             "cluster": "3 nodes on this machine, 1 CPU each; instances: 1 CPU, 1 thread",
             "order": "pairs L R, R L, ... (L R R L L R ...)",
@@ -642,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(k[key] is not None for k in kills)
         },
     }
-    stamped = write_results(result, "ray_placement")
+    stamped = write_results(result, "ray_placement_control" if args.control else "ray_placement")
     plot(plot_path(stamped), result)
     print(f"\n{analysis['pairs']} pairs; change = ray / local - 1; median [90% bootstrap interval] (range)")
     for key, (label, _) in METRICS.items():
