@@ -1,4 +1,4 @@
-"""Where a decode step's time goes: eager against compiled, at 1, 4 and 16 sequences, in one run.
+"""Where a decode step's time goes: transformers' forward, our lean forward (and torch.compile), in one run.
 
 The torch executor is driven directly (no server, no engine thread): each sequence's prompt is
 prefilled, then ``--steps`` decode steps run, each one ``executor.forward`` plus ``sample_batch``
@@ -13,8 +13,8 @@ prefilled, then ``--steps`` decode steps run, each one ``executor.forward`` plus
 
 Results: bench/results/step-profile-<timestamp>.json and a stacked-bar PNG beside it. Usage::
 
-    flock /work/wt/bench.lock nice -n 5 .venv/bin/python bench/step_profile.py            # eager + compiled
-    .venv/bin/python bench/step_profile.py --no-compiled --seqs 1,16                       # eager only
+    flock /work/wt/bench.lock nice -n 5 .venv/bin/python bench/step_profile.py      # transformers' forward + lean
+    .venv/bin/python bench/step_profile.py --systems transformers,lean,compiled --seqs 1,16  # + torch.compile
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from _common import chat_prompts, machine_info, plot_path, write_results
 
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::linear", "mkldnn::_linear_pointwise"}
 ATTENTION_LABEL = "streamhost::attention"
+SYSTEMS = ("transformers", "lean", "compiled")
 CATEGORIES = ("matmul", "attention", "other_kernels", "python_dispatch", "sampling")
 
 
@@ -45,7 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seqs", default="1,4,16", help="concurrent sequences (default 1,4,16)")
     parser.add_argument("--steps", type=int, default=40, help="timed decode steps per configuration")
     parser.add_argument("--profile-steps", type=int, default=10, help="decode steps under the profiler")
-    parser.add_argument("--no-compiled", action="store_true", help="eager only")
+    parser.add_argument(
+        "--systems",
+        default="transformers,lean",
+        help="comma list of: transformers (eager, transformers' forward), lean (eager, lean_llama.py), "
+        "compiled (torch.compile of transformers' forward); default transformers,lean",
+    )
+    parser.add_argument("--no-compiled", action="store_true", help=argparse.SUPPRESS)  # the old default's opt-out
     parser.add_argument("--buckets", default=None, help="compiled token buckets (default: the executor's)")
     parser.add_argument("--model", default=None, help="model folder (default: the converted smollm2)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -55,10 +62,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure both in this process (default: each in a fresh one; the thread pools and compile "
         "workers one leaves behind slow the other)",
     )
-    parser.add_argument("--only", choices=("eager", "compiled"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--partial-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.seq_counts = sorted({int(s) for s in args.seqs.split(",") if s.strip()})
+    args.system_list = [
+        s.strip()
+        for s in args.systems.split(",")
+        if s.strip() and s.strip() != "compiled" or (s.strip() == "compiled" and not args.no_compiled)
+    ]
+    unknown = set(args.system_list) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; use {', '.join(SYSTEMS)}")
     return args
 
 
@@ -80,6 +95,17 @@ def _instrument_attention() -> None:
 
     kv_cache.attend = attend
     kv_cache.write_step_keys = write_step_keys
+    # the lean forward imported them by name
+    from streamhost.engine import lean_llama
+
+    plain_write_tokens = lean_llama.write_token_keys
+
+    def write_token_keys(*a, **k):
+        with torch.profiler.record_function(ATTENTION_LABEL):
+            return plain_write_tokens(*a, **k)
+
+    lean_llama.attend = attend
+    lean_llama.write_token_keys = write_token_keys
 
 
 class Decoder:
@@ -217,7 +243,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels, bottoms, bars = [], [], {c: [] for c in CATEGORIES}
-    for system in ("eager", "compiled"):
+    for system in SYSTEMS:
         for n, entry in (results.get(system) or {}).items():
             labels.append(f"{system}\nx{n}")
             for c in CATEGORIES:
@@ -235,12 +261,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def measure_system(system: str, model_dir: Path, prompts: list[list[int]], args: argparse.Namespace) -> dict:
-    """``{"eager": by_seqs}`` or ``{"compiled": by_seqs, "compile": start-up facts}``."""
+    """``{system: by_seqs}``, for "compiled" also ``"compile"``: start-up facts."""
     from streamhost.engine.executor import TorchExecutor
     from streamhost.engine.loader import cache_root
 
-    if system == "eager":
-        return {"eager": measure(TorchExecutor(model_dir, dtype="bf16", compile=False), prompts, args, "eager")}
+    if system in ("transformers", "lean"):
+        executor = TorchExecutor(model_dir, dtype="bf16", compile=False, lean=system == "lean")
+        assert (executor.lean is not None) == (system == "lean")
+        return {system: measure(executor, prompts, args, system)}
     kwargs: dict[str, Any] = {}
     if args.buckets:
         kwargs["compile_buckets"] = tuple(int(b) for b in args.buckets.split(","))
@@ -292,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "sampling": "sample_batch wall time (greedy)",
         },
     }
-    systems = ["eager"] + ([] if args.no_compiled else ["compiled"])
+    systems = args.system_list
     if args.only:
         part = measure_system(args.only, model_dir, prompts, args)
         Path(args.partial_out).write_text(json.dumps(part))
@@ -309,17 +337,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             part = json.loads(out.read_text())
             out.unlink()
-            part = {
-                k: ({int(n): e for n, e in v.items()} if k in ("eager", "compiled") else v) for k, v in part.items()
-            }
+            part = {k: ({int(n): e for n, e in v.items()} if k in SYSTEMS else v) for k, v in part.items()}
         results.update(part)
-    if not args.no_compiled:
+    base = "transformers" if "transformers" in systems else None
+    if base:
         results["ratios"] = {
-            f"tok/s compiled/eager x{n}": results["compiled"][n]["tok_s"] / results["eager"][n]["tok_s"]
+            f"tok/s {system}/{base} x{n}": results[system][n]["tok_s"] / results[base][n]["tok_s"]
+            for system in systems
+            if system != base
             for n in args.seq_counts
         }
         results["greedy_equal"] = {
-            f"x{n}": results["compiled"][n]["tokens0"] == results["eager"][n]["tokens0"] for n in args.seq_counts
+            f"{system} x{n}": results[system][n]["tokens0"] == results[base][n]["tokens0"]
+            for system in systems
+            if system != base
+            for n in args.seq_counts
         }
         print(results["ratios"], results["greedy_equal"])
     results["machine"]["load_average_at_end"] = list(os.getloadavg())

@@ -1,5 +1,9 @@
 """Runs the model: PyTorch through transformers' AutoModelForCausalLM, any architecture it loads.
 
+Llama-family models (Llama, Mistral, Qwen2, SmolLM) run through our own forward instead
+(lean_llama.py: fused, oneDNN-prepacked projections; ``lean=False`` / ``STREAMHOST_LEAN_FORWARD=0``
+keeps transformers' forward); every other architecture, and compiled steps, use transformers'.
+
 The executor knows nothing about requests. Its one verb, ``forward(segments)``, runs a packed step
 (decode tokens and prompt chunks together, see kv_cache.py) and returns the logits each segment
 asked for; the engine samples from them. Around it, the engine asks the executor for KV rows
@@ -20,6 +24,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from streamhost.engine.compiled_step import BUCKETS, CompiledStep, cache_key, default_compile, unsupported_reason
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
+from streamhost.engine.lean_llama import LeanLlama
+from streamhost.engine.lean_llama import unsupported_reason as lean_unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,7 @@ class TorchExecutor:
         compile: bool | None = None,
         compile_cache_dir: Path | None = None,
         compile_buckets: tuple[int, ...] | None = None,
+        lean: bool | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = pick_device(device)
@@ -102,6 +109,20 @@ class TorchExecutor:
         self.compiled: CompiledStep | None = None
         if default_compile(self.device) if compile is None else compile:
             self._compile(compile_cache_dir, tuple(compile_buckets or BUCKETS))
+        self.lean: LeanLlama | None = None
+        if self.compiled is None and lean is not False:
+            self._use_lean_forward()
+
+    def _use_lean_forward(self) -> None:
+        """Our Llama-family forward (lean_llama.py) where it applies; transformers' forward otherwise."""
+        why_not = lean_unsupported_reason(self.model)
+        if why_not:
+            log.info("lean forward off (%s): running transformers' forward", why_not)
+            return
+        self.lean = LeanLlama(self.model)
+        log.info(
+            "lean forward on: fused q/k/v and gate/up, %s weights", "prepacked" if self.lean.lm_head.packed else "plain"
+        )
 
     def _compile(self, cache_root: Path | None, buckets: tuple[int, ...]) -> None:
         """Compile the small-step forward for every bucket now (minutes cold, seconds from the cache)."""
@@ -177,6 +198,10 @@ class TorchExecutor:
         bucket = self.compiled.bucket_for(q) if self.compiled is not None else None
         if self.compiled is not None and bucket is not None:
             return _split_logits(segments, spans, self.compiled.run(plan, flat_ids, keep, bucket))
+        if self.lean is not None:
+            ids = torch.tensor(flat_ids, dtype=torch.long, device=self.device)
+            kept = torch.tensor(keep, device=self.device) if keep else None
+            return _split_logits(segments, spans, self.lean.forward(ids, plan, kept))
         out = self.model(
             input_ids=torch.tensor([flat_ids], dtype=torch.long, device=self.device),
             position_ids=plan.token_positions[None, :],

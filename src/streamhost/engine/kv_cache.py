@@ -9,15 +9,14 @@ Each step runs ONE forward over a packed row of tokens: every decoding sequence'
 any prompt chunks being prefilled ("segments"). Linear layers see all tokens at once (on a CPU
 the weight read dominates, so extra tokens are nearly free); attention is done per segment by
 ``packed_attention`` against each sequence's own row. Decode segments on consecutive rows share one
-attention call over a view of their rows, padded (masked) to the longest 64-token bucket among them.
-On a CPU that call is two batched matmuls and a float32 softmax rather than SDPA: PyTorch's CPU
-flash kernel spends ~5 ms per layer on 16 one-token queries over ~600 keys (it is built for blocks
-of queries), the two bmm calls ~0.5 ms, which made SDPA two thirds of a 16-stream decode step.
-The CPU matmul copies any batched operand whose matrices are not packed back to back, and a
-``[:length]`` slice of the store is not; so a decode run attends over its rows' whole buffers
-(masked) unless the buffers are more than ``FULL_CAPACITY_FACTOR`` times longer than it needs:
-reading up to that much extra is cheaper than the copy (measured: 16 rows, 576 of 1024 positions
-used, 0.4 ms over the whole buffers against 1.0 ms for the sliced, copied operands).
+SDPA call over a view of their rows, padded (masked) to the longest 64-token bucket among them; the
+view is strided (a row's buffer is longer than the bucket) and SDPA's flash kernel reads it in place.
+An earlier CPU path (two batched matmuls and a float32 softmax over the rows' whole buffers, since
+the CPU ``bmm`` copies strided operands) lost to SDPA with torch 2.13 in every case measured on this
+machine (one layer, 9 query / 3 KV heads, bf16, best of 10): 1 row 33 against 128 us, 4 rows 151
+against 277 us, 16 rows of 200-700 tokens 0.94 against 1.42 ms, 32 rows 1.8 against 2.7 ms, with one
+thread; with two, PASSIVE or spinning, SDPA kept a 1.2-3x lead. It reads only the bucket, not the
+doubled buffer.
 ``STREAMHOST_BATCH_INVARIANT=1`` instead groups only rows whose lengths fall in the same bucket, so
 a sequence's attention is computed over the same key length whatever else is in the batch (exact
 batch invariance of attention; with mixed lengths it costs one SDPA call per row).
@@ -35,7 +34,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 ATTENTION_NAME = "streamhost_packed"
 DECODE_BUCKET = 64
-FULL_CAPACITY_FACTOR = 2  # CPU decode: attend over whole buffers while at most this much longer than needed
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -137,13 +135,6 @@ class _DecodeRun:
     row1: int
     kv_len: int
     mask: torch.Tensor  # [rows, 1, 1, kv_len], additive
-    _per_kv_head: torch.Tensor | None = None
-
-    def mask_per_kv_head(self, kv_heads: int) -> torch.Tensor:
-        """The mask as ``[rows * kv_heads, 1, kv_len]`` for a batched matmul; built by the first layer."""
-        if self._per_kv_head is None:
-            self._per_kv_head = self.mask.view(self.mask.shape[0], 1, self.kv_len).repeat_interleave(kv_heads, 0)
-        return self._per_kv_head
 
 
 @dataclass
@@ -205,8 +196,6 @@ class StepPlan:
                 ):
                     bucket = max(bucket, _round_up(pending[j][2], DECODE_BUCKET))
                     j += 1
-                if device.type == "cpu" and not invariant and store.capacity <= FULL_CAPACITY_FACTOR * bucket:
-                    bucket = store.capacity  # the rows' whole buffers: a packed operand, see module docstring
                 lengths = torch.tensor([p[2] for p in pending[i:j]], device=device)
                 cols = torch.arange(bucket, device=device)
                 mask = torch.zeros((j - i, 1, 1, bucket), dtype=dtype, device=device)
@@ -246,6 +235,17 @@ def write_step_keys(plan: StepPlan, layer: int, key_states: torch.Tensor, value_
     n = plan.token_rows.shape[0]
     keys.view(-1, dim).index_copy_(0, slots, key_states[0, :, :n].transpose(0, 1).reshape(-1, dim))
     values.view(-1, dim).index_copy_(0, slots, value_states[0, :, :n].transpose(0, 1).reshape(-1, dim))
+
+
+def write_token_keys(plan: StepPlan, layer: int, keys_tkd: torch.Tensor, values_tkd: torch.Tensor) -> None:
+    """As ``write_step_keys`` for keys/values laid out ``[T, KV, D]`` (token-major, as the lean forward
+    makes them): the flat slots are in (token, head) order, so no transpose is needed."""
+    like = keys_tkd.transpose(0, 1)[None]  # [1, KV, T, D]: the store sizes a new layer from it
+    keys, values = plan.store.layer(layer, like)
+    kv_heads, capacity, dim = keys.shape[1], keys.shape[2], keys.shape[3]
+    slots = plan.flat_slots(kv_heads, capacity)
+    keys.view(-1, dim).index_copy_(0, slots, keys_tkd.reshape(-1, dim))
+    values.view(-1, dim).index_copy_(0, slots, values_tkd.reshape(-1, dim))
 
 
 class _PackedLayer(CacheLayerMixin):
@@ -312,13 +312,8 @@ def attend(plan: StepPlan, layer: int, query: torch.Tensor, scaling: float | Non
             q = query[0, :, part.q0 : part.q1].transpose(0, 1)  # [n, H, D]
             k = keys[part.row0 : part.row1, :, : part.kv_len]
             v = values[part.row0 : part.row1, :, : part.kv_len]
-            if q.device.type == "cpu":
-                out[0, part.q0 : part.q1] = _decode_attention_bmm(q, k, v, part, scaling)
-            else:
-                o = F.scaled_dot_product_attention(
-                    q.unsqueeze(2), k, v, attn_mask=part.mask, scale=scaling, enable_gqa=gqa
-                )
-                out[0, part.q0 : part.q1] = o[:, :, 0]
+            o = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=part.mask, scale=scaling, enable_gqa=gqa)
+            out[0, part.q0 : part.q1] = o[:, :, 0]
         else:
             q = query[:, :, part.q0 : part.q1]  # [1, H, n, D]
             k = keys[part.row : part.row + 1, :, : part.kv_len]
@@ -334,25 +329,6 @@ def attend(plan: StepPlan, layer: int, query: torch.Tensor, scaling: float | Non
             )
             out[0, part.q0 : part.q1] = o[0].transpose(0, 1)
     return out
-
-
-def _decode_attention_bmm(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, run: _DecodeRun, scaling: float | None
-) -> torch.Tensor:
-    """One query token per row: ``q [n, H, D]`` over ``k, v [n, KV, L, D]`` (views of the store);
-    returns ``[n, H, D]``. Query head h reads key/value head h // (H / KV), as SDPA's ``enable_gqa``.
-    Scores are computed in the model's dtype and the softmax in float32, as transformers' eager
-    attention does."""
-    n, heads, dim = q.shape
-    kv_heads, length = k.shape[1], k.shape[2]
-    group = heads // kv_heads
-    scale = scaling if scaling is not None else dim**-0.5
-    k3 = k.reshape(n * kv_heads, length, dim)  # a view: a row's heads are consecutive in the store
-    v3 = v.reshape(n * kv_heads, length, dim)
-    q3 = q.reshape(n * kv_heads, group, dim) * scale
-    scores = torch.baddbmm(run.mask_per_kv_head(kv_heads), q3, k3.transpose(1, 2))  # [n*KV, G, L]
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    return torch.bmm(probs, v3).view(n, heads, dim)
 
 
 def register_attention() -> str:

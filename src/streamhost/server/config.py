@@ -14,7 +14,8 @@ setting fails at once with a message naming the setting and the value (never mid
   ``NUM_SHARD``, ``HF_TOKEN`` / ``HUGGING_FACE_HUB_TOKEN`` (for hub downloads, never logged),
   ``STREAMHOST_CACHE`` (converted models), ``STREAMHOST_BATCH_INVARIANT``, ``--compile`` /
   ``--no-compile`` > ``STREAMHOST_COMPILE`` (torch.compile of small steps; default per device,
-  ``engine/compiled_step.py``);
+  ``engine/compiled_step.py``); ``--lean-forward`` / ``--no-lean-forward`` > ``STREAMHOST_LEAN_FORWARD``
+  (our Llama-family forward, ``engine/lean_llama.py``; default on where the architecture allows);
 - the engine core: its own process unless ``--no-engine-process`` / ``STREAMHOST_ENGINE_PROCESS=0``,
   on ``--engine-cores`` / ``STREAMHOST_ENGINE_CORES`` (a count or a CPU list such as ``0-1``);
 - dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
@@ -122,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.compile the small (decode) steps, cached on disk (env STREAMHOST_COMPILE; default per device)",
+    )
+    parser.add_argument(
+        "--lean-forward",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch executor: our fused, prepacked Llama-family forward (env STREAMHOST_LEAN_FORWARD; "
+        "default on for Llama/Mistral/Qwen2, transformers' forward otherwise)",
     )
     parser.add_argument(
         "--engine-cores",
@@ -298,6 +306,9 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     compile_step = _flag(args, "compile")
     if compile_step is None:
         compile_step = _env_bool(env, "STREAMHOST_COMPILE")
+    lean_forward = _flag(args, "lean_forward")
+    if lean_forward is None:
+        lean_forward = _env_bool(env, "STREAMHOST_LEAN_FORWARD")
     cache = env.get("STREAMHOST_CACHE") or None
     engine_process = _flag(args, "engine_process")
     if engine_process is None:
@@ -325,6 +336,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         tensor_parallel_degree=options.tensor_parallel_degree,
         batch_invariant=bool(batch_invariant),
         compile=compile_step,
+        lean_forward=lean_forward,
         hub_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
         cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
         executor=executor,

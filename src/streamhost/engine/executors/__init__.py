@@ -157,6 +157,7 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
             compile=config.compile,
             compile_cache_dir=cache_root(config.cache_dir),
             compile_buckets=config.compile_buckets,
+            lean=config.lean_forward,
         )
 
     from transformers import AutoTokenizer
