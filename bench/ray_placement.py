@@ -28,6 +28,7 @@ the spare node) passes its health check; a fresh worker joins as the next spare.
     .venv/bin/python bench/ray_placement.py --model smollm2     # the default model
     .venv/bin/python bench/ray_placement.py --quick             # 4 streams x 16 tokens, 2 pairs, 1 kill
     .venv/bin/python bench/ray_placement.py --idle-only         # Ray defaults vs lean options, idle CPU
+    .venv/bin/python bench/ray_placement.py --control --kills 0 # A/A: the 'ray' platform places locally too
 
 Outputs: ``bench/results/ray_placement-<timestamp>.json`` (``ray_idle-`` for ``--idle-only``) and
 its plot (same stem, ``.png``); goals: ``bench/check.py``.
