@@ -31,6 +31,13 @@ FAST_FAILURE_DETECTION = {
     "RAY_health_check_initial_delay_ms": "1000",
 }
 
+# Ray's background work streamhost does not use (bench/ray_placement.py --idle-only measures it):
+# the log monitor streams workers' stdout to drivers (the platform joins with log_to_driver=False
+# and model servers log to files), and metrics collection feeds a Prometheus export nobody scrapes.
+# Placement groups, actor health and node-loss detection do not depend on either.
+LEAN_START_ARGS = ["--include-log-monitor=false"]
+LEAN_ENV = {"RAY_enable_metrics_collection": "0"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -63,6 +70,42 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+# What each process of a node is, from its command line (workers retitle themselves ``ray::...``).
+_ROLES = (
+    ("gcs_server", "gcs_server"),
+    ("/raylet", "raylet"),
+    ("ray::DashboardAgent", "dashboard_agent"),
+    ("ray::RuntimeEnvAgent", "runtime_env_agent"),
+    ("log_monitor.py", "log_monitor"),
+    ("autoscaler/_private/monitor.py", "autoscaler_monitor"),
+    ("dashboard/dashboard.py", "api_server"),
+    ("ray::IDLE", "idle_worker"),
+    ("ray::", "actor_worker"),
+    ("streamhost", "model_server"),
+    (" start --block", "ray_start"),
+)
+
+
+def process_role(pid: int) -> str:
+    """``raylet``, ``gcs_server``, ``dashboard_agent``, ``model_server``, ... for a node's process."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    return next((role for needle, role in _ROLES if needle in cmdline), "other")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used so far (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15 of stat)
+
+
 @dataclass
 class Node:
     name: str
@@ -76,16 +119,22 @@ class Node:
 
 
 class RayCluster:
-    """Head + workers, each a separate ``ray start --block``; ``stop`` kills everything it started."""
+    """Head + workers, each a separate ``ray start --block``; ``stop`` kills everything it started.
 
-    def __init__(self, log_dir: Path) -> None:
+    ``lean`` (the default) starts the nodes with ``LEAN_START_ARGS`` and ``LEAN_ENV``: Ray's own
+    background work that streamhost does not use, off (``lean=False``: Ray's defaults, to measure).
+    """
+
+    def __init__(self, log_dir: Path, lean: bool = True) -> None:
         self.log_dir = log_dir
+        self.lean = lean
         self.temp_dir = tempfile.mkdtemp(prefix="shray")  # short: Ray's socket paths have a length limit
         self.port = free_port()
         self.nodes: list[Node] = []
         self.env = {
             **os.environ,
             **FAST_FAILURE_DETECTION,
+            **(LEAN_ENV if lean else {}),
             "OMP_WAIT_POLICY": "PASSIVE",
             "RAY_USAGE_STATS_ENABLED": "0",
             # A stray ~/.ray/auth_token (left by any local ray.init()) makes `ray start` demand tokens
@@ -100,7 +149,8 @@ class RayCluster:
     def _start(self, name: str, args: list[str], cpus: float) -> Node:
         log = open(self.log_dir / f"ray-{name}.log", "ab")
         argv = [RAY, "start", "--block", "--disable-usage-stats", f"--num-cpus={cpus:g}", "--num-gpus=0",
-                f"--object-store-memory={OBJECT_STORE_BYTES}", f"--resources={json.dumps({name: 1})}", *args]  # fmt: skip
+                f"--object-store-memory={OBJECT_STORE_BYTES}", f"--resources={json.dumps({name: 1})}",
+                *(LEAN_START_ARGS if self.lean else []), *args]  # fmt: skip
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         log.close()
         node = Node(name, process, cpus)
@@ -172,6 +222,10 @@ class RayCluster:
                 pass
         node.process.wait(10)
         return pids
+
+    def processes(self) -> dict[int, str]:
+        """Every live process of every node, with its role (``process_role``)."""
+        return {pid: process_role(pid) for node in self.nodes if node.alive for pid in descendants(node.process.pid)}
 
     def stop(self) -> None:
         """Kill every process of every node (workers first, the head last)."""

@@ -157,3 +157,24 @@ def test_a_training_job_reserves_its_instance_type_times_its_count_on_one_node(t
     reason = unplaceable_reason({"InstanceType": "ml.g5.2xlarge", "InstanceCount": 2}, two_gpu_boxes, nodes)
     assert "2 x ml.g5.2xlarge" in reason and "CPU: 8 (the most any node has: 4)" in reason
     assert "GPU: 2 (the most any node has: 1)" in reason and "2 alive" in reason
+
+
+@pytest.mark.parametrize("node_policy", [None, "ACTIVE"])
+def test_a_ray_model_server_gets_the_openmp_settings_a_local_one_gets(tmp_path, monkeypatch, node_policy):
+    """Whatever the Ray node was started with, a Ray-placed model server waits and spins like a local one."""
+    from types import SimpleNamespace
+
+    from streamhost.platform.ray_node import _model_server_env
+    from streamhost.platform.supervisor import Supervisor
+
+    if node_policy:
+        monkeypatch.setenv("OMP_WAIT_POLICY", node_policy)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    settings = PlatformSettings(state_dir=tmp_path, threads_per_instance=1)
+    keys = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "TOKENIZERS_PARALLELISM")
+    for model_env in ({}, {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "3"}):
+        local = Supervisor.instance_env(SimpleNamespace(settings=settings), dict(model_env), 2)  # type: ignore[arg-type]
+        on_ray = _model_server_env(dict(model_env), threads=1)
+        assert {k: on_ray.get(k) for k in keys} == {k: local.get(k) for k in keys}
+    assert on_ray["OMP_WAIT_POLICY"] == "ACTIVE" and on_ray["OMP_NUM_THREADS"] == "3"
+    assert _model_server_env({}, threads=1)["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -105,7 +105,10 @@ def _model_server_env(spec_env: dict[str, str], threads: int) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not _model_server_setting(k)}
     env.update(spec_env)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # As for a local instance (Supervisor.instance_env): PASSIVE unless the model's Environment
+    # says otherwise, whatever the node was started with, so both placements compute alike.
+    if "OMP_WAIT_POLICY" not in spec_env:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     if "OMP_NUM_THREADS" not in spec_env:  # Ray sets its own in workers; ours follows the InstanceType
         env["OMP_NUM_THREADS"] = str(threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
