@@ -32,6 +32,11 @@ def core_processes(server_pid: int) -> list[int]:
     return found
 
 
+def assert_generates(url: str) -> None:
+    answer = httpx.post(url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["generated_text"]
+
+
 def allowed_cpus(pid: int) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Cpus_allowed_list:"):
@@ -82,10 +87,7 @@ def test_client_gone_mid_stream_frees_the_kv_row_in_the_core(tiny_llama_dir, con
     assert value(after, "streamhost_engine_aborted_total") == value(before, "streamhost_engine_aborted_total") + 1
     assert value(after, "tgi_batch_current_size") == 0
     # and the server still answers
-    answer = httpx.post(
-        server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}, timeout=60
-    )
-    assert answer.status_code == 200 and answer.json()["generated_text"]
+    assert_generates(server.url)
 
 
 @pytest.mark.parametrize(
@@ -104,10 +106,7 @@ def test_engine_cores_decide_the_core_process_affinity(tiny_llama_dir, container
     assert server.proc is not None
     (core,) = core_processes(server.proc.pid)
     assert allowed_cpus(core) == expected(usable)
-    answer = httpx.post(
-        server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}, timeout=60
-    )
-    assert answer.status_code == 200
+    assert_generates(server.url)
 
 
 def process_env(pid: int) -> dict[str, str]:
@@ -136,34 +135,29 @@ def test_omp_spin_reaches_the_core_process(tiny_llama_dir, containers, args, env
     core_env = process_env(core)
     assert core_env.get("GOMP_SPINCOUNT") == spin
     assert core_env.get("OMP_WAIT_POLICY") == policy
-    answer = httpx.post(
-        server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}, timeout=60
-    )
-    assert answer.status_code == 200 and answer.json()["generated_text"]
-
-
-def test_negative_omp_spin_is_a_usage_error(tiny_llama_dir, containers):
-    server = containers.start(["--model-id", str(tiny_llama_dir), "--omp-spin", "-1"], wait=False)
-    assert server.proc is not None
-    assert server.proc.wait(60) == 2
-    assert "--omp-spin -1 is not valid" in server.log()
+    assert_generates(server.url)
 
 
 def test_no_engine_process_keeps_the_core_in_the_server(tiny_llama_dir, containers):
     server = containers.start(["--model-id", str(tiny_llama_dir), "--no-engine-process"])
     assert server.proc is not None
     assert core_processes(server.proc.pid) == []
-    answer = httpx.post(
-        server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}, timeout=60
-    )
-    assert answer.status_code == 200 and answer.json()["generated_text"]
+    assert_generates(server.url)
 
 
-def test_bad_engine_cores_is_a_usage_error(tiny_llama_dir, containers):
-    server = containers.start(["--model-id", str(tiny_llama_dir), "--engine-cores", "two"], wait=False)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine-cores", "two"], "--engine-cores 'two' is not valid"),
+        (["--omp-spin", "-1"], "--omp-spin -1 is not valid"),
+    ],
+    ids=["engine-cores", "omp-spin"],
+)
+def test_bad_core_setting_is_a_usage_error(tiny_llama_dir, containers, args, message):
+    server = containers.start(["--model-id", str(tiny_llama_dir), *args], wait=False)
     assert server.proc is not None
     assert server.proc.wait(60) == 2
-    assert "--engine-cores 'two' is not valid" in server.log()
+    assert message in server.log()
 
 
 def test_sigterm_drains_with_the_core_in_its_own_process(tiny_llama_dir, containers):
