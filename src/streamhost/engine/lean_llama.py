@@ -77,7 +77,7 @@ def _get(module: nn.Module, dotted: str) -> nn.Module | None:
 class FusedLinear(nn.Module):
     """One linear layer over concatenated weights; on CPU the weight is prepacked for oneDNN.
 
-    ``width`` is the output size; bias optional. Call it on ``[..., in]`` rows."""
+    Bias optional. Call it on ``[..., in]`` rows."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -129,11 +129,11 @@ def _fuse(*linears: nn.Linear) -> FusedLinear:
 
 class _Layer:
     __slots__ = ("ln1", "ln2", "eps1", "eps2", "qkv", "o", "gate_up", "down", "scaling")
+    ln1: torch.Tensor  # the norms' weights, set by LeanLlama once the model owns its tensors
+    ln2: torch.Tensor
 
     def __init__(self, layer: Any) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        self.ln1 = layer.input_layernorm.weight.detach()
-        self.ln2 = layer.post_attention_layernorm.weight.detach()
         self.eps1 = float(layer.input_layernorm.variance_epsilon)
         self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)
         self.qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
@@ -166,14 +166,13 @@ class LeanLlama:
         self.heads = int(config.num_attention_heads)
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
-        self.embed = base.embed_tokens.weight.detach()
         self.rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] = base.rotary_emb
         self.layers = [_Layer(layer) for layer in base.layers[: config.num_hidden_layers]]
-        self.norm = base.norm.weight.detach()
         self.norm_eps = float(base.norm.variance_epsilon)
         self.lm_head = FusedLinear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
         model.lm_head = self.lm_head  # generate() reads the packed copy too; a tied embedding keeps its own
         _own_remaining_tensors(model)
+        # read what stays in the transformers modules only now: the copy above replaced its storage
         self.embed = base.embed_tokens.weight.detach()
         self.norm = base.norm.weight.detach()
         for lean_layer, layer in zip(self.layers, base.layers):

@@ -100,20 +100,12 @@ def node_niceness() -> int:
 
 
 def _model_server_env(spec_env: dict[str, str], threads: int) -> dict[str, str]:
-    """The node's environment minus model-server settings, then the model's Environment (as locally)."""
-    from .supervisor import _model_server_setting
+    """The node's environment minus model-server settings, then the model's Environment, as for a
+    local instance (so both placements compute alike, whatever the node was started with); Ray
+    sets its own OMP_NUM_THREADS in workers, ours follows the InstanceType."""
+    from .supervisor import model_server_env
 
-    env = {k: v for k, v in os.environ.items() if not _model_server_setting(k)}
-    env.update(spec_env)
-    # As for a local instance (Supervisor.instance_env): PASSIVE unless the model's Environment
-    # says otherwise, whatever the node was started with, so both placements compute alike.
-    if "OMP_WAIT_POLICY" not in spec_env:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    if "OMP_NUM_THREADS" not in spec_env:  # Ray sets its own in workers; ours follows the InstanceType
-        env["OMP_NUM_THREADS"] = str(threads)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return model_server_env(spec_env, threads)
 
 
 class InstanceHost:

@@ -370,6 +370,22 @@ class Deployment:
             self.supervisor.metrics.ready_instances.labels(self.endpoint, variant.name).set(0)
 
 
+def model_server_env(model_env: dict[str, str], threads: int) -> dict[str, str]:
+    """A model server's environment, local or on a Ray node: this process's minus model-server
+    settings, then the model's Environment, then thread settings unless that Environment sets them
+    (PASSIVE OpenMP: spinning threads in several processes on a few cores starve each other; the
+    engine core still spins briefly, see engine/core_client.py)."""
+    env = {k: v for k, v in os.environ.items() if not _model_server_setting(k)}
+    env.update(model_env)
+    if "OMP_WAIT_POLICY" not in model_env:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "OMP_NUM_THREADS" not in model_env:
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 class Supervisor:
     """Owns every deployment; implements the control plane's Lifecycle protocol."""
 
@@ -391,16 +407,8 @@ class Supervisor:
 
     def instance_env(self, environment: dict[str, str], total_instances: int) -> dict[str, str]:
         """The process environment of an instance: ours, the model's Environment, thread settings."""
-        env = {k: v for k, v in os.environ.items() if not _model_server_setting(k)}
-        env.update({str(k): str(v) for k, v in environment.items()})
-        # Spinning OpenMP threads in several processes on a few cores starve each other.
-        if "OMP_WAIT_POLICY" not in environment:
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
-        if "OMP_NUM_THREADS" not in environment:
-            threads = self.settings.threads_per_instance or max(1, self.settings.cpu_count() // max(1, total_instances))
-            env["OMP_NUM_THREADS"] = str(threads)
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env["PYTHONUNBUFFERED"] = "1"
+        threads = self.settings.threads_per_instance or max(1, self.settings.cpu_count() // max(1, total_instances))
+        env = model_server_env({str(k): str(v) for k, v in environment.items()}, threads)
         env[INSTANCE_MARKER] = str(self.settings.state_dir.resolve())
         return env
 
