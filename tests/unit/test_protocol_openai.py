@@ -151,7 +151,8 @@ def test_chat_final_chunk_usage_and_done():
         b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":"stop"}],'
         b'"usage":null}\n\n'
         b'data: {"object":"chat.completion.chunk","id":"","created":1,"model":"m","system_fingerprint":"",'
-        b'"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}\n\n'
+        b'"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,'
+        b'"prompt_tokens_details":{"cached_tokens":0}}}\n\n'
     )
     assert s.done() == b"data: [DONE]\n\n"
 

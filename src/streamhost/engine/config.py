@@ -70,3 +70,6 @@ class EngineConfig:
     # --omp-spin / STREAMHOST_OMP_SPIN: barrier spins of the core's OpenMP threads before they sleep
     # (0: sleep at once); None: core_client.DEFAULT_OMP_SPIN.
     omp_spin: int | None = None
+    # --prefix-cache / STREAMHOST_PREFIX_CACHE: a finished request's KV row keeps its contents for the
+    # next prompt that shares its prefix (engine/prefix_cache.py).
+    prefix_cache: bool = True

@@ -55,7 +55,8 @@ class EngineCore:
         chunk = config.prefill_chunk or (
             GPU_PREFILL_TOKENS_PER_STEP if executor.device.type == "cuda" else CPU_PREFILL_TOKENS_PER_STEP
         )
-        self.scheduler = Scheduler(self.limits, prefill_chunk=chunk)
+        self.scheduler = Scheduler(self.limits, prefill_chunk=chunk, on_admit=self._admit)
+        self._newcomers: list[Sequence] = []  # admitted by this step's schedule, rows taken
         executor.configure(self.limits, self.scheduler.prefill_chunk)
         self.eos_ids = frozenset(executor.eos_token_ids())
         self.stats = CoreStats()
@@ -182,13 +183,12 @@ class EngineCore:
         work.decode.sort(key=_kv_row)  # consecutive rows share one attention call
         for seq in work.decode:
             segments.append(Segment(_kv_row(seq), [seq.generated[-1]], seq.cached_tokens))
-        newcomers = [item.seq for item in work.prefill if item.seq.row is None]
+        newcomers, self._newcomers = self._newcomers, []
         top_row = -1
         for seq in newcomers:
-            seq.row = row = self.executor.alloc_row()
-            top_row = max(top_row, row)
+            top_row = max(top_row, _kv_row(seq))
             seq.admitted_at = now
-            out.admitted.append((seq.key, max(0.0, now - seq.arrival)))
+            out.admitted.append((seq.key, max(0.0, now - seq.arrival), seq.reused_tokens))
         if newcomers:
             # Room for the newcomers' whole prompts now, in one allocation: growing the store copies
             # every layer's buffers, so once per step rather than once per newcomer or per chunk.
@@ -200,6 +200,21 @@ class EngineCore:
                 Segment(_kv_row(seq), seq.prompt_ids[item.start : item.start + item.length], item.start, mode)
             )
         return segments
+
+    def _admit(self, seq: Sequence) -> None:
+        """A sequence leaving the queue takes its KV row: with the prefix cache on, the free row
+        holding the longest prefix of its prompt, whose prefill then starts past that prefix
+        (prompt log-probs need every prompt position's logits, so those prompts reuse nothing)."""
+        if self.config.prefix_cache and not seq.prompt_logprobs:
+            claim = self.executor.claim_row(seq.prompt_ids)
+            seq.row, seq.prefilled = claim.row, claim.reused
+        else:
+            seq.row = self.executor.alloc_row()
+        seq.reused_tokens = seq.prefilled
+        if seq.reused_tokens:
+            self.stats.prompt_tokens_cached += seq.reused_tokens
+            self.stats.prefix_cache_hits += 1
+        self._newcomers.append(seq)
 
     def _record_prefill(
         self, work: StepWork, logits: list[torch.Tensor | None], out: CoreOutput
@@ -258,16 +273,20 @@ class EngineCore:
                 self._seqs.pop(seq.key, None)
                 self._finish(seq)
 
-    def _finish(self, seq: Sequence) -> None:
+    def _finish(self, seq: Sequence, *, keep_kv: bool = True) -> None:
+        """Free its row; with the prefix cache on the row keeps its KV (and the ids it holds) for a
+        later prompt that shares them, unless ``keep_kv`` is False (a failed step may have left it
+        half written)."""
         self.scheduler.remove(seq)
         if seq.row is not None:
-            self.executor.free_row(seq.row)
+            keep = keep_kv and self.config.prefix_cache
+            self.executor.free_row(seq.row, seq.kv_token_ids() if keep else None)
             seq.row = None
         seq.status = Status.FINISHED
 
     def _fail(self, seq: Sequence, message: str, out: CoreOutput) -> None:
         self._seqs.pop(seq.key, None)
-        self._finish(seq)
+        self._finish(seq, keep_kv=False)
         self.stats.failed += 1
         out.failed.append((seq.key, message))
 

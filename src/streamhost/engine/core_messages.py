@@ -55,7 +55,9 @@ class CoreStats:
     waiting: int = 0
     running: int = 0
     steps: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # prompt tokens computed (prefilled)
+    prompt_tokens_cached: int = 0  # prompt tokens whose KV a row already held (prefix reuse)
+    prefix_cache_hits: int = 0  # requests that reused at least one prompt token
     generated_tokens: int = 0
     aborted: int = 0
     failed: int = 0
@@ -72,7 +74,8 @@ class CoreOutput:
     """One step's results for every sequence, in the order they were sampled."""
 
     tokens: list[SampledToken] = field(default_factory=list)
-    admitted: list[tuple[RequestKey, float]] = field(default_factory=list)  # (request id, queue time s)
+    # (request id, queue time s, prompt tokens reused from the prefix cache)
+    admitted: list[tuple[RequestKey, float, int]] = field(default_factory=list)
     prompt_logprobs: list[tuple[RequestKey, int, list[float]]] = field(
         default_factory=list
     )  # (id, chunk start, values)

@@ -36,6 +36,7 @@ from streamhost.engine.config import EngineConfig, LimitSettings
 from streamhost.engine.core_messages import CoreInput, CoreOutput, CoreRequest, CoreStats, ExecutorSummary
 from streamhost.engine.errors import EngineNotReadyError, GenerationError, OverloadedError, ValidationError
 from streamhost.engine.output import OutputProcessor, RequestOutput, gather_result
+from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS
 from streamhost.engine.types import FinishReason, GenerationParameters, GenerationResult, TokenEvent
 from streamhost.engine.validation import ValidatedRequest, validate_request
 
@@ -199,6 +200,7 @@ class Engine:
             "max_positions": info.max_positions,
             "prefill_chunk": info.prefill_chunk,
             "limits": dataclasses.asdict(self.limits),
+            "prefix_cache": {"enabled": self.config.prefix_cache, "min_match_tokens": MIN_MATCH_TOKENS},
             **({"llamacpp": info.describe} if info.describe is not None else {}),
             "engine_core": {
                 "process": info.pid is not None,
@@ -348,10 +350,11 @@ class Engine:
         """One step's results: events to each request's queue; stop-string finishes back to the core."""
         self._take_stats(out)
         clients = self._clients
-        for key, queue_time in out.admitted:
+        for key, queue_time, cached in out.admitted:
             client = clients.get(key)
             if client is not None:
                 client.output.queue_time = queue_time
+                client.output.cached_tokens = cached
         for key, start, values in out.prompt_logprobs:
             client = clients.get(key)
             if client is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from streamhost.engine.compiled_step import BUCKETS, CompiledStep, cache_key, de
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 from streamhost.engine.lean_llama import LeanLlama
 from streamhost.engine.lean_llama import unsupported_reason as lean_unsupported_reason
+from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS, Claim
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +218,12 @@ class TorchExecutor:
     def alloc_row(self) -> int:
         return self.store.alloc_row()
 
-    def free_row(self, row: int) -> None:
-        self.store.free_row(row)
+    def claim_row(self, prompt_ids: Sequence[int], min_match: int = MIN_MATCH_TOKENS) -> Claim:
+        """A row for a new prompt, reusing the longest prefix a free row holds (prefix_cache.py)."""
+        return self.store.claim_row(prompt_ids, min_match)
+
+    def free_row(self, row: int, tokens: Sequence[int] | None = None) -> None:
+        self.store.free_row(row, tokens)
 
     def reserve(self, rows: int, positions: int) -> None:
         """Make room for ``rows`` rows of ``positions`` tokens now (one allocation for a step's newcomers)."""
@@ -228,7 +234,8 @@ class TorchExecutor:
         return self.store.live_rows
 
     def release_idle_memory(self, keep_bytes: int) -> None:
-        """With no live rows: drop the KV buffers if they hold more than ``keep_bytes``."""
+        """With no live rows: drop the KV buffers if they hold more than ``keep_bytes`` (and with
+        them what the free rows held for prefix reuse)."""
         if self.store.live_rows == 0 and self.store.nbytes() > keep_bytes:
             self.store.reset()
 

@@ -6,11 +6,13 @@ of :class:`~streamhost.engine.kv_cache.Segment` (a row, its new token ids, the p
 at, and which logits it wants back: ``"last"``, ``"all"`` or ``"none"``) and gets back, per
 segment, ``[V]`` logits, ``[n, V]`` logits or ``None``. KV rows are allocated by the engine when a
 sequence is admitted and freed when it finishes; ``reserve`` lets it make room for a step's
-newcomers at once.
+newcomers at once. A finished sequence's row may keep its KV (``free_row(row, tokens)``) for a
+later prompt that shares its prefix (``claim_row``; engine/prefix_cache.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +20,7 @@ import torch
 
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.limits import EngineLimits
+from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS, Claim
 
 
 class Executor(Protocol):
@@ -45,9 +48,18 @@ class Executor(Protocol):
         """Run one packed step; per segment the logits it asked for."""
         ...
 
-    def alloc_row(self) -> int: ...
+    def alloc_row(self) -> int:
+        """The lowest free row, nothing reused."""
+        ...
 
-    def free_row(self, row: int) -> None: ...
+    def claim_row(self, prompt_ids: Sequence[int], min_match: int = MIN_MATCH_TOKENS) -> Claim:
+        """A row for a new prompt whose first ``Claim.reused`` tokens' KV it already holds (the
+        free row sharing the longest prefix, else the lowest; engine/prefix_cache.py)."""
+        ...
+
+    def free_row(self, row: int, tokens: Sequence[int] | None = None) -> None:
+        """Give ``row`` back; ``tokens`` are the ids whose KV it holds, kept for reuse (None: nothing kept)."""
+        ...
 
     def reserve(self, rows: int, positions: int) -> None: ...
 

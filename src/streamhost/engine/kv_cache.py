@@ -24,6 +24,7 @@ batch invariance of attention; with mixed lengths it costs one SDPA call per row
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS, Claim, RowPool
 
 ATTENTION_NAME = "streamhost_packed"
 DECODE_BUCKET = 64
@@ -57,30 +60,30 @@ class KVStore:
         self.values: list[torch.Tensor | None] = []
         self.rows = 0
         self.capacity = 0
-        self._free: list[int] = []
-        self._next_row = 0
+        self.pool = RowPool()  # row ids; free rows keep the tokens they hold (prefix_cache.py)
 
     # -- rows ------------------------------------------------------------------------------
     def alloc_row(self) -> int:
         """Lowest free row first, so live rows stay packed and decode runs stay long."""
-        if self._free:
-            self._free.sort()
-            return self._free.pop(0)
-        row = self._next_row
-        self._next_row += 1
-        return row
+        return self.pool.alloc()
 
-    def free_row(self, row: int) -> None:
-        self._free.append(row)
+    def claim_row(self, prompt_ids: Sequence[int], min_match: int = MIN_MATCH_TOKENS) -> Claim:
+        """A row for ``prompt_ids``, its leading ``reused`` positions valid for them (prefix reuse);
+        positions past those are overwritten by the prompt's prefill and never read before."""
+        return self.pool.claim(prompt_ids, min_match)
+
+    def free_row(self, row: int, tokens: Sequence[int] | None = None) -> None:
+        """``tokens``: the ids whose keys/values the row holds, kept for reuse (None: nothing kept)."""
+        self.pool.free(row, tokens)
 
     @property
     def live_rows(self) -> int:
-        return self._next_row - len(self._free)
+        return self.pool.live_rows
 
     def reset(self) -> None:
         self.keys, self.values = [], []
         self.rows = self.capacity = 0
-        self._free, self._next_row = [], 0
+        self.pool = RowPool()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)

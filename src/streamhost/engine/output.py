@@ -42,7 +42,7 @@ class RequestOutput:
     """The output side of one request: its text so far and whether it has finished.
 
     Built by :meth:`OutputProcessor.new_request`; only the output processor changes it (the caller
-    sets ``queue_time`` once the request is admitted).
+    sets ``queue_time`` and ``cached_tokens`` once the request is admitted).
     """
 
     request_id: str
@@ -53,6 +53,7 @@ class RequestOutput:
     stops: StopSequenceMatcher | None
     seed: int | None = None
     queue_time: float = 0.0  # seconds from submission until its prefill started (TGI's x-queue-time)
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (OpenAI's usage.prompt_tokens_details)
     generated: int = 0  # tokens processed so far
     texts: list[str] = field(default_factory=list)  # emitted non-special text pieces
     prefill: list[PrefillToken] = field(default_factory=list)
@@ -178,6 +179,7 @@ class OutputProcessor:
             seed=state.seed,
             prefill=state.prefill,
             queue_time=state.queue_time,
+            cached_tokens=state.cached_tokens,
         )
 
     def _drain_pending(self, state: RequestOutput) -> str:

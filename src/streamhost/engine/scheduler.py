@@ -15,12 +15,16 @@ Rules (TGI's router semantics, adapted to chunked prefill):
   token budget (sum of prompt + max_new_tokens <= MAX_BATCH_TOTAL_TOKENS);
 - while a batch is running, new requests are admitted only once ``WAITING_SERVED_RATIO`` x batch
   size requests wait, or after MAX_WAITING_TOKENS decode steps without admission, so a trickle of
-  arrivals cannot slow running streams on every step.
+  arrivals cannot slow running streams on every step;
+- an admitted sequence gets its KV row at once (``on_admit``, the core's): when the row already
+  holds a prefix of its prompt (engine/prefix_cache.py) its prefill starts past that prefix, and
+  only the rest counts against the step's prompt budget.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamhost.engine.limits import EngineLimits
@@ -50,8 +54,11 @@ class StepWork:
 class Scheduler:
     """Holds the waiting queue, the sequences being prefilled and the running batch."""
 
-    def __init__(self, limits: EngineLimits, prefill_chunk: int) -> None:
+    def __init__(
+        self, limits: EngineLimits, prefill_chunk: int, on_admit: Callable[[Sequence], None] | None = None
+    ) -> None:
         self.limits = limits
+        self.on_admit: Callable[[Sequence], None] = on_admit or (lambda seq: None)
         self.prefill_chunk = max(1, min(prefill_chunk, limits.max_batch_prefill_tokens))
         self.waiting: deque[Sequence] = deque()
         self.prefilling: list[Sequence] = []
@@ -120,11 +127,12 @@ class Scheduler:
                     break
                 if reserved + seq.reserved_tokens > self.limits.max_batch_total_tokens:
                     break
-                length = min(budget, len(seq.prompt_ids))
                 self.waiting.popleft()
+                self.on_admit(seq)  # takes a KV row; a reused prefix moves ``prefilled`` past it
+                length = min(budget, seq.remaining_prompt)
                 seq.status = Status.PREFILLING
                 self.prefilling.append(seq)
-                work.prefill.append(PrefillWork(seq, 0, length))
+                work.prefill.append(PrefillWork(seq, seq.prefilled, length))
                 reserved += seq.reserved_tokens
                 batch += 1
                 budget -= length

@@ -33,6 +33,7 @@ class Sequence:
     status: Status = Status.WAITING
     row: int | None = None
     prefilled: int = 0  # prompt tokens already written to the KV store
+    reused_tokens: int = 0  # leading prompt tokens whose KV its row already held (prefix reuse)
     generated: list[int] = field(default_factory=list)
     aborted: bool = False
     admitted_at: float | None = None
@@ -51,3 +52,7 @@ class Sequence:
     def cached_tokens(self) -> int:
         """Tokens already in the KV store: the prompt plus every generated token but the last."""
         return self.prefilled + max(len(self.generated) - 1, 0)
+
+    def kv_token_ids(self) -> list[int]:
+        """The ids whose keys/values its row holds, in position order (what prefix reuse matches)."""
+        return self.prompt_ids[: self.prefilled] + self.generated[: max(len(self.generated) - 1, 0)]

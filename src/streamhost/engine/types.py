@@ -70,6 +70,7 @@ class GenerationDetails:
     seed: int | None
     prefill: list[PrefillToken] = field(default_factory=list)
     queue_time: float = 0.0  # seconds from submission until its prefill started (TGI's x-queue-time)
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier request (prefix cache)
 
 
 @dataclass

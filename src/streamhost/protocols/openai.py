@@ -228,19 +228,21 @@ def system_fingerprint(version: str, docker_label: str | None = None) -> str:
     return f"{version}-{docker_label or 'native'}"
 
 
-def _usage_json(prompt_tokens: int, completion_tokens: int) -> str:
-    return '{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (
-        prompt_tokens,
-        completion_tokens,
-        prompt_tokens + completion_tokens,
-    )
+_USAGE = '{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,"prompt_tokens_details":{"cached_tokens":%d}}'
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage_json(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> str:
+    return _USAGE % (prompt_tokens, completion_tokens, prompt_tokens + completion_tokens, cached_tokens)
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's ``usage``; ``prompt_tokens_details.cached_tokens``: prompt tokens served from the prefix
+    cache (OpenAI reports it on every response, 0 included)."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -324,11 +326,14 @@ class ChatStream(_SseEnd):
             reason,
         )
         if d is not None and self._include_usage:
-            out += self.usage_chunk_text(d.input_length, d.generated_tokens)
+            out += self.usage_chunk_text(d.input_length, d.generated_tokens, d.cached_tokens)
         return out.encode("utf-8", "replace")
 
-    def usage_chunk_text(self, prompt_tokens: int, completion_tokens: int) -> str:
-        return '%s,"choices":[],"usage":%s}\n\n' % (self._head, _usage_json(prompt_tokens, completion_tokens))
+    def usage_chunk_text(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> str:
+        return '%s,"choices":[],"usage":%s}\n\n' % (
+            self._head,
+            _usage_json(prompt_tokens, completion_tokens, cached_tokens),
+        )
 
 
 def chat_completion(
@@ -357,7 +362,7 @@ def chat_completion(
                 "finish_reason": finish_reason(d.finish_reason),
             }
         ],
-        "usage": usage(d.input_length, d.generated_tokens),
+        "usage": usage(d.input_length, d.generated_tokens, d.cached_tokens),
     }
 
 
@@ -390,7 +395,7 @@ class CompletionStream(_SseEnd):
                 self._final_head,
                 _json_str(text),
                 finish_reason(d.finish_reason),
-                _usage_json(d.input_length, d.generated_tokens),
+                _usage_json(d.input_length, d.generated_tokens, d.cached_tokens),
             )
         return out.encode("utf-8", "replace")
 
@@ -420,7 +425,7 @@ def text_completion(
                 "finish_reason": finish_reason(d.finish_reason),
             }
         ],
-        "usage": usage(d.input_length, d.generated_tokens),
+        "usage": usage(d.input_length, d.generated_tokens, d.cached_tokens),
     }
 
 

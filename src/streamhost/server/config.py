@@ -18,6 +18,8 @@ setting fails at once with a message naming the setting and the value (never mid
   (our Llama-family forward, ``engine/lean_llama.py``; default on where the architecture allows);
 - the engine core: its own process unless ``--no-engine-process`` / ``STREAMHOST_ENGINE_PROCESS=0``,
   on ``--engine-cores`` / ``STREAMHOST_ENGINE_CORES`` (a count or a CPU list such as ``0-1``);
+  ``--prefix-cache`` / ``--no-prefix-cache`` > ``STREAMHOST_PREFIX_CACHE`` (KV reuse across requests
+  sharing a prompt prefix, ``engine/prefix_cache.py``; default on);
 - dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
 - the limits: TGI's names (``MAX_TOTAL_TOKENS``, ...) > ``serving.properties`` > ``OPTION_*``
   variables > LMI's plain names > defaults shaped by the model's context length. Within LMI the
@@ -143,6 +145,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="barrier spins of the engine core's OpenMP threads before they sleep, 0 to sleep at once "
         "(env STREAMHOST_OMP_SPIN; default 10000, docs/architecture.md)",
+    )
+    parser.add_argument(
+        "--prefix-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reuse a finished request's KV for the next prompt sharing its prefix: multi-turn chat, "
+        "shared system prompts (env STREAMHOST_PREFIX_CACHE; default on, docs/prefix-cache.md)",
     )
     parser.add_argument(
         "--no-engine-process",
@@ -310,6 +319,9 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     if lean_forward is None:
         lean_forward = _env_bool(env, "STREAMHOST_LEAN_FORWARD")
     cache = env.get("STREAMHOST_CACHE") or None
+    prefix_cache = _flag(args, "prefix_cache")
+    if prefix_cache is None:
+        prefix_cache = _env_bool(env, "STREAMHOST_PREFIX_CACHE")
     engine_process = _flag(args, "engine_process")
     if engine_process is None:
         engine_process = _env_bool(env, "STREAMHOST_ENGINE_PROCESS")
@@ -344,6 +356,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         engine_process=engine_process is not False,
         engine_cores=engine_cores,
         omp_spin=None if omp_spin is None else int(omp_spin),
+        prefix_cache=prefix_cache is not False,
     )
 
     return ServerSettings(

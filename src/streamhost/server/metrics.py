@@ -105,7 +105,19 @@ class _EngineCollector(Collector):
             value=getattr(stats, "live_rows", 0),
         )
         yield CounterMetricFamily(
-            "streamhost_prompt_tokens", "prompt tokens prefilled", value=getattr(stats, "prompt_tokens", 0)
+            "streamhost_prompt_tokens",
+            "prompt tokens prefilled (computed; cached ones not counted)",
+            value=getattr(stats, "prompt_tokens", 0),
+        )
+        yield CounterMetricFamily(
+            "streamhost_prompt_tokens_cached",
+            "prompt tokens served from the prefix cache (KV an earlier request left in its row)",
+            value=getattr(stats, "prompt_tokens_cached", 0),
+        )
+        yield CounterMetricFamily(
+            "streamhost_prefix_cache_hits",
+            "requests that reused at least one prompt token from the prefix cache",
+            value=getattr(stats, "prefix_cache_hits", 0),
         )
         yield CounterMetricFamily(
             "streamhost_generated_tokens", "tokens generated", value=getattr(stats, "generated_tokens", 0)

@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from streamhost.engine.kv_cache import Segment
+from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS, Claim, RowPool
 
 log = logging.getLogger(__name__)
 
@@ -224,29 +226,12 @@ def flash_attention() -> int:
     return FLASH_DEFAULT
 
 
-class SequenceSlots:
-    """Sequence ids of the llama context in use (the engine's rows); lowest free id first.
+class SequenceSlots(RowPool):
+    """Sequence ids of the llama context in use (the engine's rows); lowest free id first. A free
+    id keeps its cells, and the tokens they hold, for prefix reuse (engine/prefix_cache.py).
 
     llama.cpp allocates its KV cache once, at context creation: there is nothing to grow per step
     or to give back while idle, unlike the torch executor's KVStore."""
-
-    def __init__(self) -> None:
-        self._free: list[int] = []
-        self._next = 0
-
-    def alloc(self) -> int:
-        if self._free:
-            self._free.sort()
-            return self._free.pop(0)
-        self._next += 1
-        return self._next - 1
-
-    def free(self, row: int) -> None:
-        self._free.append(row)
-
-    @property
-    def live_rows(self) -> int:
-        return self._next - len(self._free)
 
 
 class LlamaCppExecutor:
@@ -393,12 +378,24 @@ class LlamaCppExecutor:
         return self.n_vocab
 
     def alloc_row(self) -> int:
-        return self.store.alloc()
+        return self.claim_row(None).row
 
-    def free_row(self, row: int) -> None:
-        if self.ctx:
+    def claim_row(self, prompt_ids: Sequence[int] | None, min_match: int = MIN_MATCH_TOKENS) -> Claim:
+        """A sequence id for a new prompt, keeping the cells of the longest prefix a free id holds
+        and removing the rest (``llama_memory_seq_rm(row, reused, -1)``)."""
+        claim = self.store.claim(prompt_ids, min_match)
+        if claim.held > claim.reused and self.ctx:
+            if not self.llama.llama_memory_seq_rm(self._memory, claim.row, claim.reused, -1):
+                # A memory that cannot drop a tail (recurrent state): start the row afresh.
+                self.llama.llama_memory_seq_rm(self._memory, claim.row, -1, -1)
+                claim = Claim(claim.row, 0, claim.held)
+        return claim
+
+    def free_row(self, row: int, tokens: Sequence[int] | None = None) -> None:
+        """``tokens``: the ids whose cells the sequence holds, kept for reuse; None removes the cells."""
+        if self.ctx and not tokens:
             self.llama.llama_memory_seq_rm(self._memory, row, -1, -1)
-        self.store.free(row)
+        self.store.free(row, tokens)
 
     @property
     def live_rows(self) -> int:
