@@ -8,6 +8,7 @@ import re
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 SSE_EVENT = re.compile(rb"data: (\{.*\}|\[DONE\])\n\n")
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello in French."}]
@@ -104,3 +105,59 @@ def test_chat_template_refusal_is_422(tgi_url: str) -> None:
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
     response = httpx.post(tgi_url + "/v1/chat/completions", json=body)
     assert response.status_code == 422 and "error" in response.json()
+
+
+TUTOR = (
+    "You are a patient grammar tutor for children. Explain each idea in one or two short sentences, "
+    "give one example, and never use words a ten-year-old would not know."
+)
+
+
+def cached_prompt_tokens_counter(url: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        if family.name == "streamhost_prompt_tokens_cached":
+            return family.samples[0].value
+    raise AssertionError("streamhost_prompt_tokens_cached is not exported")
+
+
+def test_a_chat_turn_reuses_the_conversation_so_far(client: openai.OpenAI, tgi_url: str) -> None:
+    """Turn 2 re-sends turn 1: its usage says how many prompt tokens came from the prefix cache
+    (at least the whole system prompt), streaming or not, and /metrics counts them."""
+    assert httpx.get(tgi_url + "/info").json()["prefix_cache"]["enabled"] is True
+    system_tokens = len(httpx.post(tgi_url + "/tokenize", json={"inputs": TUTOR}).json())
+    before = cached_prompt_tokens_counter(tgi_url)
+    messages = [{"role": "system", "content": TUTOR}, {"role": "user", "content": "What is a noun?"}]
+    first = client.chat.completions.create(model="m", messages=messages, max_tokens=8, temperature=0)
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And a verb?"},
+    ]
+    chunks = list(
+        client.chat.completions.create(
+            model="m",
+            messages=messages,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = chunks[-1].usage
+    assert streamed.prompt_tokens_details.cached_tokens >= system_tokens
+    assert streamed.prompt_tokens_details.cached_tokens < streamed.prompt_tokens
+    assert first.usage.prompt_tokens_details.cached_tokens < system_tokens  # turn 1 had nothing to reuse
+
+    again = client.chat.completions.create(model="m", messages=messages, max_tokens=8, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1  # all but the last
+    assert again.choices[0].message.content == "".join(c.choices[0].delta.content or "" for c in chunks[:-1])
+    counted = cached_prompt_tokens_counter(tgi_url) - before
+    assert counted >= streamed.prompt_tokens_details.cached_tokens + again.usage.prompt_tokens_details.cached_tokens
+
+
+def test_completions_report_cached_prompt_tokens(client: openai.OpenAI) -> None:
+    prompt = TUTOR + " Question: what is an adjective? Answer:"
+    whole = client.completions.create(model="m", prompt=prompt, max_tokens=4, temperature=0)
+    chunks = list(client.completions.create(model="m", prompt=prompt, max_tokens=4, temperature=0, stream=True))
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
