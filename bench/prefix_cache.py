@@ -176,9 +176,11 @@ async def system_workload(url: str, round_no: int, clients: int, requests: int, 
     return {"wall_s": wall, "tok_s": tokens / wall, "clients": [[vars(t) for t in c] for c in per_client]}
 
 
-def start_server(executor: str, cache: bool, log_dir: Path) -> ServerProcess:
+def start_server(executor: str, cache: bool, log_dir: Path, dtype: str | None) -> ServerProcess:
     port = free_port()
     args = ["--model-id", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--executor", executor]
+    if dtype and executor == "torch":  # llama.cpp runs the GGUF's own weight type
+        args += ["--dtype", dtype]
     args.append("--prefix-cache" if cache else "--no-prefix-cache")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = log_dir / f"{executor}-{'on' if cache else 'off'}.log"
@@ -286,7 +288,7 @@ async def measure(executor: str, args: argparse.Namespace, log_dir: Path) -> dic
     servers = {}
     try:
         for setting in ("on", "off"):
-            servers[setting] = start_server(executor, setting == "on", log_dir)
+            servers[setting] = start_server(executor, setting == "on", log_dir, args.dtype)
             print(f"[{executor}] cache {setting}: ready in {servers[setting].startup_s:.1f} s", flush=True)
         info = {s: httpx.get(servers[s].url + "/info", trust_env=False).json() for s in servers}
         rounds = []
@@ -308,7 +310,9 @@ async def measure(executor: str, args: argparse.Namespace, log_dir: Path) -> dic
                     )
             rounds.append(result)
         return {
-            "info": {s: {k: info[s].get(k) for k in ("executor", "prefix_cache", "model_id")} for s in info},
+            "info": {
+                s: {k: info[s].get(k) for k in ("executor", "prefix_cache", "model_id", "model_dtype")} for s in info
+            },
             "rounds": rounds,
             "summary": summarize(rounds, args.turns),
         }
@@ -324,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chats", type=int, default=4, help="conversations at once (default 4)")
     parser.add_argument("--turns", type=int, default=6, help="turns per conversation (default 6)")
     parser.add_argument("--clients", type=int, default=4, help="clients of the shared-system-prompt workload")
-    parser.add_argument("--requests", type=int, default=6, help="requests per client (default 6)")
-    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per answer (default 48)")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client (default 4)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (default 32)")
+    parser.add_argument("--dtype", default=None, help="torch executor's dtype (default: the server's, bf16 here)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 chats x 3 turns, 2 clients x 3 requests")
     args = parser.parse_args(argv)
     if args.quick:
