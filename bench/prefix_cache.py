@@ -219,16 +219,6 @@ def summarize(rounds: list[dict[str, Any]], turns: int) -> dict[str, Any]:
             "system_tok_s": statistics.median(r[setting]["system"]["tok_s"] for r in rounds),
             "system_wall_s": statistics.median(r[setting]["system"]["wall_s"] for r in rounds),
         }
-    same = total = 0
-    for r in rounds:
-        for a, b in zip(r["on"]["chat"]["chats"], r["off"]["chat"]["chats"]):
-            for ta, tb in zip(a, b):
-                same += ta["text"] == tb["text"]
-                total += 1
-        for a, b in zip(r["on"]["system"]["clients"], r["off"]["system"]["clients"]):
-            for ta, tb in zip(a, b):
-                same += ta["text"] == tb["text"]
-                total += 1
     on, off = out["on"], out["off"]
     out["ratios_off_over_on"] = {
         "chat_ttft_last_turn": off["chat_ttft_median_s_per_turn"][-1] / on["chat_ttft_median_s_per_turn"][-1],
@@ -239,8 +229,23 @@ def summarize(rounds: list[dict[str, Any]], turns: int) -> dict[str, Any]:
         "chat_tok_s_on_over_off": on["chat_tok_s"] / off["chat_tok_s"],
         "system_tok_s_on_over_off": on["system_tok_s"] / off["system_tok_s"],
     }
-    out["answers_identical"] = f"{same}/{total}"
+    out["answers_identical"] = agreement(rounds, "on", "off")
+    if "off_again" in rounds[0]:
+        out["answers_identical_off_vs_off"] = agreement(rounds, "off", "off_again")
     return out
+
+
+def agreement(rounds: list[dict[str, Any]], a: str, b: str) -> str:
+    """How many answers two settings gave identically, ``same/total`` (a later chat turn builds on the
+    earlier answers, so one difference makes the rest of that conversation differ too)."""
+    same = total = 0
+    for r in rounds:
+        for workload, key in (("chat", "chats"), ("system", "clients")):
+            for xs, ys in zip(r[a][workload][key], r[b][workload][key]):
+                for x, y in zip(xs, ys):
+                    same += x["text"] == y["text"]
+                    total += 1
+    return f"{same}/{total}"
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
@@ -272,6 +277,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             bar = ax_sys.bar(i + (j - 0.5) * width, value, width, label=f"cache {setting}" if i == 0 else None,
                              color="tab:blue" if setting == "on" else "tab:orange")  # fmt: skip
             ax_sys.bar_label(bar, labels=[f"{value:.0f} ms\n{summary[setting]['system_tok_s']:.1f} tok/s"], fontsize=7)
+    ax_sys.margins(y=0.15)
     ax_sys.set_xticks(range(len(executors)), executors)
     ax_sys.set_ylabel("median TTFT (ms)")
     ax_sys.set_title(f"shared system prompt ({results['config']['clients']} clients)")
@@ -293,11 +299,13 @@ async def measure(executor: str, args: argparse.Namespace, log_dir: Path) -> dic
         info = {s: httpx.get(servers[s].url + "/info", trust_env=False).json() for s in servers}
         rounds = []
         for round_no in range(args.rounds):
-            order = ("on", "off") if round_no % 2 == 0 else ("off", "on")
-            result: dict[str, Any] = {"on": {}, "off": {}}
+            order: tuple[str, ...] = ("on", "off") if round_no % 2 == 0 else ("off", "on")
+            if args.control:  # the cache-off server again: how often answers differ without the cache
+                order += ("off_again",)
+            result: dict[str, Any] = {setting: {} for setting in order}
             for workload in ("chat", "system"):
                 for setting in order:
-                    url = servers[setting].url
+                    url = servers[setting.removesuffix("_again")].url
                     if workload == "chat":
                         data = await chat_workload(url, round_no, args.chats, args.turns, args.max_tokens)
                     else:
@@ -331,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4, help="requests per client (default 4)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (default 32)")
     parser.add_argument("--dtype", default=None, help="torch executor's dtype (default: the server's, bf16 here)")
+    parser.add_argument(
+        "--control", action="store_true", help="run the cache-off workloads twice: answer agreement off vs off"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 chats x 3 turns, 2 clients x 3 requests")
     args = parser.parse_args(argv)
     if args.quick:
@@ -354,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{executor}: chat TTFT per turn (ms) on [{ttft_on}] off [{ttft_off}]")
         print(f"{executor}: ratios (off/on TTFT, on/off tok/s) {json.dumps(s['ratios_off_over_on'])}")
         print(f"{executor}: answers identical on vs off: {s['answers_identical']}")
+        if "answers_identical_off_vs_off" in s:
+            print(f"{executor}: answers identical off vs off (control): {s['answers_identical_off_vs_off']}")
     print(f"results: {path}\nplot: {plot_path(path)}")
     return 0
 
