@@ -92,6 +92,7 @@ def test_option_variables_alone_select_lmi_and_the_model_dir_is_the_default_mode
         ((), {"OPTION_DTYPE": "fp8"}, "option.dtype"),
         ((), {"HF_MODEL_ID": "s3://bucket/model"}, "s3://"),
         ((), {"STREAMHOST_DRAIN_TIMEOUT": "-1"}, "STREAMHOST_DRAIN_TIMEOUT"),
+        ((), {"STREAMHOST_PREFIX_CACHE": "sometimes"}, "STREAMHOST_PREFIX_CACHE"),
     ],
 )
 def test_bad_settings_fail_with_a_message_naming_them(argv, env, fragment) -> None:
@@ -142,3 +143,10 @@ def test_a_bad_limit_fails_at_settings_time_naming_it() -> None:
         load_settings(parse(), {"MAX_BATCH_SIZE": "lots"})
     with pytest.raises(SettingsError, match=r"MAX_INPUT_TOKENS \(600\) must be < MAX_TOTAL_TOKENS \(500\)"):
         load_settings(parse(), {"MAX_INPUT_TOKENS": "600", "MAX_TOTAL_TOKENS": "500"})
+
+
+def test_prefix_cache_is_on_unless_a_flag_or_the_environment_turns_it_off() -> None:
+    assert load_settings(parse(), {}).engine.prefix_cache is True
+    assert load_settings(parse(), {"STREAMHOST_PREFIX_CACHE": "0"}).engine.prefix_cache is False
+    assert load_settings(parse("--no-prefix-cache"), {}).engine.prefix_cache is False
+    assert load_settings(parse("--prefix-cache"), {"STREAMHOST_PREFIX_CACHE": "false"}).engine.prefix_cache is True
