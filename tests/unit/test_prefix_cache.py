@@ -245,3 +245,19 @@ def test_released_kv_memory_is_never_reused(executor, system_ids) -> None:
     ids, cached = run(executor, once)
     assert cached == (0 if executor.name == "torch" else len(prompt) - 1)
     assert ids == fresh(executor, prompt, GREEDY)
+
+
+def test_a_unified_llama_cpp_kv_pool_keeps_nothing_for_reuse(make_tiny_executor, monkeypatch) -> None:
+    """One KV pool shared by all sequences is their token budget: a finished row must give its cells back."""
+    monkeypatch.setenv("STREAMHOST_LLAMACPP_KV_UNIFIED", "1")
+    executor = make_tiny_executor("llamacpp")
+    prompt = list(range(100, 160))
+
+    async def twice(engine):
+        await answer(engine, prompt, GREEDY)
+        return await answer(engine, prompt, GREEDY)
+
+    try:
+        assert run(executor, twice)[1] == 0
+    finally:
+        executor.close()

@@ -392,7 +392,12 @@ class LlamaCppExecutor:
         return claim
 
     def free_row(self, row: int, tokens: Sequence[int] | None = None) -> None:
-        """``tokens``: the ids whose cells the sequence holds, kept for reuse; None removes the cells."""
+        """``tokens``: the ids whose cells the sequence holds, kept for reuse; None removes the cells.
+
+        A unified KV pool keeps nothing: its cells are the live sequences' token budget
+        (MAX_BATCH_TOTAL_TOKENS), which cells held for reuse would eat into."""
+        if self._unified:
+            tokens = None
         if self.ctx and not tokens:
             self.llama.llama_memory_seq_rm(self._memory, row, -1, -1)
         self.store.free(row, tokens)
