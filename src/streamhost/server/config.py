@@ -18,6 +18,7 @@ setting fails at once with a message naming the setting and the value (never mid
   (our Llama-family forward, ``engine/lean_llama.py``; default on where the architecture allows);
 - the engine core: its own process unless ``--no-engine-process`` / ``STREAMHOST_ENGINE_PROCESS=0``,
   on ``--engine-cores`` / ``STREAMHOST_ENGINE_CORES`` (a count or a CPU list such as ``0-1``);
+  ``--decode-threads`` / ``STREAMHOST_DECODE_THREADS``: llama.cpp threads for one-token steps;
 - dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
 - the limits: TGI's names (``MAX_TOTAL_TOKENS``, ...) > ``serving.properties`` > ``OPTION_*``
   variables > LMI's plain names > defaults shaped by the model's context length. Within LMI the
@@ -143,6 +144,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="barrier spins of the engine core's OpenMP threads before they sleep, 0 to sleep at once "
         "(env STREAMHOST_OMP_SPIN; default 10000, docs/architecture.md)",
+    )
+    parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=None,
+        help="llama.cpp executor: compute threads for one-token steps (env STREAMHOST_DECODE_THREADS; "
+        "default all engine cores but one on a 2-core machine, docs/architecture.md)",
     )
     parser.add_argument(
         "--no-engine-process",
@@ -327,6 +335,11 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         raise SettingsError(f"--omp-spin {omp_spin} is not valid: expected a number >= 0")
     if omp_spin is None:
         omp_spin = _env_number(env, "STREAMHOST_OMP_SPIN", int, 0)
+    decode_threads = _flag(args, "decode_threads")
+    if decode_threads is not None and decode_threads < 1:
+        raise SettingsError(f"--decode-threads {decode_threads} is not valid: expected a number >= 1")
+    if decode_threads is None:
+        decode_threads = _env_number(env, "STREAMHOST_DECODE_THREADS", int, 1)
     engine = EngineConfig(
         dtype=dtype,
         trust_remote_code=bool(trust),
@@ -344,6 +357,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         engine_process=engine_process is not False,
         engine_cores=engine_cores,
         omp_spin=None if omp_spin is None else int(omp_spin),
+        decode_threads=None if decode_threads is None else int(decode_threads),
     )
 
     return ServerSettings(

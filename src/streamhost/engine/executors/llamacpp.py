@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 _backend_lock = threading.Lock()
 _backend_ready = False
 MAX_UBATCH = 512
+# Steps of at most this many tokens run on ThreadPlan.decode threads (see default_decode_threads).
+DECODE_STEP_TOKENS = 1
+DECODE_SHARED_CORES = 2  # up to this many engine cores the front end shares them (core_placement.py)
 FLASH_DEFAULT = -1  # llama_flash_attn_type: -1 auto (llama.cpp decides; on for CPU), 0 off, 1 on
 # enum ggml_log_level of the llama.cpp this version of llama-cpp-python vendors (ggml.h)
 GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = (
@@ -224,6 +228,35 @@ def flash_attention() -> int:
     return FLASH_DEFAULT
 
 
+@dataclass(frozen=True)
+class ThreadPlan:
+    """llama.cpp compute threads by step size: ``decode`` threads for steps of at most
+    ``small_step`` tokens (a few streams decoding), ``batch`` threads above (prompt chunks, many
+    streams). With the front end on the same cores, a one-token step on every core made each
+    token wait for the front end's turn on one of them (docs/architecture.md, "llama.cpp
+    threads per step")."""
+
+    batch: int
+    decode: int
+    small_step: int = DECODE_STEP_TOKENS
+
+    @classmethod
+    def for_cores(cls, threads: int, decode: int | None = None) -> ThreadPlan:
+        """``decode`` threads if given (capped by ``threads``), else :func:`default_decode_threads`."""
+        chosen = default_decode_threads(threads) if decode is None else decode
+        return cls(batch=threads, decode=max(1, min(threads, chosen)))
+
+    def for_step(self, tokens: int) -> int:
+        return self.decode if tokens <= self.small_step else self.batch
+
+
+def default_decode_threads(threads: int) -> int:
+    """Threads for small steps when none is asked for: every core but one on a machine of up to
+    DECODE_SHARED_CORES cores, where the front end (HTTP, detokenizer) shares the engine's cores;
+    all of them on a larger machine, where it has a core of its own (core_placement.py)."""
+    return max(1, threads - 1) if threads <= DECODE_SHARED_CORES else threads
+
+
 class SequenceSlots:
     """Sequence ids of the llama context in use (the engine's rows); lowest free id first.
 
@@ -255,12 +288,21 @@ class LlamaCppExecutor:
     name = "llamacpp"
     supports_beam_search = False
 
-    def __init__(self, gguf_path: str | os.PathLike, tokenizer, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike,
+        tokenizer,
+        *,
+        threads: int | None = None,
+        decode_threads: int | None = None,
+    ) -> None:
         self.llama = import_llama_cpp()
         self.model_path = Path(gguf_path)
         self.tokenizer = tokenizer
         self.device = torch.device("cpu")
         self.threads = threads or default_threads()
+        self.thread_plan = ThreadPlan.for_cores(self.threads, decode_threads)
+        self._threads_now = self.threads
         params = self.llama.llama_model_default_params()
         params.use_extra_bufts = self.extra_buffers = use_extra_buffers(self.model_path)
         self.model = self.llama.llama_model_load_from_file(str(self.model_path).encode(), params)
@@ -294,6 +336,8 @@ class LlamaCppExecutor:
             "executor": self.name,
             "llama_cpp_version": llama_cpp_version(),
             "threads": self.threads,
+            "decode_threads": self.thread_plan.decode,
+            "decode_threads_up_to_tokens": self.thread_plan.small_step,
             "gguf": str(self.model_path),
             "weights_bytes": int(self.llama.llama_model_size(self.model)),
             "extra_buffers": self.extra_buffers,
@@ -348,16 +392,20 @@ class LlamaCppExecutor:
         self.ctx = ctx
         self._memory = self.llama.llama_get_memory(ctx)
         self._batch = _Batch(self.llama, n_batch)
+        self._threads_now = self.threads
         self._n_batch = n_batch
         self._shape = shape
         self.store = SequenceSlots()
         log.info(
-            "llama.cpp context: %d KV cells (%s), %d sequences, batch %d, %d threads, flash attention %s",
+            "llama.cpp context: %d KV cells (%s), %d sequences, batch %d, %d threads (%d for steps of up to "
+            "%d tokens), flash attention %s",
             n_ctx,
             "unified" if unified else f"{per_seq} per sequence",
             n_seq,
             n_batch,
             self.threads,
+            self.thread_plan.decode,
+            self.thread_plan.small_step,
             params.flash_attn_type,
         )
 
@@ -416,43 +464,32 @@ class LlamaCppExecutor:
         The batch is laid out in sequence-id order (decode tokens and prompt chunks together):
         with per-sequence KV streams llama.cpp puts only sequences of consecutive ids in one
         micro-batch (``split_equal(sequential=true)``), each micro-batch a pass over all weights, so
-        the engine's order (decoders, then prompts) cut one step into several."""
+        the engine's order (decoders, then prompts) cut one step into several.
+
+        The tensors returned are views of llama.cpp's own logits buffer (no copy: a copy of the
+        table and the torch ops around it were a quarter of the engine's per-step cost at one
+        stream), valid until the next ``forward``; the engine samples from them before that."""
         if self.ctx is None or self._batch is None:
             raise RuntimeError("the llama.cpp executor was not configured (Engine calls configure())")
         batch = self._batch
-        total = sum(len(s.ids) for s in segments)
+        if _decode_only(segments):
+            total = outputs = batch.fill_decode(segments)
+        else:
+            total, outputs = batch.fill(segments)
         if total > self._n_batch:
             raise RuntimeError(f"a step of {total} tokens exceeds the context's batch of {self._n_batch}")
-        order = sorted(range(len(segments)), key=lambda k: segments[k].row)
-        batch.want[:total] = 0
-        spans: list[tuple[int, int]] = [(0, 0)] * len(segments)  # per segment: (first output row, rows)
-        outputs = 0
-        i = 0
-        for k in order:
-            s = segments[k]
-            n = len(s.ids)
-            batch.tokens[i : i + n] = s.ids
-            batch.positions[i : i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
-            batch.seq_ids[i : i + n] = s.row
-            if s.logits == "all":
-                batch.want[i : i + n] = 1
-                spans[k] = (outputs, n)
-                outputs += n
-            elif s.logits == "last":
-                batch.want[i + n - 1] = 1
-                spans[k] = (outputs, 1)
-                outputs += 1
-            i += n
-        batch.struct.n_tokens = total
+        self._set_threads(total)
         rc = self.llama.llama_decode(self.ctx, batch.struct)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}" + (" (no free KV cells)" if rc == 1 else ""))
-        # llama.cpp keeps the outputs contiguous, in batch order: one copy of the whole table
+        if not outputs:
+            return [None] * len(segments)
+        # llama.cpp keeps the outputs contiguous, in batch order
         table = torch.from_numpy(
-            np.ctypeslib.as_array(self.llama.llama_get_logits(self.ctx), shape=(outputs, self.n_vocab)).copy()
+            np.ctypeslib.as_array(self.llama.llama_get_logits(self.ctx), shape=(outputs, self.n_vocab))
         )
         results: list[torch.Tensor | None] = []
-        for s, (first, count) in zip(segments, spans):
+        for s, (first, count) in zip(segments, batch.spans):
             if s.logits == "all":
                 results.append(table[first : first + count])
             elif s.logits == "last":
@@ -461,11 +498,32 @@ class LlamaCppExecutor:
                 results.append(None)
         return results
 
+    def _set_threads(self, tokens: int) -> None:
+        """Threads for a step of ``tokens``: :attr:`threads.decode` up to ``threads.small_step``
+        tokens, :attr:`threads.batch` above (llama.cpp's own rule is n_threads for a one-token
+        micro-batch only; a call here moves the line to our step size)."""
+        wanted = self.thread_plan.for_step(tokens)
+        if wanted != self._threads_now:
+            self.llama.llama_set_n_threads(self.ctx, wanted, wanted)
+            self._threads_now = wanted
+
+
+def _decode_only(segments: list[Segment]) -> bool:
+    """Every segment one token whose logits are wanted, rows rising: the steady state of decoding,
+    filled without sorting or per-segment slicing."""
+    last = -1
+    for s in segments:
+        if len(s.ids) != 1 or s.logits != "last" or s.row <= last:
+            return False
+        last = s.row
+    return True
+
 
 class _Batch:
     """A ``llama_batch`` over numpy arrays we own, so a step fills it with slice assignments (no
     per-token Python): every token belongs to one sequence, so ``seq_id[i]`` points at element
-    ``i`` of one contiguous id array."""
+    ``i`` of one contiguous id array. ``spans`` says, per segment of the last fill, where its
+    logits start in llama.cpp's output table and how many rows it has."""
 
     def __init__(self, llama, n: int) -> None:
         self.tokens = np.zeros(n, dtype=np.int32)
@@ -473,6 +531,8 @@ class _Batch:
         self.n_seq_id = np.ones(n, dtype=np.int32)
         self.seq_ids = np.zeros(n, dtype=np.int32)
         self.want = np.zeros(n, dtype=np.int8)
+        self.spans: list[tuple[int, int]] = []
+        self._want_set = 0  # entries of ``want`` a decode-only fill left at 1
         int_p = ctypes.POINTER(ctypes.c_int32)
         base = self.seq_ids.ctypes.data
         self._seq_ptrs = (int_p * n)(*[ctypes.cast(base + 4 * k, int_p) for k in range(n)])
@@ -485,3 +545,47 @@ class _Batch:
             seq_id=ctypes.cast(self._seq_ptrs, ctypes.POINTER(int_p)),
             logits=self.want.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
         )
+
+    def fill_decode(self, segments: list[Segment]) -> int:
+        """One token per segment, rows already rising, logits for each: three list assignments."""
+        n = len(segments)
+        if n > len(self.tokens):
+            return n  # the caller refuses the step
+        self.tokens[:n] = [s.ids[0] for s in segments]
+        self.positions[:n] = [s.start for s in segments]
+        self.seq_ids[:n] = [s.row for s in segments]
+        if self._want_set < n:
+            self.want[self._want_set : n] = 1
+            self._want_set = n
+        self.spans = [(k, 1) for k in range(n)]
+        self.struct.n_tokens = n
+        return n
+
+    def fill(self, segments: list[Segment]) -> tuple[int, int]:
+        """Any mix of decode tokens and prompt chunks, laid out in row order; (tokens, outputs)."""
+        total = sum(len(s.ids) for s in segments)
+        self.spans = [(0, 0)] * len(segments)
+        if total > len(self.tokens):
+            return total, 0  # the caller refuses the step
+        order = sorted(range(len(segments)), key=lambda k: segments[k].row)
+        self.want[: max(total, self._want_set)] = 0
+        self._want_set = 0
+        outputs = 0
+        i = 0
+        for k in order:
+            s = segments[k]
+            n = len(s.ids)
+            self.tokens[i : i + n] = s.ids
+            self.positions[i : i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
+            self.seq_ids[i : i + n] = s.row
+            if s.logits == "all":
+                self.want[i : i + n] = 1
+                self.spans[k] = (outputs, n)
+                outputs += n
+            elif s.logits == "last":
+                self.want[i + n - 1] = 1
+                self.spans[k] = (outputs, 1)
+                outputs += 1
+            i += n
+        self.struct.n_tokens = total
+        return total, outputs
