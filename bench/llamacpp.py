@@ -118,7 +118,8 @@ def engine_worker(
 
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
-    executor = LlamaCppExecutor(gguf, gguf_tokenizer(Path(gguf)), threads=threads, decode_threads=decode_threads)
+    chosen = {} if decode_threads is None else {"decode_threads": decode_threads}  # (older executors: no such option)
+    executor = LlamaCppExecutor(gguf, gguf_tokenizer(Path(gguf)), threads=threads, **chosen)
     core = EngineCore(executor, EngineConfig())
     llama = executor.llama
     decode, inside = llama.llama_decode, [0.0]
@@ -131,7 +132,7 @@ def engine_worker(
             inside[0] += time.perf_counter() - started
 
     llama.llama_decode = timed
-    print(json.dumps({"threads": threads, "decode_threads": executor.thread_plan.decode}), flush=True)
+    print(json.dumps({"threads": threads, "decode_threads": decode_threads or "auto"}), flush=True)
     for key, line in enumerate(sys.stdin):
         ids = prompts[int(line)]
         params = GenerationParameters(max_new_tokens=new_tokens, ignore_eos=True)
@@ -148,14 +149,15 @@ def engine_worker(
         rate = (len(times) - 1) / (times[-1] - times[0])
         outside_ms = 1000 * ((times[-1] - times[0]) - (inside[0] - inside_first)) / (len(times) - 1)
         inside[0] = 0.0
-        print(
-            json.dumps({"decode_tok_s": rate, "ttft_s": times[0] - started, "outside_decode_ms": outside_ms}),
-            flush=True,
-        )
+        report = {"decode_tok_s": rate, "ttft_s": times[0] - started, "outside_decode_ms": outside_ms}
+        step_threads = getattr(executor, "step_threads", None)
+        if step_threads is not None:
+            report["step_threads"] = step_threads.describe()
+        print(json.dumps(report), flush=True)
 
 
 def raw_worker(gguf: str, threads: int, decode_threads: int | None, prompts: list[list[int]], new_tokens: int) -> None:
-    """The RawWorker's process: load, say so, then decode prompts by index until stdin closes."""
+    """The raw Worker's process: load, say so, then decode prompts by index until stdin closes."""
     import numpy as np
 
     from streamhost.engine.executors.llamacpp import import_llama_cpp, use_extra_buffers

@@ -92,11 +92,22 @@ def test_option_variables_alone_select_lmi_and_the_model_dir_is_the_default_mode
         ((), {"OPTION_DTYPE": "fp8"}, "option.dtype"),
         ((), {"HF_MODEL_ID": "s3://bucket/model"}, "s3://"),
         ((), {"STREAMHOST_DRAIN_TIMEOUT": "-1"}, "STREAMHOST_DRAIN_TIMEOUT"),
+        ((), {"STREAMHOST_DECODE_THREADS": "0"}, "STREAMHOST_DECODE_THREADS"),
+        (("--decode-threads", "0"), {}, "--decode-threads"),
     ],
 )
 def test_bad_settings_fail_with_a_message_naming_them(argv, env, fragment) -> None:
     with pytest.raises(SettingsError, match=fragment.replace(".", r"\.")):
         load_settings(parse(*argv), env)
+
+
+def test_decode_threads_are_measured_unless_a_count_is_given() -> None:
+    """llama.cpp's threads for small steps: measured by default (``auto``), else the flag over the variable."""
+    assert load_settings(parse(), {}).engine.decode_threads is None
+    assert load_settings(parse(), {"STREAMHOST_DECODE_THREADS": "auto"}).engine.decode_threads is None
+    assert load_settings(parse(), {"STREAMHOST_DECODE_THREADS": "1"}).engine.decode_threads == 1
+    flagged = load_settings(parse("--decode-threads", "2"), {"STREAMHOST_DECODE_THREADS": "1"})
+    assert flagged.engine.decode_threads == 2
 
 
 def test_a_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:

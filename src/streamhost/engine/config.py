@@ -70,6 +70,6 @@ class EngineConfig:
     # --omp-spin / STREAMHOST_OMP_SPIN: barrier spins of the core's OpenMP threads before they sleep
     # (0: sleep at once); None: core_client.DEFAULT_OMP_SPIN.
     omp_spin: int | None = None
-    # --decode-threads / STREAMHOST_DECODE_THREADS: llama.cpp threads for one-token steps (the rest
-    # use ``threads``); None: executors/llamacpp.py default_decode_threads.
+    # --decode-threads / STREAMHOST_DECODE_THREADS: llama.cpp threads for steps of up to 16 tokens (the
+    # rest use ``threads``); None: measured per step size (engine/executors/llamacpp_threads.py).
     decode_threads: int | None = None

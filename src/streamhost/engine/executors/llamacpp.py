@@ -30,13 +30,14 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from streamhost.engine.executors.llamacpp_threads import StepThreads
 from streamhost.engine.kv_cache import Segment
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,6 @@ log = logging.getLogger(__name__)
 _backend_lock = threading.Lock()
 _backend_ready = False
 MAX_UBATCH = 512
-# Steps of at most this many tokens run on ThreadPlan.decode threads (see default_decode_threads).
-DECODE_STEP_TOKENS = 1
-DECODE_SHARED_CORES = 2  # up to this many engine cores the front end shares them (core_placement.py)
 FLASH_DEFAULT = -1  # llama_flash_attn_type: -1 auto (llama.cpp decides; on for CPU), 0 off, 1 on
 # enum ggml_log_level of the llama.cpp this version of llama-cpp-python vendors (ggml.h)
 GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = (
@@ -228,35 +226,6 @@ def flash_attention() -> int:
     return FLASH_DEFAULT
 
 
-@dataclass(frozen=True)
-class ThreadPlan:
-    """llama.cpp compute threads by step size: ``decode`` threads for steps of at most
-    ``small_step`` tokens (a few streams decoding), ``batch`` threads above (prompt chunks, many
-    streams). With the front end on the same cores, a one-token step on every core made each
-    token wait for the front end's turn on one of them (docs/architecture.md, "llama.cpp
-    threads per step")."""
-
-    batch: int
-    decode: int
-    small_step: int = DECODE_STEP_TOKENS
-
-    @classmethod
-    def for_cores(cls, threads: int, decode: int | None = None) -> ThreadPlan:
-        """``decode`` threads if given (capped by ``threads``), else :func:`default_decode_threads`."""
-        chosen = default_decode_threads(threads) if decode is None else decode
-        return cls(batch=threads, decode=max(1, min(threads, chosen)))
-
-    def for_step(self, tokens: int) -> int:
-        return self.decode if tokens <= self.small_step else self.batch
-
-
-def default_decode_threads(threads: int) -> int:
-    """Threads for small steps when none is asked for: every core but one on a machine of up to
-    DECODE_SHARED_CORES cores, where the front end (HTTP, detokenizer) shares the engine's cores;
-    all of them on a larger machine, where it has a core of its own (core_placement.py)."""
-    return max(1, threads - 1) if threads <= DECODE_SHARED_CORES else threads
-
-
 class SequenceSlots:
     """Sequence ids of the llama context in use (the engine's rows); lowest free id first.
 
@@ -301,7 +270,7 @@ class LlamaCppExecutor:
         self.tokenizer = tokenizer
         self.device = torch.device("cpu")
         self.threads = threads or default_threads()
-        self.thread_plan = ThreadPlan.for_cores(self.threads, decode_threads)
+        self.step_threads = StepThreads(self.threads, decode_threads)
         self._threads_now = self.threads
         params = self.llama.llama_model_default_params()
         params.use_extra_bufts = self.extra_buffers = use_extra_buffers(self.model_path)
@@ -336,8 +305,7 @@ class LlamaCppExecutor:
             "executor": self.name,
             "llama_cpp_version": llama_cpp_version(),
             "threads": self.threads,
-            "decode_threads": self.thread_plan.decode,
-            "decode_threads_up_to_tokens": self.thread_plan.small_step,
+            "step_threads": self.step_threads.describe(),
             "gguf": str(self.model_path),
             "weights_bytes": int(self.llama.llama_model_size(self.model)),
             "extra_buffers": self.extra_buffers,
@@ -397,15 +365,14 @@ class LlamaCppExecutor:
         self._shape = shape
         self.store = SequenceSlots()
         log.info(
-            "llama.cpp context: %d KV cells (%s), %d sequences, batch %d, %d threads (%d for steps of up to "
-            "%d tokens), flash attention %s",
+            "llama.cpp context: %d KV cells (%s), %d sequences, batch %d, %d threads (small steps: %s), "
+            "flash attention %s",
             n_ctx,
             "unified" if unified else f"{per_seq} per sequence",
             n_seq,
             n_batch,
             self.threads,
-            self.thread_plan.decode,
-            self.thread_plan.small_step,
+            self.step_threads.fixed or ("measured" if self.step_threads.tuned else self.threads),
             params.flash_attn_type,
         )
 
@@ -478,8 +445,13 @@ class LlamaCppExecutor:
             total, outputs = batch.fill(segments)
         if total > self._n_batch:
             raise RuntimeError(f"a step of {total} tokens exceeds the context's batch of {self._n_batch}")
-        self._set_threads(total)
+        threads = self.step_threads.for_step(total)
+        if threads != self._threads_now:
+            self.llama.llama_set_n_threads(self.ctx, threads, threads)
+            self._threads_now = threads
+        started = time.perf_counter()
         rc = self.llama.llama_decode(self.ctx, batch.struct)
+        self.step_threads.record(total, threads, time.perf_counter() - started)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}" + (" (no free KV cells)" if rc == 1 else ""))
         if not outputs:
@@ -497,15 +469,6 @@ class LlamaCppExecutor:
             else:
                 results.append(None)
         return results
-
-    def _set_threads(self, tokens: int) -> None:
-        """Threads for a step of ``tokens``: :attr:`threads.decode` up to ``threads.small_step``
-        tokens, :attr:`threads.batch` above (llama.cpp's own rule is n_threads for a one-token
-        micro-batch only; a call here moves the line to our step size)."""
-        wanted = self.thread_plan.for_step(tokens)
-        if wanted != self._threads_now:
-            self.llama.llama_set_n_threads(self.ctx, wanted, wanted)
-            self._threads_now = wanted
 
 
 def _decode_only(segments: list[Segment]) -> bool:
