@@ -101,10 +101,9 @@ def test_bad_settings_fail_with_a_message_naming_them(argv, env, fragment) -> No
         load_settings(parse(*argv), env)
 
 
-def test_decode_threads_are_measured_unless_a_count_is_given() -> None:
-    """llama.cpp's threads for small steps: measured by default (``auto``), else the flag over the variable."""
+def test_decode_threads_flag_over_the_variable() -> None:
+    """llama.cpp's threads for small steps: every engine core unless a count is given."""
     assert load_settings(parse(), {}).engine.decode_threads is None
-    assert load_settings(parse(), {"STREAMHOST_DECODE_THREADS": "auto"}).engine.decode_threads is None
     assert load_settings(parse(), {"STREAMHOST_DECODE_THREADS": "1"}).engine.decode_threads == 1
     flagged = load_settings(parse("--decode-threads", "2"), {"STREAMHOST_DECODE_THREADS": "1"})
     assert flagged.engine.decode_threads == 2

@@ -1,4 +1,4 @@
-"""The llama.cpp executor's step: threads chosen by measurement, the batch fills, logits handed out
+"""The llama.cpp executor's step: threads per step size, the batch fills, logits handed out
 as views, and the greedy sampler on one thread (same tokens as before, whatever the path)."""
 
 from __future__ import annotations
@@ -7,44 +7,19 @@ import pytest
 import torch
 
 from streamhost.engine.core import logits_table
-from streamhost.engine.executors.llamacpp_threads import EXPLORE_EVERY, PROBE_STEPS, TUNED_STEP_TOKENS, StepThreads
+from streamhost.engine.executors.llamacpp_threads import SMALL_STEP_TOKENS, StepThreads
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.limits import EngineLimits
 from streamhost.engine.sampling import RequestSampler, sample_batch
 from streamhost.engine.types import GenerationParameters
 
 
-def drive(threads: StepThreads, cost, steps: int, tokens: int = 1) -> list[int]:
-    """Run ``steps`` steps whose wall time is ``cost(step, threads)``; the thread counts used."""
-    used = []
-    for step in range(steps):
-        n = threads.for_step(tokens)
-        threads.record(tokens, n, cost(step, n))
-        used.append(n)
-    return used
-
-
-def test_small_steps_settle_on_the_faster_thread_count_and_follow_a_change() -> None:
-    threads = StepThreads(2)
-    # one thread is 3x faster (a busy machine) for the first 300 steps, then 2x slower (quiet again)
-    used = drive(
-        threads, lambda step, n: (0.03 if n == 2 else 0.01) if step < 300 else (0.005 if n == 2 else 0.01), 600
-    )
-    settled = used[PROBE_STEPS + 1 : 300]
-    assert settled.count(1) >= 0.9 * len(settled)
-    after = used[300 + EXPLORE_EVERY + 2 * PROBE_STEPS :]
-    assert after.count(2) >= 0.9 * len(after)
-    assert threads.describe()["small_steps"]["up_to_1_tokens"] == 2
-
-
-def test_big_steps_use_every_thread_and_a_fixed_count_is_kept() -> None:
-    tuned = StepThreads(2)
-    assert set(drive(tuned, lambda step, n: 0.01 if n == 1 else 0.05, 50, tokens=TUNED_STEP_TOKENS + 1)) == {2}
-    fixed = StepThreads(4, fixed=1)
-    assert set(drive(fixed, lambda step, n: 0.01 * n, 50)) == {1}
-    assert set(drive(fixed, lambda step, n: 0.01, 5, tokens=512)) == {4}
-    assert not fixed.tuned and not StepThreads(1).tuned
-    assert StepThreads(2, fixed=8).fixed == 2  # never more than the engine's threads
+def test_small_steps_take_the_decode_threads_and_big_steps_every_thread() -> None:
+    default = StepThreads(2)
+    assert [default.for_step(n) for n in (1, SMALL_STEP_TOKENS, SMALL_STEP_TOKENS + 1, 512)] == [2, 2, 2, 2]
+    one = StepThreads(4, decode=1)
+    assert [one.for_step(n) for n in (1, SMALL_STEP_TOKENS, SMALL_STEP_TOKENS + 1, 512)] == [1, 1, 4, 4]
+    assert StepThreads(2, decode=8).decode == 2  # never more than the engine's threads
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +85,7 @@ def test_decode_threads_and_batch_paths_give_the_same_tokens(llama) -> None:
     assert mixed[0] is None and torch.equal(mixed[1], alone)
     for row in (a, b, c):
         two.free_row(row)
-    assert one.describe()["step_threads"]["small_steps"] == 1
+    assert one.describe()["step_threads"]["small_steps"] == 1 and two.describe()["step_threads"]["large_steps"] == 2
 
 
 def test_logits_table_is_a_view_of_consecutive_rows_else_a_copy() -> None:

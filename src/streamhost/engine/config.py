@@ -71,5 +71,5 @@ class EngineConfig:
     # (0: sleep at once); None: core_client.DEFAULT_OMP_SPIN.
     omp_spin: int | None = None
     # --decode-threads / STREAMHOST_DECODE_THREADS: llama.cpp threads for steps of up to 16 tokens (the
-    # rest use ``threads``); None: measured per step size (engine/executors/llamacpp_threads.py).
+    # rest use ``threads``); None: ``threads`` too (engine/executors/llamacpp_threads.py).
     decode_threads: int | None = None

@@ -18,8 +18,8 @@ setting fails at once with a message naming the setting and the value (never mid
   (our Llama-family forward, ``engine/lean_llama.py``; default on where the architecture allows);
 - the engine core: its own process unless ``--no-engine-process`` / ``STREAMHOST_ENGINE_PROCESS=0``,
   on ``--engine-cores`` / ``STREAMHOST_ENGINE_CORES`` (a count or a CPU list such as ``0-1``);
-  ``--decode-threads`` / ``STREAMHOST_DECODE_THREADS`` (llama.cpp threads for small steps; default
-  ``auto``: measured, ``engine/executors/llamacpp_threads.py``);
+  ``--decode-threads`` / ``STREAMHOST_DECODE_THREADS`` (llama.cpp threads for steps of up to 16
+  tokens; default every engine core, ``engine/executors/llamacpp_threads.py``);
 - dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
 - the limits: TGI's names (``MAX_TOTAL_TOKENS``, ...) > ``serving.properties`` > ``OPTION_*``
   variables > LMI's plain names > defaults shaped by the model's context length. Within LMI the
@@ -150,9 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--decode-threads",
         type=int,
         default=None,
-        help="llama.cpp executor: compute threads for small steps (up to 16 tokens: decoding streams) "
-        "(env STREAMHOST_DECODE_THREADS; default auto: all engine cores or one fewer, whichever its steps "
-        "measure faster; docs/architecture.md)",
+        help="llama.cpp executor: compute threads for small steps (up to 16 tokens: decoding streams; "
+        "env STREAMHOST_DECODE_THREADS; default every engine core; 1 can win where other processes keep "
+        "the cores busy: docs/architecture.md)",
     )
     parser.add_argument(
         "--no-engine-process",
@@ -340,7 +340,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     decode_threads = _flag(args, "decode_threads")
     if decode_threads is not None and decode_threads < 1:
         raise SettingsError(f"--decode-threads {decode_threads} is not valid: expected a number >= 1")
-    if decode_threads is None and env.get("STREAMHOST_DECODE_THREADS", "").strip().lower() != "auto":
+    if decode_threads is None:
         decode_threads = _env_number(env, "STREAMHOST_DECODE_THREADS", int, 1)
     engine = EngineConfig(
         dtype=dtype,

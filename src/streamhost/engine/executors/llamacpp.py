@@ -30,7 +30,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -372,7 +371,7 @@ class LlamaCppExecutor:
             n_seq,
             n_batch,
             self.threads,
-            self.step_threads.fixed or ("measured" if self.step_threads.tuned else self.threads),
+            self.step_threads.decode,
             params.flash_attn_type,
         )
 
@@ -449,9 +448,7 @@ class LlamaCppExecutor:
         if threads != self._threads_now:
             self.llama.llama_set_n_threads(self.ctx, threads, threads)
             self._threads_now = threads
-        started = time.perf_counter()
         rc = self.llama.llama_decode(self.ctx, batch.struct)
-        self.step_threads.record(total, threads, time.perf_counter() - started)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}" + (" (no free KV cells)" if rc == 1 else ""))
         if not outputs:
