@@ -107,3 +107,32 @@ def test_greedy_rows_pick_torch_argmax_and_its_log_softmax() -> None:
     assert out.token_ids == ids.tolist() and out.token_ids[3] == 7
     expected = torch.log_softmax(logits.double(), dim=-1).gather(1, ids[:, None]).squeeze(1)
     assert out.logprobs == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_free_rows_inside_a_step_get_fillers_that_leave_no_trace(llama) -> None:
+    """Rows 0-3 allocated, row 1 freed (empty), row 2 live but not in the step: the decode step of
+    rows 0 and 3 gets a filler for row 1 only, the same tokens as without it, and leaves row 1
+    empty and row 2's cells as they were."""
+    executor = llama(2)
+    memory, api = executor._memory, executor.llama
+    rows = [executor.alloc_row() for _ in range(4)]
+    assert rows == [0, 1, 2, 3]
+    executor.forward([Segment(r, [1, 20 + r, 30], 0) for r in rows])
+    executor.free_row(1)
+    step = [Segment(0, [7], 3), Segment(3, [7], 3)]
+    assert executor._filler_rows(step) == [1]
+    with_hole = [t.clone() for t in executor.forward(step)]
+    assert api.llama_memory_seq_pos_max(memory, 1) == -1
+    assert api.llama_memory_seq_pos_max(memory, 2) == 2
+    for row in (0, 2, 3):
+        executor.free_row(row)
+    # the same two sequences again, in rows 0 and 1: no gap
+    again = [executor.alloc_row() for _ in range(2)]
+    assert again == [0, 1]
+    executor.forward([Segment(0, [1, 20, 30], 0), Segment(1, [1, 23, 30], 0)])
+    plain = executor.forward([Segment(0, [7], 3), Segment(1, [7], 3)])
+    for a, b in zip(with_hole, plain):
+        assert int(a.argmax()) == int(b.argmax())
+        assert torch.allclose(a, b, atol=1e-3)
+    for row in again:
+        executor.free_row(row)

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _backend_lock = threading.Lock()
 _backend_ready = False
 MAX_UBATCH = 512
+FILLER_TOKEN = 0  # what a filler row decodes (any id: its logits are not asked for, its cell removed)
 FLASH_DEFAULT = -1  # llama_flash_attn_type: -1 auto (llama.cpp decides; on for CPU), 0 off, 1 on
 # enum ggml_log_level of the llama.cpp this version of llama-cpp-python vendors (ggml.h)
 GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = (
@@ -424,6 +425,24 @@ class LlamaCppExecutor:
     def release_idle_memory(self, keep_bytes: int) -> None:
         """Nothing to do: the KV cells stay allocated for the context's life (sized by the limits)."""
 
+    def _filler_rows(self, segments: list[Segment]) -> list[int]:
+        """Empty rows between the step's lowest and highest row: each gets one filler token (no
+        logits, its cell removed after the step) so the step stays one run of consecutive sequence
+        ids, one micro-batch. A free row in the middle cut a 16-stream decode step in two, each part
+        a pass over all weights (a one-token step costs ~11 ms here, a filler row ~1/16 of a 56 ms
+        16-token step); the ends of a burst, as streams finish one by one, were full of them. Rows
+        holding cells (a live sequence outside this step, or kept KV) are never touched."""
+        if len(segments) < 2 or not self.ctx:
+            return []
+        low, high, rows = _step_rows(segments)
+        if high - low + 1 == len(rows):
+            return []
+        return [
+            row
+            for row in range(low + 1, high)
+            if row not in rows and self.llama.llama_memory_seq_pos_max(self._memory, row) < 0
+        ]
+
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
         """One ``llama_decode`` over the packed step; the logits each segment asked for.
 
@@ -438,10 +457,11 @@ class LlamaCppExecutor:
         if self.ctx is None or self._batch is None:
             raise RuntimeError("the llama.cpp executor was not configured (Engine calls configure())")
         batch = self._batch
-        if _decode_only(segments):
+        fillers = [] if self._unified else self._filler_rows(segments)
+        if not fillers and _decode_only(segments):
             total = outputs = batch.fill_decode(segments)
         else:
-            total, outputs = batch.fill(segments)
+            total, outputs = batch.fill(segments + [Segment(row, [FILLER_TOKEN], 0, "none") for row in fillers])
         if total > self._n_batch:
             raise RuntimeError(f"a step of {total} tokens exceeds the context's batch of {self._n_batch}")
         threads = self.step_threads.for_step(total)
@@ -449,6 +469,8 @@ class LlamaCppExecutor:
             self.llama.llama_set_n_threads(self.ctx, threads, threads)
             self._threads_now = threads
         rc = self.llama.llama_decode(self.ctx, batch.struct)
+        for row in fillers:  # the filler's cell goes: the row is empty again
+            self.llama.llama_memory_seq_rm(self._memory, row, -1, -1)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}" + (" (no free KV cells)" if rc == 1 else ""))
         if not outputs:
@@ -458,7 +480,7 @@ class LlamaCppExecutor:
             np.ctypeslib.as_array(self.llama.llama_get_logits(self.ctx), shape=(outputs, self.n_vocab))
         )
         results: list[torch.Tensor | None] = []
-        for s, (first, count) in zip(segments, batch.spans):
+        for s, (first, count) in zip(segments, batch.spans):  # (the fillers' spans come last)
             if s.logits == "all":
                 results.append(table[first : first + count])
             elif s.logits == "last":
@@ -466,6 +488,11 @@ class LlamaCppExecutor:
             else:
                 results.append(None)
         return results
+
+
+def _step_rows(segments: list[Segment]) -> tuple[int, int, set[int]]:
+    rows = {s.row for s in segments}
+    return min(rows), max(rows), rows
 
 
 def _decode_only(segments: list[Segment]) -> bool:
