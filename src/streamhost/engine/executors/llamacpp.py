@@ -11,8 +11,9 @@ cells of every stream are allocated up front (SmolLM2-135M at the defaults, 32 x
 ``STREAMHOST_LLAMACPP_KV_UNIFIED=1`` goes back to one pool of ``MAX_BATCH_TOTAL_TOKENS`` cells.
 With per-sequence streams llama.cpp puts only *consecutive* sequence ids in one micro-batch
 (``split_equal(sequential=true)``), each micro-batch a pass over all weights: so a step is laid out
-in sequence-id order, and rows are handed out lowest first (a free row in the middle still splits
-a step in two). Each engine step becomes one ``llama_batch``: every running sequence's next token
+in sequence-id order, rows are handed out lowest first, and an empty row in the middle gets a
+filler token for the step (``_filler_rows``) rather than split it. Threads per step size:
+llamacpp_threads.py. Each engine step becomes one ``llama_batch``: every running sequence's next token
 and any prompt chunks, each token tagged with its sequence id (= the engine's row) and position,
 with logits asked only where a token will be sampled (or where prompt log-probs were requested). A
 sequence's cells are removed (``llama_memory_seq_rm``) when it finishes or is aborted. Sampling
