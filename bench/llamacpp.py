@@ -3,13 +3,18 @@ decode against memory bandwidth, and the Q8_0 conversion's greedy agreement with
 
 1. ``raw``: llama-cpp-python's low-level API alone (one context, one sequence, ``llama_decode`` of
    one token and an argmax per step) on the same GGUF, threads and chat prompts; decode tok/s =
-   (tokens - 1) / (last - first token time), median over prompts. Run in its own process.
-2. ``ours``: ``bench/serve.py --launch streamhost,executor=llamacpp --concurrency 1``: the whole
+   (tokens - 1) / (last - first token time), median over prompts. Run in its own process, with
+   ``--raw-decode-threads`` threads for its one-token steps (default: all of them).
+2. ``engine``: our engine core (scheduler, executor, sampler, output records: everything but the
+   front end) stepping one request in a process of its own with the core process's environment;
+   the same decode tok/s, plus the ms per step spent outside ``llama_decode``.
+3. ``ours``: ``bench/serve.py --launch streamhost,executor=llamacpp --concurrency 1``: the whole
    server, through the OpenAI streaming API; decode tok/s = 1 / TPOT p50. Target: >= 95% of raw.
-3. bandwidth: bytes of weights a decode step reads (the GGUF's tensors; SmolLM2's tied embedding
+   Raw, engine and server take turns prompt by prompt, so load drifts over all alike.
+4. bandwidth: bytes of weights a decode step reads (the GGUF's tensors; SmolLM2's tied embedding
    is read whole for the logits) x decode tok/s, against a measured read bandwidth of this
    machine (torch sum over a 1 GiB buffer, all cores, best of 5).
-4. quality: greedy answers (64 tokens) of the bf16 model on torch vs its Q8_0 conversion
+5. quality: greedy answers (64 tokens) of the bf16 model on torch vs its Q8_0 conversion
    (gguf_quantize.gguf_for) on llama.cpp for 20 chat prompts; agreement = tokens before the first
    difference / tokens of the bf16 answer, pooled. Target: >= 90%. (The bf16 weights here are the
    dequantised Q4_1 GGUF the default model ships as: no hub access on this machine.)
@@ -53,17 +58,21 @@ EXTRA_QUESTIONS = [
 ]
 
 
-class RawWorker:
-    """llama-cpp-python's low-level API alone, in a process of its own (the server's threads never
-    share it): one context, one sequence, ``llama_decode`` of one token and an argmax per step.
-    It decodes the prompt whose index it reads on stdin and answers one JSON line."""
+class Worker:
+    """A decoder in a process of its own (the server's threads never share it), with the OpenMP
+    environment our engine-core process gets: it decodes the prompt whose index it reads on stdin
+    and answers one JSON line. ``kind``: ``raw`` (llama-cpp-python alone) or ``engine`` (our core)."""
 
-    def __init__(self, gguf: str, threads: int, prompts: list[list[int]], new_tokens: int) -> None:
-        self.spec = RESULTS_DIR / f".llamacpp-prompts-{os.getpid()}.json"
+    def __init__(
+        self, kind: str, gguf: str, threads: int, decode_threads: int | None, prompts: list[list[int]], new_tokens: int
+    ) -> None:
+        self.spec = RESULTS_DIR / f".llamacpp-prompts-{os.getpid()}-{kind}.json"
         self.spec.write_text(json.dumps(prompts))
         cmd = [sys.executable, __file__, "--threads", str(threads), "--new-tokens", str(new_tokens)]
+        if decode_threads is not None:
+            cmd += ["--decode-threads", str(decode_threads)]
         self.proc = subprocess.Popen(
-            [*cmd, "--raw-worker", gguf, str(self.spec)],
+            [*cmd, f"--{kind}-worker", gguf, str(self.spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -76,7 +85,7 @@ class RawWorker:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("the raw llama-cpp-python worker exited")
+            raise RuntimeError("a llama.cpp bench worker exited")
         return json.loads(line)
 
     def decode(self, index: int) -> dict[str, Any]:
@@ -92,8 +101,63 @@ class RawWorker:
         self.spec.unlink(missing_ok=True)
 
 
-def raw_worker(gguf: str, threads: int, prompts: list[list[int]], new_tokens: int) -> None:
-    """The RawWorker's process: load, say so, then decode prompts by index until stdin closes."""
+def engine_worker(
+    gguf: str, threads: int, decode_threads: int | None, prompts: list[list[int]], new_tokens: int
+) -> None:
+    """The engine Worker's process: our EngineCore on the llama.cpp executor, one request at a time,
+    stepped as CoreLoop steps it; times when each step's token is out and the time spent inside
+    ``llama_decode``."""
+    import torch
+
+    from streamhost.engine.config import EngineConfig
+    from streamhost.engine.core import EngineCore
+    from streamhost.engine.core_messages import CoreInput, CoreRequest
+    from streamhost.engine.executors import gguf_tokenizer
+    from streamhost.engine.executors.llamacpp import LlamaCppExecutor
+    from streamhost.engine.types import GenerationParameters
+
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    chosen = {} if decode_threads is None else {"decode_threads": decode_threads}  # (older executors: no such option)
+    executor = LlamaCppExecutor(gguf, gguf_tokenizer(Path(gguf)), threads=threads, **chosen)
+    core = EngineCore(executor, EngineConfig())
+    llama = executor.llama
+    decode, inside = llama.llama_decode, [0.0]
+
+    def timed(ctx, batch):  # the bench's own wrapper: perf_counter twice per step (~1 us)
+        started = time.perf_counter()
+        try:
+            return decode(ctx, batch)
+        finally:
+            inside[0] += time.perf_counter() - started
+
+    llama.llama_decode = timed
+    print(json.dumps({"threads": threads, "decode_threads": decode_threads or "auto"}), flush=True)
+    for key, line in enumerate(sys.stdin):
+        ids = prompts[int(line)]
+        params = GenerationParameters(max_new_tokens=new_tokens, ignore_eos=True)
+        started = time.perf_counter()
+        core.apply(CoreInput(new=[CoreRequest(key, list(ids), new_tokens, params, time.monotonic())]))
+        times: list[float] = []
+        inside_first = 0.0
+        while core.has_work():
+            out = core.step()
+            if out is not None and out.tokens:
+                times.append(time.perf_counter())
+                if len(times) == 1:
+                    inside_first = inside[0]
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        outside_ms = 1000 * ((times[-1] - times[0]) - (inside[0] - inside_first)) / (len(times) - 1)
+        inside[0] = 0.0
+        report = {"decode_tok_s": rate, "ttft_s": times[0] - started, "outside_decode_ms": outside_ms}
+        step_threads = getattr(executor, "step_threads", None)
+        if step_threads is not None:
+            report["step_threads"] = step_threads.describe()
+        print(json.dumps(report), flush=True)
+
+
+def raw_worker(gguf: str, threads: int, decode_threads: int | None, prompts: list[list[int]], new_tokens: int) -> None:
+    """The raw Worker's process: load, say so, then decode prompts by index until stdin closes."""
     import numpy as np
 
     from streamhost.engine.executors.llamacpp import import_llama_cpp, use_extra_buffers
@@ -104,12 +168,18 @@ def raw_worker(gguf: str, threads: int, prompts: list[list[int]], new_tokens: in
     model = llama.llama_model_load_from_file(gguf.encode(), mparams)
     cparams = llama.llama_context_default_params()
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = 2048, 2048, 512  # a whole prompt per decode
-    cparams.n_threads = cparams.n_threads_batch = threads
+    cparams.n_threads_batch = threads
+    cparams.n_threads = decode_threads or threads  # llama.cpp's threads for one-token micro-batches
     cparams.no_perf = True
     ctx = llama.llama_init_from_model(model, cparams)
     memory = llama.llama_get_memory(ctx)
     n_vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(model))
-    print(json.dumps({"weights_bytes": int(llama.llama_model_size(model)), "threads": threads}), flush=True)
+    info = {
+        "weights_bytes": int(llama.llama_model_size(model)),
+        "threads": threads,
+        "decode_threads": cparams.n_threads,
+    }
+    print(json.dumps(info), flush=True)
     for line in sys.stdin:
         ids = prompts[int(line)]
         llama.llama_memory_clear(memory, True)
@@ -158,81 +228,102 @@ def copy_bandwidth() -> float:
 
 
 def one_stream_side_by_side(
-    gguf: str, model_dir: Path, threads: int, prompts: list, rounds: int, new_tokens: int
+    gguf: str,
+    model_dir: Path,
+    threads: int,
+    decode_threads: int | None,
+    raw_decode_threads: int | None,
+    prompts: list,
+    rounds: int,
+    new_tokens: int,
+    sides: list[str],
 ) -> dict[str, Any]:
-    """Raw llama-cpp-python and our server (llama.cpp executor, OpenAI streaming API) on the same
-    prompts, interleaved request by request (raw, ours, ours, raw, ...) so the machine's load drifts
-    over both alike; decode tok/s = (tokens - 1) / (last - first token time) for both."""
+    """Raw llama-cpp-python, our engine core alone and our server (llama.cpp executor, OpenAI
+    streaming API) on the same prompts, taking turns request by request in a rotating order so the
+    machine's load drifts over all alike; decode tok/s = (tokens - 1) / (last - first token time)."""
     from types import SimpleNamespace
 
     import httpx
 
     from serve import Server, launch_target, stream_request
 
-    options = SimpleNamespace(
-        omp_wait_policy="passive",
-        server_threads=threads,
-        model=None,
-        tf_cb_num_blocks=64,
-        max_model_len=None,
-        vllm_venv=None,
-        vllm_kv_cache_gib=None,
-    )
-    target = launch_target("streamhost,executor=llamacpp", options, model_dir)
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-llamacpp-"))
-    assert target.launch is not None
-    server = Server(target.launch, log_dir, target.name)
-    server.start(600)
-    raw = RawWorker(gguf, threads, [p.token_ids for p in prompts], new_tokens)
-    pairs: list[dict[str, Any]] = []
-
-    async def ours(prompt) -> Any:
-        async with httpx.AsyncClient(timeout=600) as client:
-            return await stream_request(client, target, prompt, new_tokens, lambda: None)
-
+    server = target = None
+    workers: dict[str, Worker] = {}
     try:
-        asyncio.run(ours(prompts[0]))  # warm-up
-        raw.decode(0)
+        if "server" in sides:
+            options = SimpleNamespace(
+                omp_wait_policy="passive",
+                server_threads=threads,
+                model=None,
+                tf_cb_num_blocks=64,
+                max_model_len=None,
+                vllm_venv=None,
+                vllm_kv_cache_gib=None,
+            )
+            spec = "streamhost,executor=llamacpp" + (f",decode_threads={decode_threads}" if decode_threads else "")
+            target = launch_target(spec, options, model_dir)
+            assert target.launch is not None
+            server = Server(target.launch, Path(tempfile.mkdtemp(prefix="bench-llamacpp-")), target.name)
+            server.start(600)
+        token_ids = [p.token_ids for p in prompts]
+        if "raw" in sides:
+            workers["raw"] = Worker("raw", gguf, threads, raw_decode_threads, token_ids, new_tokens)
+        if "engine" in sides:
+            workers["engine"] = Worker("engine", gguf, threads, decode_threads, token_ids, new_tokens)
+
+        async def ours(prompt) -> Any:
+            async with httpx.AsyncClient(timeout=600) as client:
+                return await stream_request(client, target, prompt, new_tokens, lambda: None)
+
+        def one(side: str, i: int) -> dict[str, Any]:
+            if side != "server":
+                return workers[side].decode(i)
+            rec = asyncio.run(ours(prompts[i]))
+            if not rec.ok or rec.tokens != new_tokens:
+                raise RuntimeError(f"our server's request failed: {rec.summary()}")
+            return {"decode_tok_s": 1 / rec.tpot, "ttft_s": rec.ttft}
+
+        for side in sides:  # warm-up
+            one(side, 0)
+        pairs: list[dict[str, Any]] = []
         for r in range(rounds):
             for i, prompt in enumerate(prompts):
-                first_raw = (r + i) % 2 == 0
-                got: dict[str, Any] = {}
-                for side in ("raw", "ours") if first_raw else ("ours", "raw"):
-                    if side == "raw":
-                        got["raw"] = raw.decode(i)
-                    else:
-                        rec = asyncio.run(ours(prompt))
-                        if not rec.ok or rec.tokens != new_tokens:
-                            raise RuntimeError(f"our server's request failed: {rec.summary()}")
-                        got["ours"] = {"decode_tok_s": 1 / rec.tpot, "ttft_s": rec.ttft}
+                shift = (r * len(prompts) + i) % len(sides)
+                got = {side: one(side, i) for side in sides[shift:] + sides[:shift]}
                 pairs.append({"round": r, "prompt": i, "kind": prompt.kind, **got})
                 print(
-                    f"  prompt {i} ({prompt.kind}): raw {got['raw']['decode_tok_s']:.1f}, "
-                    f"ours {got['ours']['decode_tok_s']:.1f} tok/s",
+                    f"  prompt {i} ({prompt.kind}): "
+                    + ", ".join(f"{side} {got[side]['decode_tok_s']:.1f}" for side in sides)
+                    + " tok/s",
                     flush=True,
                 )
     finally:
-        raw.close()
-        server.stop()
-    raw_rates = [p["raw"]["decode_tok_s"] for p in pairs]
-    our_rates = [p["ours"]["decode_tok_s"] for p in pairs]
-    ratios = [o / r for o, r in zip(our_rates, raw_rates)]
-    return {
-        "raw": {
-            "decode_tok_s_median": statistics.median(raw_rates),
-            "ttft_median_s": statistics.median(p["raw"]["ttft_s"] for p in pairs),
-            **raw.info,
-        },
-        "ours": {
-            "decode_tok_s": statistics.median(our_rates),
-            "ttft_median_s": statistics.median(p["ours"]["ttft_s"] for p in pairs),
-            "api": "OpenAI /v1/chat/completions, stream=true",
-        },
-        "ratio_ours_vs_raw": statistics.median(our_rates) / statistics.median(raw_rates),
-        "ratio_paired_median": statistics.median(ratios),
-        "ratio_paired_spread": [min(ratios), max(ratios)],
-        "pairs": pairs,
-    }
+        for worker in workers.values():
+            worker.close()
+        if server is not None:
+            server.stop()
+    out: dict[str, Any] = {"sides": sides, "pairs": pairs}
+    rates = {side: [p[side]["decode_tok_s"] for p in pairs] for side in sides}
+    for side in sides:
+        out[side] = {
+            "decode_tok_s_median": statistics.median(rates[side]),
+            "ttft_median_s": statistics.median(p[side]["ttft_s"] for p in pairs),
+            **(workers[side].info if side in workers else {"api": "OpenAI /v1/chat/completions, stream=true"}),
+        }
+        if side == "engine":
+            out[side]["outside_decode_ms_median"] = statistics.median(p[side]["outside_decode_ms"] for p in pairs)
+        if side != "raw" and "raw" in sides:
+            ratios = [o / r for o, r in zip(rates[side], rates["raw"])]
+            out[side]["ratio_vs_raw"] = statistics.median(rates[side]) / statistics.median(rates["raw"])
+            out[side]["ratio_paired_median"] = statistics.median(ratios)
+            out[side]["ratio_paired_spread"] = [min(ratios), max(ratios)]
+    if "server" in sides:  # the names earlier results used
+        out["ours"] = {**out["server"], "decode_tok_s": out["server"]["decode_tok_s_median"]}
+        if "raw" in sides:
+            out["ratio_ours_vs_raw"] = out["server"]["ratio_vs_raw"]
+            out["ratio_paired_median"] = out["server"]["ratio_paired_median"]
+            out["ratio_paired_spread"] = out["server"]["ratio_paired_spread"]
+    return out
 
 
 async def _greedy(engine, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -342,20 +433,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    raw, ours = results.get("raw"), results.get("ours")
-    if raw and ours:
+    sides = results.get("sides") or []
+    if sides:
         ax = axes[0]
+        labels = {
+            "raw": "raw llama-cpp-python",
+            "engine": "our engine core\n(no front end)",
+            "server": "our server\n(OpenAI stream)",
+        }
         ax.bar(
-            ["raw llama-cpp-python", "streamhost llama.cpp\n(OpenAI stream)"],
-            [raw["decode_tok_s_median"], ours["decode_tok_s"]],
-            color=["#888", "#2a7"],
+            [labels[s] for s in sides],
+            [results[s]["decode_tok_s_median"] for s in sides],
+            color=[{"raw": "#888", "engine": "#7b7", "server": "#2a7"}[s] for s in sides],
         )
         ax.set_ylabel("single-stream decode tok/s")
-        ax.set_title(
-            f"1 stream: ours = {results['ratio_ours_vs_raw']:.0%} of raw (target 95%)\n"
-            f"paired median {results['ratio_paired_median']:.0%}",
-            fontsize=9,
-        )
+        ratios = [f"{s} {results[s]['ratio_paired_median']:.0%}" for s in sides if "ratio_paired_median" in results[s]]
+        ax.set_title("1 stream vs raw, paired medians (target 95%):\n" + ", ".join(ratios), fontsize=9)
     bw = results.get("bandwidth")
     if bw:
         ax = axes[1]
@@ -387,16 +480,32 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--decode-threads", type=int, default=None, help="our executor's one-token-step threads (default: its own)"
+    )
+    parser.add_argument(
+        "--raw-decode-threads", type=int, default=None, help="raw llama-cpp-python's one-token threads (default: all)"
+    )
+    parser.add_argument(
+        "--sides", default="raw,engine,server", help="which 1-stream sides, comma-separated: raw, engine, server"
+    )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=4, help="1-stream prompts (mixed lengths)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the 1-stream prompts")
     parser.add_argument("--skip", action="append", default=[], choices=["one-stream", "bandwidth", "quality"])
     parser.add_argument("--quality-f32", action="store_true", help="also the f32-vs-bf16 noise floor (slow)")
     parser.add_argument("--raw-worker", nargs=2, metavar=("GGUF", "PROMPTS_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--engine-worker", nargs=2, metavar=("GGUF", "PROMPTS_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.raw_worker:
-        raw_worker(args.raw_worker[0], args.threads, json.loads(Path(args.raw_worker[1]).read_text()), args.new_tokens)
-        return 0
+    for kind, run in (("raw_worker", raw_worker), ("engine_worker", engine_worker)):
+        chosen = getattr(args, kind)
+        if chosen:
+            prompts = json.loads(Path(chosen[1]).read_text())
+            run(chosen[0], args.threads, args.decode_threads, prompts, args.new_tokens)
+            return 0
+    sides = [side.strip() for side in args.sides.split(",") if side.strip()]
+    if not sides or set(sides) - {"raw", "engine", "server"}:
+        parser.error(f"--sides {args.sides!r}: expected some of raw, engine, server")
 
     from serve import build_prompts, template_prompts
     from streamhost.engine.loader import default_gguf_path, ensure_default_model
@@ -415,18 +524,36 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
     }
     if "one-stream" not in args.skip:
-        side = one_stream_side_by_side(str(gguf), model_dir, args.threads, prompts, args.rounds, args.new_tokens)
+        side = one_stream_side_by_side(
+            str(gguf),
+            model_dir,
+            args.threads,
+            args.decode_threads,
+            args.raw_decode_threads,
+            prompts,
+            args.rounds,
+            args.new_tokens,
+            sides,
+        )
         results.update(side)
         print(
-            f"1 stream: raw {side['raw']['decode_tok_s_median']:.1f}, ours {side['ours']['decode_tok_s']:.1f} tok/s "
-            f"({side['ratio_ours_vs_raw']:.1%}; paired median {side['ratio_paired_median']:.1%})",
+            "1 stream: "
+            + ", ".join(
+                f"{name} {side[name]['decode_tok_s_median']:.1f} tok/s"
+                + (
+                    f" (paired {side[name]['ratio_paired_median']:.1%} of raw)"
+                    if "ratio_paired_median" in side[name]
+                    else ""
+                )
+                for name in sides
+            ),
             flush=True,
         )
     if "bandwidth" not in args.skip and results.get("raw"):
         read = read_bandwidth(args.threads)
         copy = copy_bandwidth()
         weights = results["raw"]["weights_bytes"]
-        rates = {"raw": results["raw"]["decode_tok_s_median"], "ours": results["ours"]["decode_tok_s"]}
+        rates = {side: results[side]["decode_tok_s_median"] for side in sides}
         best = max(rates.values())
         results["bandwidth"] = {
             "weights_bytes_per_token": weights,

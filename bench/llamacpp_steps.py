@@ -4,7 +4,8 @@ Raw llama-cpp-python (no server), 2 threads, the core process's OpenMP environme
 layout (``use_extra_bufts``: AMX / AVX-512 repacked, or plain) and GGUF: one-token decode, prompt
 prefill of 64/256/512 tokens, and 16 sequences of ~300 cached tokens decoding one token each:
 per-sequence KV streams with consecutive ids, the same with 3 free ids among them (llama.cpp
-then cuts the step into 4 micro-batches), one unified pool; each also with a 256-token prompt
+then cuts the step into 4 micro-batches), the same with a filler token in each free id (our
+executor's way: one micro-batch), one unified pool; each also with a 256-token prompt
 chunk of another sequence in the same batch. Median wall ms over repeats; each configuration in a
 child process of its own. Results: bench/results/llamacpp-steps-<timestamp>.json and .png.
 
@@ -81,7 +82,7 @@ def worker(gguf: str, extra: bool, threads: int) -> None:
     llama.llama_free(ctx)
     layouts = [
         ("per-seq consecutive", list(range(16)), 17, False),
-        ("per-seq 3 free ids", [i for i in range(19) if i not in (3, 8, 12)], 19, False),
+        ("per-seq 3 free ids", [i for i in range(19) if i not in (3, 8, 12)], 20, False),
         ("unified", list(range(16)), 17, True),
     ]
     for name, seqs, slots, unified in layouts:
@@ -89,10 +90,21 @@ def worker(gguf: str, extra: bool, threads: int) -> None:
         for seq in seqs:
             run(ctx, [(seq, i, int(i == CTX - 1)) for i in range(CTX)])
         report(f"16 decode, {name}", [run(ctx, [(s, CTX + k, 1) for s in seqs]) for k in range(6)], 16)
+        pos = CTX + 6  # the next position of every sequence
+        holes = [h for h in range(min(seqs), max(seqs)) if h not in seqs]
+        if holes and not unified:  # our executor's fillers: one token per empty id between, cell removed after
+            filled = []
+            for k in range(6):
+                step = sorted([(s, pos + k, 1) for s in seqs] + [(h, 0, 0) for h in holes])
+                filled.append(run(ctx, step))
+                for h in holes:
+                    llama.llama_memory_seq_rm(llama.llama_get_memory(ctx), h, -1, -1)
+            report(f"16 decode, {name} + fillers", filled, 16)
+            pos += 6
         other, samples = slots - 1, []
         for k in range(3):
             llama.llama_memory_seq_rm(llama.llama_get_memory(ctx), other, -1, -1)
-            step = [(s, CTX + 6 + k, 1) for s in seqs] + [(other, i, int(i == 255)) for i in range(256)]
+            step = [(s, pos + k, 1) for s in seqs] + [(other, i, int(i == 255)) for i in range(256)]
             samples.append(run(ctx, step))
         report(f"16 decode + 256 prompt, {name}", samples, 272)
         llama.llama_free(ctx)

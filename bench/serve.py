@@ -305,13 +305,14 @@ def peer_options(args: argparse.Namespace, model_dir: Path) -> PeerOptions:
 def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Target:
     """A target whose server we start ourselves: a named peer (``bench/peers.py``: streamhost-torch,
     streamhost-llamacpp, transformers, vllm-cpu-default, vllm-cpu-best), or
-    ``streamhost[,api=openai|tgi][,force=F][,executor=torch|llamacpp]`` / ``transformers[,force=F]``
-    (``force`` as for --target; default ignore_eos / generation_config)."""
+    ``streamhost[,api=openai|tgi][,force=F][,executor=torch|llamacpp][,decode_threads=N]`` /
+    ``transformers[,force=F]`` (``force`` as for --target; default ignore_eos / generation_config;
+    ``decode_threads``: the server's ``--decode-threads``)."""
     kind, *rest = spec.split(",")
     opts = dict(item.split("=", 1) for item in rest if "=" in item)
-    unknown = set(opts) - {"api", "force", "executor"} or {item for item in rest if "=" not in item}
+    unknown = set(opts) - {"api", "force", "executor", "decode_threads"} or {item for item in rest if "=" not in item}
     if unknown:
-        raise ValueError(f"--launch {spec!r}: unknown options {sorted(unknown)} (api, force, executor)")
+        raise ValueError(f"--launch {spec!r}: unknown options {sorted(unknown)} (api, force, executor, decode_threads)")
     force = opts.get("force")
     if force is not None and force not in FORCE_MODES:
         raise ValueError(f"--launch {spec!r}: force must be one of {FORCE_MODES}, not {force!r}")
@@ -327,6 +328,12 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
         command = streamhost_command(popts, port, executor)
         name = "streamhost" if api == "openai" else "streamhost-tgi"
         name += f"-{executor}" if executor else ""
+        decode_threads = opts.get("decode_threads")
+        if decode_threads is not None:
+            if not decode_threads.isdigit() or int(decode_threads) < 1:
+                raise ValueError(f"--launch {spec!r}: decode_threads must be a number >= 1")
+            command += ["--decode-threads", decode_threads]
+            name += f"-dt{decode_threads}"
         launch = LaunchSpec("streamhost", command, "/ping", server_env(popts, ours=True), port)
         return Target(name, f"http://127.0.0.1:{port}", api, None, force or "ignore_eos", launch)
     if kind not in PEERS:
@@ -1272,7 +1279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--launch",
         action="append",
         default=[],
-        metavar="streamhost[,api=openai|tgi][,force=F][,executor=torch|llamacpp]|transformers[,force=F]",
+        metavar="streamhost[,api=openai|tgi][,force=F][,executor=torch|llamacpp][,decode_threads=N]|transformers[,force=F]",
         help="start this server, measure it, stop it (repeatable): streamhost = `python -m streamhost.cli "
         "container --model-id smollm2 --dtype bf16`; transformers = `transformers serve <model folder> "
         "--continuous-batching --cb-num-blocks 64 --dtype bfloat16`",

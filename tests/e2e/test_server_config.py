@@ -93,11 +93,21 @@ def test_option_variables_alone_select_lmi_and_the_model_dir_is_the_default_mode
         ((), {"HF_MODEL_ID": "s3://bucket/model"}, "s3://"),
         ((), {"STREAMHOST_DRAIN_TIMEOUT": "-1"}, "STREAMHOST_DRAIN_TIMEOUT"),
         ((), {"STREAMHOST_PREFIX_CACHE": "sometimes"}, "STREAMHOST_PREFIX_CACHE"),
+        ((), {"STREAMHOST_DECODE_THREADS": "0"}, "STREAMHOST_DECODE_THREADS"),
+        (("--decode-threads", "0"), {}, "--decode-threads"),
     ],
 )
 def test_bad_settings_fail_with_a_message_naming_them(argv, env, fragment) -> None:
     with pytest.raises(SettingsError, match=fragment.replace(".", r"\.")):
         load_settings(parse(*argv), env)
+
+
+def test_decode_threads_flag_over_the_variable() -> None:
+    """llama.cpp's threads for small steps: every engine core unless a count is given."""
+    assert load_settings(parse(), {}).engine.decode_threads is None
+    assert load_settings(parse(), {"STREAMHOST_DECODE_THREADS": "1"}).engine.decode_threads == 1
+    flagged = load_settings(parse("--decode-threads", "2"), {"STREAMHOST_DECODE_THREADS": "1"})
+    assert flagged.engine.decode_threads == 2
 
 
 def test_a_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:

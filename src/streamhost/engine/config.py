@@ -73,3 +73,6 @@ class EngineConfig:
     # --prefix-cache / STREAMHOST_PREFIX_CACHE: a finished request's KV row keeps its contents for the
     # next prompt that shares its prefix (engine/prefix_cache.py).
     prefix_cache: bool = True
+    # --decode-threads / STREAMHOST_DECODE_THREADS: llama.cpp threads for steps of up to 16 tokens (the
+    # rest use ``threads``); None: ``threads`` too (engine/executors/llamacpp_threads.py).
+    decode_threads: int | None = None

@@ -33,6 +33,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from streamhost.engine.types import GenerationParameters
@@ -215,6 +216,8 @@ def sample_batch(
     max_top = max(tops, default=0)
 
     if max_top == 0 and all(s.is_greedy_plain for s in samplers):
+        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+            return _greedy_numpy(logits.numpy())
         scores = logits.float()
         ids = scores.argmax(dim=-1)
         chosen = torch.log_softmax(scores, dim=-1).gather(1, ids.unsqueeze(1)).squeeze(1)
@@ -242,6 +245,18 @@ def sample_batch(
         for row, n in enumerate(tops)
     ]
     return SampleOutput(ids.tolist(), chosen.tolist(), top_tokens)
+
+
+def _greedy_numpy(scores: np.ndarray) -> SampleOutput:
+    """Argmax and its log-softmax on one thread. torch's ops here are parallel regions: on a
+    loaded 2-core machine each waited for the other core's turn (~0.2 ms quiet, up to a time slice
+    busy), for a row of 49k logits that one core reduces in ~30 us. Same ids as torch's argmax
+    (the first of equal maxima); the logprob is ``-log(sum(exp(x - max)))``, torch's log_softmax
+    at the argmax."""
+    ids = scores.argmax(axis=1)
+    top = scores[np.arange(scores.shape[0]), ids]
+    total = np.exp(scores - top[:, None]).sum(axis=1, dtype=np.float32)
+    return SampleOutput(ids.tolist(), (-np.log(total)).tolist(), None)
 
 
 def process_logits(logits: torch.Tensor, samplers: Sequence[RequestSampler]) -> torch.Tensor:

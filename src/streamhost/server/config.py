@@ -20,6 +20,8 @@ setting fails at once with a message naming the setting and the value (never mid
   on ``--engine-cores`` / ``STREAMHOST_ENGINE_CORES`` (a count or a CPU list such as ``0-1``);
   ``--prefix-cache`` / ``--no-prefix-cache`` > ``STREAMHOST_PREFIX_CACHE`` (KV reuse across requests
   sharing a prompt prefix, ``engine/prefix_cache.py``; default on);
+  ``--decode-threads`` / ``STREAMHOST_DECODE_THREADS`` (llama.cpp threads for steps of up to 16
+  tokens; default every engine core, ``engine/executors/llamacpp_threads.py``);
 - dtype: ``--dtype`` > ``option.dtype`` > ``OPTION_DTYPE`` > ``DTYPE`` (engine default: bf16 where fast);
 - the limits: TGI's names (``MAX_TOTAL_TOKENS``, ...) > ``serving.properties`` > ``OPTION_*``
   variables > LMI's plain names > defaults shaped by the model's context length. Within LMI the
@@ -152,6 +154,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="reuse a finished request's KV for the next prompt sharing its prefix: multi-turn chat, "
         "shared system prompts (env STREAMHOST_PREFIX_CACHE; default on, docs/prefix-cache.md)",
+    )
+    parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=None,
+        help="llama.cpp executor: compute threads for small steps (up to 16 tokens: decoding streams; "
+        "env STREAMHOST_DECODE_THREADS; default every engine core; 1 can win where other processes keep "
+        "the cores busy: docs/architecture.md)",
     )
     parser.add_argument(
         "--no-engine-process",
@@ -339,6 +349,11 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         raise SettingsError(f"--omp-spin {omp_spin} is not valid: expected a number >= 0")
     if omp_spin is None:
         omp_spin = _env_number(env, "STREAMHOST_OMP_SPIN", int, 0)
+    decode_threads = _flag(args, "decode_threads")
+    if decode_threads is not None and decode_threads < 1:
+        raise SettingsError(f"--decode-threads {decode_threads} is not valid: expected a number >= 1")
+    if decode_threads is None:
+        decode_threads = _env_number(env, "STREAMHOST_DECODE_THREADS", int, 1)
     engine = EngineConfig(
         dtype=dtype,
         trust_remote_code=bool(trust),
@@ -357,6 +372,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         engine_cores=engine_cores,
         omp_spin=None if omp_spin is None else int(omp_spin),
         prefix_cache=prefix_cache is not False,
+        decode_threads=None if decode_threads is None else int(decode_threads),
     )
 
     return ServerSettings(

@@ -183,4 +183,4 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
         gguf = gguf_for(folder, quant or UNQUANTIZED, threads=config.threads, cache=config.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
     log.info("llama.cpp executor: %s (%d threads)", gguf, config.threads or os.cpu_count() or 1)
-    return LlamaCppExecutor(gguf, tokenizer, threads=config.threads)
+    return LlamaCppExecutor(gguf, tokenizer, threads=config.threads, decode_threads=config.decode_threads)

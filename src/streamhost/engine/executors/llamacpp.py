@@ -11,8 +11,9 @@ cells of every stream are allocated up front (SmolLM2-135M at the defaults, 32 x
 ``STREAMHOST_LLAMACPP_KV_UNIFIED=1`` goes back to one pool of ``MAX_BATCH_TOTAL_TOKENS`` cells.
 With per-sequence streams llama.cpp puts only *consecutive* sequence ids in one micro-batch
 (``split_equal(sequential=true)``), each micro-batch a pass over all weights: so a step is laid out
-in sequence-id order, and rows are handed out lowest first (a free row in the middle still splits
-a step in two). Each engine step becomes one ``llama_batch``: every running sequence's next token
+in sequence-id order, rows are handed out lowest first, and an empty row in the middle gets a
+filler token for the step (``_filler_rows``) rather than split it. Threads per step size:
+llamacpp_threads.py. Each engine step becomes one ``llama_batch``: every running sequence's next token
 and any prompt chunks, each token tagged with its sequence id (= the engine's row) and position,
 with logits asked only where a token will be sampled (or where prompt log-probs were requested). A
 sequence's cells are removed (``llama_memory_seq_rm``) when it finishes or is aborted. Sampling
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamhost.engine.executors.llamacpp_threads import StepThreads
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS, Claim, RowPool
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 _backend_lock = threading.Lock()
 _backend_ready = False
 MAX_UBATCH = 512
+FILLER_TOKEN = 0  # what a filler row decodes (any id: its logits are not asked for, its cell removed)
 FLASH_DEFAULT = -1  # llama_flash_attn_type: -1 auto (llama.cpp decides; on for CPU), 0 off, 1 on
 # enum ggml_log_level of the llama.cpp this version of llama-cpp-python vendors (ggml.h)
 GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = (
@@ -240,12 +243,21 @@ class LlamaCppExecutor:
     name = "llamacpp"
     supports_beam_search = False
 
-    def __init__(self, gguf_path: str | os.PathLike, tokenizer, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike,
+        tokenizer,
+        *,
+        threads: int | None = None,
+        decode_threads: int | None = None,
+    ) -> None:
         self.llama = import_llama_cpp()
         self.model_path = Path(gguf_path)
         self.tokenizer = tokenizer
         self.device = torch.device("cpu")
         self.threads = threads or default_threads()
+        self.step_threads = StepThreads(self.threads, decode_threads)
+        self._threads_now = self.threads
         params = self.llama.llama_model_default_params()
         params.use_extra_bufts = self.extra_buffers = use_extra_buffers(self.model_path)
         self.model = self.llama.llama_model_load_from_file(str(self.model_path).encode(), params)
@@ -279,6 +291,7 @@ class LlamaCppExecutor:
             "executor": self.name,
             "llama_cpp_version": llama_cpp_version(),
             "threads": self.threads,
+            "step_threads": self.step_threads.describe(),
             "gguf": str(self.model_path),
             "weights_bytes": int(self.llama.llama_model_size(self.model)),
             "extra_buffers": self.extra_buffers,
@@ -333,16 +346,19 @@ class LlamaCppExecutor:
         self.ctx = ctx
         self._memory = self.llama.llama_get_memory(ctx)
         self._batch = _Batch(self.llama, n_batch)
+        self._threads_now = self.threads
         self._n_batch = n_batch
         self._shape = shape
         self.store = SequenceSlots()
         log.info(
-            "llama.cpp context: %d KV cells (%s), %d sequences, batch %d, %d threads, flash attention %s",
+            "llama.cpp context: %d KV cells (%s), %d sequences, batch %d, %d threads (small steps: %s), "
+            "flash attention %s",
             n_ctx,
             "unified" if unified else f"{per_seq} per sequence",
             n_seq,
             n_batch,
             self.threads,
+            self.step_threads.decode,
             params.flash_attn_type,
         )
 
@@ -412,49 +428,62 @@ class LlamaCppExecutor:
     def release_idle_memory(self, keep_bytes: int) -> None:
         """Nothing to do: the KV cells stay allocated for the context's life (sized by the limits)."""
 
+    def _filler_rows(self, segments: list[Segment]) -> list[int]:
+        """Empty rows between the step's lowest and highest row: each gets one filler token (no
+        logits, its cell removed after the step) so the step stays one run of consecutive sequence
+        ids, one micro-batch. A free row in the middle cut a 16-stream decode step in two, each part
+        a pass over all weights (a one-token step costs ~11 ms here, a filler row ~1/16 of a 56 ms
+        16-token step); the ends of a burst, as streams finish one by one, were full of them. Rows
+        holding cells (a live sequence outside this step, or kept KV) are never touched."""
+        if len(segments) < 2 or not self.ctx:
+            return []
+        low, high, rows = _step_rows(segments)
+        if high - low + 1 == len(rows):
+            return []
+        return [
+            row
+            for row in range(low + 1, high)
+            if row not in rows and self.llama.llama_memory_seq_pos_max(self._memory, row) < 0
+        ]
+
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
         """One ``llama_decode`` over the packed step; the logits each segment asked for.
 
         The batch is laid out in sequence-id order (decode tokens and prompt chunks together):
         with per-sequence KV streams llama.cpp puts only sequences of consecutive ids in one
         micro-batch (``split_equal(sequential=true)``), each micro-batch a pass over all weights, so
-        the engine's order (decoders, then prompts) cut one step into several."""
+        the engine's order (decoders, then prompts) cut one step into several.
+
+        The tensors returned are views of llama.cpp's own logits buffer (no copy: a copy of the
+        table and the torch ops around it were a quarter of the engine's per-step cost at one
+        stream), valid until the next ``forward``; the engine samples from them before that."""
         if self.ctx is None or self._batch is None:
             raise RuntimeError("the llama.cpp executor was not configured (Engine calls configure())")
         batch = self._batch
-        total = sum(len(s.ids) for s in segments)
+        fillers = [] if self._unified else self._filler_rows(segments)
+        if not fillers and _decode_only(segments):
+            total = outputs = batch.fill_decode(segments)
+        else:
+            total, outputs = batch.fill(segments + [Segment(row, [FILLER_TOKEN], 0, "none") for row in fillers])
         if total > self._n_batch:
             raise RuntimeError(f"a step of {total} tokens exceeds the context's batch of {self._n_batch}")
-        order = sorted(range(len(segments)), key=lambda k: segments[k].row)
-        batch.want[:total] = 0
-        spans: list[tuple[int, int]] = [(0, 0)] * len(segments)  # per segment: (first output row, rows)
-        outputs = 0
-        i = 0
-        for k in order:
-            s = segments[k]
-            n = len(s.ids)
-            batch.tokens[i : i + n] = s.ids
-            batch.positions[i : i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
-            batch.seq_ids[i : i + n] = s.row
-            if s.logits == "all":
-                batch.want[i : i + n] = 1
-                spans[k] = (outputs, n)
-                outputs += n
-            elif s.logits == "last":
-                batch.want[i + n - 1] = 1
-                spans[k] = (outputs, 1)
-                outputs += 1
-            i += n
-        batch.struct.n_tokens = total
+        threads = self.step_threads.for_step(total)
+        if threads != self._threads_now:
+            self.llama.llama_set_n_threads(self.ctx, threads, threads)
+            self._threads_now = threads
         rc = self.llama.llama_decode(self.ctx, batch.struct)
+        for row in fillers:  # the filler's cell goes: the row is empty again
+            self.llama.llama_memory_seq_rm(self._memory, row, -1, -1)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}" + (" (no free KV cells)" if rc == 1 else ""))
-        # llama.cpp keeps the outputs contiguous, in batch order: one copy of the whole table
+        if not outputs:
+            return [None] * len(segments)
+        # llama.cpp keeps the outputs contiguous, in batch order
         table = torch.from_numpy(
-            np.ctypeslib.as_array(self.llama.llama_get_logits(self.ctx), shape=(outputs, self.n_vocab)).copy()
+            np.ctypeslib.as_array(self.llama.llama_get_logits(self.ctx), shape=(outputs, self.n_vocab))
         )
         results: list[torch.Tensor | None] = []
-        for s, (first, count) in zip(segments, spans):
+        for s, (first, count) in zip(segments, batch.spans):  # (the fillers' spans come last)
             if s.logits == "all":
                 results.append(table[first : first + count])
             elif s.logits == "last":
@@ -464,10 +493,27 @@ class LlamaCppExecutor:
         return results
 
 
+def _step_rows(segments: list[Segment]) -> tuple[int, int, set[int]]:
+    rows = {s.row for s in segments}
+    return min(rows), max(rows), rows
+
+
+def _decode_only(segments: list[Segment]) -> bool:
+    """Every segment one token whose logits are wanted, rows rising: the steady state of decoding,
+    filled without sorting or per-segment slicing."""
+    last = -1
+    for s in segments:
+        if len(s.ids) != 1 or s.logits != "last" or s.row <= last:
+            return False
+        last = s.row
+    return True
+
+
 class _Batch:
     """A ``llama_batch`` over numpy arrays we own, so a step fills it with slice assignments (no
     per-token Python): every token belongs to one sequence, so ``seq_id[i]`` points at element
-    ``i`` of one contiguous id array."""
+    ``i`` of one contiguous id array. ``spans`` says, per segment of the last fill, where its
+    logits start in llama.cpp's output table and how many rows it has."""
 
     def __init__(self, llama, n: int) -> None:
         self.tokens = np.zeros(n, dtype=np.int32)
@@ -475,6 +521,8 @@ class _Batch:
         self.n_seq_id = np.ones(n, dtype=np.int32)
         self.seq_ids = np.zeros(n, dtype=np.int32)
         self.want = np.zeros(n, dtype=np.int8)
+        self.spans: list[tuple[int, int]] = []
+        self._want_set = 0  # entries of ``want`` a decode-only fill left at 1
         int_p = ctypes.POINTER(ctypes.c_int32)
         base = self.seq_ids.ctypes.data
         self._seq_ptrs = (int_p * n)(*[ctypes.cast(base + 4 * k, int_p) for k in range(n)])
@@ -487,3 +535,47 @@ class _Batch:
             seq_id=ctypes.cast(self._seq_ptrs, ctypes.POINTER(int_p)),
             logits=self.want.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
         )
+
+    def fill_decode(self, segments: list[Segment]) -> int:
+        """One token per segment, rows already rising, logits for each: three list assignments."""
+        n = len(segments)
+        if n > len(self.tokens):
+            return n  # the caller refuses the step
+        self.tokens[:n] = [s.ids[0] for s in segments]
+        self.positions[:n] = [s.start for s in segments]
+        self.seq_ids[:n] = [s.row for s in segments]
+        if self._want_set < n:
+            self.want[self._want_set : n] = 1
+            self._want_set = n
+        self.spans = [(k, 1) for k in range(n)]
+        self.struct.n_tokens = n
+        return n
+
+    def fill(self, segments: list[Segment]) -> tuple[int, int]:
+        """Any mix of decode tokens and prompt chunks, laid out in row order; (tokens, outputs)."""
+        total = sum(len(s.ids) for s in segments)
+        self.spans = [(0, 0)] * len(segments)
+        if total > len(self.tokens):
+            return total, 0  # the caller refuses the step
+        order = sorted(range(len(segments)), key=lambda k: segments[k].row)
+        self.want[: max(total, self._want_set)] = 0
+        self._want_set = 0
+        outputs = 0
+        i = 0
+        for k in order:
+            s = segments[k]
+            n = len(s.ids)
+            self.tokens[i : i + n] = s.ids
+            self.positions[i : i + n] = np.arange(s.start, s.start + n, dtype=np.int32)
+            self.seq_ids[i : i + n] = s.row
+            if s.logits == "all":
+                self.want[i : i + n] = 1
+                self.spans[k] = (outputs, n)
+                outputs += n
+            elif s.logits == "last":
+                self.want[i + n - 1] = 1
+                self.spans[k] = (outputs, 1)
+                outputs += 1
+            i += n
+        self.struct.n_tokens = total
+        return total, outputs
