@@ -184,18 +184,7 @@ class StepPlan:
         pending: list[tuple[int, int, int]] = []  # decode tokens waiting to be grouped: (q, row, length)
 
         def flush_decodes() -> None:
-            i = 0
-            while i < len(pending):
-                j = i + 1
-                bucket = _round_up(pending[i][2], DECODE_BUCKET)
-                while (
-                    j < len(pending)
-                    and pending[j][1] == pending[j - 1][1] + 1
-                    and pending[j][0] == pending[j - 1][0] + 1
-                    and (not invariant or _round_up(pending[j][2], DECODE_BUCKET) == bucket)
-                ):
-                    bucket = max(bucket, _round_up(pending[j][2], DECODE_BUCKET))
-                    j += 1
+            for i, j, bucket in _decode_runs(pending, invariant):
                 lengths = torch.tensor([p[2] for p in pending[i:j]], device=device)
                 cols = torch.arange(bucket, device=device)
                 mask = torch.zeros((j - i, 1, 1, bucket), dtype=dtype, device=device)
@@ -203,7 +192,6 @@ class StepPlan:
                 parts.append(
                     _DecodeRun(pending[i][0], pending[j - 1][0] + 1, pending[i][1], pending[j - 1][1] + 1, bucket, mask)
                 )
-                i = j
             pending.clear()
 
         for seg in segments:
@@ -225,6 +213,55 @@ class StepPlan:
             q += n
         flush_decodes()
         return cls(store, torch.tensor(rows, device=device), torch.tensor(positions, device=device), parts)
+
+
+# What one more SDPA call in ``attend`` costs (slicing, the call, the copy out), in units of one query
+# row attending one more key: 23-30 us against ~0.037 us per row-key on this machine's two threads
+# (bench/attention_runs.py, results/attention-runs-*.json).
+DECODE_CALL_COST = 640
+
+
+def _decode_runs(pending: list[tuple[int, int, int]], invariant: bool) -> list[tuple[int, int, int]]:
+    """Split the step's decode tokens ``(q, row, length)`` into SDPA calls ``(i, j, bucket)`` over
+    ``pending[i:j]``: each call covers consecutive rows (a strided view of their buffers) padded to
+    its longest 64-token bucket. Padding is work (a 47-token row beside a 700-token one reads 704
+    keys), a call is overhead; the split minimises ``calls * DECODE_CALL_COST + sum(rows * bucket)``
+    exactly (a dynamic programme over the run boundaries, O(n^2) for n decode tokens). ``invariant``
+    instead splits wherever the bucket changes, so a row's key length never depends on its neighbours."""
+    n = len(pending)
+    buckets = [_round_up(p[2], DECODE_BUCKET) for p in pending]
+
+    def joins(a: int, b: int) -> bool:  # pending[b] may share pending[a]'s call
+        return pending[b][1] == pending[a][1] + 1 and pending[b][0] == pending[a][0] + 1
+
+    if invariant:
+        runs, i = [], 0
+        while i < n:
+            j = i + 1
+            while j < n and joins(j - 1, j) and buckets[j] == buckets[i]:
+                j += 1
+            runs.append((i, j, buckets[i]))
+            i = j
+        return runs
+    best = [0] + [0] * n  # best[j]: cheapest split of pending[:j]
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        best[j], cut[j] = best[j - 1] + DECODE_CALL_COST + buckets[j - 1], j - 1
+        widest = buckets[j - 1]
+        for i in range(j - 2, -1, -1):
+            if not joins(i, i + 1):
+                break
+            widest = max(widest, buckets[i])
+            cost = best[i] + DECODE_CALL_COST + (j - i) * widest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs = []
+    j = n
+    while j > 0:
+        i = cut[j]
+        runs.append((i, j, max(buckets[i:j])))
+        j = i
+    return runs[::-1]
 
 
 def write_step_keys(plan: StepPlan, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
