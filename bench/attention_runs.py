@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     call_us = statistics.median([b["call_us"] for b in batches.values() if "call_us" in b] or [float("nan")])
-    print(f"one more call in attend: {call_us:.1f} us = {call_us / slope:.0f} row-keys (used: {kv_cache.DECODE_CALL_COST})")
+    print(
+        f"one more call in attend: {call_us:.1f} us = {call_us / slope:.0f} row-keys (used: {kv_cache.DECODE_CALL_COST})"
+    )
     results = {
         "benchmark": "attention-runs",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=40, help="timed decode steps per configuration")
     parser.add_argument("--profile-steps", type=int, default=10, help="decode steps under the profiler")
     parser.add_argument(
+        "--prompts",
+        choices=("short", "mixed"),
+        default="short",
+        help="short: chat questions (~47 tokens); mixed: bench/serve.py's prompt lengths (4 of ~47, 3 of ~214, "
+        "1 of ~635 tokens per 8), so the KV rows differ in length as through the server",
+    )
+    parser.add_argument(
         "--systems",
         default="transformers,lean",
         help="comma list of: transformers (eager, transformers' forward), lean (eager, lean_llama.py), "
@@ -316,12 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     _instrument_attention()
     model_dir = Path(args.model) if args.model else ensure_default_model()
     prompts = chat_prompts(AutoTokenizer.from_pretrained(model_dir), max(args.seq_counts))
+    if args.prompts == "mixed":  # the short questions, repeated to the server mix's lengths
+        mix = (47, 214, 47, 214, 47, 214, 47, 635)
+        prompts = [(p * (mix[i % len(mix)] // len(p) + 1))[: mix[i % len(mix)]] for i, p in enumerate(prompts)]
     results: dict[str, Any] = {
         "benchmark": "step-profile",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": str(model_dir),
         "dtype": "bfloat16",
         "steps": args.steps,
+        "prompts": args.prompts,
+        "prompt_lengths": [len(p) for p in prompts],
         "profile_steps": args.profile_steps,
         "machine": {**machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "categories": {

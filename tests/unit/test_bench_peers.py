@@ -141,6 +141,7 @@ def test_a_peer_variant_starts_the_same_server_with_extra_environment(tmp_path: 
     variant = "streamhost-torch+STREAMHOST_PREFILL_CHUNK=512+STREAMHOST_COMPILE_LEAN=1"
     targets = _targets(["--peers", f"streamhost-torch,{variant}"], tmp_path)
     plain, varied = targets["streamhost-torch"], targets[variant]
+
     def without_port(cmd: list[str]) -> list[str]:
         i = cmd.index("--port")
         return cmd[:i] + cmd[i + 2 :]

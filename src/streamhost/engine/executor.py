@@ -135,8 +135,8 @@ class TorchExecutor:
         )
 
     def _compile_lean(self, cache_root: Path | None) -> None:
-        """Compile the lean forward's decoder layer now (lean_compiled.py): two graphs, a minute or two
-        cold, seconds from the disk cache."""
+        """Compile the lean forward's decoder layer now (lean_compiled.py): one graph for the steps of
+        MIN_TOKENS or more, ~20-45 s cold here, seconds from the disk cache."""
         from streamhost.engine.lean_compiled import SHAPES, LeanCompiled
 
         assert self.lean is not None
@@ -144,7 +144,7 @@ class TorchExecutor:
         if cache_root is not None:
             key = cache_key(self.config.to_dict(), self.dtype, SHAPES, self.device, variant="lean-layer")
             folder = Path(cache_root) / "compile" / key
-        log.info("compiling the lean decoder layer for 1-token and 2+-token steps (cache %s)", folder or "off")
+        log.info("compiling the lean decoder layer for prompt-sized steps (cache %s)", folder or "off")
         self.lean.compiled = LeanCompiled(self.lean, folder)
         self.lean.compiled.warm_up(self._warm_up_bucket)
         self.store.reset()

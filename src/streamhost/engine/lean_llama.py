@@ -205,7 +205,7 @@ class LeanLlama:
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, D]: broadcast over heads
         half = self.head_dim // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # rotate_half's sign, once per step
-        if self.compiled is not None:
+        if self.compiled is not None and self.compiled.handles(h.shape[0]):
             h = self.compiled.run(self, h, cos, sin, plan)
         else:
             for index, layer in enumerate(self.layers):
