@@ -157,12 +157,13 @@ class LeanCompiled:
         self._graphs_when_warm = after["graphs"]
         log.info(
             "compiled the lean decoder layer (one graph for all %d layers) for steps of %d+ tokens (dynamic; "
-            "smaller steps run eagerly) in %.1f s, %s; %d graphs%s",
+            "smaller steps run eagerly) in %.1f s, %s; %d graph%s%s",
             self.num_layers,
             MIN_TOKENS,
             self.report.seconds,
             self.report.source,
             self.report.graphs,
+            "" if self.report.graphs == 1 else "s",
             f"; cache {self.cache_dir}" if self.cache_dir else "",
         )
         return self.report
