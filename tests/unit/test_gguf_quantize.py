@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from streamhost.engine import gguf_quantize
 from streamhost.engine.gguf_convert import UnsupportedModelError, convert_to_gguf
 from streamhost.engine.gguf_quantize import (
     UnsupportedQuantizationError,
@@ -42,7 +43,7 @@ def test_converter_writes_every_tensor_with_llama_names(tiny_llama_dir: Path, tm
     assert fields["tensors"]["output_norm.weight"] == "F32"
 
 
-def test_quantized_gguf_is_cached_by_weights_type_and_version(
+def test_quantized_gguf_is_cached_by_weights_type_and_versions(
     tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STREAMHOST_CACHE", str(tmp_path / "cache"))
@@ -64,6 +65,10 @@ def test_quantized_gguf_is_cached_by_weights_type_and_version(
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert gguf_for(changed, "q8_0", threads=2) != first
+    # A newer converter makes the file again rather than reusing one an older converter wrote.
+    monkeypatch.setattr(gguf_quantize, "CONVERTER_REVISION", gguf_quantize.CONVERTER_REVISION + 1)
+    remade = gguf_for(tiny_llama_dir, "q8_0", threads=2)
+    assert remade != first and remade.is_file() and first.is_file()
 
 
 @pytest.mark.parametrize("value", ["bitsandbytes", "awq", "gptq", "fp8", "q9_9"])

@@ -41,6 +41,11 @@ SUPPORTED_ARCHITECTURES: dict[str, tuple[str, bool]] = {
 # tokenizer.ggml.pre identifies the BPE pre-tokenizer; llama.cpp's converter detects it by hashing
 # the token ids of a fixed text (ref: https://github.com/ggml-org/llama.cpp/pull/6920). We only
 # tokenize with the Hugging Face tokenizer, so an unknown one falls back to "default".
+# Bump whenever the converter writes different bytes for the same weights (a fixed tensor layout, a
+# new metadata key): it is part of the GGUF cache key, so files made by an older converter are
+# made again instead of being reused.
+CONVERTER_REVISION = 1
+
 _PRE_TOKENIZER_TEXT = (
     "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 "
     "3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "

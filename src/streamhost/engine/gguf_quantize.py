@@ -3,8 +3,8 @@
 Our counterpart of the precompiled-configuration cache: the first start converts the safetensors
 model (gguf_convert.py) and runs llama.cpp's own quantizer (``llama_model_quantize``, the code
 behind ``llama-quantize``) with its per-tensor progress on stderr; the file lands in
-``$STREAMHOST_CACHE/gguf/`` under a name keyed by (weights hash, type, llama.cpp version), so a
-second start finds it and loads in seconds. A type or model we cannot produce fails at startup
+``$STREAMHOST_CACHE/gguf/`` under a name keyed by (weights hash, type, llama.cpp version,
+converter revision), so a second start finds it and loads in seconds. A type or model we cannot produce fails at startup
 with a message naming it and what to use instead.
 """
 
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from streamhost.engine.gguf_convert import (
+    CONVERTER_REVISION,
     UnsupportedModelError,
     architecture_of,
     convert_to_gguf,
@@ -103,7 +104,7 @@ def gguf_for(folder: Path, quant: str = UNQUANTIZED, threads: int | None = None,
         raise UnsupportedQuantizationError(
             f"quantization {quant} needs llama-cpp-python (install it with `make install`), or unset HF_MODEL_QUANTIZE"
         )
-    key = f"{folder.name}-{weights_fingerprint(folder)}-{quant}-llamacpp{version}"
+    key = f"{folder.name}-{weights_fingerprint(folder)}-{quant}-llamacpp{version}-conv{CONVERTER_REVISION}"
     target = cache_dir(cache) / f"{key}.gguf"
     if target.is_file():
         _progress(f"using cached {quant} GGUF {target}")
