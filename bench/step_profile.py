@@ -15,6 +15,7 @@ Results: bench/results/step-profile-<timestamp>.json and a stacked-bar PNG besid
 
     flock /work/wt/bench.lock nice -n 5 .venv/bin/python bench/step_profile.py      # transformers' forward + lean
     .venv/bin/python bench/step_profile.py --systems transformers,lean,compiled --seqs 1,16  # + torch.compile
+    .venv/bin/python bench/step_profile.py --systems lean,lean-compiled --seqs 1,16 --prompts mixed  # lean_compiled.py
 """
 
 from __future__ import annotations
