@@ -140,6 +140,9 @@ class TorchExecutor:
         from streamhost.engine.lean_compiled import SHAPES, LeanCompiled
 
         assert self.lean is not None
+        if self.device.type != "cpu":  # inductor would need Triton there, and nothing was measured
+            log.warning("not compiling the lean decoder layer on %s (built and measured for CPUs)", self.device)
+            return
         folder = None
         if cache_root is not None:
             key = cache_key(self.config.to_dict(), self.dtype, SHAPES, self.device, variant="lean-layer")

@@ -268,7 +268,8 @@ def decoder_layer(
     """One Llama decoder layer on ``h [T, hidden]``: a pure function of tensors and numbers, so the
     eager forward and the compiled one (lean_compiled.py, where inductor fuses the norms, rotary,
     SiLU-times-up and residual adds around the opaque GEMMs and attention) run the same code.
-    ``attention(q [T, H, D], k, v [T, KV, D], scaling) -> [T, H * D]`` writes the keys and attends."""
+    ``attention(q [T, H, D], k, v [T, KV, D], scaling)`` writes the keys and attends; its result is
+    read as ``[T, H * D]`` (the eager one returns ``[1, T, H, D]``, the compiled op ``[T, H * D]``)."""
     t = h.shape[0]
     q_width, kv_width = heads * dim, kv_heads * dim
     hidden = h.shape[1]
