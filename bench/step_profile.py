@@ -115,8 +115,10 @@ def _instrument_attention() -> None:
 
     lean_llama.attend = attend
     lean_llama.write_token_keys = write_token_keys
-    from streamhost.engine import lean_compiled  # its attention op reads them by name too
-
+    try:
+        from streamhost.engine import lean_compiled  # its attention op reads them by name too
+    except ImportError:  # an older checkout (PYTHONPATH=<its src>) has no compiled lean layer
+        return
     lean_compiled.attend = attend
     lean_compiled.write_token_keys = write_token_keys
 
