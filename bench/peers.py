@@ -128,8 +128,27 @@ def vllm_command(opts: PeerOptions, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def split_variant(name: str) -> tuple[str, dict[str, str]]:
+    """``streamhost-torch+STREAMHOST_PREFILL_CHUNK=512+STREAMHOST_COMPILE_LEAN=1`` -> the peer and the
+    environment it is started with on top of the usual: variants of one peer side by side in a run."""
+    base, *extras = name.split("+")
+    env = {}
+    for item in extras:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"peer variant {name!r}: expected +KEY=VALUE, got +{item}")
+        env[key] = value
+    return base, env
+
+
 def peer_launch(name: str, opts: PeerOptions, port: int) -> PeerLaunch:
-    """The launch of one named peer (one of ``PEERS``) on ``port``."""
+    """The launch of one named peer (one of ``PEERS``, optionally ``+KEY=VALUE`` variants) on ``port``."""
+    base, extra_env = split_variant(name)
+    if extra_env:
+        peer = peer_launch(base, opts, port)
+        peer.spec.env.update(extra_env)
+        peer.name = name
+        return peer
     if name in ("streamhost-torch", "streamhost-llamacpp"):
         executor = name.split("-", 1)[1]
         spec = LaunchSpec("streamhost", streamhost_command(opts, port, executor), "/ping", server_env(opts, True), port)

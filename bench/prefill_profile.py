@@ -2,15 +2,21 @@
 
 The torch executor (lean forward, bf16) is driven directly: each shape (``--shapes``, e.g. one
 1,024-token prompt, or four 256-token prompts packed into one step) is warmed up once, timed
-``--repeats`` times (median wall), then run once under ``torch.profiler``; the op self-times are
-grouped into linear layers (oneDNN prepacked GEMMs), attention (SDPA kernels), KV writes and
-element-wise work (norms, rotary, activation, residual adds, copies). Random prompt ids: prefill
-cost does not depend on the token values.
+``--repeats`` times (median wall, and median CPU seconds of the process: on a shared machine the
+CPU time moves far less with other tenants' load than the wall time), then run once under
+``torch.profiler``; the op self-times are grouped into linear layers (oneDNN prepacked GEMMs),
+attention (SDPA kernels), KV writes and element-wise work (norms, rotary, activation, residual
+adds, copies; for the compiled layer, inductor's fused kernels). Random prompt ids: prefill cost
+does not depend on the token values.
+
+``--systems lean,lean-compiled`` measures the eager lean forward and its compiled decoder layer
+(engine/lean_compiled.py) in one process on one executor, the two taking turns repeat by repeat so
+drifting load falls on both alike.
 
 Results: bench/results/prefill-profile-<timestamp>.json and a stacked-bar PNG beside it. Usage::
 
     flock /work/wt/bench.lock nice -n 5 env PYTHONPATH=src GOMP_SPINCOUNT=10000 \\
-        .venv/bin/python bench/prefill_profile.py --shapes 1024,4x256
+        .venv/bin/python bench/prefill_profile.py --shapes 1024,4x256 --systems lean,lean-compiled
 """
 
 from __future__ import annotations
@@ -47,57 +53,90 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="1024,4x256", help="prefill steps: prompt lengths, NxLEN packs N")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--systems", default="lean", help="lean (eager) and/or lean-compiled, comma-separated")
     args = parser.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if set(systems) - {"lean", "lean-compiled"}:
+        parser.error(f"--systems: unknown {sorted(set(systems) - {'lean', 'lean-compiled'})}")
     import torch
     import transformers
     from torch.profiler import ProfilerActivity, profile
 
     from streamhost.engine.executor import TorchExecutor
     from streamhost.engine.kv_cache import Segment
-    from streamhost.engine.loader import ensure_default_model
+    from streamhost.engine.loader import cache_root, ensure_default_model
 
     transformers.logging.set_verbosity_error()
     model_dir = ensure_default_model()
-    executor = TorchExecutor(model_dir, dtype="bf16", compile=False, lean=True)
+    want_compiled = "lean-compiled" in systems
+    executor = TorchExecutor(
+        model_dir, dtype="bf16", compile=False, lean=True, compile_lean=want_compiled, compile_cache_dir=cache_root()
+    )
     assert executor.lean is not None
+    compiled = executor.lean.compiled
     generator = torch.Generator().manual_seed(0)
 
-    def step(lengths: list[int]) -> float:
+    def use(system: str) -> None:
+        assert executor.lean is not None
+        executor.lean.compiled = compiled if system == "lean-compiled" else None
+
+    def step(lengths: list[int]) -> tuple[float, float]:
         rows = [executor.alloc_row() for _ in lengths]
         segments = [
             Segment(r, torch.randint(100, 40000, (n,), generator=generator).tolist(), 0, "last")
             for r, n in zip(rows, lengths)
         ]
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         executor.forward(segments)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         for r in rows:
             executor.free_row(r)
-        return elapsed
+        return elapsed, cpu
 
     shapes: dict[str, Any] = {}
     for lengths in parse_shapes(args.shapes):
-        label = f"{len(lengths)}x{lengths[0]}"
-        step(lengths)
-        walls = [step(lengths) for _ in range(args.repeats)]
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        shape = f"{len(lengths)}x{lengths[0]}"
+        runs: dict[str, list[tuple[float, float]]] = {system: [] for system in systems}
+        for system in systems:
+            use(system)
             step(lengths)
-        by_op = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
-        total = sum(by_op.values())
-        split = {g: sum(by_op.get(op, 0.0) for op in ops) for g, ops in GROUPS.items()}
-        split["elementwise_other"] = total - sum(split.values())
-        wall_ms = statistics.median(walls) * 1e3
-        tokens = sum(lengths)
-        shapes[label] = {
-            "tokens": tokens,
-            "wall_ms": wall_ms,
-            "walls_ms": [w * 1e3 for w in walls],
-            "ms_per_token": wall_ms / tokens,
-            "profiled_split_ms": split,
-            "profiled_share": {g: v / total for g, v in split.items()},
-            "top_ops_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:12]),
-        }
-        print(label, f"{wall_ms:.0f} ms", {g: f"{v / total:.0%}" for g, v in split.items()})
+        for i in range(args.repeats):  # take turns, the order flipped every repeat
+            for system in systems if i % 2 == 0 else systems[::-1]:
+                use(system)
+                runs[system].append(step(lengths))
+        for system in systems:
+            use(system)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step(lengths)
+            by_op = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+            # Inductor's fused kernels run inside the compiled graph's call: its self time is theirs.
+            fused = sum(v for k, v in by_op.items() if k.startswith("## Call CompiledFxGraph"))
+            total = sum(by_op.values())  # self times: nothing counted twice
+            split = {g: sum(by_op.get(op, 0.0) for op in ops) for g, ops in GROUPS.items()}
+            split["elementwise_other"] = total - sum(split.values())
+            walls = [w for w, _ in runs[system]]
+            cpus = [c for _, c in runs[system]]
+            wall_ms = statistics.median(walls) * 1e3
+            tokens = sum(lengths)
+            label = shape if system == "lean" else f"{shape} {system}"
+            shapes[label] = {
+                "system": system,
+                "tokens": tokens,
+                "wall_ms": wall_ms,
+                "walls_ms": [w * 1e3 for w in walls],
+                "cpu_ms": statistics.median(cpus) * 1e3,
+                "cpus_ms": [c * 1e3 for c in cpus],
+                "ms_per_token": wall_ms / tokens,
+                "profiled_split_ms": split,
+                "profiled_share": {g: v / total for g, v in split.items()},
+                "fused_kernels_ms": fused,
+                "top_ops_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:12]),
+            }
+            print(
+                f"{label:24s} wall {wall_ms:6.0f} ms  cpu {statistics.median(cpus) * 1e3:6.0f} ms ",
+                {g: f"{v / total:.0%}" for g, v in split.items()},
+                flush=True,
+            )
     results = {
         "benchmark": "prefill-profile",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -120,13 +159,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = list(results["shapes"])
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4.5))
     bottoms = [0.0] * len(labels)
     for group in (*GROUPS, "elementwise_other"):
         values = [results["shapes"][s]["profiled_share"][group] * results["shapes"][s]["wall_ms"] for s in labels]
         ax.bar(labels, values, bottom=bottoms, label=group.replace("_", " "))
         bottoms = [b + v for b, v in zip(bottoms, values)]
     ax.set_ylabel("ms per prefill step (wall, split by profiled share)")
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_title(f"Lean forward prefill, {Path(results['model']).name} bf16")
     ax.legend(fontsize=8)
     fig.tight_layout()

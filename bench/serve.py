@@ -336,7 +336,7 @@ def launch_target(spec: str, args: argparse.Namespace, model_dir: Path) -> Targe
             name += f"-dt{decode_threads}"
         launch = LaunchSpec("streamhost", command, "/ping", server_env(popts, ours=True), port)
         return Target(name, f"http://127.0.0.1:{port}", api, None, force or "ignore_eos", launch)
-    if kind not in PEERS:
+    if kind.split("+")[0] not in PEERS:
         raise ValueError(
             f"--launch {spec!r}: expected a peer ({', '.join(PEERS)}) or streamhost[,api=openai|tgi][,executor=E]"
         )
@@ -1288,7 +1288,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peers",
         default=None,
         metavar="LIST|all",
-        help=f"named peers to launch, comma-separated, or 'all' ({','.join(PEERS)}); each is measured "
+        help=f"named peers to launch, comma-separated, or 'all' ({','.join(PEERS)}); NAME+KEY=VALUE starts a "
+        "variant with that environment (e.g. streamhost-torch+STREAMHOST_PREFILL_CHUNK=512); each is measured "
         "alone (implies --order sequential unless --order is given). Same as one --launch per name",
     )
     parser.add_argument(
@@ -1421,7 +1422,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.plan = requests_plan(args.levels, args.requests_per_level, args.duration, args.min_requests_per_level)
     if args.peers:
         names = list(PEERS) if args.peers.strip() == "all" else [n.strip() for n in args.peers.split(",") if n.strip()]
-        unknown = [n for n in names if n not in PEERS]
+        unknown = [n for n in names if n.split("+")[0] not in PEERS]
         if unknown:
             parser.error(f"--peers: unknown {unknown}; known: {', '.join(PEERS)}")
         args.launch = [*args.launch, *names]

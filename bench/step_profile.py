@@ -15,6 +15,7 @@ Results: bench/results/step-profile-<timestamp>.json and a stacked-bar PNG besid
 
     flock /work/wt/bench.lock nice -n 5 .venv/bin/python bench/step_profile.py      # transformers' forward + lean
     .venv/bin/python bench/step_profile.py --systems transformers,lean,compiled --seqs 1,16  # + torch.compile
+    .venv/bin/python bench/step_profile.py --systems lean,lean-compiled --seqs 1,16 --prompts mixed  # lean_compiled.py
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from _common import chat_prompts, machine_info, plot_path, write_results
 
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::linear", "mkldnn::_linear_pointwise"}
 ATTENTION_LABEL = "streamhost::attention"
-SYSTEMS = ("transformers", "lean", "compiled")
+SYSTEMS = ("transformers", "lean", "lean-compiled", "compiled")
 CATEGORIES = ("matmul", "attention", "other_kernels", "python_dispatch", "sampling")
 
 
@@ -47,10 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=40, help="timed decode steps per configuration")
     parser.add_argument("--profile-steps", type=int, default=10, help="decode steps under the profiler")
     parser.add_argument(
+        "--prompts",
+        choices=("short", "mixed"),
+        default="short",
+        help="short: chat questions (~47 tokens); mixed: bench/serve.py's prompt lengths (4 of ~47, 3 of ~214, "
+        "1 of ~635 tokens per 8), so the KV rows differ in length as through the server",
+    )
+    parser.add_argument(
         "--systems",
         default="transformers,lean",
         help="comma list of: transformers (eager, transformers' forward), lean (eager, lean_llama.py), "
-        "compiled (torch.compile of transformers' forward); default transformers,lean",
+        "lean-compiled (lean_compiled.py: the lean layer through torch.compile), compiled (torch.compile "
+        "of transformers' forward); default transformers,lean",
     )
     parser.add_argument("--no-compiled", action="store_true", help=argparse.SUPPRESS)  # the old default's opt-out
     parser.add_argument("--buckets", default=None, help="compiled token buckets (default: the executor's)")
@@ -106,6 +115,12 @@ def _instrument_attention() -> None:
 
     lean_llama.attend = attend
     lean_llama.write_token_keys = write_token_keys
+    try:
+        from streamhost.engine import lean_compiled  # its attention op reads them by name too
+    except ImportError:  # an older checkout (PYTHONPATH=<its src>) has no compiled lean layer
+        return
+    lean_compiled.attend = attend
+    lean_compiled.write_token_keys = write_token_keys
 
 
 class Decoder:
@@ -173,8 +188,8 @@ def profile_split(decoder: Decoder, steps: int) -> dict[str, float]:
     for e in events:
         if id(e) in inside_attention or id(e) in sampling_ids or e.name.startswith("streamhost::"):
             continue
-        if not (e.name.startswith("aten::") or e.name.startswith("mkldnn::") or e.name.startswith("cpp_fused")):
-            continue
+        if not e.name.startswith(("aten::", "mkldnn::", "cpp_fused", "## Call CompiledFxGraph")):
+            continue  # inductor's fused kernels run inside the compiled graph's call: its self time is theirs
         if e.name in MATMUL_OPS:
             matmul += e.self_cpu_time_total / 1e6
         else:
@@ -229,7 +244,7 @@ def measure(executor: Any, prompts: list[list[int]], args: argparse.Namespace, l
         }
         decoder.close()
         print(
-            f"{label:>9} x{n:<3} step {step * 1e3:7.1f} ms  ({n / step:6.1f} tok/s)  "
+            f"{label:>13} x{n:<3} step {step * 1e3:7.1f} ms  ({n / step:6.1f} tok/s)  "
             + "  ".join(f"{k} {v * 1e3:.1f}" for k, v in parts.items()),
             flush=True,
         )
@@ -265,9 +280,16 @@ def measure_system(system: str, model_dir: Path, prompts: list[list[int]], args:
     from streamhost.engine.executor import TorchExecutor
     from streamhost.engine.loader import cache_root
 
-    if system in ("transformers", "lean"):
-        executor = TorchExecutor(model_dir, dtype="bf16", compile=False, lean=system == "lean")
-        assert (executor.lean is not None) == (system == "lean")
+    if system in ("transformers", "lean", "lean-compiled"):
+        executor = TorchExecutor(
+            model_dir,
+            dtype="bf16",
+            compile=False,
+            lean=system != "transformers",
+            compile_lean=system == "lean-compiled",
+            compile_cache_dir=cache_root(),
+        )
+        assert (executor.lean is not None) == (system != "transformers")
         return {system: measure(executor, prompts, args, system)}
     kwargs: dict[str, Any] = {}
     if args.buckets:
@@ -304,12 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     _instrument_attention()
     model_dir = Path(args.model) if args.model else ensure_default_model()
     prompts = chat_prompts(AutoTokenizer.from_pretrained(model_dir), max(args.seq_counts))
+    if args.prompts == "mixed":  # the short questions, repeated to the server mix's lengths
+        mix = (47, 214, 47, 214, 47, 214, 47, 635)
+        prompts = [(p * (mix[i % len(mix)] // len(p) + 1))[: mix[i % len(mix)]] for i, p in enumerate(prompts)]
     results: dict[str, Any] = {
         "benchmark": "step-profile",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": str(model_dir),
         "dtype": "bfloat16",
         "steps": args.steps,
+        "prompts": args.prompts,
+        "prompt_lengths": [len(p) for p in prompts],
         "profile_steps": args.profile_steps,
         "machine": {**machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "categories": {

@@ -135,3 +135,20 @@ def test_bench_lock_waits_for_the_holder_and_releases(tmp_path: Path) -> None:
     free = os.open(lock, os.O_RDWR)
     fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the block
     os.close(free)
+
+
+def test_a_peer_variant_starts_the_same_server_with_extra_environment(tmp_path: Path) -> None:
+    variant = "streamhost-torch+STREAMHOST_PREFILL_CHUNK=512+STREAMHOST_COMPILE_LEAN=1"
+    targets = _targets(["--peers", f"streamhost-torch,{variant}"], tmp_path)
+    plain, varied = targets["streamhost-torch"], targets[variant]
+
+    def without_port(cmd: list[str]) -> list[str]:
+        i = cmd.index("--port")
+        return cmd[:i] + cmd[i + 2 :]
+
+    assert without_port(varied.launch.command) == without_port(plain.launch.command)
+    assert varied.launch.env["STREAMHOST_PREFILL_CHUNK"] == "512"
+    assert varied.launch.env["STREAMHOST_COMPILE_LEAN"] == "1"
+    assert "STREAMHOST_PREFILL_CHUNK" not in plain.launch.env
+    with pytest.raises(ValueError, match=r"\+KEY=VALUE"):
+        peers.split_variant("streamhost-torch+CHUNK")

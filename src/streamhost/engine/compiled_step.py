@@ -70,17 +70,32 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
-def cache_key(model_config: dict, dtype: torch.dtype, buckets: tuple[int, ...], device: torch.device) -> str:
-    """The compile cache folder's name: what the compiled graphs depend on, hashed."""
-    facts = {
+def default_compile_lean(device: torch.device) -> bool:
+    """Whether the lean forward's decoder layer is compiled (lean_compiled.py) unless told."""
+    return False
+
+
+def cache_key(
+    model_config: dict,
+    dtype: torch.dtype,
+    buckets: tuple[int | str, ...],
+    device: torch.device,
+    variant: str = "step",
+) -> str:
+    """The compile cache folder's name: what the compiled graphs depend on, hashed. ``variant``: which
+    compiled forward (the transformers ``step`` here, or the ``lean-layer`` of lean_compiled.py)."""
+    facts: dict[str, Any] = {
         "config": model_config,
         "dtype": str(dtype),
         "buckets": list(buckets),
         "torch": torch.__version__,
         "device": device.type,
     }
+    if variant != "step":
+        facts["variant"] = variant
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"{model_config.get('model_type', 'model')}-{str(dtype).removeprefix('torch.')}-{digest}"
+    prefix = "" if variant == "step" else f"{variant}-"
+    return f"{prefix}{model_config.get('model_type', 'model')}-{str(dtype).removeprefix('torch.')}-{digest}"
 
 
 def use_cache_dir(folder: Path | None) -> None:

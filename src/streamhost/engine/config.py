@@ -53,6 +53,7 @@ class EngineConfig:
     compile: bool | None = None  # torch.compile small steps (compiled_step.py); None: the device's default
     compile_buckets: tuple[int, ...] | None = None  # step sizes (tokens) compiled; None: compiled_step.BUCKETS
     lean_forward: bool | None = None  # torch: our Llama-family forward (lean_llama.py); None: where supported
+    compile_lean: bool | None = None  # torch: compile the lean forward's layer (lean_compiled.py); None: per device
     tokenizer_workers: int = 2  # threads that tokenize prompts off the event loop
     # Longer prompts go to those threads; shorter ones (<~1k tokens, ~1 ms) are tokenized inline,
     # in arrival order: the hop to a worker and back made a burst's requests reach the scheduler

@@ -23,7 +23,14 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from streamhost.engine.compiled_step import BUCKETS, CompiledStep, cache_key, default_compile, unsupported_reason
+from streamhost.engine.compiled_step import (
+    BUCKETS,
+    CompiledStep,
+    cache_key,
+    default_compile,
+    default_compile_lean,
+    unsupported_reason,
+)
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 from streamhost.engine.lean_llama import LeanLlama
 from streamhost.engine.lean_llama import unsupported_reason as lean_unsupported_reason
@@ -93,6 +100,7 @@ class TorchExecutor:
         compile_cache_dir: Path | None = None,
         compile_buckets: tuple[int, ...] | None = None,
         lean: bool | None = None,
+        compile_lean: bool | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = pick_device(device)
@@ -114,6 +122,8 @@ class TorchExecutor:
         self.lean: LeanLlama | None = None
         if self.compiled is None and lean is not False:
             self._use_lean_forward()
+        if self.lean is not None and (default_compile_lean(self.device) if compile_lean is None else compile_lean):
+            self._compile_lean(compile_cache_dir)
 
     def _use_lean_forward(self) -> None:
         """Our Llama-family forward (lean_llama.py) where it applies; transformers' forward otherwise."""
@@ -125,6 +135,24 @@ class TorchExecutor:
         log.info(
             "lean forward on: fused q/k/v and gate/up, %s weights", "prepacked" if self.lean.lm_head.packed else "plain"
         )
+
+    def _compile_lean(self, cache_root: Path | None) -> None:
+        """Compile the lean forward's decoder layer now (lean_compiled.py): one graph for the steps of
+        MIN_TOKENS or more, ~20-45 s cold here, seconds from the disk cache."""
+        from streamhost.engine.lean_compiled import SHAPES, LeanCompiled
+
+        assert self.lean is not None
+        if self.device.type != "cpu":  # inductor would need Triton there, and nothing was measured
+            log.warning("not compiling the lean decoder layer on %s (built and measured for CPUs)", self.device)
+            return
+        folder = None
+        if cache_root is not None:
+            key = cache_key(self.config.to_dict(), self.dtype, SHAPES, self.device, variant="lean-layer")
+            folder = Path(cache_root) / "compile" / key
+        log.info("compiling the lean decoder layer for prompt-sized steps (cache %s)", folder or "off")
+        self.lean.compiled = LeanCompiled(self.lean, folder)
+        self.lean.compiled.warm_up(self._warm_up_bucket)
+        self.store.reset()
 
     def _compile(self, cache_root: Path | None, buckets: tuple[int, ...]) -> None:
         """Compile the small-step forward for every bucket now (minutes cold, seconds from the cache)."""

@@ -8,9 +8,13 @@ sequence joining costs nothing (its prefill writes straight into its row), leavi
 Each step runs ONE forward over a packed row of tokens: every decoding sequence's next token and
 any prompt chunks being prefilled ("segments"). Linear layers see all tokens at once (on a CPU
 the weight read dominates, so extra tokens are nearly free); attention is done per segment by
-``packed_attention`` against each sequence's own row. Decode segments on consecutive rows share one
+``packed_attention`` against each sequence's own row. Decode segments on consecutive rows share an
 SDPA call over a view of their rows, padded (masked) to the longest 64-token bucket among them; the
 view is strided (a row's buffer is longer than the bucket) and SDPA's flash kernel reads it in place.
+Where rows of very different lengths sit side by side (a 47-token chat beside a 700-token one), the
+run is split where padding would cost more than another call (``_decode_runs``, an exact minimum of
+calls x ``DECODE_CALL_COST`` + padded row-keys): 1.25x faster attention at 16 rows of the server's
+mixed lengths, 1.5x at 32 (bench/attention_runs.py).
 An earlier CPU path (two batched matmuls and a float32 softmax over the rows' whole buffers, since
 the CPU ``bmm`` copies strided operands) lost to SDPA with torch 2.13 in every case measured on this
 machine (one layer, 9 query / 3 KV heads, bf16, best of 10): 1 row 33 against 128 us, 4 rows 151
@@ -187,18 +191,7 @@ class StepPlan:
         pending: list[tuple[int, int, int]] = []  # decode tokens waiting to be grouped: (q, row, length)
 
         def flush_decodes() -> None:
-            i = 0
-            while i < len(pending):
-                j = i + 1
-                bucket = _round_up(pending[i][2], DECODE_BUCKET)
-                while (
-                    j < len(pending)
-                    and pending[j][1] == pending[j - 1][1] + 1
-                    and pending[j][0] == pending[j - 1][0] + 1
-                    and (not invariant or _round_up(pending[j][2], DECODE_BUCKET) == bucket)
-                ):
-                    bucket = max(bucket, _round_up(pending[j][2], DECODE_BUCKET))
-                    j += 1
+            for i, j, bucket in _decode_runs(pending, invariant):
                 lengths = torch.tensor([p[2] for p in pending[i:j]], device=device)
                 cols = torch.arange(bucket, device=device)
                 mask = torch.zeros((j - i, 1, 1, bucket), dtype=dtype, device=device)
@@ -206,7 +199,6 @@ class StepPlan:
                 parts.append(
                     _DecodeRun(pending[i][0], pending[j - 1][0] + 1, pending[i][1], pending[j - 1][1] + 1, bucket, mask)
                 )
-                i = j
             pending.clear()
 
         for seg in segments:
@@ -228,6 +220,55 @@ class StepPlan:
             q += n
         flush_decodes()
         return cls(store, torch.tensor(rows, device=device), torch.tensor(positions, device=device), parts)
+
+
+# What one more SDPA call in ``attend`` costs (slicing, the call, the copy out), in units of one query
+# row attending one more key: 23-30 us against ~0.037 us per row-key on this machine's two threads
+# (bench/attention_runs.py, results/attention-runs-*.json).
+DECODE_CALL_COST = 640
+
+
+def _decode_runs(pending: list[tuple[int, int, int]], invariant: bool) -> list[tuple[int, int, int]]:
+    """Split the step's decode tokens ``(q, row, length)`` into SDPA calls ``(i, j, bucket)`` over
+    ``pending[i:j]``: each call covers consecutive rows (a strided view of their buffers) padded to
+    its longest 64-token bucket. Padding is work (a 47-token row beside a 700-token one reads 704
+    keys), a call is overhead; the split minimises ``calls * DECODE_CALL_COST + sum(rows * bucket)``
+    exactly (a dynamic programme over the run boundaries, O(n^2) for n decode tokens). ``invariant``
+    instead splits wherever the bucket changes, so a row's key length never depends on its neighbours."""
+    n = len(pending)
+    buckets = [_round_up(p[2], DECODE_BUCKET) for p in pending]
+
+    def joins(a: int, b: int) -> bool:  # pending[b] may share pending[a]'s call
+        return pending[b][1] == pending[a][1] + 1 and pending[b][0] == pending[a][0] + 1
+
+    if invariant:
+        runs, i = [], 0
+        while i < n:
+            j = i + 1
+            while j < n and joins(j - 1, j) and buckets[j] == buckets[i]:
+                j += 1
+            runs.append((i, j, buckets[i]))
+            i = j
+        return runs
+    best = [0] + [0] * n  # best[j]: cheapest split of pending[:j]
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        best[j], cut[j] = best[j - 1] + DECODE_CALL_COST + buckets[j - 1], j - 1
+        widest = buckets[j - 1]
+        for i in range(j - 2, -1, -1):
+            if not joins(i, i + 1):
+                break
+            widest = max(widest, buckets[i])
+            cost = best[i] + DECODE_CALL_COST + (j - i) * widest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs = []
+    j = n
+    while j > 0:
+        i = cut[j]
+        runs.append((i, j, max(buckets[i:j])))
+        j = i
+    return runs[::-1]
 
 
 def write_step_keys(plan: StepPlan, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:

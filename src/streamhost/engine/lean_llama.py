@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from streamhost.engine.kv_cache import StepPlan, attend, write_token_keys
+
+if TYPE_CHECKING:
+    from streamhost.engine.lean_compiled import LeanCompiled
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +95,7 @@ class FusedLinear(nn.Module):
             self.weight = weight.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.out_features)
 
 
 class _Slice(nn.Module):
@@ -127,6 +129,13 @@ def _fuse(*linears: nn.Linear) -> FusedLinear:
     return FusedLinear(weight, bias)
 
 
+_Bias: TypeAlias = torch.Tensor | None
+# decoder_layer's weights, in its order: ln1, qkv (weight, bias), o, ln2, gate_up, down
+LayerTensors: TypeAlias = tuple[
+    torch.Tensor, torch.Tensor, _Bias, torch.Tensor, _Bias, torch.Tensor, torch.Tensor, _Bias, torch.Tensor, _Bias
+]
+
+
 class _Layer:
     __slots__ = ("ln1", "ln2", "eps1", "eps2", "qkv", "o", "gate_up", "down", "scaling")
     ln1: torch.Tensor  # the norms' weights, set by LeanLlama once the model owns its tensors
@@ -153,6 +162,13 @@ class _Layer:
         mlp.gate_proj, mlp.up_proj = _Slice(self.gate_up, 0, inter), _Slice(self.gate_up, inter, 2 * inter)
         mlp.down_proj = self.down
 
+    def tensors(self) -> LayerTensors:
+        """The layer's weights in ``decoder_layer``'s order (norm, then weight and bias of each GEMM)."""
+        return (
+            self.ln1, self.qkv.weight, self.qkv.bias, self.o.weight, self.o.bias,
+            self.ln2, self.gate_up.weight, self.gate_up.bias, self.down.weight, self.down.bias,
+        )  # fmt: skip
+
 
 class LeanLlama:
     """The packed step's forward for a Llama-family model: ``forward(ids, plan, keep) -> logits``."""
@@ -169,6 +185,7 @@ class LeanLlama:
         self.rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] = base.rotary_emb
         self.layers = [_Layer(layer) for layer in base.layers[: config.num_hidden_layers]]
         self.norm_eps = float(base.norm.variance_epsilon)
+        self.compiled: LeanCompiled | None = None  # lean_compiled.py sets it when the layer is compiled
         self.lm_head = FusedLinear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
         model.lm_head = self.lm_head  # generate() reads the packed copy too; a tied embedding keeps its own
         _own_remaining_tensors(model)
@@ -183,30 +200,89 @@ class LeanLlama:
     def forward(self, ids: torch.Tensor, plan: StepPlan, keep: torch.Tensor | None) -> torch.Tensor | None:
         """``ids [T]`` of a packed step (positions and rows in ``plan``); logits ``[len(keep), V]``
         of the kept token indices, or None when none is kept."""
-        t = ids.shape[0]
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        q_width, kv_width = heads * dim, kv_heads * dim
         h = F.embedding(ids, self.embed)  # [T, hidden]
         cos, sin = self.rotary(h[None], plan.token_positions[None])
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, D]: broadcast over heads
-        half = dim // 2
+        half = self.head_dim // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # rotate_half's sign, once per step
-        for index, layer in enumerate(self.layers):
-            x = _rms_norm(h, layer.ln1, layer.eps1)
-            qkv = layer.qkv(x)
-            qk = _rotate(qkv[:, : q_width + kv_width].view(t, heads + kv_heads, dim), cos, sin)  # q and k at once
-            q, k = qk[:, :heads], qk[:, heads:]
-            v = qkv[:, q_width + kv_width :].view(t, kv_heads, dim)
-            write_token_keys(plan, index, k, v)
-            a = attend(plan, index, q.transpose(0, 1)[None], layer.scaling)  # [1, T, H, D]
-            h = h + layer.o(a.view(t, q_width))
-            x = _rms_norm(h, layer.ln2, layer.eps2)
-            gate_up = layer.gate_up(x)
-            inter = gate_up.shape[-1] // 2
-            h = h + layer.down(F.silu(gate_up[:, :inter]) * gate_up[:, inter:])
+        if self.compiled is not None and self.compiled.handles(h.shape[0]):
+            h = self.compiled.run(self, h, cos, sin, plan)
+        else:
+            for index, layer in enumerate(self.layers):
+                attention = partial(_attend_eager, plan, index)
+                h = decoder_layer(h, cos, sin, *layer.tensors(), *self.layer_constants(layer), attention, linear)
         if keep is None:
             return None
         return self.lm_head(_rms_norm(h.index_select(0, keep), self.norm, self.norm_eps))
+
+    def layer_constants(self, layer: _Layer) -> tuple[int, int, int, int, float, float, float]:
+        """The per-layer numbers ``decoder_layer`` takes (equal for every layer of a model, so one
+        compiled graph serves them all)."""
+        inter = layer.down.in_features
+        return self.heads, self.kv_heads, self.head_dim, inter, layer.eps1, layer.eps2, layer.scaling
+
+
+def _attend_eager(
+    plan: StepPlan, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """The eager forward's attention: write the layer's keys, attend (``[1, T, H, D]`` out)."""
+    write_token_keys(plan, layer, k, v)
+    return attend(plan, layer, q.transpose(0, 1)[None], scaling)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """A FusedLinear's arithmetic on its tensors: oneDNN's prepacked GEMM, or ``F.linear``."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, int], torch.Tensor]
+
+
+def decoder_layer(
+    h: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    ln1: torch.Tensor,
+    qkv_w: torch.Tensor,
+    qkv_b: torch.Tensor | None,
+    o_w: torch.Tensor,
+    o_b: torch.Tensor | None,
+    ln2: torch.Tensor,
+    gate_up_w: torch.Tensor,
+    gate_up_b: torch.Tensor | None,
+    down_w: torch.Tensor,
+    down_b: torch.Tensor | None,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    inter: int,
+    eps1: float,
+    eps2: float,
+    scaling: float,
+    attention: Attention,
+    linear: Linear,
+) -> torch.Tensor:
+    """One Llama decoder layer on ``h [T, hidden]``: a pure function of tensors and numbers, so the
+    eager forward and the compiled one (lean_compiled.py, where inductor fuses the norms, rotary,
+    SiLU-times-up and residual adds around the opaque GEMMs and attention) run the same code.
+    ``attention(q [T, H, D], k, v [T, KV, D], scaling)`` writes the keys and attends; its result is
+    read as ``[T, H * D]`` (the eager one returns ``[1, T, H, D]``, the compiled op ``[T, H * D]``)."""
+    t = h.shape[0]
+    q_width, kv_width = heads * dim, kv_heads * dim
+    hidden = h.shape[1]
+    x = _rms_norm(h, ln1, eps1)
+    qkv = linear(x, qkv_w, qkv_b, q_width + 2 * kv_width)
+    qk = _rotate(qkv[:, : q_width + kv_width].view(t, heads + kv_heads, dim), cos, sin)  # q and k at once
+    q, k = qk[:, :heads], qk[:, heads:]
+    v = qkv[:, q_width + kv_width :].view(t, kv_heads, dim)
+    a = attention(q, k, v, scaling)
+    h = h + linear(a.view(t, q_width), o_w, o_b, hidden)
+    x = _rms_norm(h, ln2, eps2)
+    gate_up = linear(x, gate_up_w, gate_up_b, 2 * inter)
+    return h + linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], down_w, down_b, hidden)
 
 
 def _own_remaining_tensors(model: nn.Module) -> None:

@@ -16,6 +16,9 @@ setting fails at once with a message naming the setting and the value (never mid
   ``--no-compile`` > ``STREAMHOST_COMPILE`` (torch.compile of small steps; default per device,
   ``engine/compiled_step.py``); ``--lean-forward`` / ``--no-lean-forward`` > ``STREAMHOST_LEAN_FORWARD``
   (our Llama-family forward, ``engine/lean_llama.py``; default on where the architecture allows);
+  ``--compile-lean`` / ``--no-compile-lean`` > ``STREAMHOST_COMPILE_LEAN`` (torch.compile of the lean
+  forward's decoder layer, ``engine/lean_compiled.py``); ``--prefill-chunk`` > ``STREAMHOST_PREFILL_CHUNK``
+  (prompt tokens per step, all sequences together; default per device, ``engine/core.py``);
 - the engine core: its own process unless ``--no-engine-process`` / ``STREAMHOST_ENGINE_PROCESS=0``,
   on ``--engine-cores`` / ``STREAMHOST_ENGINE_CORES`` (a count or a CPU list such as ``0-1``);
   ``--prefix-cache`` / ``--no-prefix-cache`` > ``STREAMHOST_PREFIX_CACHE`` (KV reuse across requests
@@ -134,6 +137,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch executor: our fused, prepacked Llama-family forward (env STREAMHOST_LEAN_FORWARD; "
         "default on for Llama/Mistral/Qwen2, transformers' forward otherwise)",
+    )
+    parser.add_argument(
+        "--compile-lean",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch executor: torch.compile the lean forward's decoder layer, cached on disk "
+        "(env STREAMHOST_COMPILE_LEAN; default per device, engine/lean_compiled.py)",
+    )
+    parser.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        help="prompt tokens prefilled per step, all sequences together (env STREAMHOST_PREFILL_CHUNK; "
+        "default per device)",
     )
     parser.add_argument(
         "--engine-cores",
@@ -328,6 +345,14 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     lean_forward = _flag(args, "lean_forward")
     if lean_forward is None:
         lean_forward = _env_bool(env, "STREAMHOST_LEAN_FORWARD")
+    compile_lean = _flag(args, "compile_lean")
+    if compile_lean is None:
+        compile_lean = _env_bool(env, "STREAMHOST_COMPILE_LEAN")
+    prefill_chunk = _flag(args, "prefill_chunk")
+    if prefill_chunk is not None and prefill_chunk < 1:
+        raise SettingsError(f"--prefill-chunk {prefill_chunk} is not valid: expected a number >= 1")
+    if prefill_chunk is None:
+        prefill_chunk = _env_number(env, "STREAMHOST_PREFILL_CHUNK", int, 1)
     cache = env.get("STREAMHOST_CACHE") or None
     prefix_cache = _flag(args, "prefix_cache")
     if prefix_cache is None:
@@ -364,6 +389,8 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         batch_invariant=bool(batch_invariant),
         compile=compile_step,
         lean_forward=lean_forward,
+        compile_lean=compile_lean,
+        prefill_chunk=None if prefill_chunk is None else int(prefill_chunk),
         hub_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
         cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
         executor=executor,

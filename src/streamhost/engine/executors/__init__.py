@@ -158,6 +158,7 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
             compile_cache_dir=cache_root(config.cache_dir),
             compile_buckets=config.compile_buckets,
             lean=config.lean_forward,
+            compile_lean=config.compile_lean,
         )
 
     from transformers import AutoTokenizer
