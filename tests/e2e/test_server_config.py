@@ -95,6 +95,10 @@ def test_option_variables_alone_select_lmi_and_the_model_dir_is_the_default_mode
         ((), {"STREAMHOST_PREFIX_CACHE": "sometimes"}, "STREAMHOST_PREFIX_CACHE"),
         ((), {"STREAMHOST_DECODE_THREADS": "0"}, "STREAMHOST_DECODE_THREADS"),
         (("--decode-threads", "0"), {}, "--decode-threads"),
+        (("--cache-type-v", "fp8"), {}, "--cache-type-v 'fp8' is not a KV cache type"),
+        ((), {"STREAMHOST_CACHE_TYPE_K": "int4"}, "STREAMHOST_CACHE_TYPE_K"),
+        ((), {"STREAMHOST_LLAMACPP_FLASH_ATTN": "sometimes"}, "STREAMHOST_LLAMACPP_FLASH_ATTN"),
+        (("--cache-type-v", "q8_0", "--flash-attn", "off"), {}, "needs flash attention"),
     ],
 )
 def test_bad_settings_fail_with_a_message_naming_them(argv, env, fragment) -> None:
@@ -108,6 +112,15 @@ def test_decode_threads_flag_over_the_variable() -> None:
     assert load_settings(parse(), {"STREAMHOST_DECODE_THREADS": "1"}).engine.decode_threads == 1
     flagged = load_settings(parse("--decode-threads", "2"), {"STREAMHOST_DECODE_THREADS": "1"})
     assert flagged.engine.decode_threads == 2
+
+
+def test_llamacpp_kv_settings_flag_over_the_variable() -> None:
+    assert (load_settings(parse(), {}).engine.cache_type_v, load_settings(parse(), {}).engine.flash_attn) == (None, None)
+    env = {"STREAMHOST_CACHE_TYPE_V": "Q8_0", "STREAMHOST_CACHE_TYPE_K": "bf16", "STREAMHOST_LLAMACPP_FLASH_ATTN": "1"}
+    engine = load_settings(parse(), env).engine
+    assert (engine.cache_type_k, engine.cache_type_v, engine.flash_attn) == ("bf16", "q8_0", "on")
+    flagged = load_settings(parse("--cache-type-v", "f16", "--flash-attn", "off"), env).engine
+    assert (flagged.cache_type_k, flagged.cache_type_v, flagged.flash_attn) == ("bf16", "f16", "off")
 
 
 def test_a_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:

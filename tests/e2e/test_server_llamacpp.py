@@ -52,6 +52,12 @@ def test_quantize_converts_once_and_the_next_start_reuses_it(containers, tiny_ll
     [
         ({"HF_MODEL_QUANTIZE": "bitsandbytes"}, 1, ["'bitsandbytes' is not supported", "q8_0", "q4_k_m"]),
         ({"STREAMHOST_EXECUTOR": "onnx"}, 2, ["STREAMHOST_EXECUTOR 'onnx' is not valid", "torch, llamacpp"]),
+        # the tiny model's 16-wide heads cannot hold q8_0's 32-element blocks: said at startup
+        (
+            {"STREAMHOST_EXECUTOR": "llamacpp", "STREAMHOST_CACHE_TYPE_V": "q8_0"},
+            1,
+            ["does not divide n_embd_head_v", "V q8_0", "a quantized cache type needs a head size"],
+        ),
     ],
 )
 def test_what_cannot_run_fails_at_startup_with_a_clear_line(
@@ -87,6 +93,26 @@ def test_default_model_runs_on_llamacpp_and_chats(containers) -> None:
     server = containers.start(["--executor", "llamacpp"], SMALL)
     info = httpx.get(server.url + "/info").json()
     assert (info["executor"], info["model_dtype"]) == ("llamacpp", "Q4_1")
+    chat = httpx.post(
+        server.url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": "tgi",
+            "max_tokens": 24,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+        },
+    ).json()
+    assert "paris" in chat["choices"][0]["message"]["content"].lower()
+
+
+def test_quantized_v_cells_through_the_server_answer_the_same_chat(containers) -> None:
+    """--cache-type-v q8_0 (half the V cells' memory, faster decode at long rows) reaches llama.cpp in
+    the core process, /info says so, and the default model still answers the chat."""
+    server = containers.start(["--executor", "llamacpp", "--cache-type-v", "q8_0"], SMALL)
+    described = httpx.get(server.url + "/info").json()["llamacpp"]
+    assert (described["cache_type_k"], described["cache_type_v"], described["flash_attn"]) == ("f16", "q8_0", "auto")
+    assert "K f16, V q8_0" in server.log()
     chat = httpx.post(
         server.url + "/v1/chat/completions",
         timeout=120,

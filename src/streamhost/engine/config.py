@@ -77,3 +77,8 @@ class EngineConfig:
     # --decode-threads / STREAMHOST_DECODE_THREADS: llama.cpp threads for steps of up to 16 tokens (the
     # rest use ``threads``); None: ``threads`` too (engine/executors/llamacpp_threads.py).
     decode_threads: int | None = None
+    # llama.cpp KV cells (engine/executors/llamacpp_kv.py): --cache-type-k / --cache-type-v
+    # (STREAMHOST_CACHE_TYPE_K / _V; None: f16) and --flash-attn auto|on|off (STREAMHOST_LLAMACPP_FLASH_ATTN).
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    flash_attn: str | None = None

@@ -169,6 +169,8 @@ async def info(request: Request) -> Response:
     answer["executor"] = described.get("executor", "torch")  # ours: which executor runs the model
     if "prefix_cache" in described:  # ours: KV reuse across requests sharing a prompt prefix
         answer["prefix_cache"] = described["prefix_cache"]
+    if "llamacpp" in described:  # ours: the llama.cpp context (threads, KV cell types, flash attention)
+        answer["llamacpp"] = described["llamacpp"]
     settings = state.settings
     if settings.properties is not None:  # LMI: which serving.properties keys did what (ours, beyond TGI's fields)
         props_file = settings.model_dir / SERVING_PROPERTIES if settings.model_dir is not None else None

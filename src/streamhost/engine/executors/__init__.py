@@ -147,6 +147,13 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
 
         if config.quantize:
             log.warning("quantize=%s is ignored by the torch executor: serving unquantised weights", config.quantize)
+        for setting, value in (
+            ("--cache-type-k", config.cache_type_k),
+            ("--cache-type-v", config.cache_type_v),
+            ("--flash-attn", config.flash_attn),
+        ):
+            if value:
+                log.warning("%s %s is a llama.cpp setting, ignored by the torch executor", setting, value)
         path = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
         return TorchExecutor(
             path,
@@ -184,4 +191,12 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
         gguf = gguf_for(folder, quant or UNQUANTIZED, threads=config.threads, cache=config.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
     log.info("llama.cpp executor: %s (%d threads)", gguf, config.threads or os.cpu_count() or 1)
-    return LlamaCppExecutor(gguf, tokenizer, threads=config.threads, decode_threads=config.decode_threads)
+    return LlamaCppExecutor(
+        gguf,
+        tokenizer,
+        threads=config.threads,
+        decode_threads=config.decode_threads,
+        cache_type_k=config.cache_type_k,
+        cache_type_v=config.cache_type_v,
+        flash_attn=config.flash_attn,
+    )

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamhost.engine.executors.llamacpp_kv import CACHE_TYPES, DEFAULT_CACHE_TYPE, FLASH_ATTN, check_combination
 from streamhost.engine.executors.llamacpp_threads import StepThreads
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS, Claim, RowPool
@@ -48,7 +49,6 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 MAX_UBATCH = 512
 FILLER_TOKEN = 0  # what a filler row decodes (any id: its logits are not asked for, its cell removed)
-FLASH_DEFAULT = -1  # llama_flash_attn_type: -1 auto (llama.cpp decides; on for CPU), 0 off, 1 on
 # enum ggml_log_level of the llama.cpp this version of llama-cpp-python vendors (ggml.h)
 GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = (
     1,
@@ -219,16 +219,6 @@ def kv_unified() -> bool:
     return os.environ.get("STREAMHOST_LLAMACPP_KV_UNIFIED", "").strip().lower() in ("1", "true", "yes")
 
 
-def flash_attention() -> int:
-    """llama.cpp's flash attention (STREAMHOST_LLAMACPP_FLASH_ATTN=1/0; default: FLASH_DEFAULT)."""
-    forced = os.environ.get("STREAMHOST_LLAMACPP_FLASH_ATTN", "").strip().lower()
-    if forced in ("1", "true", "yes"):
-        return 1
-    if forced in ("0", "false", "no"):
-        return 0
-    return FLASH_DEFAULT
-
-
 class SequenceSlots(RowPool):
     """Sequence ids of the llama context in use (the engine's rows); lowest free id first. A free
     id keeps its cells, and the tokens they hold, for prefix reuse (engine/prefix_cache.py).
@@ -250,7 +240,13 @@ class LlamaCppExecutor:
         *,
         threads: int | None = None,
         decode_threads: int | None = None,
+        cache_type_k: str | None = None,
+        cache_type_v: str | None = None,
+        flash_attn: str | None = None,
     ) -> None:
+        check_combination(cache_type_v, flash_attn)
+        self.cache_types = (cache_type_k or DEFAULT_CACHE_TYPE, cache_type_v or DEFAULT_CACHE_TYPE)
+        self.flash_attn = flash_attn or "auto"
         self.llama = import_llama_cpp()
         self.model_path = Path(gguf_path)
         self.tokenizer = tokenizer
@@ -298,6 +294,9 @@ class LlamaCppExecutor:
             "kv_unified": self._unified,
             "n_seq_max": self._shape[1] if self._shape else None,
             "n_ctx": self._shape[0] if self._shape else None,
+            "cache_type_k": self.cache_types[0],
+            "cache_type_v": self.cache_types[1],
+            "flash_attn": self.flash_attn,
         }
 
     @property
@@ -336,12 +335,15 @@ class LlamaCppExecutor:
         params.n_threads = self.threads
         params.n_threads_batch = self.threads
         params.kv_unified = unified
-        params.flash_attn_type = flash_attention()
+        params.flash_attn_type = FLASH_ATTN[self.flash_attn]
+        params.type_k, params.type_v = (CACHE_TYPES[name] for name in self.cache_types)
         params.no_perf = True
         ctx = self.llama.llama_init_from_model(self.model, params)
         if not ctx:
             raise RuntimeError(
-                f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq}, n_batch={n_batch})"
+                f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq}, n_batch={n_batch}, "
+                f"KV cells K {self.cache_types[0]}, V {self.cache_types[1]}, flash attention {self.flash_attn}): "
+                "llama.cpp's log line above says why (a quantized cache type needs a head size its blocks divide)"
             )
         self.ctx = ctx
         self._memory = self.llama.llama_get_memory(ctx)
@@ -351,15 +353,16 @@ class LlamaCppExecutor:
         self._shape = shape
         self.store = SequenceSlots()
         log.info(
-            "llama.cpp context: %d KV cells (%s), %d sequences, batch %d, %d threads (small steps: %s), "
+            "llama.cpp context: %d KV cells (%s, K %s, V %s), %d sequences, batch %d, %d threads (small steps: %s), "
             "flash attention %s",
             n_ctx,
             "unified" if unified else f"{per_seq} per sequence",
+            *self.cache_types,
             n_seq,
             n_batch,
             self.threads,
             self.step_threads.decode,
-            params.flash_attn_type,
+            self.flash_attn,
         )
 
     def _free_context(self) -> None:
