@@ -115,7 +115,10 @@ def test_decode_threads_flag_over_the_variable() -> None:
 
 
 def test_llamacpp_kv_settings_flag_over_the_variable() -> None:
-    assert (load_settings(parse(), {}).engine.cache_type_v, load_settings(parse(), {}).engine.flash_attn) == (None, None)
+    assert (load_settings(parse(), {}).engine.cache_type_v, load_settings(parse(), {}).engine.flash_attn) == (
+        None,
+        None,
+    )
     env = {"STREAMHOST_CACHE_TYPE_V": "Q8_0", "STREAMHOST_CACHE_TYPE_K": "bf16", "STREAMHOST_LLAMACPP_FLASH_ATTN": "1"}
     engine = load_settings(parse(), env).engine
     assert (engine.cache_type_k, engine.cache_type_v, engine.flash_attn) == ("bf16", "q8_0", "on")

@@ -27,7 +27,11 @@ def test_names_are_llamacpps_and_bad_ones_name_the_setting() -> None:
 
 
 LIMITS = EngineLimits(
-    max_input_tokens=200, max_total_tokens=256, max_batch_prefill_tokens=256, max_batch_total_tokens=512, max_batch_size=2
+    max_input_tokens=200,
+    max_total_tokens=256,
+    max_batch_prefill_tokens=256,
+    max_batch_total_tokens=512,
+    max_batch_size=2,
 )
 
 
