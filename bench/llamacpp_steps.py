@@ -19,13 +19,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, plot_path, write_results
+from _llamacpp import decode_timer
 from streamhost.engine.core_client import core_environment
 
 CTX = 300  # cached tokens per sequence before the measured steps
@@ -55,15 +55,7 @@ def worker(gguf: str, extra: bool, threads: int) -> None:
         return ctx
 
     def run(ctx, tokens: list[tuple[int, int, int]]) -> float:
-        for i, (seq, pos, logits) in enumerate(tokens):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = (
-                int(rng.integers(100, 40000)), pos, 1, logits,
-            )  # fmt: skip
-            batch.seq_id[i][0] = seq
-        batch.n_tokens = len(tokens)
-        started = time.perf_counter()
-        assert llama.llama_decode(ctx, batch) == 0
-        return time.perf_counter() - started
+        return decode_timer(llama, ctx, batch, rng)(tokens)
 
     def report(shape: str, times: list[float], tokens: int) -> None:
         times = sorted(times)
