@@ -25,6 +25,21 @@ def generate(url: str, prompt: str, n: int = 8) -> dict:
     return answer.json()
 
 
+def capital_of_france(url: str) -> str:
+    """The default model's greedy chat answer to a question it knows."""
+    chat = httpx.post(
+        url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": "tgi",
+            "max_tokens": 24,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+        },
+    ).json()
+    return chat["choices"][0]["message"]["content"]
+
+
 def test_quantize_converts_once_and_the_next_start_reuses_it(containers, tiny_llama_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     env = {**SMALL, "HF_MODEL_QUANTIZE": "q8_0", "STREAMHOST_CACHE": str(cache)}
@@ -93,17 +108,7 @@ def test_default_model_runs_on_llamacpp_and_chats(containers) -> None:
     server = containers.start(["--executor", "llamacpp"], SMALL)
     info = httpx.get(server.url + "/info").json()
     assert (info["executor"], info["model_dtype"]) == ("llamacpp", "Q4_1")
-    chat = httpx.post(
-        server.url + "/v1/chat/completions",
-        timeout=120,
-        json={
-            "model": "tgi",
-            "max_tokens": 24,
-            "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
-        },
-    ).json()
-    assert "paris" in chat["choices"][0]["message"]["content"].lower()
+    assert "paris" in capital_of_france(server.url).lower()
 
 
 def test_quantized_v_cells_through_the_server_answer_the_same_chat(containers) -> None:
@@ -113,17 +118,7 @@ def test_quantized_v_cells_through_the_server_answer_the_same_chat(containers) -
     described = httpx.get(server.url + "/info").json()["llamacpp"]
     assert (described["cache_type_k"], described["cache_type_v"], described["flash_attn"]) == ("f16", "q8_0", "auto")
     assert "K f16, V q8_0" in server.log()
-    chat = httpx.post(
-        server.url + "/v1/chat/completions",
-        timeout=120,
-        json={
-            "model": "tgi",
-            "max_tokens": 24,
-            "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
-        },
-    ).json()
-    assert "paris" in chat["choices"][0]["message"]["content"].lower()
+    assert "paris" in capital_of_france(server.url).lower()
 
 
 def test_llamacpp_batches_streams_inside_the_engine_core_process(

@@ -5,10 +5,13 @@ before a context is made."""
 from __future__ import annotations
 
 import ctypes
+import os
+import struct
 
 import pytest
 
 from streamhost.engine.executors.llamacpp_kv import check_combination, parse_cache_type, parse_flash_attn
+from streamhost.engine.executors.llamacpp_pages import k_rows_from_state, locate
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.limits import EngineLimits
 
@@ -48,6 +51,35 @@ def make():
         return executor
 
     return build
+
+
+@pytest.fixture
+def make_sized():
+    """An executor of the shipped GGUF with 8 sequences of 4096 cells: 720 MiB of f16 KV."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make install`")
+    from streamhost.engine.executors.llamacpp import LlamaCppExecutor
+    from streamhost.engine.loader import default_gguf_path
+
+    made = []
+
+    def build() -> tuple:
+        """(the executor, this process's RSS just before its context was made)"""
+        executor = LlamaCppExecutor(default_gguf_path(), None, threads=2)
+        limits = EngineLimits(
+            max_input_tokens=1000,
+            max_total_tokens=4096,
+            max_batch_prefill_tokens=1024,
+            max_batch_total_tokens=8192,
+            max_batch_size=8,
+        )
+        before = _rss_bytes()
+        executor.configure(limits, 1024)
+        made.append(executor)
+        return executor, before
+
+    yield build
+    for executor in made:
+        executor._free_context()
 
 
 def greedy_and_state_bytes(executor, prompt: list[int], steps: int) -> tuple[list[int], int]:
@@ -94,3 +126,39 @@ def test_quantized_v_without_flash_attention_fails_before_a_context(tiny_llama_g
 
     with pytest.raises(ValueError, match="--cache-type-v q4_0 needs flash attention"):
         LlamaCppExecutor(tiny_llama_gguf, None, cache_type_v="q4_0", flash_attn="off")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_kv_pages_are_resident_only_once_written_and_go_back_when_idle(make_sized) -> None:
+    """Making the context leaves its 720 MiB of cells unresident (llama.cpp's memset had made all
+    of them resident), a request makes resident only what it wrote, and an idle release gives that
+    back without changing the next answer: released pages read as the zeros llama.cpp wrote."""
+    executor, before = make_sized()
+    described = executor.describe()
+    assert described["kv_bytes"] == 720 * 1024**2 and described["kv_pages_on_demand"]
+    assert _rss_bytes() - before < described["kv_bytes"] / 4
+    prompt = list(range(5, 405))
+    first, _ = greedy_and_state_bytes(executor, prompt, 8)
+    row = executor.alloc_row()
+    executor.forward([Segment(row, prompt, 0, "none")])
+    executor.free_row(row, prompt)  # kept for prefix reuse
+    executor.release_idle_memory(512 * 1024**2)  # ~800 cells written, 18 MiB: under the limit, kept
+    assert executor.store.held(row) == len(prompt)
+    executor.release_idle_memory(0)
+    assert executor.store.held(row) == 0  # what the row kept went with the cells
+    again, _ = greedy_and_state_bytes(executor, prompt, 8)
+    assert again == first
+    assert _rss_bytes() - before < described["kv_bytes"] / 4
+
+
+def test_state_rows_and_a_buffer_not_found_leave_the_pages_alone() -> None:
+    """K rows come out of llama.cpp's per-layer records; rows found nowhere give no span."""
+    rows = [bytes([layer + 1]) * 8 for layer in range(3)]
+    state = b"cells" + b"".join(struct.pack("<iQ", 1, 8) + row for row in rows) + struct.pack("<iQ", 1, 8) + b"V" * 8
+    assert k_rows_from_state(state, 1, 8, 3) == rows
+    assert k_rows_from_state(state, 8, 8, 3) is None  # another cache type: no such records
+    assert locate(rows, set(), 1 << 30) is None

@@ -143,6 +143,16 @@ class CompileReport:
             return f"partly from the disk cache ({self.cache_hits} hits, {self.cache_misses} misses)"
         return "compiled afresh" + (" (disk cache off)" if self.cache_dir is None else "")
 
+    def record(self, before: dict[str, int], started: float) -> dict[str, int]:
+        """Fill in what happened since ``before`` (dynamo/inductor counters) and ``started``
+        (perf_counter); returns the counters now, for later recompile checks."""
+        after = _counters()
+        self.seconds = time.perf_counter() - started
+        self.graphs = after["graphs"] - before["graphs"]
+        self.cache_hits = after["cache_hits"] - before["cache_hits"]
+        self.cache_misses = after["cache_misses"] - before["cache_misses"]
+        return after
+
     def summary(self) -> str:
         return (
             f"compiled the packed step for token buckets {list(self.buckets)} "
@@ -219,12 +229,7 @@ class CompiledStep:
                 size,
                 self.report.per_bucket_s[size],
             )
-        after = _counters()
-        self.report.seconds = time.perf_counter() - started
-        self.report.graphs = after["graphs"] - before["graphs"]
-        self.report.cache_hits = after["cache_hits"] - before["cache_hits"]
-        self.report.cache_misses = after["cache_misses"] - before["cache_misses"]
-        self._graphs_when_warm = after["graphs"]
+        self._graphs_when_warm = self.report.record(before, started)["graphs"]
         log.info("%s", self.report.summary())
         return self.report
 

@@ -149,12 +149,7 @@ class LeanCompiled:
             t0 = time.perf_counter()
             run_tokens(size)
             self.report.per_bucket_s[size] = time.perf_counter() - t0
-        after = _counters()
-        self.report.seconds = time.perf_counter() - started
-        self.report.graphs = after["graphs"] - before["graphs"]
-        self.report.cache_hits = after["cache_hits"] - before["cache_hits"]
-        self.report.cache_misses = after["cache_misses"] - before["cache_misses"]
-        self._graphs_when_warm = after["graphs"]
+        self._graphs_when_warm = self.report.record(before, started)["graphs"]
         log.info(
             "compiled the lean decoder layer (one graph for all %d layers) for steps of %d+ tokens (dynamic; "
             "smaller steps run eagerly) in %.1f s, %s; %d graph%s%s",

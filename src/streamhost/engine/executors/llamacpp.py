@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamhost.engine.executors.llamacpp_kv import CACHE_TYPES, DEFAULT_CACHE_TYPE, FLASH_ATTN, check_combination
+from streamhost.engine.executors import llamacpp_pages
+from streamhost.engine.executors.llamacpp_kv import (
+    BYTES_PER_ELEMENT,
+    CACHE_TYPES,
+    DEFAULT_CACHE_TYPE,
+    FLASH_ATTN,
+    check_combination,
+)
 from streamhost.engine.executors.llamacpp_threads import StepThreads
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS, Claim, RowPool
@@ -268,6 +275,9 @@ class LlamaCppExecutor:
         self._batch: Any = None  # a llama_batch (ctypes structure) once configured
         self._shape: tuple[int, int, int] | None = None
         self._unified = kv_unified()
+        self._kv_span: llamacpp_pages.Span | None = None  # the KV buffer, once found (pages on demand)
+        self._kv_bytes = 0
+        self._cells_written = 0
 
     # -- description ------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -294,6 +304,8 @@ class LlamaCppExecutor:
             "kv_unified": self._unified,
             "n_seq_max": self._shape[1] if self._shape else None,
             "n_ctx": self._shape[0] if self._shape else None,
+            "kv_bytes": self._kv_bytes,
+            "kv_pages_on_demand": self._kv_span is not None,
             "cache_type_k": self.cache_types[0],
             "cache_type_v": self.cache_types[1],
             "flash_attn": self.flash_attn,
@@ -338,6 +350,7 @@ class LlamaCppExecutor:
         params.flash_attn_type = FLASH_ATTN[self.flash_attn]
         params.type_k, params.type_v = (CACHE_TYPES[name] for name in self.cache_types)
         params.no_perf = True
+        mappings_before = llamacpp_pages.anonymous_writable_mappings()
         ctx = self.llama.llama_init_from_model(self.model, params)
         if not ctx:
             raise RuntimeError(
@@ -352,6 +365,8 @@ class LlamaCppExecutor:
         self._n_batch = n_batch
         self._shape = shape
         self.store = SequenceSlots()
+        self._kv_span = self._find_kv_buffer(mappings_before, n_ctx)
+        self._cells_written = 0
         log.info(
             "llama.cpp context: %d KV cells (%s, K %s, V %s), %d sequences, batch %d, %d threads (small steps: %s), "
             "flash attention %s",
@@ -365,8 +380,37 @@ class LlamaCppExecutor:
             self.flash_attn,
         )
 
+    def _find_kv_buffer(self, mappings_before: set[tuple[int, int]], n_ctx: int) -> llamacpp_pages.Span | None:
+        """Locate the KV buffer by one token's cells (llamacpp_pages.py) and give its pages back."""
+        bytes_k, bytes_v = (BYTES_PER_ELEMENT[name] for name in self.cache_types)
+        self._kv_bytes = llamacpp_pages.kv_bytes_expected(self.llama, self.model, n_ctx, bytes_k, bytes_v)
+        if self._kv_bytes < llamacpp_pages.MIN_BYTES or self._batch is None:
+            return None
+        layers = int(self.llama.llama_model_n_layer(self.model))
+        row_bytes = int(self._kv_bytes / (n_ctx * layers * (bytes_k + bytes_v)) * bytes_k)
+        self._batch.fill([Segment(0, [FILLER_TOKEN], 0, "none")])
+        if self.llama.llama_decode(self.ctx, self._batch.struct) != 0:
+            return None
+        size = int(self.llama.llama_state_seq_get_size(self.ctx, 0))
+        state = (ctypes.c_uint8 * size)()
+        written = int(self.llama.llama_state_seq_get_data(self.ctx, state, size, 0))
+        self.llama.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        rows = llamacpp_pages.k_rows_from_state(
+            bytes(state)[:written], CACHE_TYPES[self.cache_types[0]], row_bytes, layers
+        )
+        if rows is None:
+            log.info("llama.cpp KV buffer: the state export has no K rows we know; its pages stay resident")
+            return None
+        new = llamacpp_pages.anonymous_writable_mappings() - mappings_before
+        span = llamacpp_pages.locate(rows, new, self._kv_bytes)
+        if span is None or not llamacpp_pages.release(span):
+            return None
+        log.info("llama.cpp KV buffer: %d MiB, resident only where cells are written", span.nbytes >> 20)
+        return span
+
     def _free_context(self) -> None:
         self._batch = None
+        self._kv_span = None
         if self.ctx:
             self.llama.llama_free(self.ctx)
             self.ctx = None
@@ -429,7 +473,19 @@ class LlamaCppExecutor:
         """Nothing to do: the context's KV cells were allocated by ``configure``."""
 
     def release_idle_memory(self, keep_bytes: int) -> None:
-        """Nothing to do: the KV cells stay allocated for the context's life (sized by the limits)."""
+        """With no live sequence: when the cells written since the last release may hold more than
+        ``keep_bytes``, forget every cell (and with them what free rows kept for prefix reuse) and
+        give the KV buffer's pages back (llamacpp_pages.py). Cells written bound the resident pages
+        from above: llama.cpp moves on through a stream's cells as sequences come and go, so pages
+        stay resident after their sequence is removed."""
+        if self._kv_span is None or self.store.live_rows or not self._shape:
+            return
+        if self._cells_written * self._kv_bytes / self._shape[0] <= keep_bytes:
+            return
+        self.llama.llama_memory_clear(self._memory, False)  # True would memset: every page resident again
+        self.store.forget_all()
+        llamacpp_pages.release(self._kv_span)
+        self._cells_written = 0
 
     def _filler_rows(self, segments: list[Segment]) -> list[int]:
         """Empty rows between the step's lowest and highest row: each gets one filler token (no
@@ -475,6 +531,7 @@ class LlamaCppExecutor:
             self.llama.llama_set_n_threads(self.ctx, threads, threads)
             self._threads_now = threads
         rc = self.llama.llama_decode(self.ctx, batch.struct)
+        self._cells_written += total
         for row in fillers:  # the filler's cell goes: the row is empty again
             self.llama.llama_memory_seq_rm(self._memory, row, -1, -1)
         if rc != 0:

@@ -28,6 +28,17 @@ CACHE_TYPES: dict[str, int] = {
     "q8_0": 8,
     "bf16": 30,
 }
+# bytes per element of each type (ggml's block bytes over its block size)
+BYTES_PER_ELEMENT: dict[str, float] = {
+    "f32": 4,
+    "f16": 2,
+    "q4_0": 18 / 32,
+    "q4_1": 20 / 32,
+    "q5_0": 22 / 32,
+    "q5_1": 24 / 32,
+    "q8_0": 34 / 32,
+    "bf16": 2,
+}
 DEFAULT_CACHE_TYPE = "f16"
 # llama_flash_attn_type: auto lets llama.cpp decide (on for the CPU backend)
 FLASH_ATTN: dict[str, int] = {"auto": -1, "off": 0, "on": 1}
