@@ -5,12 +5,11 @@ here as ``EngineConfig.executor``) wins; otherwise a GPU gets torch, a quantizat
 (``HF_MODEL_QUANTIZE`` / ``OPTION_QUANTIZE``) gets llama.cpp (convert + quantize, cached), and a
 GGUF model named as such (a ``.gguf`` file or a folder holding only one) gets llama.cpp when
 llama-cpp-python is installed. Everything else runs on torch, the default model included: it
-ships as a Q4_1 GGUF, and llama.cpp now streams it faster at 1-16 streams (2026-12-04,
+ships as a Q4_1 GGUF, and llama.cpp streams it faster at 1-4 streams, but torch keeps more
+throughput from 16 streams on with llama.cpp's default f16 KV cells (2026-12-04,
 bench/results/serve-peers-20261204-022705.json, output tok/s at 1 / 16 / 32 streams: llama.cpp
-130 / 222 / 212, with ``--cache-type-v q8_0`` 198 / 321 / 260, torch 46 / 269 / 320), but it
-allocates every sequence's KV cells up front (idle RSS 3.6 GB at the default limits against
-torch's 1.0 GB, which grows its cache with use) and has no beam search; one user's 46 tok/s is
-already faster than anyone reads. ``--executor llamacpp`` opts in.
+130 / 222 / 212, with ``--cache-type-v q8_0`` 198 / 321 / 260, torch 46 / 269 / 320) and has beam
+search; one user's 46 tok/s is already faster than anyone reads. ``--executor llamacpp`` opts in.
 """
 
 from __future__ import annotations
