@@ -5,10 +5,10 @@ its own of ``MAX_TOTAL_TOKENS`` cells: llama.cpp attends over every cell up to t
 use, so in one shared (unified) pool each token of 16 streams read the cells of all 16 (and a
 prompt chunk mixed into a decode step takes flash attention's tiled path, which skips a 64-cell
 tile only when every query of a 64-query tile is masked: a 16-stream step with a 256-token chunk
-took 1.74x longer unified, bench/README.md "llama.cpp at 16 streams"). The price is memory: the
-cells of every stream are allocated up front (SmolLM2-135M at the defaults, 32 x 4096 cells: about
-2.8 GiB of f16 KV); a smaller ``MAX_TOTAL_TOKENS`` or ``MAX_BATCH_SIZE`` shrinks it, and
-``STREAMHOST_LLAMACPP_KV_UNIFIED=1`` goes back to one pool of ``MAX_BATCH_TOTAL_TOKENS`` cells.
+took 1.74x longer unified, bench/README.md "llama.cpp at 16 streams"). The cells of every stream
+are allocated up front (SmolLM2-135M at the defaults, 32 x 4096 cells: 2.8 GiB of f16 KV), but only
+the pages of cells written stay resident (llamacpp_pages.py); ``STREAMHOST_LLAMACPP_KV_UNIFIED=1``
+goes back to one pool of ``MAX_BATCH_TOTAL_TOKENS`` cells.
 With per-sequence streams llama.cpp puts only *consecutive* sequence ids in one micro-batch
 (``split_equal(sequential=true)``), each micro-batch a pass over all weights: so a step is laid out
 in sequence-id order, rows are handed out lowest first, and an empty row in the middle gets a
@@ -230,8 +230,8 @@ class SequenceSlots(RowPool):
     """Sequence ids of the llama context in use (the engine's rows); lowest free id first. A free
     id keeps its cells, and the tokens they hold, for prefix reuse (engine/prefix_cache.py).
 
-    llama.cpp allocates its KV cache once, at context creation: there is nothing to grow per step
-    or to give back while idle, unlike the torch executor's KVStore."""
+    llama.cpp allocates its KV cache once, at context creation: nothing grows per step; the
+    executor gives the pages of written cells back while idle (``release_idle_memory``)."""
 
 
 class LlamaCppExecutor:
@@ -277,6 +277,7 @@ class LlamaCppExecutor:
         self._unified = kv_unified()
         self._kv_span: llamacpp_pages.Span | None = None  # the KV buffer, once found (pages on demand)
         self._kv_bytes = 0
+        self._cell_bytes = 0.0
         self._cells_written = 0
 
     # -- description ------------------------------------------------------------------------
@@ -383,11 +384,13 @@ class LlamaCppExecutor:
     def _find_kv_buffer(self, mappings_before: set[tuple[int, int]], n_ctx: int) -> llamacpp_pages.Span | None:
         """Locate the KV buffer by one token's cells (llamacpp_pages.py) and give its pages back."""
         bytes_k, bytes_v = (BYTES_PER_ELEMENT[name] for name in self.cache_types)
-        self._kv_bytes = llamacpp_pages.kv_bytes_expected(self.llama, self.model, n_ctx, bytes_k, bytes_v)
+        layers = int(self.llama.llama_model_n_layer(self.model))
+        elements = llamacpp_pages.kv_row_elements(self.llama, self.model)
+        self._cell_bytes = layers * elements * (bytes_k + bytes_v)  # one cell, K and V, every layer
+        self._kv_bytes = int(n_ctx * self._cell_bytes)
         if self._kv_bytes < llamacpp_pages.MIN_BYTES or self._batch is None:
             return None
-        layers = int(self.llama.llama_model_n_layer(self.model))
-        row_bytes = int(self._kv_bytes / (n_ctx * layers * (bytes_k + bytes_v)) * bytes_k)
+        row_bytes = int(elements * bytes_k)
         self._batch.fill([Segment(0, [FILLER_TOKEN], 0, "none")])
         if self.llama.llama_decode(self.ctx, self._batch.struct) != 0:
             return None
@@ -478,9 +481,7 @@ class LlamaCppExecutor:
         give the KV buffer's pages back (llamacpp_pages.py). Cells written bound the resident pages
         from above: llama.cpp moves on through a stream's cells as sequences come and go, so pages
         stay resident after their sequence is removed."""
-        if self._kv_span is None or self.store.live_rows or not self._shape:
-            return
-        if self._cells_written * self._kv_bytes / self._shape[0] <= keep_bytes:
+        if self._kv_span is None or self.store.live_rows or self._cells_written * self._cell_bytes <= keep_bytes:
             return
         self.llama.llama_memory_clear(self._memory, False)  # True would memset: every page resident again
         self.store.forget_all()

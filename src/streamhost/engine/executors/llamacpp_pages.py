@@ -148,9 +148,7 @@ def release(span: Span) -> bool:
     return True
 
 
-def kv_bytes_expected(llama, model, n_ctx: int, bytes_k: float, bytes_v: float) -> int:
-    """n_ctx cells x layers x KV heads x head size x (K + V bytes per element)."""
-    layers = int(llama.llama_model_n_layer(model))
+def kv_row_elements(llama, model) -> int:
+    """Elements of one cell's K (or V) row in one layer: KV heads x head size."""
     heads, kv_heads = int(llama.llama_model_n_head(model)), int(llama.llama_model_n_head_kv(model))
-    head_size = int(llama.llama_model_n_embd(model)) // max(1, heads)
-    return int(n_ctx * layers * kv_heads * head_size * (bytes_k + bytes_v))
+    return kv_heads * (int(llama.llama_model_n_embd(model)) // max(1, heads))
