@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make install`")
 
+from streamhost.engine.executors.llamacpp_kv import default_cache_type
+
 SMALL = {"MAX_TOTAL_TOKENS": "256", "MAX_INPUT_TOKENS": "200", "MAX_BATCH_TOTAL_TOKENS": "2048"}
 
 
@@ -103,21 +105,35 @@ def test_executor_setting_forces_llamacpp_for_a_safetensors_folder(
 
 
 def test_default_model_runs_on_llamacpp_and_chats(containers) -> None:
-    """The embedded SmolLM2 Q4_1 GGUF on llama.cpp (opted in: auto keeps the default model on
-    torch, which scales better with concurrent streams), answering a chat sensibly."""
-    server = containers.start(["--executor", "llamacpp"], SMALL)
+    """Without being told, the embedded SmolLM2 Q4_1 GGUF runs on llama.cpp with the machine's
+    default KV cells (bf16 where the CPU has bf16 dot products), answering a chat sensibly."""
+    server = containers.start([], SMALL)
     info = httpx.get(server.url + "/info").json()
     assert (info["executor"], info["model_dtype"]) == ("llamacpp", "Q4_1")
+    described = info["llamacpp"]
+    assert (described["cache_type_k"], described["cache_type_v"]) == (default_cache_type(),) * 2
+    assert "paris" in capital_of_france(server.url).lower()
+
+
+def test_the_default_model_runs_on_torch_when_asked(containers) -> None:
+    """``--executor torch`` still serves the default model (converted once to bf16 safetensors)."""
+    server = containers.start(["--executor", "torch"], SMALL)
+    info = httpx.get(server.url + "/info").json()
+    assert info["executor"] == "torch" and "llamacpp" not in info
     assert "paris" in capital_of_france(server.url).lower()
 
 
 def test_quantized_v_cells_through_the_server_answer_the_same_chat(containers) -> None:
     """--cache-type-v q8_0 (half the V cells' memory, faster decode at long rows) reaches llama.cpp in
     the core process, /info says so, and the default model still answers the chat."""
-    server = containers.start(["--executor", "llamacpp", "--cache-type-v", "q8_0"], SMALL)
+    server = containers.start(["--cache-type-v", "q8_0"], SMALL)
     described = httpx.get(server.url + "/info").json()["llamacpp"]
-    assert (described["cache_type_k"], described["cache_type_v"], described["flash_attn"]) == ("f16", "q8_0", "auto")
-    assert "K f16, V q8_0" in server.log()
+    assert (described["cache_type_k"], described["cache_type_v"], described["flash_attn"]) == (
+        default_cache_type(),
+        "q8_0",
+        "auto",
+    )
+    assert f"K {default_cache_type()}, V q8_0" in server.log()
     assert "paris" in capital_of_france(server.url).lower()
 
 

@@ -10,7 +10,12 @@ import struct
 
 import pytest
 
-from streamhost.engine.executors.llamacpp_kv import check_combination, parse_cache_type, parse_flash_attn
+from streamhost.engine.executors.llamacpp_kv import (
+    check_combination,
+    default_cache_type,
+    parse_cache_type,
+    parse_flash_attn,
+)
 from streamhost.engine.executors.llamacpp_pages import k_rows_from_state, locate
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.limits import EngineLimits
@@ -96,18 +101,22 @@ def greedy_and_state_bytes(executor, prompt: list[int], steps: int) -> tuple[lis
 
 def test_q8_0_v_cells_take_less_state_and_keep_the_greedy_answer(make) -> None:
     prompt = list(range(5, 105))
-    plain = make()
-    quantized = make(cache_type_v="q8_0", flash_attn="on")
-    no_flash = make(flash_attn="off")
+    plain = make(cache_type_k="f16", cache_type_v="f16")
+    quantized = make(cache_type_k="f16", cache_type_v="q8_0", flash_attn="on")
+    no_flash = make(cache_type_k="f16", cache_type_v="f16", flash_attn="off")
+    default = make()
     assert (plain.describe()["cache_type_v"], plain.describe()["flash_attn"]) == ("f16", "auto")
     assert (quantized.describe()["cache_type_k"], quantized.describe()["cache_type_v"]) == ("f16", "q8_0")
+    assert (default.describe()["cache_type_k"], default.describe()["cache_type_v"]) == (default_cache_type(),) * 2
     tokens, plain_bytes = greedy_and_state_bytes(plain, prompt, 12)
     q_tokens, q_bytes = greedy_and_state_bytes(quantized, prompt, 12)
     nf_tokens, nf_bytes = greedy_and_state_bytes(no_flash, prompt, 12)
+    d_tokens, d_bytes = greedy_and_state_bytes(default, prompt, 12)
     # f16 V cells take 2 bytes an element, q8_0 34 bytes a 32-element block; the state holds K and V
     assert q_bytes < 0.8 * plain_bytes
-    assert nf_bytes == plain_bytes
-    assert q_tokens[:4] == tokens[:4] and nf_tokens[:4] == tokens[:4]  # arithmetic differs a little per path
+    assert nf_bytes == plain_bytes == d_bytes  # bf16 cells are 2 bytes too
+    # arithmetic differs a little per path and cell type
+    assert q_tokens[:4] == tokens[:4] and nf_tokens[:4] == tokens[:4] and d_tokens[:4] == tokens[:4]
 
 
 def test_a_type_the_model_cannot_hold_fails_at_configure_naming_it(tiny_llama_gguf, tiny_llama_dir) -> None:
@@ -116,7 +125,7 @@ def test_a_type_the_model_cannot_hold_fails_at_configure_naming_it(tiny_llama_gg
     from streamhost.engine.executors.llamacpp import LlamaCppExecutor
 
     executor = LlamaCppExecutor(tiny_llama_gguf, None, threads=2, cache_type_v="q8_0")
-    with pytest.raises(RuntimeError, match="K f16, V q8_0"):
+    with pytest.raises(RuntimeError, match=f"K {default_cache_type()}, V q8_0"):
         executor.configure(LIMITS, 256)
 
 

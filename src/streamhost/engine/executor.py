@@ -31,6 +31,7 @@ from streamhost.engine.compiled_step import (
     default_compile_lean,
     unsupported_reason,
 )
+from streamhost.engine.cpu_features import has_fast_bf16
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 from streamhost.engine.lean_llama import LeanLlama
 from streamhost.engine.lean_llama import unsupported_reason as lean_unsupported_reason
@@ -57,14 +58,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     """Explicit choice wins; otherwise bf16 on GPUs and on CPUs with bf16 instructions, fp32 elsewhere."""
     if requested and requested != "auto":
@@ -74,7 +67,7 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
             raise ValueError(f"unknown dtype {requested!r}; use one of bf16, fp16, fp32") from exc
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+    return torch.bfloat16 if has_fast_bf16() else torch.float32
 
 
 def dtype_name(dtype: torch.dtype) -> str:

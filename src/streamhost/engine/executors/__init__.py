@@ -3,13 +3,14 @@
 Rules (``choose_executor``): an explicit choice (``--executor`` / ``STREAMHOST_EXECUTOR``, reaching
 here as ``EngineConfig.executor``) wins; otherwise a GPU gets torch, a quantization request
 (``HF_MODEL_QUANTIZE`` / ``OPTION_QUANTIZE``) gets llama.cpp (convert + quantize, cached), and a
-GGUF model named as such (a ``.gguf`` file or a folder holding only one) gets llama.cpp when
-llama-cpp-python is installed. Everything else runs on torch, the default model included: it
-ships as a Q4_1 GGUF, and llama.cpp streams it faster at 1-4 streams, but torch keeps more
-throughput from 16 streams on with llama.cpp's default f16 KV cells (2026-12-04,
-bench/results/serve-peers-20261204-022705.json, output tok/s at 1 / 16 / 32 streams: llama.cpp
-130 / 222 / 212, with ``--cache-type-v q8_0`` 198 / 321 / 260, torch 46 / 269 / 320) and has beam
-search; one user's 46 tok/s is already faster than anyone reads. ``--executor llamacpp`` opts in.
+GGUF model (the default model, which ships as a Q4_1 GGUF, a ``.gguf`` file, or a folder holding
+only one) gets llama.cpp when llama-cpp-python is installed. Everything else runs on torch.
+
+The default model runs on llama.cpp because there it streams fastest at every load we measured
+(2026-12-04, bench/results/kv-default-20261204-042135.json, output tok/s at 1 / 4 / 16 / 32
+streams: llama.cpp with its default bf16 KV cells 192 / 266 / 312 / 337, torch 44 / 130 / 253 /
+326) and idles in less memory (753 against 1,050 MB RSS). Beam search stays torch-only
+(``--executor torch``).
 """
 
 from __future__ import annotations
@@ -91,15 +92,9 @@ def choose_executor(model: str, config: EngineConfig) -> str:
         return "torch"
     if config.quantize:
         return "llamacpp"
-    if not _is_default_model(model) and find_gguf(model) is not None and _llama_cpp_installed():
+    if find_gguf(model) is not None and _llama_cpp_installed():
         return "llamacpp"
     return "torch"
-
-
-def _is_default_model(model: str) -> bool:
-    from streamhost.engine.loader import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_NAME
-
-    return model in (DEFAULT_MODEL_ALIAS, "default", f"HuggingFaceTB/{DEFAULT_MODEL_NAME}") and not Path(model).exists()
 
 
 def gguf_tokenizer(gguf_path: Path, cache: Path | None = None):

@@ -38,13 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamhost.engine.cpu_features import has_amx
 from streamhost.engine.executors import llamacpp_pages
 from streamhost.engine.executors.llamacpp_kv import (
     BYTES_PER_ELEMENT,
     CACHE_TYPES,
-    DEFAULT_CACHE_TYPE,
     FLASH_ATTN,
     check_combination,
+    default_cache_type,
 )
 from streamhost.engine.executors.llamacpp_threads import StepThreads
 from streamhost.engine.kv_cache import Segment
@@ -140,11 +141,7 @@ def use_extra_buffers(gguf: str | os.PathLike | None = None) -> bool:
     forced = os.environ.get("STREAMHOST_LLAMACPP_EXTRA_BUFFERS", "").strip().lower()
     if forced in ("1", "true", "yes", "0", "false", "no"):
         return forced in ("1", "true", "yes")
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    if "amx_tile" not in flags:
+    if not has_amx():
         return True
     return gguf is not None and amx_works(Path(gguf))
 
@@ -252,7 +249,7 @@ class LlamaCppExecutor:
         flash_attn: str | None = None,
     ) -> None:
         check_combination(cache_type_v, flash_attn)
-        self.cache_types = (cache_type_k or DEFAULT_CACHE_TYPE, cache_type_v or DEFAULT_CACHE_TYPE)
+        self.cache_types = (cache_type_k or default_cache_type(), cache_type_v or default_cache_type())
         self.flash_attn = flash_attn or "auto"
         self.llama = import_llama_cpp()
         self.model_path = Path(gguf_path)

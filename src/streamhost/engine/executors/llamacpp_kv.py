@@ -5,10 +5,16 @@ user who knows llama.cpp sets them the same way here. They trade cold-prompt spe
 speed and memory; measured on this project's 2-core AMX machine (SmolLM2-135M Q4_1, 2 threads, one
 ``llama_decode`` per shape, docs/architecture.md "llama.cpp KV cache types"):
 
-- f16 K and V with flash attention (the default): the fastest prompt prefill (512 tokens 310 ms),
-  the slowest decode once rows hold a few hundred tokens (16 streams at 300 cached tokens 66 ms);
+- f16 K and V with flash attention (llama.cpp's own default): the fastest prompt prefill (512 tokens
+  310 ms), the slowest decode once rows hold a few hundred tokens (16 streams at 300 cached tokens
+  66 ms): ggml's one-query flash path accumulates f16 V in f16;
 - ``--cache-type-v q8_0`` (flash attention on): decode 2x faster (33 ms), V cells half the memory,
   prefill 2.1x slower (667 ms) since llama.cpp's tiled flash path takes f16 K and V only;
+- bf16 K and V: decode as fast as q8_0 V (3.9 ms at 1 stream, 31.5 ms at 16) with prefill a little
+  less slow (582 ms), unquantized (no block size the head size must divide, so every model can use
+  it), greedy answers as close to f16's as q8_0 V's; through the server 1.0-1.6x the output tok/s
+  of q8_0 V (bench/results/kv-default-20261204-042135.json). **Our default where the CPU has bf16
+  dot products in hardware** (AVX512-BF16 / AMX); f16 elsewhere, where ggml would emulate bf16;
 - ``--flash-attn off``: in between (decode 44 ms, prefill 517 ms), exact f16 cells.
 
 Kept in a module of its own without llama.cpp imports so the server's settings can check values
@@ -16,6 +22,8 @@ before a model loads.
 """
 
 from __future__ import annotations
+
+from streamhost.engine.cpu_features import has_fast_bf16
 
 # enum ggml_type values for the types llama.cpp's CPU backend stores KV cells in
 CACHE_TYPES: dict[str, int] = {
@@ -39,11 +47,15 @@ BYTES_PER_ELEMENT: dict[str, float] = {
     "q8_0": 34 / 32,
     "bf16": 2,
 }
-DEFAULT_CACHE_TYPE = "f16"
 # llama_flash_attn_type: auto lets llama.cpp decide (on for the CPU backend)
 FLASH_ATTN: dict[str, int] = {"auto": -1, "off": 0, "on": 1}
 _FLASH_ALIASES = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
 _UNQUANTIZED = ("f32", "f16", "bf16")
+
+
+def default_cache_type() -> str:
+    """The KV cell type when none is set: bf16 with hardware bf16 dot products, else f16 (see above)."""
+    return "bf16" if has_fast_bf16() else "f16"
 
 
 def parse_cache_type(value: str, source: str) -> str:
