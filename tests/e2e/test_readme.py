@@ -37,7 +37,7 @@ EXPECTED = {
     'Model("smollm2")': ["Paris", "sea"],
     "JumpStartModel(": ["Paris"],
 }
-CHAT_INPUT = "What is the capital of France?\n"  # typed into `streamhost chat demo`
+CHAT_INPUT = "What is the capital of France? Answer in one word.\n"  # typed into `streamhost chat demo`
 
 
 def tour_snippets() -> list[tuple[str, str]]:
@@ -148,7 +148,7 @@ def test_raw_inputs_stay_raw_and_chat_answers(platform):
         "streamhost.cli",
         "invoke",
         "smollm2",
-        "What is the capital of France?",
+        "What is the capital of France? Answer in one word.",
         "--max-new-tokens",
         "24",
     ]

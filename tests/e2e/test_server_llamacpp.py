@@ -116,10 +116,12 @@ def test_default_model_runs_on_llamacpp_and_chats(containers) -> None:
 
 
 def test_the_default_model_runs_on_torch_when_asked(containers) -> None:
-    """``--executor torch`` still serves the default model (converted once to bf16 safetensors)."""
+    """``--executor torch`` still serves the default model (converted once to bf16 safetensors),
+    with our decode-attention kernel in its engine-core process."""
     server = containers.start(["--executor", "torch"], SMALL)
     info = httpx.get(server.url + "/info").json()
     assert info["executor"] == "torch" and "llamacpp" not in info
+    assert (info["torch"]["decode_attention"], info["torch"]["lean_forward"]) == ("kernel", True)
     assert "paris" in capital_of_france(server.url).lower()
 
 

@@ -67,8 +67,6 @@ class EngineCore:
         self.wake: Callable[[], None] = lambda: None  # set by the loop: a beam finished
 
     def info(self) -> CoreInfo:
-        from streamhost.engine.executors.llamacpp import LlamaCppExecutor
-
         executor = self.executor
         return CoreInfo(
             model_path=executor.model_path,
@@ -80,7 +78,7 @@ class EngineCore:
             limits=self.limits,
             eos_ids=self.eos_ids,
             supports_beam_search=executor.supports_beam_search,
-            describe=executor.describe() if isinstance(executor, LlamaCppExecutor) else None,
+            describe=executor.describe(),
             tokenizer=executor.tokenizer,
         )
 

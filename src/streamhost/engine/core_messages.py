@@ -97,7 +97,7 @@ class CoreInfo:
     limits: EngineLimits
     eos_ids: frozenset[int]
     supports_beam_search: bool
-    describe: dict[str, Any] | None = None  # the llama.cpp executor's own report
+    describe: dict[str, Any] | None = None  # the executor's own report (/info, under its name)
     tokenizer: Any = None  # the executor's tokenizer (pickled across: the very same vocabulary)
     pid: int | None = None  # the core process, when it runs in one
     cpus: list[int] | None = None  # the cores it is pinned to

@@ -201,7 +201,7 @@ class Engine:
             "prefill_chunk": info.prefill_chunk,
             "limits": dataclasses.asdict(self.limits),
             "prefix_cache": {"enabled": self.config.prefix_cache, "min_match_tokens": MIN_MATCH_TOKENS},
-            **({"llamacpp": info.describe} if info.describe is not None else {}),
+            **({info.executor_name: info.describe} if info.describe is not None else {}),
             "engine_core": {
                 "process": info.pid is not None,
                 "pid": info.pid,

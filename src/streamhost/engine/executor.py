@@ -32,6 +32,7 @@ from streamhost.engine.compiled_step import (
     unsupported_reason,
 )
 from streamhost.engine.cpu_features import has_fast_bf16
+from streamhost.engine.decode_attention import load_kernel
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 from streamhost.engine.lean_llama import LeanLlama
 from streamhost.engine.lean_llama import unsupported_reason as lean_unsupported_reason
@@ -94,6 +95,7 @@ class TorchExecutor:
         compile_buckets: tuple[int, ...] | None = None,
         lean: bool | None = None,
         compile_lean: bool | None = None,
+        decode_kernel: bool | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = pick_device(device)
@@ -109,6 +111,8 @@ class TorchExecutor:
         self.max_positions = max_positions or self.model_max_positions() or 4096
         self.store = KVStore(max_rows=max_rows, max_positions=self.max_positions)
         self.batch_invariant = batch_invariant  # kv_cache.py: group decode rows by length bucket only
+        # decode_attention.py: one kernel call per layer for the one-token queries (CPU only)
+        self.decode_kernel = (decode_kernel is not False) and self.device.type == "cpu" and load_kernel()
         self.compiled: CompiledStep | None = None
         if default_compile(self.device) if compile is None else compile:
             self._compile(compile_cache_dir, tuple(compile_buckets or BUCKETS))
@@ -117,6 +121,17 @@ class TorchExecutor:
             self._use_lean_forward()
         if self.lean is not None and (default_compile_lean(self.device) if compile_lean is None else compile_lean):
             self._compile_lean(compile_cache_dir)
+
+    def describe(self) -> dict:
+        """What /info reports under ``torch``: which forward and which decode attention run."""
+        return {
+            "executor": self.name,
+            "lean_forward": self.lean is not None,
+            "compiled_step": self.compiled is not None,
+            "compiled_lean_layer": self.lean is not None and self.lean.compiled is not None,
+            "decode_attention": "kernel" if self.decode_kernel else "sdpa",
+            "batch_invariant": self.batch_invariant or self.decode_kernel,
+        }
 
     def _use_lean_forward(self) -> None:
         """Our Llama-family forward (lean_llama.py) where it applies; transformers' forward otherwise."""
@@ -204,7 +219,9 @@ class TorchExecutor:
             _round_up_bucket(s.start + 1) if len(s.ids) == 1 else s.start + len(s.ids) for s in segments
         )
         self.store.reserve(need_rows, need_positions)
-        plan = StepPlan.build(self.store, segments, self.dtype, self.device, invariant=self.batch_invariant)
+        plan = StepPlan.build(
+            self.store, segments, self.dtype, self.device, invariant=self.batch_invariant, kernel=self.decode_kernel
+        )
         keep: list[int] = []
         spans: list[tuple[int, int]] = []
         q = 0

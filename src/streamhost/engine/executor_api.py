@@ -38,6 +38,10 @@ class Executor(Protocol):
     dtype: Any  # a torch.dtype, or a GGUF file type name such as "Q4_1"
     max_positions: int  # the model's context length
 
+    def describe(self) -> dict:
+        """What this executor reports in /info under its ``name`` (threads, kernels, KV layout)."""
+        ...
+
     def configure(self, limits: EngineLimits, prefill_chunk: int) -> None:
         """Size the executor for the engine's limits (once per engine, before any step)."""
         ...

@@ -37,6 +37,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from streamhost.engine.decode_attention import decode_attention
 from streamhost.engine.prefix_cache import MIN_MATCH_TOKENS, Claim, RowPool
 
 ATTENTION_NAME = "streamhost_packed"
@@ -163,6 +164,9 @@ class StepPlan:
     parts: list = field(default_factory=list)
     last_layer: int = 0
     _flat_slots: torch.Tensor | None = None
+    # With the decode kernel (decode_attention.py): every one-token query's (token, row, length),
+    # served by one kernel call per layer instead of ``_DecodeRun`` parts.
+    decodes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def flat_slots(self, kv_heads: int, capacity: int) -> torch.Tensor:
         """Where each (token, kv head) lands in a layer buffer viewed as ``[rows * heads * capacity, D]``.
@@ -178,19 +182,32 @@ class StepPlan:
 
     @classmethod
     def build(
-        cls, store: KVStore, segments: list[Segment], dtype: torch.dtype, device: torch.device, invariant: bool = False
+        cls,
+        store: KVStore,
+        segments: list[Segment],
+        dtype: torch.dtype,
+        device: torch.device,
+        invariant: bool = False,
+        kernel: bool = False,
     ) -> StepPlan:
-        """``invariant``: one SDPA call per run of equal key-length buckets, so a sequence's attention
-        never depends on its neighbours (exact, slower with mixed lengths); otherwise consecutive
-        rows share one call over the longest bucket (masked), which is what makes a mixed batch fast."""
+        """``kernel``: one-token queries go to the decode kernel (each reads its own row's length;
+        batch invariant by construction). Otherwise SDPA: ``invariant`` makes one call per run of
+        equal key-length buckets, so a sequence's attention never depends on its neighbours (exact,
+        slower with mixed lengths); else consecutive rows share one call over the longest bucket
+        (masked), which is what makes a mixed batch fast without the kernel."""
         rows: list[int] = []
         positions: list[int] = []
         parts: list = []
         q = 0
         neg = torch.finfo(dtype).min
         pending: list[tuple[int, int, int]] = []  # decode tokens waiting to be grouped: (q, row, length)
+        decodes: list[tuple[int, int, int]] = []  # with the kernel: all of them, never grouped
 
         def flush_decodes() -> None:
+            if kernel:
+                decodes.extend(pending)
+                pending.clear()
+                return
             for i, j, bucket in _decode_runs(pending, invariant):
                 lengths = torch.tensor([p[2] for p in pending[i:j]], device=device)
                 cols = torch.arange(bucket, device=device)
@@ -219,7 +236,11 @@ class StepPlan:
                 parts.append(_PrefillPart(q, q + n, seg.row, kv_len, mask))
             q += n
         flush_decodes()
-        return cls(store, torch.tensor(rows, device=device), torch.tensor(positions, device=device), parts)
+        plan = cls(store, torch.tensor(rows, device=device), torch.tensor(positions, device=device), parts)
+        if decodes:
+            columns = torch.tensor(decodes, dtype=torch.int64, device=device).T
+            plan.decodes = (columns[0].contiguous(), columns[1].contiguous(), columns[2].contiguous())
+        return plan
 
 
 # What one more SDPA call in ``attend`` costs (slicing, the call, the copy out), in units of one query
@@ -351,6 +372,13 @@ def attend(plan: StepPlan, layer: int, query: torch.Tensor, scaling: float | Non
     shape = (query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # [1, T, H, D]
     padded = query.shape[2] > plan.token_rows.shape[0]
     out = query.new_zeros(shape) if padded else query.new_empty(shape)
+    if plan.decodes is not None:
+        tokens, rows, lengths = plan.decodes
+        q_thd = query[0].transpose(0, 1)  # [T, H, D]
+        if q_thd.stride(-1) != 1:
+            q_thd = q_thd.contiguous()
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        decode_attention(out[0], q_thd, keys, values, tokens, rows, lengths, scale)
     for part in plan.parts:
         if isinstance(part, _DecodeRun):
             q = query[0, :, part.q0 : part.q1].transpose(0, 1)  # [n, H, D]

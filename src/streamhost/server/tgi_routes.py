@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from streamhost.engine.executors import EXECUTOR_NAMES
 from streamhost.protocols import tgi
 from streamhost.server.bodies import SSE_HEADERS, json_answer, json_request_body, now, server_state
 from streamhost.server.generation import collect_many, logprob_sum, request_id
@@ -169,8 +170,9 @@ async def info(request: Request) -> Response:
     answer["executor"] = described.get("executor", "torch")  # ours: which executor runs the model
     if "prefix_cache" in described:  # ours: KV reuse across requests sharing a prompt prefix
         answer["prefix_cache"] = described["prefix_cache"]
-    if "llamacpp" in described:  # ours: the llama.cpp context (threads, KV cell types, flash attention)
-        answer["llamacpp"] = described["llamacpp"]
+    for executor in EXECUTOR_NAMES:  # ours: the llama.cpp context (threads, KV cells) or the torch forward
+        if executor in described:
+            answer[executor] = described[executor]
     settings = state.settings
     if settings.properties is not None:  # LMI: which serving.properties keys did what (ours, beyond TGI's fields)
         props_file = settings.model_dir / SERVING_PROPERTIES if settings.model_dir is not None else None
