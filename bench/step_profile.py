@@ -38,7 +38,7 @@ from _common import chat_prompts, machine_info, plot_path, write_results
 
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::linear", "mkldnn::_linear_pointwise"}
 ATTENTION_LABEL = "streamhost::attention"
-SYSTEMS = ("transformers", "lean", "lean-compiled", "compiled")
+SYSTEMS = ("transformers", "lean", "lean-sdpa", "lean-compiled", "compiled")  # lean-sdpa: without our decode kernel
 CATEGORIES = ("matmul", "attention", "other_kernels", "python_dispatch", "sampling")
 
 
@@ -280,7 +280,7 @@ def measure_system(system: str, model_dir: Path, prompts: list[list[int]], args:
     from streamhost.engine.executor import TorchExecutor
     from streamhost.engine.loader import cache_root
 
-    if system in ("transformers", "lean", "lean-compiled"):
+    if system in ("transformers", "lean", "lean-sdpa", "lean-compiled"):
         executor = TorchExecutor(
             model_dir,
             dtype="bf16",
@@ -288,6 +288,7 @@ def measure_system(system: str, model_dir: Path, prompts: list[list[int]], args:
             lean=system != "transformers",
             compile_lean=system == "lean-compiled",
             compile_cache_dir=cache_root(),
+            decode_kernel=system != "lean-sdpa",
         )
         assert (executor.lean is not None) == (system != "transformers")
         return {system: measure(executor, prompts, args, system)}

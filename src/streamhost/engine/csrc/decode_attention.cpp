@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -26,6 +27,99 @@ inline float to_float<c10::BFloat16>(c10::BFloat16 x) {
   std::memcpy(&out, &bits, sizeof(out));
   return out;
 }
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// 16 elements as float32 lanes: the only per-type code on the vector path
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// exp(x) for x <= 0 on 16 lanes (softmax after subtracting the maximum): x = n ln2 + r, |r| <= ln2/2,
+// exp(r) by its degree-6 Taylor polynomial (relative error ~2e-7, float32's own rounding), times 2^n
+// put in the exponent bits. std::exp one lane at a time cost more than all the dot products.
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));  // below this exp underflows float32: 0 is close enough
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts (Cody-Waite)
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+// softmax numerators of s[0:length] in place; returns their sum
+inline float softmax_in_place(float* s, int64_t length) {
+  __m512 top16 = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 16 <= length; j += 16) top16 = _mm512_max_ps(top16, _mm512_loadu_ps(s + j));
+  float top = _mm512_reduce_max_ps(top16);
+  for (int64_t t = j; t < length; ++t) top = std::max(top, s[t]);
+  const __m512 top_v = _mm512_set1_ps(top);
+  __m512 sum16 = _mm512_setzero_ps();
+  for (j = 0; j + 16 <= length; j += 16) {
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j), top_v));
+    _mm512_storeu_ps(s + j, e);
+    sum16 = _mm512_add_ps(sum16, e);
+  }
+  float sum = _mm512_reduce_add_ps(sum16);
+  for (; j < length; ++j) {
+    s[j] = std::exp(s[j] - top);
+    sum += s[j];
+  }
+  return sum;
+}
+
+// One (query token, KV head) item with the head size a multiple of 16 (64 and 128 in practice):
+// scores of the group's queries for every key, the softmax, then the weighted sum of values, each
+// key and value row converted to float once and used by every query of the group.
+template <typename T>
+void item_avx512(const float* q, const T* k_base, const T* v_base, int64_t length, int64_t group, int64_t dim,
+                 float* scores, float* acc, float* total) {
+  const int64_t chunks = dim / 16;
+  for (int64_t j = 0; j < length; ++j) {
+    const T* k = k_base + j * dim;
+    __m512 sums[8];
+    for (int64_t r = 0; r < group && r < 8; ++r) sums[r] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m512 kv = load16(k + c * 16);
+      for (int64_t r = 0; r < group && r < 8; ++r)
+        sums[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * dim + c * 16), kv, sums[r]);
+    }
+    for (int64_t r = 0; r < group && r < 8; ++r) scores[r * length + j] = _mm512_reduce_add_ps(sums[r]);
+    for (int64_t r = 8; r < group; ++r) {  // groups wider than 8 queries per KV head (rare): no register array
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t c = 0; c < chunks; ++c)
+        sum = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * dim + c * 16), load16(k + c * 16), sum);
+      scores[r * length + j] = _mm512_reduce_add_ps(sum);
+    }
+  }
+  for (int64_t r = 0; r < group; ++r) total[r] = softmax_in_place(scores + r * length, length);
+  std::fill(acc, acc + group * dim, 0.f);
+  for (int64_t j = 0; j < length; ++j) {
+    const T* v = v_base + j * dim;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m512 vv = load16(v + c * 16);
+      for (int64_t r = 0; r < group; ++r) {
+        float* a = acc + r * dim + c * 16;
+        _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(scores[r * length + j]), vv, _mm512_loadu_ps(a)));
+      }
+    }
+  }
+}
+#endif
 
 template <typename T>
 void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
@@ -57,7 +151,21 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& keys, const
         const T* src = q_data + token_of[i] * q_token + (g * group + r) * q_head;
         for (int64_t d = 0; d < dim; ++d) q[r * dim + d] = to_float(src[d]) * fscale;
       }
-      scores.assign(group * length, 0.f);
+      scores.resize(group * length);
+      std::vector<float> total(group, 0.f);
+#if defined(__AVX512F__)
+      if constexpr (!std::is_same_v<T, double>) {  // float32 lanes: doubles take the plain loops
+        if (dim % 16 == 0) {
+          item_avx512<T>(q.data(), k_base, v_base, length, group, dim, scores.data(), acc.data(), total.data());
+        for (int64_t r = 0; r < group; ++r) {
+          T* dst = o_data + token_of[i] * o_token + (g * group + r) * o_head;
+          const float inv = total[r] > 0.f ? 1.f / total[r] : 0.f;
+          for (int64_t d = 0; d < dim; ++d) dst[d] = static_cast<T>(acc[r * dim + d] * inv);
+          }
+          continue;
+        }
+      }
+#endif
       for (int64_t j = 0; j < length; ++j) {
         const T* k = k_base + j * dim;
         for (int64_t r = 0; r < group; ++r) {
@@ -68,7 +176,6 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& keys, const
           scores[r * length + j] = dot;
         }
       }
-      std::vector<float> total(group, 0.f);
       for (int64_t r = 0; r < group; ++r) {
         float* s = scores.data() + r * length;
         float top = -std::numeric_limits<float>::infinity();
