@@ -111,8 +111,9 @@ def test_greedy_rows_pick_torch_argmax_and_its_log_softmax() -> None:
 
 def test_free_rows_inside_a_step_get_fillers_that_leave_no_trace(llama) -> None:
     """Rows 0-3 allocated, row 1 freed (empty), row 2 live but not in the step: the decode step of
-    rows 0 and 3 gets a filler for row 1 only, the same tokens as without it, and leaves row 1
-    empty and row 2's cells as they were."""
+    rows 0 and 3 gets a filler for row 1 at position 0 and one for row 2 after its cells (one
+    micro-batch), the same tokens as without them, and leaves row 1 empty and row 2's cells as
+    they were."""
     executor = llama(2)
     memory, api = executor._memory, executor.llama
     rows = [executor.alloc_row() for _ in range(4)]
@@ -120,7 +121,7 @@ def test_free_rows_inside_a_step_get_fillers_that_leave_no_trace(llama) -> None:
     executor.forward([Segment(r, [1, 20 + r, 30], 0) for r in rows])
     executor.free_row(1)
     step = [Segment(0, [7], 3), Segment(3, [7], 3)]
-    assert executor._filler_rows(step) == [1]
+    assert executor._filler_rows(step) == [(1, 0), (2, 3)]
     with_hole = [t.clone() for t in executor.forward(step)]
     assert api.llama_memory_seq_pos_max(memory, 1) == -1
     assert api.llama_memory_seq_pos_max(memory, 2) == 2

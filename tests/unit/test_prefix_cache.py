@@ -25,9 +25,38 @@ def test_pool_hands_out_the_lowest_row_when_nothing_matches() -> None:
     assert rows == [0, 1, 2]
     pool.free(2, list(range(100)))
     pool.free(0, list(range(50, 150)))
+    pool.free(1)  # holds nothing
     claim = pool.claim([7] * 40)
-    assert (claim.row, claim.reused, claim.held) == (0, 0, 100), "no match: the lowest free row, emptied"
+    assert (claim.row, claim.reused, claim.held) == (1, 0, 0), "no match: the lowest row holding nothing"
+    claim = pool.claim([7] * 40)
+    assert (claim.row, claim.reused, claim.held) == (2, 0, 100), "then the held row freed longest ago"
     assert pool.live_rows == 2
+
+
+def test_an_unrelated_prompt_takes_a_spare_row_rather_than_evict_a_conversation() -> None:
+    """Two users taking turns: each one's next turn finds its conversation still held."""
+    pool = RowPool()
+    pool.spare_rows = 4  # the executor holds memory for 4 rows already
+    alice, bob = [1] * 20 + list(range(100, 140)), [2] * 20 + list(range(200, 240))
+    first = pool.claim(alice)
+    pool.free(first.row, alice + [9, 9])
+    second = pool.claim(bob)
+    assert second.row != first.row and second.reused == 0
+    pool.free(second.row, bob + [8, 8])
+    assert pool.claim(alice + [9, 9, 5]).reused == len(alice) + 2
+    assert pool.claim(bob + [8, 8, 5]).reused == len(bob) + 2
+
+
+def test_without_spare_rows_the_least_recently_freed_row_is_evicted() -> None:
+    pool = RowPool()
+    for _ in range(3):
+        pool.alloc()
+    pool.free(1, [1] * 30)
+    pool.free(0, [2] * 30)
+    pool.free(2, [3] * 30)
+    assert pool.claim([4] * 30).row == 1
+    assert pool.claim([4] * 30).row == 0
+    assert pool.claim([3] * 31).reused == 30, "the most recent conversation survived both"
 
 
 def test_pool_picks_the_longest_shared_prefix_and_never_the_last_prompt_token() -> None:
@@ -44,13 +73,13 @@ def test_pool_picks_the_longest_shared_prefix_and_never_the_last_prompt_token() 
     assert (again.row, again.reused) == (2, 29)
 
 
-def test_pool_prefers_the_lowest_row_below_the_minimum_match_but_reuses_its_own_prefix() -> None:
+def test_a_match_below_the_minimum_does_not_choose_the_row_but_is_still_reused() -> None:
     pool = RowPool()
     pool.alloc(), pool.alloc()
-    pool.free(1, list(range(MIN_MATCH_TOKENS - 1)))  # a short match is not worth choosing row 1 for
     pool.free(0, [0, 1, 2, 3, 99])
+    pool.free(1, list(range(MIN_MATCH_TOKENS - 1)))  # a short match is not worth choosing row 1 for
     claim = pool.claim(list(range(40)))
-    assert (claim.row, claim.reused) == (0, 4), "the lowest row, with the 4 tokens it does share"
+    assert (claim.row, claim.reused) == (0, 4), "the least recently freed row, with the 4 tokens it does share"
 
 
 def test_pool_forgets_what_rows_held() -> None:

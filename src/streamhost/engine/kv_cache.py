@@ -112,6 +112,7 @@ class KVStore:
                 grown[: old.shape[0], :, : old.shape[2]].copy_(old)
                 buffers[i] = grown
         self.rows, self.capacity = new_rows, new_cap
+        self.pool.spare_rows = new_rows  # rows with memory already: used before evicting held ones
 
     def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's buffers, created on first use with the head count and size the model produced."""

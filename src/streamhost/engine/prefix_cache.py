@@ -11,8 +11,11 @@ done per row rather than per block as vLLM and SGLang do), and the prompt's pref
 Rules that keep reuse exact:
 - a row is reused only up to the first token that differs and never for the prompt's last token
   (the first sampled token needs that token's logits);
-- a row chosen without a match of at least ``min_match`` tokens is the lowest free one (rows stay
-  packed: see kv_cache.py and executors/llamacpp.py); a shorter match on it is still reused;
+- a prompt without a match of at least ``min_match`` tokens takes, in this order, the lowest free
+  row holding nothing, a row never used yet while the executor has room for it without allocating
+  (``spare_rows``), and only then the held row freed longest ago (least recently used); a shorter
+  match on the row it gets is still reused. Taking the lowest free row instead evicted the last
+  conversation on every unrelated prompt: two users taking turns never hit the cache;
 - whatever frees or reallocates KV memory calls :meth:`RowPool.forget_all`, and a row whose step
   failed is freed without tokens, so a retained row never claims contents it does not hold.
 """
@@ -55,6 +58,11 @@ class RowPool:
         self._free: list[int] = []
         self._next = 0
         self._held: dict[int, np.ndarray] = {}  # free row -> token ids whose KV it still holds
+        self._freed_at: dict[int, int] = {}  # free row -> when it was freed (a counter), for LRU eviction
+        self._clock = 0
+        # rows the executor holds memory for already (llama.cpp: its sequences; torch: the KV buffer's
+        # rows): a prompt without a match takes a new one of these before evicting a held row
+        self.spare_rows = 0
 
     # -- allocation --------------------------------------------------------------------------
     def alloc(self) -> int:
@@ -64,25 +72,38 @@ class RowPool:
     def claim(self, prompt_ids: Sequence[int] | None, min_match: int = MIN_MATCH_TOKENS) -> Claim:
         """A row for a new prompt: the free row sharing the longest prefix with it (at least
         ``min_match`` tokens), else the lowest free row; ``None`` asks for no reuse."""
-        if not self._free:
-            self._next += 1
-            return Claim(self._next - 1)
-        self._free.sort()
-        row, reused = self._free[0], 0
-        if prompt_ids is not None and len(prompt_ids) > 1:
+        shared: dict[int, int] = {}
+        if prompt_ids is not None and len(prompt_ids) > 1 and self._held:
             prompt = np.asarray(prompt_ids, dtype=np.int64)
             shared = {r: common_prefix_length(h, prompt) for r in self._free if (h := self._held.get(r)) is not None}
-            best = max(shared, key=lambda r: (shared[r], -r), default=None)  # ties: the lowest row
-            if best is not None and shared[best] >= min_match:
-                row = best
-            reused = min(shared.get(row, 0), len(prompt_ids) - 1)  # the last prompt token is always computed
+        best = max(shared, key=lambda r: (shared[r], -r), default=None)  # ties: the lowest row
+        if best is not None and shared[best] >= min_match:
+            row = best
+        else:
+            row = self._unmatched_row()
+            if row is None:
+                self._next += 1
+                return Claim(self._next - 1)
         self._free.remove(row)
+        self._freed_at.pop(row, None)
+        reused = min(shared.get(row, 0), len(prompt_ids) - 1) if prompt_ids else 0  # the last token is computed
         held_tokens = self._held.pop(row, None)
         return Claim(row, reused, 0 if held_tokens is None else int(held_tokens.shape[0]))
+
+    def _unmatched_row(self) -> int | None:
+        """The row for a prompt nothing matches (module docstring); None: a new row."""
+        empty = [r for r in self._free if r not in self._held]
+        if empty:
+            return min(empty)
+        if not self._free or self._next < self.spare_rows:
+            return None
+        return min(self._free, key=lambda r: self._freed_at.get(r, -1))
 
     def free(self, row: int, tokens: Sequence[int] | None = None) -> None:
         """Return ``row``; ``tokens`` are the ids whose KV it holds (kept for reuse), ``None`` if none."""
         self._free.append(row)
+        self._clock += 1
+        self._freed_at[row] = self._clock
         if tokens is not None and len(tokens) > 0:
             self._held[row] = np.asarray(tokens, dtype=np.int64)
         else:

@@ -363,6 +363,7 @@ class LlamaCppExecutor:
         self._n_batch = n_batch
         self._shape = shape
         self.store = SequenceSlots()
+        self.store.spare_rows = n_seq  # every sequence has its cells already (resident once written)
         self._kv_span = self._find_kv_buffer(mappings_before, n_ctx)
         self._cells_written = 0
         log.info(
@@ -485,22 +486,23 @@ class LlamaCppExecutor:
         llamacpp_pages.release(self._kv_span)
         self._cells_written = 0
 
-    def _filler_rows(self, segments: list[Segment]) -> list[int]:
-        """Empty rows between the step's lowest and highest row: each gets one filler token (no
-        logits, its cell removed after the step) so the step stays one run of consecutive sequence
-        ids, one micro-batch. A free row in the middle cut a 16-stream decode step in two, each part
-        a pass over all weights (a one-token step costs ~11 ms here, a filler row ~1/16 of a 56 ms
-        16-token step); the ends of a burst, as streams finish one by one, were full of them. Rows
-        holding cells (a live sequence outside this step, or kept KV) are never touched."""
+    def _filler_rows(self, segments: list[Segment]) -> list[tuple[int, int]]:
+        """Rows between the step's lowest and highest row that are not in it, each with the position
+        its one filler token takes (no logits; that cell is removed after the step), so the step
+        stays one run of consecutive sequence ids, one micro-batch. A gap cut a 16-stream decode
+        step in two, each part a pass over all weights (a one-token step costs ~11 ms here, a
+        filler ~1/16 of a 56 ms 16-token step); the ends of a burst, as streams finish one by one,
+        were full of them. A row holding cells (kept for prefix reuse, or a live sequence outside
+        this step) gets its filler after its last cell, which attends to them but changes none."""
         if len(segments) < 2 or not self.ctx:
             return []
         low, high, rows = _step_rows(segments)
         if high - low + 1 == len(rows):
             return []
         return [
-            row
+            (row, int(self.llama.llama_memory_seq_pos_max(self._memory, row)) + 1)
             for row in range(low + 1, high)
-            if row not in rows and self.llama.llama_memory_seq_pos_max(self._memory, row) < 0
+            if row not in rows
         ]
 
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
@@ -521,7 +523,7 @@ class LlamaCppExecutor:
         if not fillers and _decode_only(segments):
             total = outputs = batch.fill_decode(segments)
         else:
-            total, outputs = batch.fill(segments + [Segment(row, [FILLER_TOKEN], 0, "none") for row in fillers])
+            total, outputs = batch.fill(segments + [Segment(row, [FILLER_TOKEN], at, "none") for row, at in fillers])
         if total > self._n_batch:
             raise RuntimeError(f"a step of {total} tokens exceeds the context's batch of {self._n_batch}")
         threads = self.step_threads.for_step(total)
@@ -530,8 +532,8 @@ class LlamaCppExecutor:
             self._threads_now = threads
         rc = self.llama.llama_decode(self.ctx, batch.struct)
         self._cells_written += total
-        for row in fillers:  # the filler's cell goes: the row is empty again
-            self.llama.llama_memory_seq_rm(self._memory, row, -1, -1)
+        for row, at in fillers:  # the filler's cell goes: the row holds what it held before
+            self.llama.llama_memory_seq_rm(self._memory, row, at, -1)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}" + (" (no free KV cells)" if rc == 1 else ""))
         if not outputs:
