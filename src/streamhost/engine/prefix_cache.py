@@ -77,13 +77,10 @@ class RowPool:
             prompt = np.asarray(prompt_ids, dtype=np.int64)
             shared = {r: common_prefix_length(h, prompt) for r in self._free if (h := self._held.get(r)) is not None}
         best = max(shared, key=lambda r: (shared[r], -r), default=None)  # ties: the lowest row
-        if best is not None and shared[best] >= min_match:
-            row = best
-        else:
-            row = self._unmatched_row()
-            if row is None:
-                self._next += 1
-                return Claim(self._next - 1)
+        row = best if best is not None and shared[best] >= min_match else self._unmatched_row()
+        if row is None:
+            self._next += 1
+            return Claim(self._next - 1)
         self._free.remove(row)
         self._freed_at.pop(row, None)
         reused = min(shared.get(row, 0), len(prompt_ids) - 1) if prompt_ids else 0  # the last token is computed

@@ -6,11 +6,11 @@ here as ``EngineConfig.executor``) wins; otherwise a GPU gets torch, a quantizat
 GGUF model (the default model, which ships as a Q4_1 GGUF, a ``.gguf`` file, or a folder holding
 only one) gets llama.cpp when llama-cpp-python is installed. Everything else runs on torch.
 
-The default model runs on llama.cpp because there it streams fastest at every load we measured
-(2026-12-04, bench/results/kv-default-20261204-042135.json, output tok/s at 1 / 4 / 16 / 32
-streams: llama.cpp with its default bf16 KV cells 192 / 266 / 312 / 337, torch 44 / 130 / 253 /
-326) and idles in less memory (753 against 1,050 MB RSS). Beam search stays torch-only
-(``--executor torch``).
+The default model runs on llama.cpp (issue 17): in one run (2026-12-04,
+bench/results/serve-peers-20261204-050239.json, output tok/s at 1 / 4 / 16 / 32 streams) llama.cpp
+with its default bf16 KV cells made 178 / 172 / 301 / 334 against torch's 43 / 135 / 334 / 396,
+so one user, the common case, gets 4x; it also idles in less memory (757 against 1,052 MB RSS).
+``--executor torch`` keeps 1.1-1.2x more throughput from 16 streams on, and beam search.
 """
 
 from __future__ import annotations
