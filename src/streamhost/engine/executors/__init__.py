@@ -7,10 +7,10 @@ GGUF model (the default model, which ships as a Q4_1 GGUF, a ``.gguf`` file, or 
 only one) gets llama.cpp when llama-cpp-python is installed. Everything else runs on torch.
 
 The default model runs on llama.cpp (issue 17): in one run (2026-12-04,
-bench/results/serve-peers-20261204-050239.json, output tok/s at 1 / 4 / 16 / 32 streams) llama.cpp
-with its default bf16 KV cells made 178 / 172 / 301 / 334 against torch's 43 / 135 / 334 / 396,
-so one user, the common case, gets 4x; it also idles in less memory (757 against 1,052 MB RSS).
-``--executor torch`` keeps 1.1-1.2x more throughput from 16 streams on, and beam search.
+bench/results/serve-peers-20261204-054118.json, output tok/s at 1 / 4 / 16 / 32 streams) llama.cpp
+with its default bf16 KV cells made 195 / 282 / 309 / 368 against torch's 42 / 131 / 312 / 429,
+so one user, the common case, gets 4.6x; it also idles in less memory (754 against 1,049 MB
+RSS). ``--executor torch`` is even at 16 streams, 1.2x at 32, and has beam search.
 """
 
 from __future__ import annotations
