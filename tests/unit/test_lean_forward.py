@@ -20,20 +20,33 @@ from streamhost.engine.executor import TorchExecutor
 from streamhost.engine.kv_cache import Segment
 from streamhost.engine.lean_llama import FusedLinear, unsupported_reason
 
+NEAR_TIE = 0.25  # two bf16 steps of a logit between 16 and 32
 PROMPTS = ["The capital of France is", "Write a short poem about the sea.\n", "1, 2, 3, 4, 5,"]
 
 
 def _reference_greedy(model_dir: Path, prompt_ids: list[int], steps: int) -> list[int]:
     """transformers' own greedy decoding of a freshly loaded model (no streamhost code involved)."""
+    return _reference_greedy_with_margins(model_dir, prompt_ids, steps)[0]
+
+
+def _reference_greedy_with_margins(model_dir: Path, prompt_ids: list[int], steps: int) -> tuple[list[int], list[float]]:
+    """As ``_reference_greedy``, with each step's gap between its best and second-best logit."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     ids = torch.tensor([prompt_ids])
     with torch.inference_mode():
         out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=False, num_beams=1
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=steps,
+            do_sample=False,
+            num_beams=1,
+            output_scores=True,
+            return_dict_in_generate=True,
         )
-    return out[0, len(prompt_ids) :].tolist()
+    margins = [float(top[0] - top[1]) for top in (s[0].float().topk(2).values for s in out.scores)]
+    return out.sequences[0, len(prompt_ids) :].tolist(), margins
 
 
 def _greedy_packed(executor: TorchExecutor, prompts: list[list[int]], steps: int, chunk: int = 0) -> list[list[int]]:
@@ -178,8 +191,14 @@ def test_lean_greedy_tokens_equal_transformers_generate_on_the_default_model(smo
     assert executor.lean is not None
     prompts = [executor.tokenizer.encode(p) for p in PROMPTS]
     ours = _greedy_packed(executor, prompts, steps=16, chunk=4)
+    # A real bf16 model has near ties (logits one bf16 step apart, 0.125 at their size): which side
+    # wins depends on summation orders (the CPU's GEMM kernels, the attention's), so the answers may
+    # part there, and only there.
     for prompt, tokens in zip(prompts, ours):
-        assert tokens == _reference_greedy(smollm2_dir, prompt, 16)
+        expected, margins = _reference_greedy_with_margins(smollm2_dir, prompt, 16)
+        parted = next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), None)
+        if parted is not None:
+            assert margins[parted] <= NEAR_TIE, (parted, tokens, expected, margins)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "mistral"])

@@ -1,4 +1,5 @@
-"""Our CPU decode-attention kernel (csrc/decode_attention.cpp): built once, loaded as a torch op.
+"""Our CPU kernels (csrc/): the decode-attention kernel and the lean layer's fused ops, built once,
+loaded as torch ops.
 
 Why: in a 16-sequence decode step the attention's fixed costs (a mask and an SDPA call per run of
 rows, padding every row of a run to its longest) cost more than its arithmetic; the kernel serves
@@ -7,7 +8,9 @@ every one-token query of a layer in one call, each reading only its own row's le
 compiler inductor uses too) for this machine's instruction set, into torch's extensions folder
 under a name that hashes the source, the torch version and the CPU, so a change rebuilds and a
 second start loads it in well under a second. ``make install`` builds it; where no compiler
-works the torch executor keeps SDPA and logs why. ``STREAMHOST_DECODE_KERNEL=0`` turns it off.
+works the torch executor keeps SDPA and torch's ops and logs why. ``STREAMHOST_DECODE_KERNEL=0``
+turns the attention kernel off, ``STREAMHOST_LAYER_OPS=0`` the fused layer ops (csrc/layer_ops.cpp,
+docs/architecture.md "Fused layer ops").
 """
 
 from __future__ import annotations
@@ -23,20 +26,33 @@ import torch
 
 from streamhost.engine.cpu_features import cpu_flags
 
-SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "decode_attention.cpp", CSRC / "layer_ops.cpp")  # one library, built together
+HEADERS = (CSRC / "vec16.h",)
 ENV = "STREAMHOST_DECODE_KERNEL"
+LAYER_OPS_ENV = "STREAMHOST_LAYER_OPS"
 
 log = logging.getLogger(__name__)
 
 
+def _switched_on(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def enabled_by_environment() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """The decode-attention kernel's switch (the library still builds for the layer ops)."""
+    return _switched_on(ENV)
+
+
+def layer_ops_enabled_by_environment() -> bool:
+    return _switched_on(LAYER_OPS_ENV)
 
 
 def extension_name() -> str:
     """Unique per source, torch version and CPU features (the build uses ``-march=native``)."""
     digest = hashlib.sha256()
-    digest.update(SOURCE.read_bytes())
+    for source in SOURCES + HEADERS:
+        digest.update(source.read_bytes())
     digest.update(torch.__version__.encode())
     digest.update(" ".join(sorted(cpu_flags())).encode())
     return f"streamhost_decode_attention_{digest.hexdigest()[:12]}"
@@ -44,10 +60,24 @@ def extension_name() -> str:
 
 @lru_cache(maxsize=1)
 def load_kernel() -> bool:
-    """Build (first time only) and load the kernel; False, with the reason logged, where it cannot be."""
+    """Build (first time only) and load the decode kernel; False, with the reason logged, where it cannot be."""
     if not enabled_by_environment():
         log.info("decode attention kernel off (%s=0): SDPA per run of rows", ENV)
         return False
+    return load_library()
+
+
+def load_layer_ops() -> bool:
+    """Build (first time only) and load the fused layer ops; False where off or unbuildable."""
+    if not layer_ops_enabled_by_environment():
+        log.info("fused layer ops off (%s=0): torch's ops", LAYER_OPS_ENV)
+        return False
+    return load_library()
+
+
+@lru_cache(maxsize=1)
+def load_library() -> bool:
+    """Build (first time only) and load csrc/'s library; False, with the reason logged, where it cannot be."""
     if hasattr(torch.ops, "streamhost_kernels") and hasattr(torch.ops.streamhost_kernels, "decode_attention"):
         return True
     from torch.utils.cpp_extension import load
@@ -57,16 +87,16 @@ def load_kernel() -> bool:
     try:
         load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
     except Exception as exc:  # a missing compiler, headers or ninja: keep SDPA
-        log.warning("decode attention kernel unavailable (%s): SDPA per run of rows", str(exc).splitlines()[0][:300])
+        log.warning("CPU kernels unavailable (%s): SDPA and torch's ops", str(exc).splitlines()[0][:300])
         return False
-    log.info("decode attention kernel %s ready in %.1f s", name, time.monotonic() - started)
+    log.info("CPU kernels %s ready in %.1f s", name, time.monotonic() - started)
     return True
 
 
@@ -87,4 +117,4 @@ def decode_attention(
 
 if __name__ == "__main__":  # `python -m streamhost.engine.decode_attention`: build now (make install)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print("decode attention kernel:", "ready" if load_kernel() else "unavailable (SDPA will be used)")
+    print("CPU kernels:", "ready" if load_library() else "unavailable (SDPA and torch's ops will be used)")

@@ -32,7 +32,7 @@ from streamhost.engine.compiled_step import (
     unsupported_reason,
 )
 from streamhost.engine.cpu_features import has_fast_bf16
-from streamhost.engine.decode_attention import load_kernel
+from streamhost.engine.decode_attention import load_kernel, load_layer_ops
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 from streamhost.engine.lean_llama import LeanLlama
 from streamhost.engine.lean_llama import unsupported_reason as lean_unsupported_reason
@@ -96,6 +96,7 @@ class TorchExecutor:
         lean: bool | None = None,
         compile_lean: bool | None = None,
         decode_kernel: bool | None = None,
+        layer_ops: bool | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = pick_device(device)
@@ -119,6 +120,13 @@ class TorchExecutor:
         self.lean: LeanLlama | None = None
         if self.compiled is None and lean is not False:
             self._use_lean_forward()
+        # decode_attention.py / csrc/layer_ops.cpp: the eager lean layer's element-wise work and KV writes
+        self.layer_ops = (
+            self.lean is not None and layer_ops is not False and self.device.type == "cpu" and load_layer_ops()
+        )
+        if self.layer_ops:
+            assert self.lean is not None
+            self.lean.use_fused_ops()
         if self.lean is not None and (default_compile_lean(self.device) if compile_lean is None else compile_lean):
             self._compile_lean(compile_cache_dir)
 
@@ -130,6 +138,7 @@ class TorchExecutor:
             "compiled_step": self.compiled is not None,
             "compiled_lean_layer": self.lean is not None and self.lean.compiled is not None,
             "decode_attention": "kernel" if self.decode_kernel else "sdpa",
+            "layer_ops": "fused" if self.layer_ops else "torch",
             "batch_invariant": self.batch_invariant or self.decode_kernel,
         }
 
@@ -222,6 +231,7 @@ class TorchExecutor:
         plan = StepPlan.build(
             self.store, segments, self.dtype, self.device, invariant=self.batch_invariant, kernel=self.decode_kernel
         )
+        plan.fused_writes = self.layer_ops
         keep: list[int] = []
         spans: list[tuple[int, int]] = []
         q = 0

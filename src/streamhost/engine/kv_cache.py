@@ -168,6 +168,8 @@ class StepPlan:
     # With the decode kernel (decode_attention.py): every one-token query's (token, row, length),
     # served by one kernel call per layer instead of ``_DecodeRun`` parts.
     decodes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # With the fused layer ops (csrc/layer_ops.cpp): keys are written by one op per layer, not two index_copy_.
+    fused_writes: bool = False
 
     def flat_slots(self, kv_heads: int, capacity: int) -> torch.Tensor:
         """Where each (token, kv head) lands in a layer buffer viewed as ``[rows * heads * capacity, D]``.
@@ -308,6 +310,9 @@ def write_token_keys(plan: StepPlan, layer: int, keys_tkd: torch.Tensor, values_
     makes them): the flat slots are in (token, head) order, so no transpose is needed."""
     like = keys_tkd.transpose(0, 1)[None]  # [1, KV, T, D]: the store sizes a new layer from it
     keys, values = plan.store.layer(layer, like)
+    if plan.fused_writes:
+        torch.ops.streamhost_layer.write_kv(keys, values, keys_tkd, values_tkd, plan.token_rows, plan.token_positions)
+        return
     kv_heads, capacity, dim = keys.shape[1], keys.shape[2], keys.shape[3]
     slots = plan.flat_slots(kv_heads, capacity)
     keys.view(-1, dim).index_copy_(0, slots, keys_tkd.reshape(-1, dim))

@@ -186,6 +186,8 @@ class LeanLlama:
         self.layers = [_Layer(layer) for layer in base.layers[: config.num_hidden_layers]]
         self.norm_eps = float(base.norm.variance_epsilon)
         self.compiled: LeanCompiled | None = None  # lean_compiled.py sets it when the layer is compiled
+        # the eager layer's element-wise work: torch's ops, or our fused ones (use_fused_ops)
+        self.ops: type[TorchLayerOps] = TorchLayerOps
         self.lm_head = FusedLinear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
         model.lm_head = self.lm_head  # generate() reads the packed copy too; a tied embedding keeps its own
         _own_remaining_tensors(model)
@@ -210,10 +212,17 @@ class LeanLlama:
         else:
             for index, layer in enumerate(self.layers):
                 attention = partial(_attend_eager, plan, index)
-                h = decoder_layer(h, cos, sin, *layer.tensors(), *self.layer_constants(layer), attention, linear)
+                h = decoder_layer(
+                    h, cos, sin, *layer.tensors(), *self.layer_constants(layer), attention, linear, self.ops
+                )
         if keep is None:
             return None
         return self.lm_head(_rms_norm(h.index_select(0, keep), self.norm, self.norm_eps))
+
+    def use_fused_ops(self) -> None:
+        """Run the eager layer's norms, rotary, SiLU-times-up and residual adds as our fused CPU ops
+        (csrc/layer_ops.cpp, loaded by the caller); the compiled layer keeps torch's, which inductor fuses."""
+        self.ops = FusedLayerOps
 
     def layer_constants(self, layer: _Layer) -> tuple[int, int, int, int, float, float, float]:
         """The per-layer numbers ``decoder_layer`` takes (equal for every layer of a model, so one
@@ -264,25 +273,83 @@ def decoder_layer(
     scaling: float,
     attention: Attention,
     linear: Linear,
+    ops: type[TorchLayerOps] | None = None,
 ) -> torch.Tensor:
     """One Llama decoder layer on ``h [T, hidden]``: a pure function of tensors and numbers, so the
     eager forward and the compiled one (lean_compiled.py, where inductor fuses the norms, rotary,
     SiLU-times-up and residual adds around the opaque GEMMs and attention) run the same code.
     ``attention(q [T, H, D], k, v [T, KV, D], scaling)`` writes the keys and attends; its result is
-    read as ``[T, H * D]`` (the eager one returns ``[1, T, H, D]``, the compiled op ``[T, H * D]``)."""
+    read as ``[T, H * D]`` (the eager one returns ``[1, T, H, D]``, the compiled op ``[T, H * D]``).
+    ``ops``: the element-wise work (torch's ops by default; FusedLayerOps in the eager CPU forward)."""
+    ops = ops or TorchLayerOps
     t = h.shape[0]
     q_width, kv_width = heads * dim, kv_heads * dim
     hidden = h.shape[1]
-    x = _rms_norm(h, ln1, eps1)
+    x = ops.rms_norm(h, ln1, eps1)
     qkv = linear(x, qkv_w, qkv_b, q_width + 2 * kv_width)
-    qk = _rotate(qkv[:, : q_width + kv_width].view(t, heads + kv_heads, dim), cos, sin)  # q and k at once
-    q, k = qk[:, :heads], qk[:, heads:]
+    q, k = ops.rotate_qk(qkv, cos, sin, heads, kv_heads, dim)
     v = qkv[:, q_width + kv_width :].view(t, kv_heads, dim)
     a = attention(q, k, v, scaling)
-    h = h + linear(a.view(t, q_width), o_w, o_b, hidden)
-    x = _rms_norm(h, ln2, eps2)
+    h, x = ops.add_rms_norm(h, linear(a.view(t, q_width), o_w, o_b, hidden), ln2, eps2)
     gate_up = linear(x, gate_up_w, gate_up_b, 2 * inter)
-    return h + linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], down_w, down_b, hidden)
+    return h + linear(ops.silu_mul(gate_up, inter), down_w, down_b, hidden)
+
+
+class TorchLayerOps:
+    """The layer's element-wise work as torch expressions (transformers' Llama modules' arithmetic)."""
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return _rms_norm(x, weight, eps)
+
+    @staticmethod
+    def add_rms_norm(
+        h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual add, then the next norm: ``(h + delta, rms_norm(h + delta))``."""
+        h = h + delta
+        return h, _rms_norm(h, weight, eps)
+
+    @staticmethod
+    def rotate_qk(
+        qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, heads: int, kv_heads: int, dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary embedding of q and k (the first ``heads + kv_heads`` heads of each qkv row), at once."""
+        qk = _rotate(qkv[:, : (heads + kv_heads) * dim].view(qkv.shape[0], heads + kv_heads, dim), cos, signed_sin)
+        return qk[:, :heads], qk[:, heads:]
+
+    @staticmethod
+    def silu_mul(gate_up: torch.Tensor, inter: int) -> torch.Tensor:
+        return F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+
+
+class FusedLayerOps(TorchLayerOps):
+    """The same arithmetic and roundings in one op each (csrc/layer_ops.cpp): a decode step's layer
+    runs a dozen ops instead of ~25, and no OpenMP region for a few rows."""
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return torch.ops.streamhost_layer.rms_norm(x, weight, eps)
+
+    @staticmethod
+    def add_rms_norm(
+        h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ops.streamhost_layer.add_rms_norm(h, delta, weight, eps)
+
+    @staticmethod
+    def rotate_qk(
+        qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, heads: int, kv_heads: int, dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """In place: q and k stay views of ``qkv``."""
+        t = qkv.shape[0]
+        torch.ops.streamhost_layer.rotary_(qkv, cos.reshape(t, dim), signed_sin.reshape(t, dim), heads + kv_heads)
+        q = qkv[:, : heads * dim].view(t, heads, dim)
+        return q, qkv[:, heads * dim : (heads + kv_heads) * dim].view(t, kv_heads, dim)
+
+    @staticmethod
+    def silu_mul(gate_up: torch.Tensor, inter: int) -> torch.Tensor:
+        return torch.ops.streamhost_layer.silu_mul(gate_up)
 
 
 def _own_remaining_tensors(model: nn.Module) -> None:
