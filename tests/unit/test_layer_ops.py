@@ -113,3 +113,46 @@ def test_greedy_answers_are_the_same_with_and_without_the_fused_ops(tiny_llama_d
 def test_the_environment_turns_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.LAYER_OPS_ENV, "0")
     assert kernels.load_layer_ops() is False
+
+
+def test_prompt_float32_follows_the_cpu_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamhost.engine import executor as executor_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(executor_module.PROMPT_FLOAT32_ENV, raising=False)
+    monkeypatch.setattr(executor_module, "has_amx", lambda: False)
+    assert executor_module.prompt_float32(cpu, torch.bfloat16) is True
+    assert executor_module.prompt_float32(cpu, torch.float32) is False  # nothing to widen
+    monkeypatch.setattr(executor_module, "has_amx", lambda: True)  # AMX tiles: bf16 is the faster
+    assert executor_module.prompt_float32(cpu, torch.bfloat16) is False
+    monkeypatch.setenv(executor_module.PROMPT_FLOAT32_ENV, "1")
+    assert executor_module.prompt_float32(cpu, torch.bfloat16) is True
+    monkeypatch.setenv(executor_module.PROMPT_FLOAT32_ENV, "0")
+    monkeypatch.setattr(executor_module, "has_amx", lambda: False)
+    assert executor_module.prompt_float32(cpu, torch.bfloat16) is False
+
+
+def test_prompt_work_in_float32_keeps_the_greedy_answers(tiny_llama_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt past WIDE_STEP_ROWS (its GEMMs widened) and short ones (attention widened), bf16."""
+    from streamhost.engine.executor import PROMPT_FLOAT32_ENV, TorchExecutor
+    from streamhost.engine.lean_llama import WIDE_STEP_ROWS
+
+    answers = []
+    for widened in ("1", "0"):
+        monkeypatch.setenv(PROMPT_FLOAT32_ENV, widened)
+        executor = TorchExecutor(tiny_llama_dir, dtype="bf16")
+        assert executor.describe()["prompt_float32"] is (widened == "1")
+        prompts = [[(7 * i) % 500 + 3 for i in range(WIDE_STEP_ROWS + 40)], [5, 6, 7], [42] * 30]
+        rows = [executor.alloc_row() for _ in prompts]
+        logits = executor.forward([Segment(r, p, 0, "last") for r, p in zip(rows, prompts)])
+        current = [int(x.argmax()) for x in logits]  # type: ignore[union-attr]
+        lengths = [len(p) for p in prompts]
+        seqs = [[c] for c in current]
+        for _ in range(12):
+            logits = executor.forward([Segment(r, [c], n) for r, c, n in zip(rows, current, lengths)])
+            lengths = [n + 1 for n in lengths]
+            current = [int(x.argmax()) for x in logits]  # type: ignore[union-attr]
+            for seq, c in zip(seqs, current):
+                seq.append(c)
+        answers.append(seqs)
+    assert answers[0] == answers[1]

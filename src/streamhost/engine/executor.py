@@ -31,7 +31,7 @@ from streamhost.engine.compiled_step import (
     default_compile_lean,
     unsupported_reason,
 )
-from streamhost.engine.cpu_features import has_fast_bf16
+from streamhost.engine.cpu_features import has_amx, has_fast_bf16
 from streamhost.engine.decode_attention import load_kernel, load_layer_ops
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 from streamhost.engine.lean_llama import LeanLlama
@@ -69,6 +69,20 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if has_fast_bf16() else torch.float32
+
+
+PROMPT_FLOAT32_ENV = "STREAMHOST_PROMPT_FLOAT32"
+
+
+def prompt_float32(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a bf16 model's prompt work (the GEMMs of steps of WIDE_STEP_ROWS tokens or more, and
+    prompt attention) runs in float32, rounded back to bf16. ``STREAMHOST_PROMPT_FLOAT32`` = 1 / 0
+    decides; by default yes on a CPU without AMX tiles, where AVX512-BF16's dot products peak lower
+    than float32 FMAs (docs/architecture.md, "Prompt work in float32 without AMX")."""
+    choice = os.environ.get(PROMPT_FLOAT32_ENV, "auto").strip().lower()
+    if device.type != "cpu" or dtype != torch.bfloat16 or choice in ("0", "false", "no", "off"):
+        return False
+    return choice in ("1", "true", "yes", "on") or not has_amx()
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -127,6 +141,9 @@ class TorchExecutor:
         if self.layer_ops:
             assert self.lean is not None
             self.lean.use_fused_ops()
+        self.prompt_float32 = prompt_float32(self.device, self.dtype)
+        if self.lean is not None:
+            self.lean.wide_gemm_float32 = self.prompt_float32
         if self.lean is not None and (default_compile_lean(self.device) if compile_lean is None else compile_lean):
             self._compile_lean(compile_cache_dir)
 
@@ -139,6 +156,7 @@ class TorchExecutor:
             "compiled_lean_layer": self.lean is not None and self.lean.compiled is not None,
             "decode_attention": "kernel" if self.decode_kernel else "sdpa",
             "layer_ops": "fused" if self.layer_ops else "torch",
+            "prompt_float32": self.prompt_float32,
             "batch_invariant": self.batch_invariant or self.decode_kernel,
         }
 
@@ -232,6 +250,7 @@ class TorchExecutor:
             self.store, segments, self.dtype, self.device, invariant=self.batch_invariant, kernel=self.decode_kernel
         )
         plan.fused_writes = self.layer_ops
+        plan.prompt_attention_float32 = self.prompt_float32
         keep: list[int] = []
         spans: list[tuple[int, int]] = []
         q = 0

@@ -188,6 +188,8 @@ class LeanLlama:
         self.compiled: LeanCompiled | None = None  # lean_compiled.py sets it when the layer is compiled
         # the eager layer's element-wise work: torch's ops, or our fused ones (use_fused_ops)
         self.ops: type[TorchLayerOps] = TorchLayerOps
+        # prompt-sized steps' GEMMs in float32 (linear_float32): set where bf16 dot products are the slower
+        self.wide_gemm_float32 = False
         self.lm_head = FusedLinear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
         model.lm_head = self.lm_head  # generate() reads the packed copy too; a tied embedding keeps its own
         _own_remaining_tensors(model)
@@ -210,10 +212,11 @@ class LeanLlama:
         if self.compiled is not None and self.compiled.handles(h.shape[0]):
             h = self.compiled.run(self, h, cos, sin, plan)
         else:
+            gemm = linear_float32 if self.wide_gemm_float32 and h.shape[0] >= WIDE_STEP_ROWS else linear
             for index, layer in enumerate(self.layers):
                 attention = partial(_attend_eager, plan, index)
                 h = decoder_layer(
-                    h, cos, sin, *layer.tensors(), *self.layer_constants(layer), attention, linear, self.ops
+                    h, cos, sin, *layer.tensors(), *self.layer_constants(layer), attention, gemm, self.ops
                 )
         if keep is None:
             return None
@@ -244,6 +247,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+# Steps of at least this many tokens run linear_float32 where LeanLlama.wide_gemm_float32 is set:
+# below it, converting the weights costs more than the float32 GEMM saves (bench/wide_gemm.py).
+WIDE_STEP_ROWS = 256
+
+
+def linear_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """``linear`` computed in float32 and rounded once to ``x``'s dtype, as the bf16 GEMM rounds its
+    float32 sums. Why: without AMX, a CPU's bf16 dot products (AVX512-BF16) peak lower than its
+    float32 FMAs (here ~170 against ~310 GFLOPS at 1,024 rows), so a prompt's GEMMs run 1.5-1.8x
+    faster widened, weights included (~1.5 ms per layer to widen, nothing kept)."""
+    dense = weight.to_dense(torch.float32) if weight.is_mkldnn else weight.float()
+    return F.linear(x.float(), dense, None if bias is None else bias.float()).to(x.dtype)
 
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
