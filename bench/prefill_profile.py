@@ -11,12 +11,16 @@ does not depend on the token values.
 
 ``--systems lean,lean-compiled`` measures the eager lean forward and its compiled decoder layer
 (engine/lean_compiled.py) in one process on one executor, the two taking turns repeat by repeat so
-drifting load falls on both alike.
+drifting load falls on both alike. ``lean-bf16-prompt`` is the eager forward with its prompt work
+kept in bf16 (executor.prompt_float32 off, where the machine would turn it on), ``lean-torch-ops``
+with torch's element-wise ops instead of our fused ones (csrc/layer_ops.cpp).
 
 Results: bench/results/prefill-profile-<timestamp>.json and a stacked-bar PNG beside it. Usage::
 
     flock /work/wt/bench.lock nice -n 5 env PYTHONPATH=src GOMP_SPINCOUNT=10000 \\
         .venv/bin/python bench/prefill_profile.py --shapes 1024,4x256 --systems lean,lean-compiled
+    PYTHONPATH=src .venv/bin/python bench/prefill_profile.py --shapes 1024,4x256,6x47-214 \
+        --systems lean,lean-bf16-prompt,lean-torch-ops
 """
 
 from __future__ import annotations
@@ -36,16 +40,21 @@ from _common import machine_info, plot_path, write_results
 GROUPS = {
     "linear": {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::linear"},
     "attention": {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"},
-    "kv_write": {"aten::index_copy_"},
+    "kv_write": {"aten::index_copy_", "streamhost_layer::write_kv"},
 }
 
 
+SYSTEMS = ("lean", "lean-compiled", "lean-bf16-prompt", "lean-torch-ops")
+
+
 def parse_shapes(text: str) -> list[list[int]]:
-    """``"1024,4x256"`` -> ``[[1024], [256, 256, 256, 256]]``."""
+    """``"1024,4x256,6x47-214"`` -> ``[[1024], [256] * 4, [47, 214, 47, 214, 47, 214]]`` (a
+    hyphenated length list repeats in turn)."""
     shapes = []
     for item in text.split(","):
-        count, _, length = item.strip().rpartition("x")
-        shapes.append([int(length)] * int(count or 1))
+        count, _, lengths = item.strip().rpartition("x")
+        cycle = [int(n) for n in lengths.split("-")]
+        shapes.append([cycle[i % len(cycle)] for i in range(int(count or 1))])
     return shapes
 
 
@@ -53,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="1024,4x256", help="prefill steps: prompt lengths, NxLEN packs N")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--systems", default="lean", help="lean (eager) and/or lean-compiled, comma-separated")
+    parser.add_argument("--systems", default="lean", help=f"comma-separated, of: {', '.join(SYSTEMS)}")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if set(systems) - {"lean", "lean-compiled"}:
-        parser.error(f"--systems: unknown {sorted(set(systems) - {'lean', 'lean-compiled'})}")
+    if set(systems) - set(SYSTEMS):
+        parser.error(f"--systems: unknown {sorted(set(systems) - set(SYSTEMS))}")
     import torch
     import transformers
     from torch.profiler import ProfilerActivity, profile
@@ -76,9 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     compiled = executor.lean.compiled
     generator = torch.Generator().manual_seed(0)
 
+    from streamhost.engine.lean_llama import TorchLayerOps
+
+    lean, defaults = executor.lean, (executor.lean.ops, executor.layer_ops, executor.prompt_float32)
+
     def use(system: str) -> None:
-        assert executor.lean is not None
-        executor.lean.compiled = compiled if system == "lean-compiled" else None
+        lean.compiled = compiled if system == "lean-compiled" else None
+        lean.ops, executor.layer_ops, executor.prompt_float32 = defaults
+        if system == "lean-torch-ops":
+            lean.ops, executor.layer_ops = TorchLayerOps, False
+        if system == "lean-bf16-prompt":
+            executor.prompt_float32 = False
+        lean.wide_gemm_float32 = executor.prompt_float32
 
     def step(lengths: list[int]) -> tuple[float, float]:
         rows = [executor.alloc_row() for _ in lengths]
@@ -95,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shapes: dict[str, Any] = {}
     for lengths in parse_shapes(args.shapes):
-        shape = f"{len(lengths)}x{lengths[0]}"
+        shape = f"{len(lengths)}x{'-'.join(str(n) for n in dict.fromkeys(lengths))}"
         runs: dict[str, list[tuple[float, float]]] = {system: [] for system in systems}
         for system in systems:
             use(system)
@@ -143,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(model_dir),
         "dtype": "bfloat16",
         "machine": {**machine_info(), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")},
+        "executor_defaults": executor.describe(),
         "shapes": shapes,
     }
     results["machine"]["load_average_at_end"] = list(os.getloadavg())

@@ -38,7 +38,18 @@ from _common import chat_prompts, machine_info, plot_path, write_results
 
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::linear", "mkldnn::_linear_pointwise"}
 ATTENTION_LABEL = "streamhost::attention"
-SYSTEMS = ("transformers", "lean", "lean-sdpa", "lean-compiled", "compiled")  # lean-sdpa: without our decode kernel
+# lean-sdpa: without our decode kernel; lean-torch-ops: torch's element-wise ops, not csrc/layer_ops.cpp's;
+# lean-onednn: oneDNN's GEMMs where csrc/small_gemm.cpp would run; lean-session8: none of the three
+SYSTEMS = (
+    "transformers",
+    "lean",
+    "lean-sdpa",
+    "lean-torch-ops",
+    "lean-onednn",
+    "lean-session8",
+    "lean-compiled",
+    "compiled",
+)
 CATEGORIES = ("matmul", "attention", "other_kernels", "python_dispatch", "sampling")
 
 
@@ -280,7 +291,15 @@ def measure_system(system: str, model_dir: Path, prompts: list[list[int]], args:
     from streamhost.engine.executor import TorchExecutor
     from streamhost.engine.loader import cache_root
 
-    if system in ("transformers", "lean", "lean-sdpa", "lean-compiled"):
+    if system in (
+        "transformers",
+        "lean",
+        "lean-sdpa",
+        "lean-torch-ops",
+        "lean-onednn",
+        "lean-session8",
+        "lean-compiled",
+    ):
         executor = TorchExecutor(
             model_dir,
             dtype="bf16",
@@ -289,6 +308,8 @@ def measure_system(system: str, model_dir: Path, prompts: list[list[int]], args:
             compile_lean=system == "lean-compiled",
             compile_cache_dir=cache_root(),
             decode_kernel=system != "lean-sdpa",
+            layer_ops=system not in ("lean-torch-ops", "lean-session8"),
+            small_gemm=system not in ("lean-onednn", "lean-session8"),
         )
         assert (executor.lean is not None) == (system != "transformers")
         return {system: measure(executor, prompts, args, system)}

@@ -27,7 +27,7 @@ import torch
 from streamhost.engine.cpu_features import cpu_flags
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "decode_attention.cpp", CSRC / "layer_ops.cpp")  # one library, built together
+SOURCES = (CSRC / "decode_attention.cpp", CSRC / "layer_ops.cpp", CSRC / "small_gemm.cpp")  # one library
 HEADERS = (CSRC / "vec16.h",)
 ENV = "STREAMHOST_DECODE_KERNEL"
 LAYER_OPS_ENV = "STREAMHOST_LAYER_OPS"

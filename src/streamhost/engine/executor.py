@@ -32,7 +32,7 @@ from streamhost.engine.compiled_step import (
     unsupported_reason,
 )
 from streamhost.engine.cpu_features import has_amx, has_fast_bf16
-from streamhost.engine.decode_attention import load_kernel, load_layer_ops
+from streamhost.engine.decode_attention import load_kernel, load_layer_ops, load_library
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 from streamhost.engine.lean_llama import LeanLlama
 from streamhost.engine.lean_llama import unsupported_reason as lean_unsupported_reason
@@ -85,6 +85,19 @@ def prompt_float32(device: torch.device, dtype: torch.dtype) -> bool:
     return choice in ("1", "true", "yes", "on") or not has_amx()
 
 
+SMALL_GEMM_ENV = "STREAMHOST_SMALL_GEMM"
+
+
+def small_gemm_applies(device: torch.device, dtype: torch.dtype) -> bool:
+    """Our small-row bf16 GEMM (csrc/small_gemm.cpp) for the lean forward's weights: on a CPU with
+    AVX512-BF16 and no AMX (where oneDNN's AMX kernels win), unless ``STREAMHOST_SMALL_GEMM=0``."""
+    if os.environ.get(SMALL_GEMM_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if device.type != "cpu" or dtype != torch.bfloat16 or has_amx() or not load_library():
+        return False
+    return bool(torch.ops.streamhost_gemm.supported())
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}.get(dtype, str(dtype))
 
@@ -111,6 +124,7 @@ class TorchExecutor:
         compile_lean: bool | None = None,
         decode_kernel: bool | None = None,
         layer_ops: bool | None = None,
+        small_gemm: bool | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = pick_device(device)
@@ -128,10 +142,17 @@ class TorchExecutor:
         self.batch_invariant = batch_invariant  # kv_cache.py: group decode rows by length bucket only
         # decode_attention.py: one kernel call per layer for the one-token queries (CPU only)
         self.decode_kernel = (decode_kernel is not False) and self.device.type == "cpu" and load_kernel()
+        self.layer_ops = False  # set below, once the lean forward exists (the compiled step's warm-up runs first)
+        self.prompt_float32 = prompt_float32(self.device, self.dtype)
         self.compiled: CompiledStep | None = None
         if default_compile(self.device) if compile is None else compile:
             self._compile(compile_cache_dir, tuple(compile_buckets or BUCKETS))
         self.lean: LeanLlama | None = None
+        self._small_gemm = (
+            small_gemm is not False
+            and not (default_compile_lean(self.device) if compile_lean is None else compile_lean)
+            and small_gemm_applies(self.device, self.dtype)
+        )
         if self.compiled is None and lean is not False:
             self._use_lean_forward()
         # decode_attention.py / csrc/layer_ops.cpp: the eager lean layer's element-wise work and KV writes
@@ -141,7 +162,6 @@ class TorchExecutor:
         if self.layer_ops:
             assert self.lean is not None
             self.lean.use_fused_ops()
-        self.prompt_float32 = prompt_float32(self.device, self.dtype)
         if self.lean is not None:
             self.lean.wide_gemm_float32 = self.prompt_float32
         if self.lean is not None and (default_compile_lean(self.device) if compile_lean is None else compile_lean):
@@ -157,6 +177,7 @@ class TorchExecutor:
             "decode_attention": "kernel" if self.decode_kernel else "sdpa",
             "layer_ops": "fused" if self.layer_ops else "torch",
             "prompt_float32": self.prompt_float32,
+            "gemm": "small-row" if self.lean is not None and self.lean.lm_head.small else "onednn",
             "batch_invariant": self.batch_invariant or self.decode_kernel,
         }
 
@@ -166,10 +187,9 @@ class TorchExecutor:
         if why_not:
             log.info("lean forward off (%s): running transformers' forward", why_not)
             return
-        self.lean = LeanLlama(self.model)
-        log.info(
-            "lean forward on: fused q/k/v and gate/up, %s weights", "prepacked" if self.lean.lm_head.packed else "plain"
-        )
+        self.lean = LeanLlama(self.model, small_gemm=self._small_gemm)
+        layout = "small-row GEMM" if self.lean.lm_head.small else "prepacked" if self.lean.lm_head.packed else "plain"
+        log.info("lean forward on: fused q/k/v and gate/up, %s weights", layout)
 
     def _compile_lean(self, cache_root: Path | None) -> None:
         """Compile the lean forward's decoder layer now (lean_compiled.py): one graph for the steps of

@@ -79,16 +79,21 @@ def _get(module: nn.Module, dotted: str) -> nn.Module | None:
 
 
 class FusedLinear(nn.Module):
-    """One linear layer over concatenated weights; on CPU the weight is prepacked for oneDNN.
+    """One linear layer over concatenated weights; on CPU the weight is prepacked, for oneDNN or,
+    with ``small_gemm`` (a CPU with AVX512-BF16 and no AMX), for our small-row GEMM (csrc/small_gemm.cpp).
 
     Bias optional. Call it on ``[..., in]`` rows."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, small_gemm: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.bias = bias
-        self.packed = weight.device.type == "cpu" and _mkldnn_handles(weight.dtype)
-        if self.packed:
+        small = small_gemm and weight.dtype == torch.bfloat16 and self.out_features % 16 == 0
+        self.small = small and self.in_features % 2 == 0 and weight.device.type == "cpu"
+        self.packed = not self.small and weight.device.type == "cpu" and _mkldnn_handles(weight.dtype)
+        if self.small:  # [N/16, K/2, 16, 2]: the operand layout of vdpbf16ps
+            self.weight = torch.ops.streamhost_gemm.pack(weight.detach())
+        elif self.packed:
             # batch_size is only a hint for the blocking; the packed weight serves any row count
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
         else:
@@ -118,7 +123,7 @@ def _mkldnn_handles(dtype: torch.dtype) -> bool:
     return dtype == torch.float32
 
 
-def _fuse(*linears: nn.Linear) -> FusedLinear:
+def _fuse(*linears: nn.Linear, small_gemm: bool = False) -> FusedLinear:
     weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
     biases = [lin.bias for lin in linears]
     bias = None
@@ -126,7 +131,7 @@ def _fuse(*linears: nn.Linear) -> FusedLinear:
         bias = torch.cat(
             [b.detach() if b is not None else lin.weight.new_zeros(lin.out_features) for b, lin in zip(biases, linears)]
         )
-    return FusedLinear(weight, bias)
+    return FusedLinear(weight, bias, small_gemm)
 
 
 _Bias: TypeAlias = torch.Tensor | None
@@ -141,14 +146,14 @@ class _Layer:
     ln1: torch.Tensor  # the norms' weights, set by LeanLlama once the model owns its tensors
     ln2: torch.Tensor
 
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, layer: Any, small_gemm: bool = False) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.eps1 = float(layer.input_layernorm.variance_epsilon)
         self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)
-        self.qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
-        self.o = FusedLinear(attn.o_proj.weight, attn.o_proj.bias)
-        self.gate_up = _fuse(mlp.gate_proj, mlp.up_proj)
-        self.down = FusedLinear(mlp.down_proj.weight, mlp.down_proj.bias)
+        self.qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj, small_gemm=small_gemm)
+        self.o = FusedLinear(attn.o_proj.weight, attn.o_proj.bias, small_gemm)
+        self.gate_up = _fuse(mlp.gate_proj, mlp.up_proj, small_gemm=small_gemm)
+        self.down = FusedLinear(mlp.down_proj.weight, mlp.down_proj.bias, small_gemm)
         self.scaling = float(attn.scaling)
         # the transformers modules now read the fused weights (one copy in memory)
         q, k = attn.q_proj.out_features, attn.k_proj.out_features
@@ -173,7 +178,8 @@ class _Layer:
 class LeanLlama:
     """The packed step's forward for a Llama-family model: ``forward(ids, plan, keep) -> logits``."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, small_gemm: bool = False) -> None:
+        """``small_gemm``: pack the weights for csrc/small_gemm.cpp (the caller checked it applies)."""
         why_not = unsupported_reason(model)
         if why_not:
             raise ValueError(f"lean forward unsupported: {why_not}")
@@ -183,14 +189,14 @@ class LeanLlama:
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] = base.rotary_emb
-        self.layers = [_Layer(layer) for layer in base.layers[: config.num_hidden_layers]]
+        self.layers = [_Layer(layer, small_gemm) for layer in base.layers[: config.num_hidden_layers]]
         self.norm_eps = float(base.norm.variance_epsilon)
         self.compiled: LeanCompiled | None = None  # lean_compiled.py sets it when the layer is compiled
         # the eager layer's element-wise work: torch's ops, or our fused ones (use_fused_ops)
         self.ops: type[TorchLayerOps] = TorchLayerOps
         # prompt-sized steps' GEMMs in float32 (linear_float32): set where bf16 dot products are the slower
         self.wide_gemm_float32 = False
-        self.lm_head = FusedLinear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
+        self.lm_head = FusedLinear(model.lm_head.weight, getattr(model.lm_head, "bias", None), small_gemm)
         model.lm_head = self.lm_head  # generate() reads the packed copy too; a tied embedding keeps its own
         _own_remaining_tensors(model)
         # read what stays in the transformers modules only now: the copy above replaced its storage
@@ -243,14 +249,20 @@ def _attend_eager(
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """A FusedLinear's arithmetic on its tensors: oneDNN's prepacked GEMM, or ``F.linear``."""
+    """A FusedLinear's arithmetic on its tensors: oneDNN's prepacked GEMM, our small-row GEMM
+    (a 4-d packed weight), or ``F.linear``."""
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if weight.dim() == 4:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.stride(-1) != 1 or rows.stride(0) % 2:
+            rows = rows.contiguous()
+        return torch.ops.streamhost_gemm.small_gemm(rows, weight, bias).view(*x.shape[:-1], out_features)
     return F.linear(x, weight, bias)
 
 
 # Steps of at least this many tokens run linear_float32 where LeanLlama.wide_gemm_float32 is set:
-# below it, converting the weights costs more than the float32 GEMM saves (bench/wide_gemm.py).
+# below it, widening the weights costs about what the float32 GEMM saves (bench/prefill_profile.py).
 WIDE_STEP_ROWS = 256
 
 
@@ -259,7 +271,12 @@ def linear_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     float32 sums. Why: without AMX, a CPU's bf16 dot products (AVX512-BF16) peak lower than its
     float32 FMAs (here ~170 against ~310 GFLOPS at 1,024 rows), so a prompt's GEMMs run 1.5-1.8x
     faster widened, weights included (~1.5 ms per layer to widen, nothing kept)."""
-    dense = weight.to_dense(torch.float32) if weight.is_mkldnn else weight.float()
+    if weight.is_mkldnn:
+        dense = weight.to_dense(torch.float32)
+    elif weight.dim() == 4:
+        dense = torch.ops.streamhost_gemm.unpack_float(weight)
+    else:
+        dense = weight.float()
     return F.linear(x.float(), dense, None if bias is None else bias.float()).to(x.dtype)
 
 
