@@ -36,7 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import chat_prompts, machine_info, plot_path, write_results
 
-MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::linear", "mkldnn::_linear_pointwise"}
+MATMUL_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::matmul",
+    "aten::linear",
+    "mkldnn::_linear_pointwise",
+    "streamhost_gemm::small_gemm",
+}
 ATTENTION_LABEL = "streamhost::attention"
 # lean-sdpa: without our decode kernel; lean-torch-ops: torch's element-wise ops, not csrc/layer_ops.cpp's;
 # lean-onednn: oneDNN's GEMMs where csrc/small_gemm.cpp would run; lean-session8: none of the three
@@ -199,7 +206,9 @@ def profile_split(decoder: Decoder, steps: int) -> dict[str, float]:
     for e in events:
         if id(e) in inside_attention or id(e) in sampling_ids or e.name.startswith("streamhost::"):
             continue
-        if not e.name.startswith(("aten::", "mkldnn::", "cpp_fused", "## Call CompiledFxGraph")):
+        if not e.name.startswith(
+            ("aten::", "mkldnn::", "streamhost_gemm::", "streamhost_layer::", "cpp_fused", "## Call CompiledFxGraph")
+        ):
             continue  # inductor's fused kernels run inside the compiled graph's call: its self time is theirs
         if e.name in MATMUL_OPS:
             matmul += e.self_cpu_time_total / 1e6
