@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, plot_path, write_results
 
 GROUPS = {
-    "linear": {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::linear"},
+    "linear": {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::linear", "streamhost_gemm::small_gemm"},
     "attention": {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"},
     "kv_write": {"aten::index_copy_", "streamhost_layer::write_kv"},
 }
