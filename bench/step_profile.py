@@ -300,15 +300,7 @@ def measure_system(system: str, model_dir: Path, prompts: list[list[int]], args:
     from streamhost.engine.executor import TorchExecutor
     from streamhost.engine.loader import cache_root
 
-    if system in (
-        "transformers",
-        "lean",
-        "lean-sdpa",
-        "lean-torch-ops",
-        "lean-onednn",
-        "lean-session8",
-        "lean-compiled",
-    ):
+    if system != "compiled":  # every eager system: one executor with its switches
         executor = TorchExecutor(
             model_dir,
             dtype="bf16",

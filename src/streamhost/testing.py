@@ -32,3 +32,24 @@ def build_tiny_llama(folder: Path, tokenizer, seed: int = 0, num_layers: int = 2
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)
+
+
+def greedy_decode_together(executor, prompts: list[list[int]], steps: int) -> list[list[int]]:
+    """Greedy tokens of ``prompts`` on a torch executor: one packed prefill step for all of them,
+    then ``steps`` packed decode steps (what tests compare with one setting on and off)."""
+    from streamhost.engine.kv_cache import Segment
+
+    rows = [executor.alloc_row() for _ in prompts]
+    logits = executor.forward([Segment(r, p, 0, "last") for r, p in zip(rows, prompts)])
+    current = [int(x.argmax()) for x in logits]
+    lengths = [len(p) for p in prompts]
+    tokens = [[c] for c in current]
+    for _ in range(steps):
+        logits = executor.forward([Segment(r, [c], n) for r, c, n in zip(rows, current, lengths)])
+        lengths = [n + 1 for n in lengths]
+        current = [int(x.argmax()) for x in logits]
+        for seq, c in zip(tokens, current):
+            seq.append(c)
+    for row in rows:
+        executor.free_row(row)
+    return tokens

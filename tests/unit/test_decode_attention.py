@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from streamhost.engine import decode_attention as kernel_module
 from streamhost.engine.decode_attention import decode_attention, load_kernel
 from streamhost.engine.kv_cache import KVStore, Segment, StepPlan, attend
+from streamhost.testing import greedy_decode_together
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,18 +101,7 @@ def test_greedy_answers_are_the_same_with_and_without_the_kernel(tiny_llama_dir)
         executor = TorchExecutor(tiny_llama_dir, dtype="fp32", decode_kernel=use_kernel)
         assert executor.decode_kernel is use_kernel
         prompts = [[5, 6, 7], list(range(10, 90)), [42] * 30]
-        rows = [executor.alloc_row() for _ in prompts]
-        logits = executor.forward([Segment(r, p, 0, "last") for r, p in zip(rows, prompts)])
-        current = [int(x.argmax()) for x in logits]
-        lengths = [len(p) for p in prompts]
-        seqs = [[c] for c in current]
-        for _ in range(24):
-            logits = executor.forward([Segment(r, [c], n) for r, c, n in zip(rows, current, lengths)])
-            lengths = [n + 1 for n in lengths]
-            current = [int(x.argmax()) for x in logits]
-            for seq, c in zip(seqs, current):
-                seq.append(c)
-        answers.append(seqs)
+        answers.append(greedy_decode_together(executor, prompts, 24))
     assert answers[0] == answers[1]
 
 

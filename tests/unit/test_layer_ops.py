@@ -10,6 +10,7 @@ import torch
 from streamhost.engine import decode_attention as kernels
 from streamhost.engine.kv_cache import KVStore, Segment, StepPlan, write_token_keys
 from streamhost.engine.lean_llama import FusedLayerOps, TorchLayerOps
+from streamhost.testing import greedy_decode_together
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,18 +96,7 @@ def test_greedy_answers_are_the_same_with_and_without_the_fused_ops(tiny_llama_d
         executor = TorchExecutor(tiny_llama_dir, dtype=dtype, layer_ops=fused)
         assert executor.layer_ops is fused and executor.describe()["layer_ops"] == ("fused" if fused else "torch")
         prompts = [[5, 6, 7], list(range(10, 90)), [42] * 30]
-        rows = [executor.alloc_row() for _ in prompts]
-        logits = executor.forward([Segment(r, p, 0, "last") for r, p in zip(rows, prompts)])
-        current = [int(x.argmax()) for x in logits]  # type: ignore[union-attr]
-        lengths = [len(p) for p in prompts]
-        seqs = [[c] for c in current]
-        for _ in range(24):
-            logits = executor.forward([Segment(r, [c], n) for r, c, n in zip(rows, current, lengths)])
-            lengths = [n + 1 for n in lengths]
-            current = [int(x.argmax()) for x in logits]  # type: ignore[union-attr]
-            for seq, c in zip(seqs, current):
-                seq.append(c)
-        answers.append(seqs)
+        answers.append(greedy_decode_together(executor, prompts, 24))
     assert answers[0] == answers[1]
 
 
@@ -143,16 +133,5 @@ def test_prompt_work_in_float32_keeps_the_greedy_answers(tiny_llama_dir, monkeyp
         executor = TorchExecutor(tiny_llama_dir, dtype="bf16")
         assert executor.describe()["prompt_float32"] is (widened == "1")
         prompts = [[(7 * i) % 500 + 3 for i in range(WIDE_STEP_ROWS + 40)], [5, 6, 7], [42] * 30]
-        rows = [executor.alloc_row() for _ in prompts]
-        logits = executor.forward([Segment(r, p, 0, "last") for r, p in zip(rows, prompts)])
-        current = [int(x.argmax()) for x in logits]  # type: ignore[union-attr]
-        lengths = [len(p) for p in prompts]
-        seqs = [[c] for c in current]
-        for _ in range(12):
-            logits = executor.forward([Segment(r, [c], n) for r, c, n in zip(rows, current, lengths)])
-            lengths = [n + 1 for n in lengths]
-            current = [int(x.argmax()) for x in logits]  # type: ignore[union-attr]
-            for seq, c in zip(seqs, current):
-                seq.append(c)
-        answers.append(seqs)
+        answers.append(greedy_decode_together(executor, prompts, 12))
     assert answers[0] == answers[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from streamhost.engine import decode_attention as kernels
-from streamhost.engine.kv_cache import Segment
+from streamhost.testing import greedy_decode_together
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,18 +69,7 @@ def test_greedy_answers_are_the_same_with_and_without_it(tiny_llama_dir, monkeyp
         executor = TorchExecutor(tiny_llama_dir, dtype="bf16", small_gemm=small)
         assert executor.describe()["gemm"] == ("small-row" if small else "onednn")
         prompts = [[5, 6, 7], list(range(10, 90)), [42] * 30]
-        rows = [executor.alloc_row() for _ in prompts]
-        logits = executor.forward([Segment(r, p, 0, "last") for r, p in zip(rows, prompts)])
-        current = [int(x.argmax()) for x in logits]  # type: ignore[union-attr]
-        lengths = [len(p) for p in prompts]
-        seqs = [[c] for c in current]
-        for _ in range(16):
-            logits = executor.forward([Segment(r, [c], n) for r, c, n in zip(rows, current, lengths)])
-            lengths = [n + 1 for n in lengths]
-            current = [int(x.argmax()) for x in logits]  # type: ignore[union-attr]
-            for seq, c in zip(seqs, current):
-                seq.append(c)
-        answers.append(seqs)
+        answers.append(greedy_decode_together(executor, prompts, 16))
     assert answers[0] == answers[1]
 
 
