@@ -35,17 +35,18 @@ LAYER_OPS_ENV = "STREAMHOST_LAYER_OPS"
 log = logging.getLogger(__name__)
 
 
-def _switched_on(name: str) -> bool:
+def switched_on(name: str) -> bool:
+    """An on-by-default switch from the environment (0/false/no/off turn it off)."""
     return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def enabled_by_environment() -> bool:
     """The decode-attention kernel's switch (the library still builds for the layer ops)."""
-    return _switched_on(ENV)
+    return switched_on(ENV)
 
 
 def layer_ops_enabled_by_environment() -> bool:
-    return _switched_on(LAYER_OPS_ENV)
+    return switched_on(LAYER_OPS_ENV)
 
 
 def extension_name() -> str:

@@ -32,7 +32,7 @@ from streamhost.engine.compiled_step import (
     unsupported_reason,
 )
 from streamhost.engine.cpu_features import has_amx, has_fast_bf16
-from streamhost.engine.decode_attention import load_kernel, load_layer_ops, load_library
+from streamhost.engine.decode_attention import load_kernel, load_layer_ops, load_library, switched_on
 from streamhost.engine.kv_cache import DECODE_BUCKET, KVStore, PackedStepCache, Segment, StepPlan, register_attention
 from streamhost.engine.lean_llama import LeanLlama
 from streamhost.engine.lean_llama import unsupported_reason as lean_unsupported_reason
@@ -91,7 +91,7 @@ SMALL_GEMM_ENV = "STREAMHOST_SMALL_GEMM"
 def small_gemm_applies(device: torch.device, dtype: torch.dtype) -> bool:
     """Our small-row bf16 GEMM (csrc/small_gemm.cpp) for the lean forward's weights: on a CPU with
     AVX512-BF16 and no AMX (where oneDNN's AMX kernels win), unless ``STREAMHOST_SMALL_GEMM=0``."""
-    if os.environ.get(SMALL_GEMM_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not switched_on(SMALL_GEMM_ENV):
         return False
     if device.type != "cpu" or dtype != torch.bfloat16 or has_amx() or not load_library():
         return False
