@@ -64,6 +64,19 @@ def test_quantize_converts_once_and_the_next_start_reuses_it(containers, tiny_ll
     assert sorted((cache / "gguf").glob("*.gguf")) == made
 
 
+def test_quantize_requantizes_a_gguf_model(containers, tiny_llama_gguf: Path, tiny_llama_gguf_env: dict) -> None:
+    """A GGUF model with HF_MODEL_QUANTIZE runs at the asked type (llama.cpp's fast kernels cover
+    some types only), made once into the cache, with the GGUF's own tokenizer."""
+    server = containers.start(
+        ["--model-id", str(tiny_llama_gguf)], {**SMALL, **tiny_llama_gguf_env, "HF_MODEL_QUANTIZE": "q8_0"}
+    )
+    info = httpx.get(server.url + "/info").json()
+    assert (info["executor"], info["model_dtype"]) == ("llamacpp", "Q8_0")
+    assert generate(server.url, "The quick brown fox")["details"]["generated_tokens"] == 8
+    cache = Path(tiny_llama_gguf_env["STREAMHOST_CACHE"]) / "gguf"
+    assert [p.name for p in cache.glob(f"{tiny_llama_gguf.stem}-*-q8_0-llamacpp*.gguf")], "kept for the next start"
+
+
 @pytest.mark.parametrize(
     "env, status, fragments",
     [

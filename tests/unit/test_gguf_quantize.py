@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from streamhost.engine.gguf_quantize import (
     UnsupportedQuantizationError,
     gguf_for,
     normalize_quant_type,
+    requantized_gguf,
 )
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make install`")
@@ -69,6 +71,32 @@ def test_quantized_gguf_is_cached_by_weights_type_and_versions(
     monkeypatch.setattr(gguf_quantize, "CONVERTER_REVISION", gguf_quantize.CONVERTER_REVISION + 1)
     remade = gguf_for(tiny_llama_dir, "q8_0", threads=2)
     assert remade != first and remade.is_file() and first.is_file()
+
+
+def test_a_gguf_model_is_requantized_once_and_kept(
+    tiny_llama_gguf: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HF_MODEL_QUANTIZE on a GGUF model: llama.cpp's quantizer makes the type once, keyed by the
+    file's contents; the file's own type is the file itself; a quantized file says what is lost."""
+    cache = tmp_path / "cache"
+    q8 = requantized_gguf(tiny_llama_gguf, "Q8_0", threads=2, cache=cache)
+    assert q8.parent == cache / "gguf" and "-q8_0-llamacpp" + llama_cpp.__version__ in q8.name
+    fields = gguf_fields(q8)
+    assert (
+        fields["file_type"] == llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0 and fields["tensors"]["blk.1.attn_q.weight"] == "Q8_0"
+    )
+    stamp = q8.stat().st_mtime_ns
+    time.sleep(0.01)
+    copy = tmp_path / "elsewhere" / tiny_llama_gguf.name
+    copy.parent.mkdir()
+    shutil.copy(tiny_llama_gguf, copy)
+    assert requantized_gguf(copy, "q8_0", cache=cache) == q8 and q8.stat().st_mtime_ns == stamp  # same bytes: reused
+    assert requantized_gguf(q8, "q8_0", cache=cache) == q8  # already that type
+    assert "does not come back" not in caplog.text  # BF16 in: nothing was lost before
+    with caplog.at_level(logging.WARNING, logger="streamhost.engine.gguf_quantize"):
+        q4 = requantized_gguf(q8, "q4_0", threads=2, cache=cache)
+    assert gguf_fields(q4)["file_type"] == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    assert "already quantized" in caplog.text and "does not come back" in caplog.text
 
 
 @pytest.mark.parametrize("value", ["bitsandbytes", "awq", "gptq", "fp8", "q9_9"])

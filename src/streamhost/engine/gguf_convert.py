@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,10 +159,21 @@ def weights_fingerprint(folder: Path) -> str:
             digest.update(f"{path.name}:{target.name}".encode())
             continue
         digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(16 * 1024 * 1024), b""):
-                digest.update(chunk)
+        _hash_file(digest, path)
     return digest.hexdigest()[:16]
+
+
+def file_fingerprint(path: Path) -> str:
+    """A content hash of one file (a GGUF's cache key): a copy elsewhere still hits, a changed file does not."""
+    digest = sha256()
+    _hash_file(digest, Path(path))
+    return digest.hexdigest()[:16]
+
+
+def _hash_file(digest: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(16 * 1024 * 1024), b""):
+            digest.update(chunk)
 
 
 def _plan_tensors(folder: Path, config: dict, arch: str) -> list[_TensorPlan]:

@@ -23,6 +23,7 @@ from streamhost.engine.gguf_convert import (
     UnsupportedModelError,
     architecture_of,
     convert_to_gguf,
+    file_fingerprint,
     read_config,
     weights_fingerprint,
 )
@@ -75,14 +76,18 @@ def _progress(message: str) -> None:
     print(f"[streamhost] {message}", file=sys.stderr, flush=True)
 
 
-def quantize_gguf(source: Path, target: Path, quant: str, threads: int | None = None) -> None:
-    """llama.cpp's quantizer, ``source`` (BF16 GGUF) -> ``target``; its per-tensor log is shown."""
+def quantize_gguf(
+    source: Path, target: Path, quant: str, threads: int | None = None, *, requantize: bool = False
+) -> None:
+    """llama.cpp's quantizer, ``source`` (BF16 GGUF, or a quantized one with ``requantize``) ->
+    ``target``; its per-tensor log is shown."""
     from streamhost.engine.executors.llamacpp import LLAMA_LOG, import_llama_cpp
 
     llama = import_llama_cpp()
     params = llama.llama_model_quantize_default_params()
     params.ftype = getattr(llama, QUANT_TYPES[quant])
     params.nthread = threads or 0
+    params.allow_requantize = requantize
     LLAMA_LOG.verbose = True  # llama.cpp prints one line per tensor: the progress
     try:
         rc = llama.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
@@ -126,6 +131,56 @@ def gguf_for(folder: Path, quant: str = UNQUANTIZED, threads: int | None = None,
     return target
 
 
+def gguf_file_type(path: Path) -> int | None:
+    """``general.file_type`` of a GGUF (a ``LLAMA_FTYPE_*`` value), read from its header only."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("general.file_type")
+    return None if field is None else int(field.contents())
+
+
+def requantized_gguf(source: Path, quant: str, threads: int | None = None, cache: Path | None = None) -> Path:
+    """``source`` (a GGUF model) at ``quant``: made once with llama.cpp's quantizer and cached
+    under a key of (file contents, type, llama.cpp version); ``source`` itself when it has that
+    type already.
+
+    Why: llama.cpp's fast CPU kernels cover some types only. On AVX-512 its repacked Q4_0 and
+    tiled Q8_0 GEMMs prefill a 256-token prompt 2.7x / 1.8x faster than its Q4_1 dot products
+    (docs/architecture.md, "GGUF types and llama.cpp's kernels"). A type quantized from an
+    already quantized file cannot win back what the first quantization lost; Q8_0 keeps what is
+    left almost exactly, smaller types lose more, so a warning says so."""
+    from streamhost.engine.executors.llamacpp import import_llama_cpp, llama_cpp_version
+
+    quant = normalize_quant_type(quant)
+    source = Path(source)
+    llama = import_llama_cpp()
+    have = gguf_file_type(source)
+    if have == getattr(llama, QUANT_TYPES[quant]):
+        return source
+    key = f"{source.stem}-{file_fingerprint(source)}-{quant}-llamacpp{llama_cpp_version()}"
+    target = cache_dir(cache) / f"{key}.gguf"
+    if target.is_file():
+        _progress(f"using cached {quant} GGUF {target}")
+        return target
+    if have not in (llama.LLAMA_FTYPE_ALL_F32, llama.LLAMA_FTYPE_MOSTLY_F16, llama.LLAMA_FTYPE_MOSTLY_BF16):
+        log.warning(
+            "requantizing %s (already quantized, file type %s) to %s: what its own quantization lost "
+            "does not come back; q8_0 keeps the rest almost exactly, smaller types lose more",
+            source.name,
+            have,
+            quant,
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=".requantize-", dir=target.parent) as tmp:
+        result = Path(tmp) / f"model-{quant}.gguf"
+        _progress(f"quantizing {source.name} to {quant} with llama.cpp (once; cached as {target.name})")
+        quantize_gguf(source, result, quant, threads, requantize=True)
+        os.replace(result, target)
+    _progress(f"GGUF {quant} ready in {time.monotonic() - started:.1f} s -> {target}")
+    return target
+
+
 __all__ = [
     "QUANT_TYPES",
     "UNQUANTIZED",
@@ -134,4 +189,5 @@ __all__ = [
     "gguf_for",
     "normalize_quant_type",
     "quantize_gguf",
+    "requantized_gguf",
 ]

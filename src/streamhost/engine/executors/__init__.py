@@ -172,6 +172,7 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
         UNQUANTIZED,
         gguf_for,
         normalize_quant_type,
+        requantized_gguf,
     )
 
     if _wants_gpu(config.device) and config.device not in (None, "auto"):
@@ -179,10 +180,10 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
     import_llama_cpp()  # a clear error now if it is missing
     quant = normalize_quant_type(config.quantize) if config.quantize else None
     gguf = find_gguf(model)
-    if gguf is not None and quant:
-        log.warning("quantize=%s ignored: %s is a GGUF model already (type of its own)", quant, gguf.name)
     if gguf is not None:
         tokenizer = gguf_tokenizer(gguf, config.cache_dir)
+        if quant:
+            gguf = requantized_gguf(gguf, quant, threads=config.threads, cache=config.cache_dir)
     else:
         folder = resolve_model(model, revision=config.revision, token=config.hub_token, cache=config.cache_dir)
         gguf = gguf_for(folder, quant or UNQUANTIZED, threads=config.threads, cache=config.cache_dir)
