@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -23,3 +23,20 @@ def decode_timer(llama: Any, ctx: Any, batch: Any, rng: Any) -> Callable[[list[t
         return time.perf_counter() - started
 
     return run
+
+
+def step_bars(
+    ax: Any, shapes: Sequence[str], series: dict[str, Sequence[float]], title: str, rotate: bool = False
+) -> None:
+    """One group of bars per step shape, one bar per configuration: the step benchmarks' plot."""
+    width = 0.8 / max(1, len(series))
+    for k, (label, values) in enumerate(series.items()):
+        ax.bar([i + k * width for i in range(len(shapes))], values, width, label=label)
+    ticks = [i + 0.4 - width / 2 for i in range(len(shapes))]
+    if rotate:
+        ax.set_xticks(ticks, shapes, rotation=30, ha="right", fontsize=8)
+    else:
+        ax.set_xticks(ticks, shapes)
+    ax.set_ylabel("llama_decode wall ms (median)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)

@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, plot_path, write_results
-from _llamacpp import decode_timer
+from _llamacpp import decode_timer, step_bars
 from streamhost.engine.core_client import core_environment
 
 # (label, type_k, type_v, flash_attn): llama.cpp's default first (the quality reference)
@@ -167,14 +167,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     runs = data["runs"]
     shapes = list(runs[0]["ms"])
     fig, ax = plt.subplots(figsize=(11, 5))
-    width = 0.8 / len(runs)
-    for k, run in enumerate(runs):
-        xs = [i + k * width for i in range(len(shapes))]
-        ax.bar(xs, [run["ms"][s] for s in shapes], width, label=run["config"])
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes)
-    ax.set_ylabel("llama_decode wall ms (median)")
-    ax.set_title(f"llama.cpp KV cache types and flash attention ({data['gguf']}, {data['threads']} threads)")
-    ax.legend(fontsize=8)
+    title = f"llama.cpp KV cache types and flash attention ({data['gguf']}, {data['threads']} threads)"
+    step_bars(ax, shapes, {run["config"]: [run["ms"][s] for s in shapes] for run in runs}, title)
     fig.tight_layout()
     fig.savefig(path)
 

@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, plot_path, write_results
-from _llamacpp import decode_timer
+from _llamacpp import decode_timer, step_bars
 from streamhost.engine.core_client import core_environment
 
 CTX = 300  # cached tokens per sequence before the measured steps
@@ -124,16 +124,14 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
     runs = data["runs"]
     shapes = [row["shape"] for row in runs[0]["rows"]]
+    series = {
+        f"{run['gguf']} extra={run['extra_buffers']}": [
+            {row["shape"]: row["wall_ms"] for row in run["rows"]}.get(s, 0) for s in shapes
+        ]
+        for run in runs
+    }
     fig, ax = plt.subplots(figsize=(11, 5))
-    width = 0.8 / len(runs)
-    for k, run in enumerate(runs):
-        by_shape = {row["shape"]: row["wall_ms"] for row in run["rows"]}
-        xs = [i + k * width for i in range(len(shapes))]
-        ax.bar(xs, [by_shape.get(s, 0) for s in shapes], width, label=f"{run['gguf']} extra={run['extra_buffers']}")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("llama_decode wall ms (median)")
-    ax.set_title("llama.cpp step shapes (2 threads)")
-    ax.legend(fontsize=8)
+    step_bars(ax, shapes, series, "llama.cpp step shapes (2 threads)", rotate=True)
     fig.tight_layout()
     fig.savefig(path)
 

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import QUESTIONS, common_prefix, machine_info, plot_path, write_results
-from _llamacpp import decode_timer
+from _llamacpp import decode_timer, step_bars
 from streamhost.engine.core_client import core_environment
 
 CTX = 300  # cached tokens per sequence before the 16-sequence steps
@@ -144,22 +144,15 @@ def plot(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    types = list(data["steps"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 1]})
-    width = 0.8 / len(types)
-    for k, name in enumerate(types):
-        xs = [i + k * width for i in range(len(SHAPES))]
-        left.bar(xs, [data["steps"][name][s] for s in SHAPES], width, label=name)
-    left.set_xticks([i + 0.4 - width / 2 for i in range(len(SHAPES))], SHAPES, rotation=20, ha="right", fontsize=8)
-    left.set_ylabel("llama_decode wall ms (median)")
-    left.set_title(f"llama.cpp step cost by weight type ({data['threads']} threads)")
-    left.legend(fontsize=8)
+    series = {name: [steps[s] for s in SHAPES] for name, steps in data["steps"].items()}
+    step_bars(left, SHAPES, series, f"llama.cpp step cost by weight type ({data['threads']} threads)", rotate=True)
     quality = data.get("quality") or {}
     names = list(quality)
     right.bar(names, [100 * quality[n]["agreement_teacher_forced"] for n in names], label="teacher forced")
     right.bar(names, [100 * quality[n]["agreement_pooled"] for n in names], width=0.4, label="before first difference")
     right.set_ylim(0, 100)
-    right.set_ylabel(f"% greedy tokens equal to {data['reference']}'s")
+    right.set_ylabel("% greedy tokens equal to the shipped GGUF's")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
