@@ -145,8 +145,8 @@ def requantized_gguf(source: Path, quant: str, threads: int | None = None, cache
     type already.
 
     Why: llama.cpp's fast CPU kernels cover some types only. On AVX-512 its repacked Q4_0 and
-    tiled Q8_0 GEMMs prefill a 256-token prompt 2.7x / 1.8x faster than its Q4_1 dot products
-    (docs/architecture.md, "GGUF types and llama.cpp's kernels"). A type quantized from an
+    tiled Q8_0 GEMMs prefill a 256-token prompt 2.4x / 1.7x faster than its Q4_1 dot products
+    (docs/architecture.md, "GGUF weight types and llama.cpp's kernels"). A type quantized from an
     already quantized file cannot win back what the first quantization lost; Q8_0 keeps what is
     left almost exactly, smaller types lose more, so a warning says so."""
     from streamhost.engine.executors.llamacpp import import_llama_cpp, llama_cpp_version

@@ -2,7 +2,8 @@
 
 Rules (``choose_executor``): an explicit choice (``--executor`` / ``STREAMHOST_EXECUTOR``, reaching
 here as ``EngineConfig.executor``) wins; otherwise a GPU gets torch, a quantization request
-(``HF_MODEL_QUANTIZE`` / ``OPTION_QUANTIZE``) gets llama.cpp (convert + quantize, cached), and a
+(``HF_MODEL_QUANTIZE`` / ``OPTION_QUANTIZE``) gets llama.cpp (convert + quantize, or requantize
+a GGUF model; cached), and a
 GGUF model (the default model, which ships as a Q4_1 GGUF, a ``.gguf`` file, or a folder holding
 only one) gets llama.cpp when llama-cpp-python is installed. Everything else runs on torch.
 
