@@ -126,6 +126,17 @@ def test_default_model_runs_on_llamacpp_and_chats(containers) -> None:
     described = info["llamacpp"]
     assert (described["cache_type_k"], described["cache_type_v"]) == (default_cache_type(),) * 2
     assert "paris" in capital_of_france(server.url).lower()
+    assert "under load HF_MODEL_QUANTIZE=q8_0" in server.log()  # the way to llama.cpp's batched kernels
+
+
+def test_default_model_requantized_to_q8_0_chats_the_same(containers) -> None:
+    """The README's advice under load: the shipped Q4_1 requantized to Q8_0 (llama.cpp's tiled
+    kernels) serves, says its type, and answers the chat as Q4_1 does."""
+    server = containers.start([], {**SMALL, "HF_MODEL_QUANTIZE": "q8_0"})
+    info = httpx.get(server.url + "/info").json()
+    assert (info["executor"], info["model_dtype"]) == ("llamacpp", "Q8_0")
+    assert "paris" in capital_of_france(server.url).lower()
+    assert "HF_MODEL_QUANTIZE=q8_0" not in server.log()  # no hint once it is done
 
 
 def test_the_default_model_runs_on_torch_when_asked(containers) -> None:

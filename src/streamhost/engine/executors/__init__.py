@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 EXECUTOR_NAMES = ("torch", "llamacpp")
 
+# GGUF types without llama.cpp's repacked or tiled CPU GEMMs, measured: the shipped Q4_1 prefilled
+# 256 tokens 1.7x slower than its Q8_0 requantization (bench/llamacpp_types.py).
+SLOW_BATCH_TYPES = ("Q4_1",)
+
 log = logging.getLogger(__name__)
 
 __all__ = ["EXECUTOR_NAMES", "choose_executor", "find_gguf", "gguf_tokenizer", "load_executor"]
@@ -190,7 +194,7 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
         gguf = gguf_for(folder, quant or UNQUANTIZED, threads=config.threads, cache=config.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
     log.info("llama.cpp executor: %s (%d threads)", gguf, config.threads or os.cpu_count() or 1)
-    return LlamaCppExecutor(
+    executor = LlamaCppExecutor(
         gguf,
         tokenizer,
         threads=config.threads,
@@ -199,3 +203,10 @@ def load_executor(model: str, config: EngineConfig) -> Executor:
         cache_type_v=config.cache_type_v,
         flash_attn=config.flash_attn,
     )
+    if executor.dtype in SLOW_BATCH_TYPES:
+        log.info(
+            "%s weights take llama.cpp's one-row CPU kernels, slow for prompts and batches: under load "
+            'HF_MODEL_QUANTIZE=q8_0 (requantized once, cached) is faster (docs/architecture.md, "GGUF weight types")',
+            executor.dtype,
+        )
+    return executor

@@ -206,13 +206,13 @@ def amx_works(gguf: Path) -> bool:
 
 def _gguf_file_type(gguf: Path) -> str:
     """The GGUF's ``general.file_type`` (the weight type; a probe's answer holds per type)."""
-    try:
-        from gguf import GGUFReader
+    from streamhost.engine.gguf_quantize import gguf_file_type
 
-        field = GGUFReader(str(gguf)).fields.get("general.file_type")
-        return str(int(field.parts[field.data[0]][0])) if field is not None else "unknown"
+    try:
+        value = gguf_file_type(gguf)
     except Exception:
         return "unknown"
+    return "unknown" if value is None else str(value)
 
 
 def kv_unified() -> bool:
