@@ -59,6 +59,18 @@ def test_a_fused_linear_takes_rows_of_any_rank() -> None:
     _assert_rounded_once(layer(x), (x.double() @ weight.double().T).float())
 
 
+def test_a_fused_linear_with_a_bias_parameter_adds_it() -> None:
+    """Qwen2's q/k/v carry biases (nn.Parameter, bf16): the small-row layer adds them exactly."""
+    from streamhost.engine.lean_llama import FusedLinear
+
+    weight = torch.randn(48, 64).bfloat16()
+    bias = torch.nn.Parameter(torch.randn(48).bfloat16(), requires_grad=False)
+    layer = FusedLinear(weight, bias, small_gemm=True)
+    assert layer.small
+    x = torch.randn(3, 64).bfloat16()
+    _assert_rounded_once(layer(x), (x.double() @ weight.double().T + bias.double()).float())
+
+
 def test_greedy_answers_are_the_same_with_and_without_it(tiny_llama_dir, monkeypatch: pytest.MonkeyPatch) -> None:
     from streamhost.engine import executor as executor_module
     from streamhost.engine.executor import TorchExecutor

@@ -148,11 +148,8 @@ class TorchExecutor:
         if default_compile(self.device) if compile is None else compile:
             self._compile(compile_cache_dir, tuple(compile_buckets or BUCKETS))
         self.lean: LeanLlama | None = None
-        self._small_gemm = (
-            small_gemm is not False
-            and not (default_compile_lean(self.device) if compile_lean is None else compile_lean)
-            and small_gemm_applies(self.device, self.dtype)
-        )
+        compile_lean = default_compile_lean(self.device) if compile_lean is None else compile_lean
+        self._small_gemm = small_gemm is not False and not compile_lean and small_gemm_applies(self.device, self.dtype)
         if self.compiled is None and lean is not False:
             self._use_lean_forward()
         # decode_attention.py / csrc/layer_ops.cpp: the eager lean layer's element-wise work and KV writes
@@ -164,7 +161,7 @@ class TorchExecutor:
             self.lean.use_fused_ops()
         if self.lean is not None:
             self.lean.wide_gemm_float32 = self.prompt_float32
-        if self.lean is not None and (default_compile_lean(self.device) if compile_lean is None else compile_lean):
+        if self.lean is not None and compile_lean:
             self._compile_lean(compile_cache_dir)
 
     def describe(self) -> dict:

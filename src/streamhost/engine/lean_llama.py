@@ -87,10 +87,12 @@ class FusedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, small_gemm: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.bias = bias
-        small = small_gemm and weight.dtype == torch.bfloat16 and self.out_features % 16 == 0
-        self.small = small and self.in_features % 2 == 0 and weight.device.type == "cpu"
-        self.packed = not self.small and weight.device.type == "cpu" and _mkldnn_handles(weight.dtype)
+        on_cpu = weight.device.type == "cpu"
+        shape_fits = self.out_features % 16 == 0 and self.in_features % 2 == 0
+        self.small = small_gemm and on_cpu and weight.dtype == torch.bfloat16 and shape_fits
+        self.packed = not self.small and on_cpu and _mkldnn_handles(weight.dtype)
+        # the small-row kernel adds the bias to float32 sums: widened once here, not in every step
+        self.bias = bias.detach().float() if self.small and bias is not None else bias
         if self.small:  # [N/16, K/2, 16, 2]: the operand layout of vdpbf16ps
             self.weight = torch.ops.streamhost_gemm.pack(weight.detach())
         elif self.packed:
